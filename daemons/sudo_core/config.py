@@ -1,0 +1,221 @@
+"""Settings: one TOML file (path from SUDO_CONFIG), every key overridable from the environment.
+
+A key `runtime.idle_sec` in the file is `[runtime] idle_sec = ...`; its environment override
+is `SUDO_RUNTIME_IDLE_SEC`. Settings are frozen dataclasses, one per concern, each field with
+its meaning and unit in the docstring under it; the whole configuration reads in one screen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG = Path("/etc/sudo/sudo.toml")
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override cannot be used; the message says which key."""
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    state_dir: Path = Path("/var/lib/sudo")
+    """Where the database and (outside systemd) the generated development secrets live."""
+
+    database: Path | None = None
+    """SQLite database file; empty means `<state_dir>/sudo.db`."""
+
+    log_level: str = "INFO"
+    """Python logging level for every daemon."""
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.state_dir / "sudo.db"
+
+
+@dataclass(frozen=True)
+class ProvisionerSettings:
+    socket: Path = Path("/run/sudo/provisioner.sock")
+    """Unix socket the provisioner serves on (systemd opens it; `--bind` opens it in development)."""
+
+    idle_exit_sec: float = 300.0
+    """A socket-activated provisioner exits after this long with no request (seconds; 0 = never)."""
+
+    max_concurrent_spawns: int = 4
+    """Spawns (create + wait healthy) running at once across all families."""
+
+    restart_concurrency: int = 3
+    """Runtimes recreated at once by restart-all."""
+
+    restart_grace_sec: float = 30.0
+    """Restart-all waits up to this long for a family's in-flight requests to finish (seconds)."""
+
+    health_timeout_sec: float = 120.0
+    """One deadline for a new runtime to answer GET /health with 200 (seconds)."""
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    image: str = "sudo-hermes:0.19.0"
+    """Hermes Agent image: the locally built one in development, the retagged upstream one in production."""
+
+    idle_sec: float = 1800.0
+    """A runtime with no activity and no request in flight for this long is evicted (seconds)."""
+
+    memory: str = "1g"
+    """Memory limit per family container (Docker syntax)."""
+
+    cpus: float = 1.0
+    """CPU limit per family container (cores)."""
+
+    pids_limit: int = 256
+    """Process limit per family container."""
+
+    user: str = "10000:10000"
+    """User the container runs as; empty keeps the image's own (upstream's s6 entrypoint starts as root)."""
+
+    cap_add: tuple[str, ...] = ()
+    """Capabilities kept after dropping all (upstream's root entrypoint needs CHOWN, SETUID, SETGID)."""
+
+    read_only: bool = True
+    """Read-only root filesystem, with tmpfs on /tmp; the data volume stays writable."""
+
+    network: str = "sudo-runtimes"
+    """Docker bridge network for family containers; inter-container traffic is disabled on it."""
+
+    subnet: str = "10.213.0.0/16"
+    """Subnet of that network; its first address is the host side, where the LLM gateway listens."""
+
+    egress: bool = False
+    """Let agents reach the internet; when false the network is internal and reaches only the host."""
+
+    plugins_dir: Path | None = None
+    """Hermes plugins bind-mounted read-only at /opt/data/plugins; empty means the bundled ones."""
+
+    toolsets: tuple[str, ...] = ("memory", "todo", "session_search")
+    """Hermes toolsets enabled on the api_server platform."""
+
+    api_port: int = 8642
+    """Port of Hermes's api_server inside the container."""
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_network(self.subnet)
+        except ValueError as exc:
+            raise ConfigError(f"runtime.subnet: {exc}") from exc
+
+    @property
+    def host_address(self) -> str:
+        """The bridge's own address: the host as the containers see it."""
+        return str(next(ipaddress.ip_network(self.subnet).hosts()))
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    port: int = 8650
+    """Port of the LLM gateway on the runtime network's host address."""
+
+    metrics: str = "127.0.0.1:9650"
+    """Loopback address serving the gateway's Prometheus metrics (empty = none)."""
+
+    request_timeout_sec: float = 600.0
+    """Longest an upstream LLM response may take in all (seconds)."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    base_url: str = ""
+    """OpenAI-compatible provider URL, ending in /v1; an admin setting in the database overrides it."""
+
+    model: str = ""
+    """Model every family uses; an admin setting in the database overrides it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    core: CoreSettings = field(default_factory=CoreSettings)
+    provisioner: ProvisionerSettings = field(default_factory=ProvisionerSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    llm: LLMSettings = field(default_factory=LLMSettings)
+
+
+def load(environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read SUDO_CONFIG (or the default path, if present), then apply SUDO_* overrides."""
+    env = os.environ if environ is None else environ
+    explicit = env.get("SUDO_CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG
+    data: dict[str, typing.Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"SUDO_CONFIG={explicit}: no such file")
+
+    unknown = set(data) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
+    sections = {}
+    for section in dataclasses.fields(Settings):
+        cls = section.default_factory  # type: ignore[misc]
+        sections[section.name] = _load_section(cls, section.name, data.get(section.name, {}), env, path)
+    return Settings(**sections)
+
+
+def _load_section(cls: type, name: str, table: dict, env: typing.Mapping[str, str], path: Path):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) in [{name}]: {sorted(unknown)}")
+    values = {}
+    for key in known:
+        env_name = f"SUDO_{name}_{key}".upper()
+        if env_name in env:
+            values[key] = _coerce(hints[key], env[env_name], env_name, from_env=True)
+        elif key in table:
+            values[key] = _coerce(hints[key], table[key], f"{name}.{key}", from_env=False)
+    return cls(**values)
+
+
+def _coerce(hint: typing.Any, value: typing.Any, where: str, *, from_env: bool) -> typing.Any:
+    """Turn a TOML value or an environment string into the field's declared type."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `X | None`
+        if value in ("", None):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    try:
+        if origin is tuple:
+            items = value.split(",") if from_env else value
+            if not isinstance(items, list):
+                raise TypeError("expected a list")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected a boolean, got {value!r}")
+        if hint in (int, float) and isinstance(value, bool):
+            raise TypeError("expected a number, got a boolean")
+        if hint is str and not from_env and not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return hint(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

@@ -1,0 +1,200 @@
+"""The database: families, devices, activity, leases and global settings, in SQLite (WAL).
+
+Every daemon opens the same file. Methods are plain blocking functions; async code calls them
+through `Database.aio`, which runs them on the database's own single thread, so the event loop
+never blocks on SQLite and one connection is never used from two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Append only: a migration, once released, never changes. PRAGMA user_version counts them.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE families (
+        id TEXT PRIMARY KEY,               -- uuid, canonical form
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_active_at REAL                -- unix seconds; NULL until first use
+    );
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        family_id TEXT NOT NULL REFERENCES families(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        token_hash TEXT UNIQUE,
+        created_at REAL NOT NULL,
+        last_seen_at REAL
+    );
+    CREATE INDEX devices_family ON devices(family_id);
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,               -- JSON
+        updated_at REAL NOT NULL
+    );
+    -- A lease marks a request in flight to a family's runtime; the reaper never evicts a
+    -- runtime holding one. Leases expire, so a crashed holder cannot pin a runtime forever.
+    CREATE TABLE leases (
+        id INTEGER PRIMARY KEY,
+        family_id TEXT NOT NULL REFERENCES families(id) ON DELETE CASCADE,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX leases_family ON leases(family_id, expires_at);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    id: uuid.UUID
+    name: str
+    created_at: float
+    last_active_at: float | None
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn = self._executor.submit(self._open).result()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn)
+        return conn
+
+    async def aio(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this object's methods on the database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.submit(self._conn.close).result()
+        self._executor.shutdown()
+
+    # Families
+
+    def create_family(self, name: str, family_id: uuid.UUID | None = None) -> Family:
+        if not name.strip():
+            raise ValueError("family name must not be empty")
+        family = Family(family_id or uuid.uuid4(), name.strip(), time.time(), None)
+        self._conn.execute(
+            "INSERT INTO families (id, name, created_at) VALUES (?, ?, ?)",
+            (str(family.id), family.name, family.created_at),
+        )
+        return family
+
+    def get_family(self, family_id: uuid.UUID) -> Family | None:
+        row = self._conn.execute("SELECT * FROM families WHERE id = ?", (str(family_id),)).fetchone()
+        return _family(row) if row else None
+
+    def list_families(self) -> list[Family]:
+        return [_family(r) for r in self._conn.execute("SELECT * FROM families ORDER BY created_at")]
+
+    def delete_family(self, family_id: uuid.UUID) -> bool:
+        cur = self._conn.execute("DELETE FROM families WHERE id = ?", (str(family_id),))
+        return cur.rowcount > 0
+
+    def touch_family(self, family_id: uuid.UUID, at: float | None = None) -> None:
+        """Record activity; never moves last_active_at backwards."""
+        self._conn.execute(
+            "UPDATE families SET last_active_at = max(coalesce(last_active_at, 0), ?) WHERE id = ?",
+            (at if at is not None else time.time(), str(family_id)),
+        )
+
+    # Leases: requests in flight
+
+    def acquire_lease(self, family_id: uuid.UUID, holder: str, ttl: float) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO leases (family_id, holder, expires_at) VALUES (?, ?, ?)",
+            (str(family_id), holder, time.time() + ttl),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def release_lease(self, lease_id: int) -> None:
+        self._conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+
+    def has_active_lease(self, family_id: uuid.UUID) -> bool:
+        now = time.time()
+        self._conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+        row = self._conn.execute(
+            "SELECT 1 FROM leases WHERE family_id = ? AND expires_at > ? LIMIT 1",
+            (str(family_id), now),
+        ).fetchone()
+        return row is not None
+
+    # Global settings (admin-set; JSON values)
+
+    def get_settings(self, prefix: str = "") -> dict[str, Any]:
+        rows = self._conn.execute(
+            "SELECT key, value FROM settings WHERE key LIKE ? ESCAPE '\\'",
+            (prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+        )
+        return {r["key"]: json.loads(r["value"]) for r in rows}
+
+    def set_setting(self, key: str, value: Any) -> None:
+        self._conn.execute(
+            "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            (key, json.dumps(value), time.time()),
+        )
+
+
+def _family(row: sqlite3.Row) -> Family:
+    return Family(uuid.UUID(row["id"]), row["name"], row["created_at"], row["last_active_at"])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations this database has not seen, each in its own transaction."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {current} is newer than this software knows "
+            f"({len(MIGRATIONS)}): upgrade sudo before using this database"
+        )
+    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another daemon may have migrated meanwhile.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]}")
+    return statements

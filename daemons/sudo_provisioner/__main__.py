@@ -1,0 +1,113 @@
+"""sudo-provisioner: the only process with Docker access.
+
+systemd starts it on the first connection to its socket (sudo-provisioner.socket); it
+reconciles from Docker labels, serves, and exits after `provisioner.idle_exit_sec` without a
+request. `--bind` opens the socket itself, for development, and then never exits on idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import docker.errors
+from aiohttp import web
+from sudo_core import config, logs
+from sudo_core.credentials import host_secret
+from sudo_core.db import Database
+from sudo_core.logs import fields
+from sudo_core.systemd import Notifier, listen_fds
+
+from .docker_backend import DockerBackend
+from .runtimes import RuntimeManager
+from .server import Activity, build_app
+
+log = logging.getLogger("sudo_provisioner")
+
+
+def bind_unix(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+async def serve(settings: config.Settings, bind: bool) -> int:
+    notifier = Notifier()
+    inherited = listen_fds()
+    if inherited:
+        sock = next(iter(inherited.values()))
+        idle_exit = settings.provisioner.idle_exit_sec
+    elif bind:
+        sock = bind_unix(settings.provisioner.socket)
+        idle_exit = 0.0
+    else:
+        log.error("no socket from systemd (LISTEN_FDS); use --bind to open one for development")
+        return 2
+
+    db = Database(settings.core.database_path)
+    try:
+        backend = DockerBackend(settings.runtime)
+        await backend.prepare()
+    except docker.errors.DockerException as exc:
+        log.error(f"cannot use the Docker engine: {exc}")
+        return 1
+    manager = RuntimeManager(settings, db, backend, host_secret(settings.core.state_dir))
+    notifier.status("reconciling runtimes with Docker")
+    summary = await manager.reconcile()
+
+    activity = Activity()
+    runner = web.AppRunner(build_app(manager, activity), handle_signals=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notifier.ready(f"serving; adopted {summary['adopted']}, removed {len(summary['removed'])}")
+    log.info(
+        f"serving on {sock.getsockname() or 'an inherited socket'}",
+        extra=fields(adopted=summary["adopted"], removed=len(summary["removed"])),
+    )
+    watchdog = asyncio.create_task(notifier.watchdog())
+
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if idle_exit and activity.idle_for() >= idle_exit:
+            log.info(f"idle for {idle_exit:.0f} s, exiting; systemd keeps the socket")
+            break
+
+    notifier.stopping()
+    watchdog.cancel()
+    await runner.cleanup()
+    await manager.close()
+    db.close()
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="sudo-provisioner", description=__doc__.split("\n")[0])
+    parser.add_argument("--bind", action="store_true", help="open provisioner.socket ourselves (development)")
+    args = parser.parse_args()
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        sys.exit(f"sudo-provisioner: {exc}")
+    logs.setup("sudo-provisioner", settings.core.log_level)
+    sys.exit(asyncio.run(serve(settings, args.bind)))
+
+
+if __name__ == "__main__":
+    main()

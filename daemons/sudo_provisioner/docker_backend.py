@@ -1,0 +1,200 @@
+"""The Docker backend: the only code that talks to the Docker engine.
+
+A narrow contract in the manner of JupyterHub's Spawner (create, get, list, remove, logs),
+so a Kubernetes backend could stand beside it. Every state it reports is read from Docker
+(labels and container state); it keeps none of its own. The docker SDK blocks, so every call
+runs on a small thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from sudo_core.config import RuntimeSettings
+from sudo_core.families import RUNTIME_PREFIX
+from sudo_core.logs import fields
+
+from .spec import LABEL_HASH, LABEL_IMAGE, LABEL_OWNER, Image, RuntimeSpec
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class NameConflict(RuntimeError):
+    """A container with the family's name appeared between our check and our create."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    owner: uuid.UUID | None
+    """The family it serves; None for a container whose name and labels say nothing valid."""
+    state: str
+    """Docker's state: created, running, restarting, exited, paused, dead."""
+    address: str | None
+    image: str
+    config_hash: str
+    container_id: str
+    oom_killed: bool = False
+    exit_code: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def owner_from(name: str, labels: dict[str, str]) -> uuid.UUID | None:
+    """The owner label, or for unlabelled containers the uuid in the name."""
+    for candidate in (labels.get(LABEL_OWNER, ""), name.removeprefix(RUNTIME_PREFIX)):
+        try:
+            return uuid.UUID(candidate)
+        except ValueError:
+            continue
+    return None
+
+
+class DockerBackend:
+    def __init__(self, settings: RuntimeSettings, client: docker.DockerClient | None = None):
+        self.settings = settings
+        self._client = client or docker.from_env(timeout=120)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    # Host setup
+
+    async def prepare(self) -> None:
+        """Create the runtime network if missing: a bridge with inter-container traffic off."""
+        await self._run(self._prepare)
+
+    def _prepare(self) -> None:
+        name = self.settings.network
+        try:
+            self._client.networks.get(name)
+            return
+        except docker.errors.NotFound:
+            pass
+        subnet = ipaddress.ip_network(self.settings.subnet)
+        ipam = docker.types.IPAMConfig(
+            pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=self.settings.host_address)]
+        )
+        try:
+            self._client.networks.create(
+                name,
+                driver="bridge",
+                internal=not self.settings.egress,
+                ipam=ipam,
+                options={"com.docker.network.bridge.enable_icc": "false"},
+                labels={"sudo.role": "runtime-network"},
+            )
+            log.info("created runtime network", extra=fields(network=name, subnet=subnet))
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # created concurrently: fine
+                raise
+
+    async def image(self, ref: str) -> Image:
+        info = await self._run(self._client.api.inspect_image, ref)
+        entrypoint = info.get("Config", {}).get("Entrypoint") or ()
+        return Image(ref=ref, id=info["Id"], entrypoint=tuple(entrypoint))
+
+    # Runtimes
+
+    async def get(self, name: str) -> Runtime | None:
+        try:
+            info = await self._run(self._client.api.inspect_container, name)
+        except docker.errors.NotFound:
+            return None
+        state = info["State"]
+        return Runtime(
+            name=info["Name"].lstrip("/"),
+            owner=owner_from(info["Name"].lstrip("/"), info["Config"].get("Labels") or {}),
+            state=state["Status"],
+            address=self._address(info["NetworkSettings"]),
+            image=(info["Config"].get("Labels") or {}).get(LABEL_IMAGE, info["Config"]["Image"]),
+            config_hash=(info["Config"].get("Labels") or {}).get(LABEL_HASH, ""),
+            container_id=info["Id"],
+            oom_killed=bool(state.get("OOMKilled")),
+            exit_code=state.get("ExitCode"),
+        )
+
+    async def list(self) -> list[Runtime]:
+        """Every container named like a runtime, labelled or not, running or not."""
+        rows = await self._run(self._client.api.containers, all=True, filters={"name": RUNTIME_PREFIX})
+        runtimes = []
+        for row in rows:
+            name = row["Names"][0].lstrip("/")
+            if not name.startswith(RUNTIME_PREFIX):  # the filter matches substrings
+                continue
+            labels = row.get("Labels") or {}
+            runtimes.append(
+                Runtime(
+                    name=name,
+                    owner=owner_from(name, labels),
+                    state=row["State"],
+                    address=self._address(row.get("NetworkSettings") or {}),
+                    image=labels.get(LABEL_IMAGE, row.get("Image", "")),
+                    config_hash=labels.get(LABEL_HASH, ""),
+                    container_id=row["Id"],
+                )
+            )
+        return runtimes
+
+    async def create(self, spec: RuntimeSpec) -> Runtime:
+        """Create the data volume (kept across recreations) and the container, and start it."""
+        await self._run(self._create, spec)
+        runtime = await self.get(spec.name)
+        if runtime is None:
+            raise RuntimeError(f"{spec.name} vanished right after it was started")
+        return runtime
+
+    def _create(self, spec: RuntimeSpec) -> None:
+        owner = spec.create_args["labels"][LABEL_OWNER]
+        self._client.volumes.create(spec.volume, labels={LABEL_OWNER: owner})
+        try:
+            container = self._client.containers.create(**spec.create_args)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise NameConflict(spec.name) from exc
+            raise
+        container.start()
+
+    async def remove(self, name: str, *, graceful: bool = True) -> None:
+        """Stop (SIGTERM, then SIGKILL after 10 s) and remove a container; gone already is fine."""
+        try:
+            if graceful:
+                await self._run(self._client.api.stop, name, timeout=10)
+            await self._run(self._client.api.remove_container, name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or "already in progress" not in str(exc):
+                raise
+
+    async def remove_volume(self, volume: str) -> bool:
+        try:
+            await self._run(self._client.api.remove_volume, volume)
+            return True
+        except docker.errors.NotFound:
+            return False
+
+    async def logs(self, name: str, tail: int = 30) -> str:
+        try:
+            raw = await self._run(self._client.api.logs, name, tail=tail)
+        except docker.errors.NotFound:
+            return ""
+        return raw.decode(errors="replace").strip()
+
+    def _address(self, network_settings: dict) -> str | None:
+        network = (network_settings.get("Networks") or {}).get(self.settings.network) or {}
+        return network.get("IPAddress") or None

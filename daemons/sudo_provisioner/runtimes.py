@@ -1,0 +1,373 @@
+"""The runtime lifecycle: ensure, stop, evict, reconcile, restart-all.
+
+Concurrency rules (design principle 6):
+- one lock per family serializes everything that changes that family's container, so spawn,
+  stop, eviction and recreation never interleave;
+- concurrent ensures of one family share one task: one spawn, one result for all callers;
+- a semaphore bounds spawns across families; restart-all has its own, smaller bound.
+Nothing here is the truth about containers: every decision re-reads Docker under the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client import Counter, Gauge, Histogram
+from sudo_core.config import Settings
+from sudo_core.db import Database, Family
+from sudo_core.families import runtime_name, volume_name
+from sudo_core.logs import fields
+
+from .docker_backend import DockerBackend, NameConflict, Runtime
+from .spec import Plugins, RuntimeSpec, build_spec
+
+log = logging.getLogger(__name__)
+
+SPAWNS = Counter("sudo_provisioner_spawns_total", "Runtime spawns", ["result"])
+SPAWN_SECONDS = Histogram(
+    "sudo_provisioner_spawn_seconds",
+    "Create to healthy",
+    buckets=(0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+)
+ENSURE_SECONDS = Histogram("sudo_provisioner_ensure_seconds", "Ensure latency", ["path"])
+EVICTIONS = Counter("sudo_provisioner_evictions_total", "Runtimes evicted for idleness")
+REMOVALS = Counter("sudo_provisioner_orphans_removed_total", "Containers removed by reconcile")
+RUNNING = Gauge("sudo_provisioner_runtimes_running", "Running runtimes at the last listing")
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class FamilyNotFound(LookupError):
+    pass
+
+
+class SpawnFailed(RuntimeError):
+    def __init__(self, message: str, logs: str = "") -> None:
+        super().__init__(message)
+        self.logs = logs
+
+
+class RuntimeManager:
+    def __init__(self, settings: Settings, db: Database, backend: DockerBackend, secret: bytes) -> None:
+        self.settings = settings
+        self.db = db
+        self.backend = backend
+        self._secret = secret
+        self._plugins = Plugins.scan(settings.runtime.plugins_dir)
+        self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._ensuring: dict[uuid.UUID, asyncio.Task[Runtime]] = {}
+        self._spawn_slots = asyncio.Semaphore(settings.provisioner.max_concurrent_spawns)
+        self._healthy: set[str] = set()  # container ids this process saw answer /health
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def _lock(self, family: uuid.UUID) -> asyncio.Lock:
+        lock = self._locks.get(family)
+        if lock is None:
+            lock = self._locks[family] = asyncio.Lock()
+        return lock
+
+    async def _family(self, family_id: uuid.UUID) -> Family:
+        family = await self.db.aio(self.db.get_family, family_id)
+        if family is None:
+            raise FamilyNotFound(f"no family {family_id}")
+        return family
+
+    async def _desired(self, family: Family) -> RuntimeSpec:
+        image = await self.backend.image(self.settings.runtime.image)
+        admin = await self.db.aio(self.db.get_settings, "llm.")
+        model = admin.get("llm.model") or self.settings.llm.model
+        return build_spec(self.settings, family, self._secret, image, self._plugins, model)
+
+    def url(self, runtime: Runtime) -> str | None:
+        if not runtime.address:
+            return None
+        return f"http://{runtime.address}:{self.settings.runtime.api_port}"
+
+    # ensure
+
+    async def ensure(self, family_id: uuid.UUID) -> Runtime:
+        """Spawn if needed and wait until healthy; concurrent callers share one attempt."""
+        family = await self._family(family_id)
+        task = self._ensuring.get(family_id)
+        if task is None:
+            task = asyncio.create_task(self._ensure(family))
+            self._ensuring[family_id] = task
+            task.add_done_callback(lambda _: self._ensuring.pop(family_id, None))
+        # shield: a caller that disconnects must not cancel the spawn the others wait on
+        return await asyncio.shield(task)
+
+    async def _ensure(self, family: Family) -> Runtime:
+        started = time.monotonic()
+        path = "warm"
+        async with self._lock(family.id):
+            spec = await self._desired(family)
+            runtime = await self.backend.get(spec.name)
+            if runtime and runtime.running and runtime.config_hash == spec.config_hash:
+                if runtime.container_id not in self._healthy:
+                    path = "adopt"
+                    await self._wait_healthy(runtime)
+            else:
+                path = "cold"
+                if runtime is not None:
+                    await self._retire(runtime, spec.config_hash)
+                runtime = await self._spawn(spec)
+            await self.db.aio(self.db.touch_family, family.id)
+        ENSURE_SECONDS.labels(path).observe(time.monotonic() - started)
+        return runtime
+
+    async def _retire(self, runtime: Runtime, wanted_hash: str) -> None:
+        """Remove a container that may not serve: exited, or built from a stale config."""
+        if runtime.running:
+            reason = f"config hash {runtime.config_hash or 'none'} is stale (now {wanted_hash})"
+        else:
+            tail = await self.backend.logs(runtime.name, tail=10)
+            reason = f"it is {runtime.state} (exit code {runtime.exit_code}); last logs:\n{tail}"
+        log.info(f"recreating {runtime.name}: {reason}", extra=fields(runtime=runtime.name))
+        await self.backend.remove(runtime.name, graceful=runtime.running)
+        self._healthy.discard(runtime.container_id)
+
+    async def _spawn(self, spec: RuntimeSpec) -> Runtime:
+        async with self._spawn_slots:
+            started = time.monotonic()
+            try:
+                runtime = await self.backend.create(spec)
+            except NameConflict:
+                # Someone outside this process created it meanwhile; remove it and retry once.
+                await self.backend.remove(spec.name, graceful=False)
+                runtime = await self.backend.create(spec)
+            try:
+                await self._wait_healthy(runtime)
+            except BaseException:
+                SPAWNS.labels("failed").inc()
+                # A container that never became healthy is never reused: the next ensure
+                # starts clean. Its logs are already in the error.
+                await self.backend.remove(spec.name, graceful=False)
+                raise
+            seconds = time.monotonic() - started
+            SPAWNS.labels("ok").inc()
+            SPAWN_SECONDS.observe(seconds)
+            log.info(
+                f"spawned {spec.name} in {seconds:.1f} s",
+                extra=fields(runtime=spec.name, seconds=round(seconds, 2)),
+            )
+            return runtime
+
+    async def _wait_healthy(self, runtime: Runtime) -> None:
+        """Poll /health under one deadline; fail fast when the container exits or is OOM-killed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.provisioner.health_timeout_sec
+        delay = 0.05
+        while True:
+            current = await self.backend.get(runtime.name)
+            if current is None or not current.running:
+                logs = await self.backend.logs(runtime.name)
+                if current is None:
+                    what = "was removed"
+                elif current.oom_killed:
+                    what = f"was OOM-killed (limit {self.settings.runtime.memory})"
+                else:
+                    what = f"exited with code {current.exit_code}"
+                raise SpawnFailed(f"{runtime.name} {what} before it was healthy", logs)
+            url = self.url(current)
+            if url and await self._healthy_at(url):
+                self._healthy.add(current.container_id)
+                return
+            if loop.time() >= deadline:
+                logs = await self.backend.logs(runtime.name)
+                raise SpawnFailed(
+                    f"{runtime.name} did not answer /health within "
+                    f"{self.settings.provisioner.health_timeout_sec:.0f} s",
+                    logs,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def _healthy_at(self, url: str) -> bool:
+        try:
+            async with self._http.get(f"{url}/health") as resp:
+                if resp.status != 200:
+                    return False
+                body = await resp.json(content_type=None)
+                return isinstance(body, dict) and body.get("status") == "ok"
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
+
+    # stop
+
+    async def stop(self, family_id: uuid.UUID, purge: bool = False) -> dict[str, bool]:
+        """Stop and remove the container; the data volume stays unless purge."""
+        async with self._lock(family_id):
+            runtime = await self.backend.get(runtime_name(family_id))
+            if runtime is not None:
+                await self.backend.remove(runtime.name)
+                self._healthy.discard(runtime.container_id)
+            purged = purge and await self.backend.remove_volume(volume_name(family_id))
+        log.info(
+            f"stopped {runtime_name(family_id)}" + (" and purged its data" if purged else ""),
+            extra=fields(family=family_id),
+        )
+        return {"stopped": runtime is not None, "purged": purged}
+
+    # listing
+
+    def describe(self, runtime: Runtime, family: Family | None) -> dict[str, Any]:
+        return {
+            "user_id": str(runtime.owner) if runtime.owner else None,
+            "name": runtime.name,
+            "state": runtime.state,
+            "url": self.url(runtime),
+            "image": runtime.image,
+            "config_hash": runtime.config_hash,
+            "last_active_at": family.last_active_at if family else None,
+        }
+
+    async def list(self) -> list[dict[str, Any]]:
+        runtimes = await self.backend.list()
+        RUNNING.set(sum(r.running for r in runtimes))
+        families = {f.id: f for f in await self.db.aio(self.db.list_families)}
+        return [self.describe(r, families.get(r.owner) if r.owner else None) for r in runtimes]
+
+    async def get(self, family_id: uuid.UUID) -> dict[str, Any] | None:
+        runtime = await self.backend.get(runtime_name(family_id))
+        if runtime is None:
+            return None
+        family = await self.db.aio(self.db.get_family, family_id)
+        described = self.describe(runtime, family)
+        if family is not None:
+            described["stale"] = runtime.config_hash != (await self._desired(family)).config_hash
+        return described
+
+    # eviction
+
+    async def evict_idle(self, idle_sec: float | None = None) -> dict[str, Any]:
+        """Stop runtimes idle longer than idle_sec, never one in use.
+
+        Each family is checked under its lock, after the check began: an ensure in progress
+        holds the lock, a request in flight holds a lease, and any touch after `began` moves
+        last_active_at past the cutoff.
+        """
+        limit = self.settings.runtime.idle_sec if idle_sec is None else idle_sec
+        began = time.time()
+        cutoff = began - limit
+        evicted, kept = [], 0
+        for runtime in await self.backend.list():
+            if not runtime.running or runtime.owner is None:
+                continue
+            async with self._lock(runtime.owner):
+                family = await self.db.aio(self.db.get_family, runtime.owner)
+                if family is None:
+                    continue  # an orphan: reconcile removes it
+                idle = (family.last_active_at or 0) <= cutoff
+                if not idle or await self.db.aio(self.db.has_active_lease, family.id):
+                    kept += 1
+                    continue
+                await self.backend.remove(runtime.name)
+                self._healthy.discard(runtime.container_id)
+            EVICTIONS.inc()
+            evicted.append(str(runtime.owner))
+            log.info(f"evicted idle {runtime.name}", extra=fields(family=runtime.owner))
+        return {"evicted": evicted, "kept": kept, "idle_sec": limit}
+
+    # reconcile
+
+    async def reconcile(self) -> dict[str, Any]:
+        """Adopt healthy containers; remove orphans, legacy containers and dead ones.
+
+        Runs at every start: the provisioner keeps no state of its own, so whatever a crash
+        left behind is found here by name and label.
+        """
+        families = {f.id for f in await self.db.aio(self.db.list_families)}
+        removed: list[dict[str, str]] = []
+        adopted = 0
+        for runtime in await self.backend.list():
+            if runtime.owner is None:
+                reason = "legacy" if runtime.name.startswith("hermes-user-usr_") else None
+                if reason is None:
+                    log.warning(f"leaving {runtime.name} alone: its name holds no family id")
+                    continue
+                await self.backend.remove(runtime.name, graceful=False)
+            else:
+                async with self._lock(runtime.owner):
+                    current = await self.backend.get(runtime.name)  # re-read under the lock
+                    if current is None:
+                        continue
+                    if current.owner not in families:
+                        reason = "family no longer exists"
+                    elif not current.running:
+                        reason = f"{current.state} (exit code {current.exit_code})"
+                    else:
+                        adopted += 1  # if its config is stale, its next ensure recreates it
+                        continue
+                    await self.backend.remove(current.name, graceful=False)
+                    self._healthy.discard(current.container_id)
+            REMOVALS.inc()
+            removed.append({"name": runtime.name, "reason": reason})
+            log.info(f"removed {runtime.name}: {reason}", extra=fields(runtime=runtime.name))
+        return {"adopted": adopted, "removed": removed}
+
+    # restart-all
+
+    async def restart_all(self, progress: Progress) -> dict[str, Any]:
+        """Recreate every running runtime, a bounded number at once; failures are reported."""
+        targets = [r for r in await self.backend.list() if r.running and r.owner]
+        total = len(targets)
+        await progress({"event": "start", "total": total})
+        slots = asyncio.Semaphore(self.settings.provisioner.restart_concurrency)
+        done = 0
+        failed: list[dict[str, str]] = []
+
+        async def recreate(runtime: Runtime) -> None:
+            nonlocal done
+            assert runtime.owner is not None
+            started = time.monotonic()
+            async with slots:
+                try:
+                    await self._recreate(runtime.owner)
+                    event = {"event": "restarted"}
+                except Exception as exc:  # reported, and the others carry on
+                    log.exception(f"restart of {runtime.name} failed")
+                    failed.append({"user_id": str(runtime.owner), "error": str(exc)})
+                    event = {"event": "failed", "error": str(exc)}
+                done += 1
+                await progress(
+                    event
+                    | {
+                        "user_id": str(runtime.owner),
+                        "done": done,
+                        "total": total,
+                        "seconds": round(time.monotonic() - started, 2),
+                    }
+                )
+
+        await asyncio.gather(*(recreate(r) for r in targets))
+        summary = {"event": "done", "total": total, "restarted": total - len(failed)}
+        return summary | {"failed": failed}
+
+    async def _recreate(self, family_id: uuid.UUID) -> None:
+        family = await self._family(family_id)
+        async with self._lock(family_id):
+            await self._await_quiet(family_id)
+            spec = await self._desired(family)
+            current = await self.backend.get(spec.name)
+            if current is not None:
+                await self.backend.remove(current.name)
+                self._healthy.discard(current.container_id)
+            await self._spawn(spec)
+
+    async def _await_quiet(self, family_id: uuid.UUID) -> None:
+        """Give requests in flight (leases) up to restart_grace_sec to finish."""
+        deadline = time.monotonic() + self.settings.provisioner.restart_grace_sec
+        while time.monotonic() < deadline:
+            if not await self.db.aio(self.db.has_active_lease, family_id):
+                return
+            await asyncio.sleep(0.5)

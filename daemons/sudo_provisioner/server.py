@@ -1,0 +1,182 @@
+"""The provisioner's HTTP API, served on its unix socket. Every error is JSON with a clear message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+from sudo_core.families import BadFamilyId, parse_family_id
+
+from .runtimes import FamilyNotFound, RuntimeManager, SpawnFailed
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MANAGER = web.AppKey("manager", RuntimeManager)
+
+
+class Activity:
+    """Requests in flight, and when the last one ended: the provisioner exits when idle."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.last_change = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.in_flight else time.monotonic() - self.last_change
+
+
+ACTIVITY = web.AppKey("activity", Activity)
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    activity = request.app[ACTIVITY]
+    activity.in_flight += 1
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason if exc.text is None else exc.text.strip())
+    except BadFamilyId as exc:
+        return error(400, str(exc))
+    except FamilyNotFound as exc:
+        return error(404, str(exc))
+    except SpawnFailed as exc:
+        return error(502, str(exc), logs=exc.logs)
+    except Exception:
+        log.exception(f"{request.method} {request.path} failed")
+        return error(500, "internal error; see the provisioner's journal")
+    finally:
+        activity.in_flight -= 1
+        activity.last_change = time.monotonic()
+
+
+async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    """The JSON object body (empty body = {}), refusing anything unexpected."""
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="body must be JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown field(s): {', '.join(sorted(unknown))}")
+    return body
+
+
+def family_id(request: web.Request):
+    return parse_family_id(request.match_info["user_id"])
+
+
+async def ensure(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    family = family_id(request)
+    runtime = await manager.ensure(family)
+    return web.json_response(
+        {
+            "user_id": str(family),
+            "name": runtime.name,
+            "url": manager.url(runtime),
+            "state": "running",
+        }
+    )
+
+
+async def list_runtimes(request: web.Request) -> web.Response:
+    return web.json_response({"runtimes": await request.app[MANAGER].list()})
+
+
+async def get_runtime(request: web.Request) -> web.Response:
+    family = family_id(request)
+    described = await request.app[MANAGER].get(family)
+    if described is None:
+        return error(404, f"no runtime for family {family}")
+    return web.json_response(described)
+
+
+async def stop_runtime(request: web.Request) -> web.Response:
+    family = family_id(request)
+    purge = request.query.get("purge", "false")
+    if purge not in ("true", "false"):
+        return error(400, f"purge must be true or false, got {purge!r}")
+    return web.json_response(await request.app[MANAGER].stop(family, purge=purge == "true"))
+
+
+async def evict_idle(request: web.Request) -> web.Response:
+    body = await read_json(request, {"idle_sec"})
+    idle_sec = body.get("idle_sec")
+    if idle_sec is not None and (
+        isinstance(idle_sec, bool) or not isinstance(idle_sec, int | float) or idle_sec < 0
+    ):
+        return error(400, "idle_sec must be a number of seconds, 0 or more")
+    return web.json_response(await request.app[MANAGER].evict_idle(idle_sec))
+
+
+async def reconcile(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MANAGER].reconcile())
+
+
+RESTARTING = web.AppKey("restarting", asyncio.Lock)
+
+
+async def restart_all(request: web.Request) -> web.StreamResponse:
+    """Streams progress as NDJSON, one event per line, the last one {"event": "done", ...}."""
+    lock = request.app[RESTARTING]
+    if lock.locked():
+        return error(409, "a restart-all is already running")
+    async with lock:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+
+        async def progress(event: dict[str, Any]) -> None:
+            # If the caller left, the restart goes on (and is logged) all the same.
+            with contextlib.suppress(ConnectionError):
+                await response.write(json.dumps(event).encode() + b"\n")
+
+        summary = await request.app[MANAGER].restart_all(progress)
+        await progress(summary)
+        await response.write_eof()
+        return response
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=prometheus_client.generate_latest(),
+        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+    )
+
+
+def build_app(manager: RuntimeManager, activity: Activity) -> web.Application:
+    app = web.Application(middlewares=[middleware], client_max_size=64 * 1024)
+    app[MANAGER] = manager
+    app[ACTIVITY] = activity
+    app[RESTARTING] = asyncio.Lock()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/runtimes", list_runtimes)
+    app.router.add_post("/v1/runtimes/restart-all", restart_all)
+    app.router.add_post("/v1/runtimes/evict-idle", evict_idle)
+    app.router.add_post("/v1/runtimes/reconcile", reconcile)
+    app.router.add_get("/v1/runtimes/{user_id}", get_runtime)
+    app.router.add_delete("/v1/runtimes/{user_id}", stop_runtime)
+    app.router.add_post("/v1/runtimes/{user_id}/ensure", ensure)
+    return app

@@ -1,0 +1,147 @@
+"""What a family's container should be: image, boot script, config.yaml, limits, labels.
+
+The spec is computed from the settings, the family and the image; its hash goes into the
+container's `sudo.config-hash` label. A running container whose label differs from the
+current hash is stale and is recreated (never restarted with its old environment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sudo_core.config import Settings
+from sudo_core.db import Family
+from sudo_core.families import api_key_for, llm_key_for, runtime_name, volume_name
+
+BOOT_SCRIPT = (Path(__file__).parent / "boot.sh").read_text()
+BUNDLED_PLUGINS = Path(__file__).parent / "plugins"
+DATA_DIR = "/opt/data"
+HERMES_CONFIG_VERSION = 33  # config.yaml schema of Hermes 0.19.0; older values trigger its migration
+IDENTITY_MARKER = "Family identity (managed by Sudo, rewritten on every start):"
+
+LABEL_OWNER = "sudo.owner"
+LABEL_HASH = "sudo.config-hash"
+LABEL_IMAGE = "sudo.image"
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str
+    """The configured reference (a tag)."""
+    id: str
+    """The content id the tag pointed at when resolved: containers are created from this."""
+    entrypoint: tuple[str, ...]
+    """The image's own entrypoint, which the boot script execs."""
+
+
+@dataclass(frozen=True)
+class Plugins:
+    path: Path
+    names: tuple[str, ...]
+    digest: str
+    """Hash of every file: an upgraded plugin makes every runtime stale."""
+
+    @classmethod
+    def scan(cls, path: Path | None) -> Plugins:
+        path = (path or BUNDLED_PLUGINS).resolve()
+        names = tuple(sorted(p.parent.name for p in path.glob("*/plugin.yaml")))
+        h = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            h.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes() + b"\0")
+        return cls(path, names, h.hexdigest()[:16])
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    name: str
+    volume: str
+    create_args: dict[str, Any]
+    """Keyword arguments for docker's containers.create, labels included."""
+    config_hash: str
+
+
+def build_spec(
+    settings: Settings,
+    family: Family,
+    secret: bytes,
+    image: Image,
+    plugins: Plugins,
+    model: str,
+) -> RuntimeSpec:
+    rt = settings.runtime
+    api_key = api_key_for(secret, family.id)
+    gateway = f"http://{rt.host_address}:{settings.gateway.port}/v1"
+    hermes_config = {
+        "_config_version": HERMES_CONFIG_VERSION,
+        "model": {
+            "default": model or "default",
+            "provider": "custom",
+            "base_url": gateway,
+            "api_key": llm_key_for(secret, family.id),
+        },
+        "platforms": {
+            "api_server": {
+                "enabled": True,
+                "extra": {"host": "0.0.0.0", "port": rt.api_port, "key": api_key},
+            },
+        },
+        "plugins": {"enabled": list(plugins.names)},
+        "platform_toolsets": {"api_server": list(rt.toolsets)},
+        "memory": {"memory_enabled": True, "user_profile_enabled": True},
+        "terminal": {"backend": "local"},
+    }
+    identity = (
+        f"{IDENTITY_MARKER}\n"
+        f"You are the family assistant of the {family.name} family on Sudo "
+        f"(account {family.id}). Everyone who talks to you here is a member of this family."
+    )
+    volume = volume_name(family.id)
+    tmpfs = {"/tmp": "rw,nosuid,nodev,size=256m", "/run": "rw,nosuid,nodev,size=16m"}
+    args: dict[str, Any] = {
+        "image": image.id,
+        "name": runtime_name(family.id),
+        "entrypoint": ["/bin/sh", "-c", BOOT_SCRIPT, "sudo-boot"],
+        "command": [*(image.entrypoint or ("hermes",)), "gateway", "run"],
+        "environment": {
+            "HERMES_HOME": DATA_DIR,
+            "API_SERVER_KEY": api_key,
+            "API_SERVER_HOST": "0.0.0.0",
+            "API_SERVER_PORT": str(rt.api_port),
+            # The provisioner recreates containers on purpose; Hermes's restart-storm limiter
+            # would otherwise delay the sixth start within two minutes by up to 5 minutes.
+            "HERMES_GATEWAY_MAX_STARTS": "0",
+            "TIRITH_ENABLED": "false",
+            # JSON is YAML: the config is rendered with the standard library alone.
+            "SUDO_CONFIG_YAML": json.dumps(hermes_config, indent=1),
+            "SUDO_IDENTITY": identity,
+        },
+        "volumes": {
+            volume: {"bind": DATA_DIR, "mode": "rw"},
+            str(plugins.path): {"bind": f"{DATA_DIR}/plugins", "mode": "ro"},
+        },
+        "network": rt.network,
+        "user": rt.user or None,
+        "cap_drop": ["ALL"],
+        "cap_add": list(rt.cap_add) or None,
+        "security_opt": ["no-new-privileges"],
+        "read_only": rt.read_only,
+        "tmpfs": tmpfs if rt.read_only else None,
+        "mem_limit": rt.memory,
+        "memswap_limit": rt.memory,
+        "nano_cpus": int(rt.cpus * 1e9),
+        "pids_limit": rt.pids_limit,
+        "restart_policy": {"Name": "no"},
+        "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
+    }
+    digest_input = {"args": args, "plugins": plugins.digest, "image_ref": image.ref}
+    config_hash = hashlib.sha256(json.dumps(digest_input, sort_keys=True).encode()).hexdigest()[:16]
+    args["labels"] = {
+        LABEL_OWNER: str(family.id),
+        LABEL_HASH: config_hash,
+        LABEL_IMAGE: image.ref,
+    }
+    return RuntimeSpec(args["name"], volume, args, config_hash)
