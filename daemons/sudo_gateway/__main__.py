@@ -10,6 +10,7 @@ import socket
 import sys
 
 from aiohttp import web
+
 from sudo_core import config, logs
 from sudo_core.credentials import host_secret
 from sudo_core.db import Database

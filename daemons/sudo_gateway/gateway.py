@@ -17,6 +17,7 @@ import aiohttp
 import prometheus_client
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
+
 from sudo_core import config
 from sudo_core.credentials import LLM_API_KEY, read_credential
 from sudo_core.db import Database

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import docker.errors
 from aiohttp import web
+
 from sudo_core import config, logs
 from sudo_core.credentials import host_secret
 from sudo_core.db import Database

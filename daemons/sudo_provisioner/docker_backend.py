@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+
 from sudo_core.config import RuntimeSettings
 from sudo_core.families import RUNTIME_PREFIX
 from sudo_core.logs import fields

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
+
 from sudo_core.config import Settings
 from sudo_core.db import Database, Family
 from sudo_core.families import runtime_name, volume_name

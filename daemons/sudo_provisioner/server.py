@@ -12,6 +12,7 @@ from typing import Any
 
 import prometheus_client
 from aiohttp import web
+
 from sudo_core.families import BadFamilyId, parse_family_id
 
 from .runtimes import FamilyNotFound, RuntimeManager, SpawnFailed
