@@ -24,7 +24,7 @@ from sudo_core.config import RuntimeSettings
 from sudo_core.families import RUNTIME_PREFIX
 from sudo_core.logs import fields
 
-from .spec import LABEL_HASH, LABEL_IMAGE, LABEL_OWNER, Image, RuntimeSpec
+from .spec import LABEL_HASH, LABEL_IMAGE, LABEL_OWNER, LABEL_SCOPE, Image, RuntimeSpec
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class DockerBackend:
         )
 
     async def list(self) -> list[Runtime]:
-        """Every container named like a runtime, labelled or not, running or not."""
+        """Every container named like a runtime, running or not, unless another installation's."""
         rows = await self._run(self._client.api.containers, all=True, filters={"name": RUNTIME_PREFIX})
         runtimes = []
         for row in rows:
@@ -138,6 +138,8 @@ class DockerBackend:
             if not name.startswith(RUNTIME_PREFIX):  # the filter matches substrings
                 continue
             labels = row.get("Labels") or {}
+            if labels.get(LABEL_SCOPE, self.settings.network) != self.settings.network:
+                continue
             runtimes.append(
                 Runtime(
                     name=name,

@@ -26,6 +26,8 @@ IDENTITY_MARKER = "Family identity (managed by Sudo, rewritten on every start):"
 LABEL_OWNER = "sudo.owner"
 LABEL_HASH = "sudo.config-hash"
 LABEL_IMAGE = "sudo.image"
+LABEL_SCOPE = "sudo.scope"
+"""The runtime network: one Docker engine can host several Sudo installations apart."""
 
 
 @dataclass(frozen=True)
@@ -143,5 +145,6 @@ def build_spec(
         LABEL_OWNER: str(family.id),
         LABEL_HASH: config_hash,
         LABEL_IMAGE: image.ref,
+        LABEL_SCOPE: rt.network,
     }
     return RuntimeSpec(args["name"], volume, args, config_hash)

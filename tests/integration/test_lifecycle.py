@@ -1,0 +1,194 @@
+"""stop, purge, eviction, reconcile, stale configs and restart-all, against real containers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+
+from conftest import chat
+from stack import BIN, Stack
+
+from sudo_core.families import runtime_name, volume_name
+
+
+def volume_exists(stack: Stack, name: str) -> bool:
+    return any(v.name == name for v in stack.docker.volumes.list())
+
+
+async def test_stop_keeps_the_agents_memory_and_purge_removes_it(stack: Stack, provisioner):
+    family = stack.new_family("Memory")
+    await provisioner.ensure(family.id)
+    stack.container(family.id).exec_run(
+        ["sh", "-c", "echo 'the cat is called Ada' > /opt/data/memories/USER.md"]
+    )
+
+    assert await provisioner.stop(family.id) == {"stopped": True, "purged": False}
+    assert stack.container(family.id) is None
+    assert volume_exists(stack, volume_name(family.id))
+
+    await provisioner.ensure(family.id)
+    _, out = stack.container(family.id).exec_run(["cat", "/opt/data/memories/USER.md"])
+    assert out.decode().strip() == "the cat is called Ada"
+    _, memory = stack.container(family.id).exec_run(["cat", "/opt/data/memories/MEMORY.md"])
+    assert "Memory family" in memory.decode()
+
+    assert await provisioner.stop(family.id, purge=True) == {"stopped": True, "purged": True}
+    assert not volume_exists(stack, volume_name(family.id))
+    assert await provisioner.stop(family.id) == {"stopped": False, "purged": False}
+
+
+async def test_stale_config_is_recreated_not_restarted(stack: Stack, provisioner):
+    family = stack.new_family("Stale")
+    await provisioner.ensure(family.id)
+    old = stack.container(family.id)
+
+    stack.db.set_setting("llm.model", "a-new-model")  # goes into config.yaml: a new hash
+    try:
+        assert (await provisioner.get(family.id))["stale"] is True
+        await provisioner.ensure(family.id)
+        new = stack.container(family.id)
+        assert new.id != old.id, "a stale runtime must be recreated, not reused"
+        assert new.labels["sudo.config-hash"] != old.labels["sudo.config-hash"]
+        _, config = new.exec_run(["cat", "/opt/data/config.yaml"])
+        assert '"a-new-model"' in config.decode()
+    finally:
+        stack.db.set_setting("llm.model", "family-model")
+
+
+async def test_exited_runtime_is_replaced_on_ensure(stack: Stack, provisioner):
+    family = stack.new_family("Crashed")
+    await provisioner.ensure(family.id)
+    old = stack.container(family.id)
+    old.kill()
+    runtime = await provisioner.ensure(family.id)
+    assert stack.container(family.id).id != old.id
+    assert stack.container(family.id).status == "running"
+    assert runtime["state"] == "running"
+
+
+async def test_evict_idle_spares_recent_and_in_flight_runtimes(stack: Stack, provisioner):
+    idle, recent, busy = (stack.new_family(n) for n in ("Idle", "Recent", "Busy"))
+    await asyncio.gather(*(provisioner.ensure(f.id) for f in (idle, recent, busy)))
+    long_ago = time.time() - 3600
+    for family in (idle, busy):
+        stack.set_last_active(family.id, long_ago)
+    lease = stack.db.acquire_lease(busy.id, "test", ttl=60)
+
+    result = await provisioner.evict_idle(idle_sec=600)
+    assert str(idle.id) in result["evicted"]
+    assert str(recent.id) not in result["evicted"]
+    assert str(busy.id) not in result["evicted"], "a runtime with a request in flight was reaped"
+    assert stack.container(idle.id) is None
+    assert stack.container(busy.id).status == "running"
+    assert stack.container(recent.id).status == "running"
+
+    stack.db.release_lease(lease)
+    result = await provisioner.evict_idle(idle_sec=600)
+    assert str(busy.id) in result["evicted"]
+
+
+async def test_llm_request_in_flight_holds_off_the_reaper(stack: Stack, provisioner, http):
+    family = stack.new_family("Thinking")
+    runtime = await provisioner.ensure(family.id)
+    stack.set_last_active(family.id, 0)
+    talking = asyncio.create_task(chat(http, runtime["url"], stack.api_key(family.id), "think hard [slow:6]"))
+    # wait until the gateway holds the request (and so a lease) for this family
+    for _ in range(200):
+        if stack.db.has_active_lease(family.id):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the gateway never took a lease for the request")
+    result = await provisioner.evict_idle(idle_sec=0)
+    assert str(family.id) not in result["evicted"]
+    assert "stub says: think hard" in await talking
+
+
+async def test_reconcile_removes_orphans_and_legacy_and_adopts_the_rest(stack: Stack, provisioner):
+    keep, gone = stack.new_family("Keep"), stack.new_family("Gone")
+    await asyncio.gather(provisioner.ensure(keep.id), provisioner.ensure(gone.id))
+    kept_id = stack.container(keep.id).id
+    legacy = stack.docker.containers.create(
+        stack.settings.runtime.image, name="hermes-user-usr_legacy123", entrypoint=["true"]
+    )
+    stack.db.delete_family(gone.id)
+    try:
+        result = await provisioner.reconcile()
+        removed = {r["name"]: r["reason"] for r in result["removed"]}
+        assert removed[runtime_name(gone.id)] == "family no longer exists"
+        assert removed["hermes-user-usr_legacy123"] == "legacy"
+        assert runtime_name(keep.id) not in removed
+        assert stack.container(gone.id) is None
+        assert stack.container(keep.id).id == kept_id
+        assert volume_exists(stack, volume_name(gone.id)), "reconcile must never delete data"
+    finally:
+        if stack.docker.containers.list(all=True, filters={"name": "hermes-user-usr_legacy123"}):
+            legacy.remove(force=True)
+
+
+async def test_restarted_provisioner_adopts_its_runtimes(stack: Stack, provisioner):
+    family = stack.new_family("Adopted")
+    await provisioner.ensure(family.id)
+    container_id = stack.container(family.id).id
+    stack.stop("provisioner", sig=9)
+    stack.start_provisioner()
+    runtime = await provisioner.ensure(family.id)
+    assert stack.container(family.id).id == container_id
+    assert runtime["state"] == "running"
+
+
+async def test_provisioner_killed_mid_spawn_leaves_one_runtime(stack: Stack, provisioner):
+    family = stack.new_family("Interrupted")
+    pending = asyncio.create_task(provisioner.ensure(family.id))
+    for _ in range(300):  # until docker has the container
+        if stack.container(family.id) is not None:
+            break
+        await asyncio.sleep(0.02)
+    stack.stop("provisioner", sig=9)
+    with contextlib.suppress(Exception):  # the caller saw the provisioner die
+        await pending
+    stack.start_provisioner()
+    await asyncio.gather(*(provisioner.ensure(family.id) for _ in range(5)))
+    owned = [c for c in stack.containers() if c.labels["sudo.owner"] == str(family.id)]
+    assert len(owned) == 1
+    assert owned[0].status == "running"
+
+
+async def test_restart_all_recreates_every_runtime_and_reports_failures(stack: Stack, provisioner):
+    families = [stack.new_family(f"Fleet {i}") for i in range(3)]
+    await asyncio.gather(*(provisioner.ensure(f.id) for f in families))
+    running = {c.labels["sudo.owner"]: c.id for c in stack.containers() if c.status == "running"}
+    doomed = families[0]
+    stack.db.delete_family(doomed.id)  # its recreation fails; the others must carry on
+
+    events = [e async for e in provisioner.restart_all()]
+    assert events[0] == {"event": "start", "total": len(running)}
+    done = events[-1]
+    assert done["event"] == "done"
+    assert done["total"] == len(running)
+    assert [f["user_id"] for f in done["failed"]] == [str(doomed.id)]
+    assert done["restarted"] == len(running) - 1
+    progress = [e for e in events[1:-1]]
+    assert sorted(e["done"] for e in progress) == list(range(1, len(running) + 1))
+    for family in families[1:]:
+        assert stack.container(family.id).id != running[str(family.id)], "not recreated"
+        assert stack.container(family.id).status == "running"
+
+
+async def test_reaper_evicts_idle_runtimes_through_the_provisioner(stack: Stack, provisioner):
+    family = stack.new_family("Reaped")
+    await provisioner.ensure(family.id)
+    stack.set_last_active(family.id, 0)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "sudo-reaper"), "--idle-sec", "60"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "evicted" in result.stderr
+    assert stack.container(family.id) is None

@@ -1,0 +1,82 @@
+"""The provisioner under the sd_listen_fds and sd_notify protocols, as systemd drives them:
+started with an inherited listening socket, READY/STATUS/WATCHDOG on NOTIFY_SOCKET, exit on
+idle with the socket left open, and a second life answering on the same socket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+from stack import BIN, Stack
+
+
+def start_activated(stack: Stack, listener: socket.socket, notify: Path, log: Path):
+    """What systemd does for sudo-provisioner.socket: the socket becomes fd 3 of the service."""
+    env = stack.env | {
+        "LISTEN_FDS": "1",
+        "LISTEN_FDNAMES": "provisioner",
+        "NOTIFY_SOCKET": str(notify),
+        "WATCHDOG_USEC": "1000000",
+        "SUDO_PROVISIONER_IDLE_EXIT_SEC": "2",
+    }
+    fd = listener.fileno()
+    return subprocess.Popen(
+        ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", str(BIN / "sudo-provisioner")],
+        env=env,
+        pass_fds=(fd,),
+        preexec_fn=lambda: os.dup2(fd, 3),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def messages(notify: socket.socket, until: str, timeout: float) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        notify.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            seen += notify.recv(4096).decode().split("\n")
+        except TimeoutError:
+            break
+        if any(m.startswith(until) for m in seen):
+            break
+    return seen
+
+
+async def test_socket_activated_provisioner_serves_pings_and_exits_when_idle(stack: Stack, tmp_path):
+    path = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    notify_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+
+    family = stack.new_family("Activated")
+    for life in (1, 2):
+        connector = aiohttp.UnixConnector(path=str(path))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            # the request is sent before the service runs, as when systemd activates on it
+            proc = start_activated(stack, listener, notify_path, tmp_path / "activated.log")
+            async with http.get("http://p/v1/runtimes") as resp:
+                assert resp.status == 200
+                assert isinstance((await resp.json())["runtimes"], list)
+            if life == 1:
+                async with http.post(f"http://p/v1/runtimes/{family.id}/ensure") as resp:
+                    assert resp.status == 200, await resp.text()
+        seen = messages(notify, "WATCHDOG=1", timeout=5)
+        assert "READY=1" in seen
+        assert any(m.startswith("STATUS=serving") for m in seen)
+        assert "WATCHDOG=1" in seen
+        # no request for 2 s: it exits by itself, cleanly, saying so
+        assert proc.wait(timeout=20) == 0
+        assert "STOPPING=1" in messages(notify, "STOPPING=1", timeout=2)
+    # the runtime outlived both provisioner processes: its state is in Docker, not in them
+    assert stack.container(family.id).status == "running"
+    listener.close()
+    notify.close()

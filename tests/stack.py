@@ -1,0 +1,224 @@
+"""A whole Sudo control plane for tests and benchmarks, built from the real parts.
+
+The real sudo-provisioner and sudo-gateway run as subprocesses against the real Docker engine
+and the locally built Hermes image; only the LLM provider is a stand-in (tests/llm_stub.py).
+Each stack has its own state directory, systemd-style credentials directory, runtime network
+and subnet, so it never touches another installation's containers on the same engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from sudo_core import config
+from sudo_core.db import Database, Family
+from sudo_core.families import api_key_for, runtime_name, volume_name
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def unused_subnet(client: docker.DockerClient) -> str:
+    taken = {
+        cfg.get("Subnet")
+        for net in client.api.networks()
+        for cfg in (net.get("IPAM") or {}).get("Config") or []
+    }
+    while True:
+        candidate = f"10.214.{random.randrange(256)}.0/24"
+        if candidate not in taken:
+            return candidate
+
+
+class Stack:
+    def __init__(self, root: Path, **overrides: dict) -> None:
+        self.root = root
+        self.docker = docker.from_env()
+        try:
+            self.docker.images.get(IMAGE)
+        except docker.errors.ImageNotFound:
+            raise RuntimeError(f"image {IMAGE} is missing: run `make hermes-image` first") from None
+        self.network = f"sudo-test-{secrets.token_hex(3)}"
+        self.creds = root / "credentials"
+        self.creds.mkdir(parents=True)
+        self.secret = secrets.token_hex(32)
+        self.llm_key = f"sk-GLOBAL-{secrets.token_hex(16)}"
+        (self.creds / "host-secret").write_text(self.secret + "\n")
+        (self.creds / "llm-api-key").write_text(self.llm_key + "\n")
+        self.llm_log = root / "llm-requests.jsonl"
+        self.llm_keys = root / "llm-keys"
+        self.llm_keys.write_text(self.llm_key + "\n")
+        self.socket = root / "provisioner.sock"
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._llm_port = self._start_llm()
+        sections: dict[str, dict] = {
+            "core": {"state_dir": str(root / "state"), "log_level": "DEBUG"},
+            "provisioner": {"socket": str(self.socket), "health_timeout_sec": 90.0},
+            "runtime": {
+                "image": IMAGE,
+                "network": self.network,
+                "subnet": unused_subnet(self.docker),
+                "memory": "768m",
+            },
+            "gateway": {"port": free_port(), "metrics": f"127.0.0.1:{free_port()}"},
+            "llm": {"base_url": f"http://127.0.0.1:{self._llm_port}/v1", "model": "family-model"},
+        }
+        for section, values in overrides.items():
+            sections[section] = sections.get(section, {}) | values
+        self.config_path = root / "sudo.toml"
+        self.config_path.write_text(_toml(sections))
+        self.env = os.environ | {
+            "SUDO_CONFIG": str(self.config_path),
+            "CREDENTIALS_DIRECTORY": str(self.creds),
+        }
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.settings = config.load(self.env)
+        self.db = Database(self.settings.core.database_path)
+
+    # processes
+
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
+        log = (self.root / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, env=env or self.env, stdout=log, stderr=log, **kw)
+        self.processes[name] = proc
+        return proc
+
+    def _start_llm(self) -> int:
+        port_file = self.root / "llm.port"
+        self._spawn(
+            "llm",
+            [
+                sys.executable,
+                str(HERE / "llm_stub.py"),
+                "--port-file",
+                str(port_file),
+                "--log",
+                str(self.llm_log),
+                "--keys",
+                str(self.llm_keys),
+            ],
+            env=dict(os.environ),
+        )
+        return int(wait_for(lambda: port_file.exists() and port_file.read_text(), 15, "LLM stub"))
+
+    def start_gateway(self) -> None:
+        self._spawn("gateway", [str(BIN / "sudo-gateway")])
+        host, _, port = self.settings.gateway.metrics.rpartition(":")
+        wait_for(lambda: _connects(host, int(port)), 15, "the gateway's metrics port")
+
+    def start_provisioner(self, extra_env: dict | None = None, name: str = "provisioner"):
+        """Start sudo-provisioner --bind; extra_env may point a second one at its own socket."""
+        env = self.env | (extra_env or {})
+        proc = self._spawn(name, [str(BIN / "sudo-provisioner"), "--bind"], env=env)
+        sock = Path(env.get("SUDO_PROVISIONER_SOCKET", self.socket))
+        wait_for(lambda: _unix_connects(sock), 30, f"the {name} socket")
+        return proc
+
+    def stop(self, name: str, sig: int = 15) -> None:
+        proc = self.processes.pop(name, None)
+        if proc and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_of(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    # families and runtimes
+
+    def new_family(self, name: str = "Test") -> Family:
+        return self.db.create_family(name)
+
+    def set_last_active(self, family: uuid.UUID, at: float) -> None:
+        """Backdate a family's activity (touch_family never moves it backwards)."""
+        with contextlib.closing(sqlite3.connect(self.settings.core.database_path)) as conn, conn:
+            conn.execute("UPDATE families SET last_active_at = ? WHERE id = ?", (at, str(family)))
+
+    def api_key(self, family: uuid.UUID) -> str:
+        return api_key_for(self.secret.encode(), family)
+
+    def container(self, family: uuid.UUID):
+        try:
+            return self.docker.containers.get(runtime_name(family))
+        except docker.errors.NotFound:
+            return None
+
+    def containers(self) -> list:
+        return self.docker.containers.list(all=True, filters={"label": f"sudo.scope={self.network}"})
+
+    def llm_requests(self) -> list[dict]:
+        if not self.llm_log.exists():
+            return []
+        return [json.loads(line) for line in self.llm_log.read_text().splitlines() if line]
+
+    def close(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+        families = [f.id for f in self.db.list_families()]
+        for container in self.containers():
+            container.remove(force=True)
+        for family in families:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.docker.containers.get(runtime_name(family)).remove(force=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                self.docker.volumes.get(volume_name(family)).remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            self.docker.networks.get(self.network).remove()
+        self.db.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _connects(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def _unix_connects(path: Path) -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        return True
+    return False
+
+
+def _toml(sections: dict[str, dict]) -> str:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
