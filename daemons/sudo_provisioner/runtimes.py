@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import docker.errors
 from prometheus_client import Counter, Gauge, Histogram
 
 from sudo_core.config import Settings
@@ -84,7 +85,14 @@ class RuntimeManager:
         return family
 
     async def _desired(self, family: Family) -> RuntimeSpec:
-        image = await self.backend.image(self.settings.runtime.image)
+        ref = self.settings.runtime.image
+        try:
+            image = await self.backend.image(ref)
+        except docker.errors.ImageNotFound:
+            raise SpawnFailed(
+                f"image {ref} is not on this Docker engine: build it (make hermes-image) "
+                "or retag the upstream image, then retry"
+            ) from None
         admin = await self.db.aio(self.db.get_settings, "llm.")
         model = admin.get("llm.model") or self.settings.llm.model
         return build_spec(self.settings, family, self._secret, image, self._plugins, model)

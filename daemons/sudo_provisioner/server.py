@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import docker.errors
 import prometheus_client
 from aiohttp import web
 
@@ -56,6 +57,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(404, str(exc))
     except SpawnFailed as exc:
         return error(502, str(exc), logs=exc.logs)
+    except docker.errors.DockerException as exc:
+        log.exception(f"{request.method} {request.path}: Docker failed")
+        return error(503, f"the Docker engine failed: {exc}")
     except Exception:
         log.exception(f"{request.method} {request.path} failed")
         return error(500, "internal error; see the provisioner's journal")

@@ -1,0 +1,227 @@
+"""Benchmarks for the provisioner, on the real Docker engine and the real Hermes image.
+
+Prints one JSON object per line. Every figure is a ratio against a baseline measured in the
+same run, so the numbers mean the same on a slower or busier machine:
+
+- warm_ensure_p50 / _p99: ensure of a running runtime over the socket, against a bare HTTP
+  round trip on the same socket (GET /health);
+- cold_ensure: ensure of a new family (create + boot script + Hermes start + health), against
+  Hermes's own start-to-healthy on the same image (a plain `docker run`, polled the same way);
+- restart_all_10: restart-all of 10 runtimes, against recreating the same 10 one after another;
+- activation_first_answer: first answer from a provisioner systemd-style activated by that
+  very request, against the same request to a running one.
+
+    make bench        (or: .venv/bin/python tests/bench/bench_runtimes.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from stack import BIN, Stack
+
+from sudo_core.provisioner_client import ProvisionerClient
+
+
+def emit(name: str, value: float, baseline: float, unit: str = "s", **extra) -> None:
+    print(
+        json.dumps(
+            {
+                "name": name,
+                "value": round(value, 6),
+                "baseline": round(baseline, 6),
+                "unit": unit,
+                "ratio": round(value / baseline, 3),
+            }
+            | extra
+        ),
+        flush=True,
+    )
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def timed(coro) -> float:
+    started = time.perf_counter()
+    await coro
+    return time.perf_counter() - started
+
+
+async def warm_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 300) -> None:
+    family = stack.new_family("Warm")
+    await client.ensure(family.id)
+    connector = aiohttp.UnixConnector(path=str(stack.socket))
+    async with aiohttp.ClientSession(connector=connector) as raw:
+
+        async def health() -> None:
+            async with raw.get("http://p/health") as resp:
+                await resp.read()
+
+        for _ in range(20):  # warm both paths up
+            await health()
+            await client.ensure(family.id)
+        base = [await timed(health()) for _ in range(rounds)]
+        ensure = [await timed(client.ensure(family.id)) for _ in range(rounds)]
+    for p in (50, 99):
+        emit(
+            f"warm_ensure_p{p}",
+            percentile(ensure, p),
+            percentile(base, p),
+            samples=rounds,
+            baseline_is="GET /health on the same socket",
+        )
+    await client.stop(family.id, purge=True)
+
+
+async def hermes_alone(stack: Stack, http: aiohttp.ClientSession) -> float:
+    """Start-to-healthy of the bare image, polled at the provisioner's cadence."""
+    key = "bench-" + os.urandom(16).hex()
+    started = time.perf_counter()
+    container = await asyncio.to_thread(
+        stack.docker.containers.run,
+        stack.settings.runtime.image,
+        ["gateway", "run"],
+        detach=True,
+        network=stack.network,
+        environment={
+            "API_SERVER_KEY": key,
+            "API_SERVER_HOST": "0.0.0.0",
+            "HERMES_GATEWAY_MAX_STARTS": "0",
+            "TIRITH_ENABLED": "false",
+        },
+    )
+    try:
+        delay = 0.05
+        while True:
+            await asyncio.to_thread(container.reload)
+            ip = container.attrs["NetworkSettings"]["Networks"][stack.network]["IPAddress"]
+            try:
+                async with http.get(f"http://{ip}:8642/health") as resp:
+                    if resp.status == 200:
+                        return time.perf_counter() - started
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+    finally:
+        await asyncio.to_thread(container.remove, force=True, v=True)
+
+
+async def cold_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 3) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+        base, cold = [], []
+        for i in range(rounds):
+            base.append(await hermes_alone(stack, http))
+            family = stack.new_family(f"Cold {i}")
+            cold.append(await timed(client.ensure(family.id)))
+            await client.stop(family.id, purge=True)
+    emit(
+        "cold_ensure",
+        statistics.median(cold),
+        statistics.median(base),
+        samples=rounds,
+        baseline_is="docker run of the same image to /health 200",
+    )
+
+
+async def restart_all(stack: Stack, client: ProvisionerClient, count: int = 10) -> None:
+    families = [stack.new_family(f"Fleet {i}") for i in range(count)]
+    await asyncio.gather(*(client.ensure(f.id) for f in families))
+
+    async def one_by_one() -> None:
+        for family in families:
+            await client.stop(family.id)
+            await client.ensure(family.id)
+
+    async def fleet() -> None:
+        async for event in client.restart_all():
+            if event["event"] == "done":
+                assert event["restarted"] == count, event
+
+    sequential = await timed(one_by_one())
+    together = await timed(fleet())
+    emit(
+        f"restart_all_{count}",
+        together,
+        sequential,
+        runtimes=count,
+        concurrency=stack.settings.provisioner.restart_concurrency,
+        baseline_is="the same recreations one after another",
+    )
+    await asyncio.gather(*(client.stop(f.id, purge=True) for f in families))
+
+
+def activate(env: dict, listener: socket.socket) -> subprocess.Popen:
+    """Start the provisioner as systemd would: the listening socket as fd 3, LISTEN_PID its pid."""
+    fd = listener.fileno()
+    return subprocess.Popen(
+        ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", str(BIN / "sudo-provisioner")],
+        env=env,
+        pass_fds=(fd,),
+        preexec_fn=lambda: os.dup2(fd, 3),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def activation(stack: Stack, client: ProvisionerClient, rounds: int = 3) -> None:
+    """A request sent to a socket no process serves yet, as systemd holds it, then the start."""
+    warm, cold = [], []
+    for _ in range(rounds):
+        warm.append(await timed(client.list()))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "p.sock"
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(path))
+            listener.listen(8)
+            env = stack.env | {"LISTEN_FDS": "1", "SUDO_PROVISIONER_IDLE_EXIT_SEC": "1"}
+            connector = aiohttp.UnixConnector(path=str(path))
+            async with aiohttp.ClientSession(connector=connector) as http:
+                started = time.perf_counter()
+                proc = activate(env, listener)
+                async with http.get("http://p/v1/runtimes") as resp:
+                    assert resp.status == 200
+                cold.append(time.perf_counter() - started)
+            await asyncio.to_thread(proc.wait, 30)
+            listener.close()
+    emit(
+        "activation_first_answer",
+        statistics.median(cold),
+        statistics.median(warm),
+        samples=rounds,
+        baseline_is="GET /v1/runtimes from a running provisioner",
+    )
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="sudo-bench-") as tmp:
+        stack = Stack(Path(tmp) / "stack")
+        try:
+            stack.start_gateway()
+            stack.start_provisioner(extra_env={"SUDO_CORE_LOG_LEVEL": "INFO"})
+            async with ProvisionerClient(stack.socket) as client:
+                await warm_ensure(stack, client)
+                await cold_ensure(stack, client)
+                await restart_all(stack, client)
+                await activation(stack, client)
+        finally:
+            stack.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
