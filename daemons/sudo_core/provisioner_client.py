@@ -21,7 +21,9 @@ class ProvisionerError(RuntimeError):
 class ProvisionerClient:
     def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(socket_path)),
+            # A connection per request: the provisioner exits when idle and restarts at any
+            # time, so a pooled connection would often be one it already closed.
+            connector=aiohttp.UnixConnector(path=str(socket_path), force_close=True),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
