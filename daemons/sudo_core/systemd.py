@@ -38,10 +38,13 @@ class Notifier:
 
     def __init__(self) -> None:
         self._notify = sdnotify.SystemdNotifier()
+        # Never block the event loop on a reader that is not reading: a full queue drops the
+        # message (sdnotify swallows the error), which systemd tolerates better than a hang.
+        if self._notify.socket is not None:  # None outside systemd: notify() does nothing
+            self._notify.socket.setblocking(False)
 
     def send(self, message: str) -> None:
-        if os.environ.get("NOTIFY_SOCKET"):
-            self._notify.notify(message)
+        self._notify.notify(message)
 
     def ready(self, status: str) -> None:
         self.send(f"READY=1\nSTATUS={status}")

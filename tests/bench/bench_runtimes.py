@@ -172,7 +172,7 @@ def activate(env: dict, listener: socket.socket) -> subprocess.Popen:
     return subprocess.Popen(
         ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", str(BIN / "sudo-provisioner")],
         env=env,
-        pass_fds=(fd,),
+        pass_fds=(fd, 3),  # 3 too: the dup2 below happens before close_fds
         preexec_fn=lambda: os.dup2(fd, 3),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

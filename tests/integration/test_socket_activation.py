@@ -4,9 +4,11 @@ idle with the socket left open, and a second life answering on the same socket."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -27,25 +29,34 @@ def start_activated(stack: Stack, listener: socket.socket, notify: Path, log: Pa
     return subprocess.Popen(
         ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", str(BIN / "sudo-provisioner")],
         env=env,
-        pass_fds=(fd,),
+        pass_fds=(fd, 3),  # 3 too: the dup2 below happens before close_fds
         preexec_fn=lambda: os.dup2(fd, 3),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
 
 
-def messages(notify: socket.socket, until: str, timeout: float) -> list[str]:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        notify.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            seen += notify.recv(4096).decode().split("\n")
-        except TimeoutError:
-            break
-        if any(m.startswith(until) for m in seen):
-            break
-    return seen
+class Notifications:
+    """The NOTIFY_SOCKET end, read continuously as systemd does."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            while data := self.sock.recv(4096):
+                self.seen += data.decode().split("\n")
+
+    def wait_for(self, message: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(m.startswith(message) for m in self.seen):
+                return True
+            time.sleep(0.05)
+        return False
 
 
 async def test_socket_activated_provisioner_serves_pings_and_exits_when_idle(stack: Stack, tmp_path):
@@ -54,8 +65,7 @@ async def test_socket_activated_provisioner_serves_pings_and_exits_when_idle(sta
     listener.bind(str(path))
     listener.listen(16)
     notify_path = tmp_path / "notify"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(notify_path))
+    notify = Notifications(notify_path)
 
     family = stack.new_family("Activated")
     for life in (1, 2):
@@ -69,14 +79,14 @@ async def test_socket_activated_provisioner_serves_pings_and_exits_when_idle(sta
             if life == 1:
                 async with http.post(f"http://p/v1/runtimes/{family.id}/ensure") as resp:
                     assert resp.status == 200, await resp.text()
-        seen = messages(notify, "WATCHDOG=1", timeout=5)
-        assert "READY=1" in seen
-        assert any(m.startswith("STATUS=serving") for m in seen)
-        assert "WATCHDOG=1" in seen
+        assert notify.wait_for("READY=1", timeout=5)
+        assert notify.wait_for("STATUS=serving", timeout=1)
+        assert notify.wait_for("WATCHDOG=1", timeout=5)
         # no request for 2 s: it exits by itself, cleanly, saying so
         assert proc.wait(timeout=20) == 0
-        assert "STOPPING=1" in messages(notify, "STOPPING=1", timeout=2)
+        assert notify.wait_for("STOPPING=1", timeout=2)
+        notify.seen.clear()
     # the runtime outlived both provisioner processes: its state is in Docker, not in them
     assert stack.container(family.id).status == "running"
     listener.close()
-    notify.close()
+    notify.sock.close()
