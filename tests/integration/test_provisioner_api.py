@@ -91,7 +91,7 @@ async def test_a_runtime_that_dies_fails_fast_with_its_logs(stack: Stack, tmp_pa
 
 async def test_an_oom_killed_runtime_is_reported_as_such(stack: Stack, tmp_path):
     socket = tmp_path / "tiny.sock"
-    env = {"SUDO_RUNTIME_MEMORY": "16m", "SUDO_PROVISIONER_SOCKET": str(socket)}
+    env = {"SUDO_RUNTIME_MEMORY": "8m", "SUDO_PROVISIONER_SOCKET": str(socket)}
     stack.start_provisioner(env, name="tiny")
     family = stack.new_family("Cramped")
     try:
