@@ -203,6 +203,20 @@ class Stack:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def activate(env: dict, listener: socket.socket, log=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start sudo-provisioner as systemd does for its .socket unit: the listening socket as
+    fd 3, LISTEN_FDS=1 and LISTEN_PID naming the service's own pid."""
+    fd = listener.fileno()
+    return subprocess.Popen(
+        ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", str(BIN / "sudo-provisioner")],
+        env=env | {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "provisioner"},
+        pass_fds=(fd, 3),  # 3 too: close_fds runs after the dup2 below
+        preexec_fn=lambda: os.dup2(fd, 3),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _connects(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import sys
 import tomllib
 import types
 import typing
@@ -168,6 +169,14 @@ def load(environ: typing.Mapping[str, str] | None = None) -> Settings:
         cls = section.default_factory  # type: ignore[misc]
         sections[section.name] = _load_section(cls, section.name, data.get(section.name, {}), env, path)
     return Settings(**sections)
+
+
+def load_or_exit(prog: str) -> Settings:
+    """`load()` for a console script: a bad configuration ends it with the reason."""
+    try:
+        return load()
+    except ConfigError as exc:
+        sys.exit(f"{prog}: {exc}")
 
 
 def _load_section(cls: type, name: str, table: dict, env: typing.Mapping[str, str], path: Path):

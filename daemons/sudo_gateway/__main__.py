@@ -67,10 +67,7 @@ async def serve(settings: config.Settings) -> int:
 
 
 def main() -> None:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        sys.exit(f"sudo-gateway: {exc}")
+    settings = config.load_or_exit("sudo-gateway")
     logs.setup("sudo-gateway", settings.core.log_level)
     sys.exit(asyncio.run(serve(settings)))
 

@@ -102,10 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="sudo-provisioner", description=__doc__.split("\n")[0])
     parser.add_argument("--bind", action="store_true", help="open provisioner.socket ourselves (development)")
     args = parser.parse_args()
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        sys.exit(f"sudo-provisioner: {exc}")
+    settings = config.load_or_exit("sudo-provisioner")
     logs.setup("sudo-provisioner", settings.core.log_level)
     sys.exit(asyncio.run(serve(settings, args.bind)))
 

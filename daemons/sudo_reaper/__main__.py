@@ -43,10 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="sudo-reaper", description=__doc__.split("\n")[0])
     parser.add_argument("--idle-sec", type=float, help="override runtime.idle_sec for this run (seconds)")
     args = parser.parse_args()
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        sys.exit(f"sudo-reaper: {exc}")
+    settings = config.load_or_exit("sudo-reaper")
     logs.setup("sudo-reaper", settings.core.log_level)
     sys.exit(asyncio.run(reap(settings, args.idle_sec)))
 

@@ -21,7 +21,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stack import BIN, Stack
+from stack import Stack, activate
 
 from sudo_core.provisioner_client import ProvisionerClient
 
@@ -166,19 +165,6 @@ async def restart_all(stack: Stack, client: ProvisionerClient, count: int = 10) 
     await asyncio.gather(*(client.stop(f.id, purge=True) for f in families))
 
 
-def activate(env: dict, listener: socket.socket) -> subprocess.Popen:
-    """Start the provisioner as systemd would: the listening socket as fd 3, LISTEN_PID its pid."""
-    fd = listener.fileno()
-    return subprocess.Popen(
-        ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", str(BIN / "sudo-provisioner")],
-        env=env,
-        pass_fds=(fd, 3),  # 3 too: the dup2 below happens before close_fds
-        preexec_fn=lambda: os.dup2(fd, 3),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def activation(stack: Stack, client: ProvisionerClient, rounds: int = 3) -> None:
     """A request sent to a socket no process serves yet, as systemd holds it, then the start."""
     warm, cold = [], []
@@ -189,7 +175,7 @@ async def activation(stack: Stack, client: ProvisionerClient, rounds: int = 3) -
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(path))
             listener.listen(8)
-            env = stack.env | {"LISTEN_FDS": "1", "SUDO_PROVISIONER_IDLE_EXIT_SEC": "1"}
+            env = stack.env | {"SUDO_PROVISIONER_IDLE_EXIT_SEC": "1"}
             connector = aiohttp.UnixConnector(path=str(path))
             async with aiohttp.ClientSession(connector=connector) as http:
                 started = time.perf_counter()

@@ -69,36 +69,37 @@ async def test_metrics_and_health(raw):
     assert "sudo_provisioner_spawns_total" in text
 
 
-async def test_a_runtime_that_dies_fails_fast_with_its_logs(stack: Stack, tmp_path):
-    """An image Hermes cannot start in: the error comes at once, with the logs, not after 120 s."""
-    base = next(t for i in stack.docker.images.list() for t in i.tags if t.startswith("sudo-debian:"))
-    socket = tmp_path / "broken.sock"
-    env = {"SUDO_RUNTIME_IMAGE": base, "SUDO_PROVISIONER_SOCKET": str(socket)}
-    stack.start_provisioner(env, name="broken")
-    family = stack.new_family("Broken")
+def bare_debian(stack: Stack) -> str:
+    return next(t for i in stack.docker.images.list() for t in i.tags if t.startswith("sudo-debian:"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "logs"),
+    [
+        # an image Hermes cannot start in: uid 10000 has no writable /opt/data there
+        (
+            {"SUDO_RUNTIME_IMAGE": bare_debian},
+            "exited with code 1 before it was healthy",
+            "Permission denied",
+        ),
+        # a memory limit Hermes cannot live in
+        ({"SUDO_RUNTIME_MEMORY": "8m"}, "was OOM-killed (limit 8m) before it was healthy", ""),
+    ],
+    ids=["exits", "oom"],
+)
+async def test_a_runtime_that_dies_fails_the_ensure_at_once(stack: Stack, tmp_path, settings, error, logs):
+    """The error comes when the container dies, with its logs, not after the 120 s deadline."""
+    socket = tmp_path / "failing.sock"
+    env = {k: v(stack) if callable(v) else v for k, v in settings.items()}
+    stack.start_provisioner(env | {"SUDO_PROVISIONER_SOCKET": str(socket)}, name="failing")
+    family = stack.new_family("Doomed")
     try:
-        async with ProvisionerClient(socket) as broken:
+        async with ProvisionerClient(socket) as failing:
             with pytest.raises(ProvisionerError) as info:
-                await broken.ensure(family.id)
+                await failing.ensure(family.id)
         assert info.value.status == 502
-        assert "exited with code 1 before it was healthy" in info.value.body["error"]
-        # the boot script's own complaint: the bare image has no writable /opt/data for uid 10000
-        assert "Permission denied" in info.value.body["logs"]
+        assert error in info.value.body["error"]
+        assert logs in info.value.body["logs"]
         assert stack.container(family.id) is None, "a failed runtime must not be left for reuse"
     finally:
-        stack.stop("broken")
-
-
-async def test_an_oom_killed_runtime_is_reported_as_such(stack: Stack, tmp_path):
-    socket = tmp_path / "tiny.sock"
-    env = {"SUDO_RUNTIME_MEMORY": "8m", "SUDO_PROVISIONER_SOCKET": str(socket)}
-    stack.start_provisioner(env, name="tiny")
-    family = stack.new_family("Cramped")
-    try:
-        async with ProvisionerClient(socket) as tiny:
-            with pytest.raises(ProvisionerError) as info:
-                await tiny.ensure(family.id)
-        assert info.value.status == 502
-        assert "OOM-killed" in info.value.body["error"]
-    finally:
-        stack.stop("tiny")
+        stack.stop("failing")

@@ -5,35 +5,13 @@ idle with the socket left open, and a second life answering on the same socket."
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import aiohttp
-from stack import BIN, Stack
-
-
-def start_activated(stack: Stack, listener: socket.socket, notify: Path, log: Path):
-    """What systemd does for sudo-provisioner.socket: the socket becomes fd 3 of the service."""
-    env = stack.env | {
-        "LISTEN_FDS": "1",
-        "LISTEN_FDNAMES": "provisioner",
-        "NOTIFY_SOCKET": str(notify),
-        "WATCHDOG_USEC": "1000000",
-        "SUDO_PROVISIONER_IDLE_EXIT_SEC": "2",
-    }
-    fd = listener.fileno()
-    return subprocess.Popen(
-        ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", str(BIN / "sudo-provisioner")],
-        env=env,
-        pass_fds=(fd, 3),  # 3 too: the dup2 below happens before close_fds
-        preexec_fn=lambda: os.dup2(fd, 3),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+from stack import Stack, activate
 
 
 class Notifications:
@@ -68,11 +46,16 @@ async def test_socket_activated_provisioner_serves_pings_and_exits_when_idle(sta
     notify = Notifications(notify_path)
 
     family = stack.new_family("Activated")
+    env = stack.env | {
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": "1000000",
+        "SUDO_PROVISIONER_IDLE_EXIT_SEC": "2",
+    }
     for life in (1, 2):
         connector = aiohttp.UnixConnector(path=str(path))
         async with aiohttp.ClientSession(connector=connector) as http:
             # the request is sent before the service runs, as when systemd activates on it
-            proc = start_activated(stack, listener, notify_path, tmp_path / "activated.log")
+            proc = activate(env, listener, log=(tmp_path / "activated.log").open("ab"))
             async with http.get("http://p/v1/runtimes") as resp:
                 assert resp.status == 200
                 assert isinstance((await resp.json())["runtimes"], list)
