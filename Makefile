@@ -37,7 +37,7 @@ hermes-image: deps
 run: venv hermes-image
 	@mkdir -p var
 	@echo "==> sudo-gateway and sudo-provisioner on ./var (Ctrl-C stops both)"
-	@echo "    try: $(BIN)/sudoctl families add Smith; SUDO_PROVISIONER_SOCKET=var/provisioner.sock $(BIN)/sudoctl ensure <id>"
+	@echo "    in another terminal: export $(DEV_ENV); $(BIN)/sudoctl families add Smith (README: Trying it)"
 	@$(DEV_ENV) sh -c '$(BIN)/sudo-gateway & gateway=$$!; \
 		trap "kill $$gateway 2>/dev/null" EXIT INT TERM; \
 		$(BIN)/sudo-provisioner --bind'
