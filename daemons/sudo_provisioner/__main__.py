@@ -69,7 +69,7 @@ async def serve(settings: config.Settings, bind: bool) -> int:
     summary = await manager.reconcile()
 
     activity = Activity()
-    runner = web.AppRunner(build_app(manager, activity), handle_signals=False)
+    runner = web.AppRunner(build_app(manager, activity, notifier), handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     stop = asyncio.Event()

@@ -15,6 +15,7 @@ import prometheus_client
 from aiohttp import web
 
 from sudo_core.families import BadFamilyId, parse_family_id
+from sudo_core.systemd import Notifier
 
 from .runtimes import FamilyNotFound, RuntimeManager, SpawnFailed
 
@@ -137,6 +138,7 @@ async def reconcile(request: web.Request) -> web.Response:
 
 
 RESTARTING = web.AppKey("restarting", asyncio.Lock)
+NOTIFIER = web.AppKey("notifier", Notifier)
 
 
 async def restart_all(request: web.Request) -> web.StreamResponse:
@@ -149,12 +151,17 @@ async def restart_all(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
 
         async def progress(event: dict[str, Any]) -> None:
+            if "done" in event:  # shown by `systemctl status sudo-provisioner`
+                request.app[NOTIFIER].status(f"restart-all: {event['done']}/{event['total']} done")
             # If the caller left, the restart goes on (and is logged) all the same.
             with contextlib.suppress(ConnectionError):
                 await response.write(json.dumps(event).encode() + b"\n")
 
         summary = await request.app[MANAGER].restart_all(progress)
         await progress(summary)
+        request.app[NOTIFIER].status(
+            f"serving; last restart-all: {summary['restarted']} restarted, {len(summary['failed'])} failed"
+        )
         await response.write_eof()
         return response
 
@@ -170,10 +177,11 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def build_app(manager: RuntimeManager, activity: Activity) -> web.Application:
+def build_app(manager: RuntimeManager, activity: Activity, notifier: Notifier) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=64 * 1024)
     app[MANAGER] = manager
     app[ACTIVITY] = activity
+    app[NOTIFIER] = notifier
     app[RESTARTING] = asyncio.Lock()
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
