@@ -25,7 +25,9 @@ from sudo_core.families import family_of_llm_key
 from sudo_core.logs import fields
 
 log = logging.getLogger(__name__)
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+# Not forwarded: hop-by-hop headers, and the length (the answer is re-chunked as it streams).
+# Content-Encoding is kept: the body passes through undecoded (auto_decompress=False).
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 
 REQUESTS = Counter("sudo_gateway_requests_total", "LLM requests", ["status"])
 FIRST_BYTE = Histogram("sudo_gateway_upstream_first_byte_seconds", "Provider time to first byte")
@@ -120,10 +122,6 @@ class Gateway:
         started = time.monotonic()
         try:
             return await self._forward(request, f"{upstream.base_url}/chat/completions", body, headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning(f"LLM provider failed: {exc!r}", extra=fields(family=family))
-            REQUESTS.labels("502").inc()
-            return openai_error(502, f"the LLM provider could not be reached: {exc}", "server_error")
         finally:
             IN_FLIGHT.dec()
             await self.db.aio(self.db.release_lease, lease)
@@ -133,18 +131,28 @@ class Gateway:
         self, request: web.Request, url: str, body: dict, headers: dict[str, str]
     ) -> web.StreamResponse:
         started = time.monotonic()
-        async with self._http.post(url, json=body, headers=headers) as upstream:
-            FIRST_BYTE.observe(time.monotonic() - started)
-            REQUESTS.labels(str(upstream.status)).inc()
-            response = web.StreamResponse(
-                status=upstream.status,
-                headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP},
-            )
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        response: web.StreamResponse | None = None
+        try:
+            async with self._http.post(url, json=body, headers=headers) as upstream:
+                FIRST_BYTE.observe(time.monotonic() - started)
+                REQUESTS.labels(str(upstream.status)).inc()
+                response = web.StreamResponse(
+                    status=upstream.status,
+                    headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP},
+                )
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(f"LLM provider failed: {exc!r}")
+            if response is not None and response.prepared:
+                # Mid-answer: drop the connection so the agent sees a broken stream, never a
+                # short answer that looks complete.
+                raise
+            REQUESTS.labels("502").inc()
+            return openai_error(502, f"the LLM provider could not be reached: {exc}", "server_error")
 
 
 async def not_found(request: web.Request) -> web.Response:

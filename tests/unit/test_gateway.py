@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sudo_core.config import LLMSettings, Settings
@@ -100,3 +104,49 @@ async def test_everything_else_is_404(gateway):
         resp = await client.request(method, path)
         assert resp.status == 404, path
         assert isinstance(await resp.json(), dict)
+
+
+async def upstream_server(handler) -> TestServer:
+    """A provider stand-in for one behaviour; the real one is tests/llm_stub.py."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_a_provider_breaking_off_mid_answer_breaks_the_stream(gateway):
+    async def half_answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"delta": {"content": "Half"}}]}\n\n')
+        request.transport.close()  # the provider dies mid-answer
+        return response
+
+    client, db = gateway
+    server = await upstream_server(half_answer)
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        resp = await client.post("/v1/chat/completions", json=BODY | {"stream": True}, headers=auth(db))
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # never a short answer that looks complete
+    finally:
+        await server.close()
+
+
+async def test_compressed_answers_pass_through_intact(gateway):
+    async def gzipped(request: web.Request) -> web.Response:
+        body = gzip.compress(json.dumps({"choices": [{"message": {"content": "hello"}}]}).encode())
+        return web.Response(
+            body=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        )
+
+    client, db = gateway
+    server = await upstream_server(gzipped)
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        resp = await client.post("/v1/chat/completions", json=BODY, headers=auth(db))
+        assert (await resp.json())["choices"][0]["message"]["content"] == "hello"
+    finally:
+        await server.close()
