@@ -179,7 +179,7 @@ def load_or_exit(prog: str) -> Settings:
         sys.exit(f"{prog}: {exc}")
 
 
-def _load_section(cls: type, name: str, table: dict, env: typing.Mapping[str, str], path: Path):
+def _load_section(cls: type, name: str, table: dict, env: typing.Mapping[str, str], path: Path) -> typing.Any:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{name}] must be a table")
     hints = typing.get_type_hints(cls)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,7 +86,7 @@ async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
     return body
 
 
-def family_id(request: web.Request):
+def family_id(request: web.Request) -> uuid.UUID:
     return parse_family_id(request.match_info["user_id"])
 
 
