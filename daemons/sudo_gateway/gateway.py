@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 
 import aiohttp
-import prometheus_client
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -23,6 +22,7 @@ from sudo_core.credentials import LLM_API_KEY, read_credential
 from sudo_core.db import Database
 from sudo_core.families import family_of_llm_key
 from sudo_core.logs import fields
+from sudo_core.metrics import metrics
 
 log = logging.getLogger(__name__)
 # Not forwarded: hop-by-hop headers, and the length (the answer is re-chunked as it streams).
@@ -157,13 +157,6 @@ class Gateway:
 
 async def not_found(request: web.Request) -> web.Response:
     return openai_error(404, f"{request.method} {request.path} is not served by the Sudo gateway")
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        body=prometheus_client.generate_latest(),
-        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-    )
 
 
 def build_app(gateway: Gateway) -> web.Application:

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import docker.errors
-import prometheus_client
 from aiohttp import web
 
 from sudo_core.families import BadFamilyId, parse_family_id
+from sudo_core.metrics import metrics
 from sudo_core.systemd import Notifier
 
 from .runtimes import FamilyNotFound, RuntimeManager, SpawnFailed
@@ -169,13 +169,6 @@ async def restart_all(request: web.Request) -> web.StreamResponse:
 
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        body=prometheus_client.generate_latest(),
-        headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-    )
 
 
 def build_app(manager: RuntimeManager, activity: Activity, notifier: Notifier) -> web.Application:

@@ -96,6 +96,8 @@ async def test_chat_reaches_the_llm_through_hermes_and_the_gateway(stack: Stack,
     assert seen[-1]["authorization"] == f"Bearer {stack.llm_key}"
     assert seen[-1]["model"] == "family-model"
     assert seen[-1]["stream"] is True
+    async with http.get(f"http://{stack.settings.gateway.metrics}/metrics") as resp:
+        assert 'sudo_gateway_requests_total{status="200"}' in await resp.text()
 
 
 async def test_hermes_refuses_another_familys_key(stack: Stack, provisioner, http):
