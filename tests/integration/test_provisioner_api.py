@@ -91,7 +91,9 @@ async def test_a_runtime_that_dies_fails_the_ensure_at_once(stack: Stack, tmp_pa
     """The error comes when the container dies, with its logs, not after the 120 s deadline."""
     socket = tmp_path / "failing.sock"
     env = {k: v(stack) if callable(v) else v for k, v in settings.items()}
-    stack.start_provisioner(env | {"SUDO_PROVISIONER_SOCKET": str(socket)}, name="failing")
+    # a deadline far beyond the death, so only the fail-fast path can end the ensure
+    env |= {"SUDO_PROVISIONER_SOCKET": str(socket), "SUDO_PROVISIONER_HEALTH_TIMEOUT_SEC": "600"}
+    stack.start_provisioner(env, name="failing")
     family = stack.new_family("Doomed")
     try:
         async with ProvisionerClient(socket) as failing:
