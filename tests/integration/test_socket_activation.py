@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 from stack import Stack, activate
 
+from sudo_core.provisioner_client import ProvisionerClient
+
 
 class Notifications:
     """The NOTIFY_SOCKET end, read continuously as systemd does."""
@@ -73,3 +75,30 @@ async def test_socket_activated_provisioner_serves_pings_and_exits_when_idle(sta
     assert stack.container(family.id).status == "running"
     listener.close()
     notify.sock.close()
+
+
+async def test_restart_all_progress_shows_in_the_units_status(tmp_path):
+    """`systemctl status sudo-provisioner` shows how far a restart-all has got."""
+    own = Stack(tmp_path / "stack")  # its own network: only its runtime is restarted
+    try:
+        own.start_gateway()
+        family = own.new_family("Status")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(own.socket))
+        listener.listen(16)
+        notify = Notifications(tmp_path / "notify")
+        proc = activate(own.env | {"NOTIFY_SOCKET": str(tmp_path / "notify")}, listener)
+        try:
+            async with ProvisionerClient(own.socket) as client:
+                await client.ensure(family.id)
+                events = [e async for e in client.restart_all()]
+            assert events[-1]["restarted"] == 1
+            assert notify.wait_for("STATUS=restart-all: 1/1 done", timeout=5)
+            assert notify.wait_for("STATUS=serving; last restart-all: 1 restarted, 0 failed", timeout=5)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            listener.close()
+            notify.sock.close()
+    finally:
+        own.close()
