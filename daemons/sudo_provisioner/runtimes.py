@@ -134,6 +134,11 @@ class RuntimeManager:
         ENSURE_SECONDS.labels(path).observe(time.monotonic() - started)
         return runtime
 
+    async def _remove(self, runtime: Runtime, graceful: bool = True) -> None:
+        """Remove a container, and forget that this process saw it healthy."""
+        await self.backend.remove(runtime.name, graceful=graceful)
+        self._healthy.discard(runtime.container_id)
+
     async def _retire(self, runtime: Runtime, wanted_hash: str) -> None:
         """Remove a container that may not serve: exited, or built from a stale config."""
         if runtime.running:
@@ -142,8 +147,7 @@ class RuntimeManager:
             tail = await self.backend.logs(runtime.name, tail=10)
             reason = f"it is {runtime.state} (exit code {runtime.exit_code}); last logs:\n{tail}"
         log.info(f"recreating {runtime.name}: {reason}", extra=fields(runtime=runtime.name))
-        await self.backend.remove(runtime.name, graceful=runtime.running)
-        self._healthy.discard(runtime.container_id)
+        await self._remove(runtime, graceful=runtime.running)
 
     async def _spawn(self, spec: RuntimeSpec) -> Runtime:
         async with self._spawn_slots:
@@ -218,8 +222,7 @@ class RuntimeManager:
         async with self._lock(family_id):
             runtime = await self.backend.get(runtime_name(family_id))
             if runtime is not None:
-                await self.backend.remove(runtime.name)
-                self._healthy.discard(runtime.container_id)
+                await self._remove(runtime)
             purged = purge and await self.backend.remove_volume(volume_name(family_id))
         log.info(
             f"stopped {runtime_name(family_id)}" + (" and purged its data" if purged else ""),
@@ -280,8 +283,7 @@ class RuntimeManager:
                 if not idle or await self.db.aio(self.db.has_active_lease, family.id):
                     kept += 1
                     continue
-                await self.backend.remove(runtime.name)
-                self._healthy.discard(runtime.container_id)
+                await self._remove(runtime)
             EVICTIONS.inc()
             evicted.append(str(runtime.owner))
             log.info(f"evicted idle {runtime.name}", extra=fields(family=runtime.owner))
@@ -317,8 +319,7 @@ class RuntimeManager:
                     else:
                         adopted += 1  # if its config is stale, its next ensure recreates it
                         continue
-                    await self.backend.remove(current.name, graceful=False)
-                    self._healthy.discard(current.container_id)
+                    await self._remove(current, graceful=False)
             REMOVALS.inc()
             removed.append({"name": runtime.name, "reason": reason})
             log.info(f"removed {runtime.name}: {reason}", extra=fields(runtime=runtime.name))
@@ -369,8 +370,7 @@ class RuntimeManager:
             spec = await self._desired(family)
             current = await self.backend.get(spec.name)
             if current is not None:
-                await self.backend.remove(current.name)
-                self._healthy.discard(current.container_id)
+                await self._remove(current)
             await self._spawn(spec)
 
     async def _await_quiet(self, family_id: uuid.UUID) -> None:

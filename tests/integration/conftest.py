@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -46,15 +44,3 @@ async def chat(http: aiohttp.ClientSession, url: str, key: str, text: str) -> st
         body = await resp.json(content_type=None)
         assert resp.status == 200, body
         return body["choices"][0]["message"]["content"]
-
-
-@contextlib.contextmanager
-def removed_family(stack: Stack, family: uuid.UUID) -> Iterator[None]:
-    """Delete a family's row for the duration (its containers become orphans)."""
-    row = stack.db.get_family(family)
-    stack.db.delete_family(family)
-    try:
-        yield
-    finally:
-        if row is not None:
-            stack.db.create_family(row.name, row.id)
