@@ -5,17 +5,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HERMES_IMAGE ?= sudo-hermes:0.19.0
-export HERMES_IMAGE
+SYSTEMD_IMAGE ?= sudo-systemd:bookworm
+E2E_IMAGE ?= sudo-e2e:bookworm
+export HERMES_IMAGE SYSTEMD_IMAGE E2E_IMAGE
 
 # make run: embedded defaults, everything under ./var
 DEV_ENV := SUDO_CORE_STATE_DIR=$(CURDIR)/var SUDO_PROVISIONER_SOCKET=$(CURDIR)/var/provisioner.sock \
-	SUDO_RUNTIME_IMAGE=$(HERMES_IMAGE)
+	SUDO_RUNTIME_IMAGE=$(HERMES_IMAGE) SUDO_API_LISTEN=127.0.0.1:8600 SUDO_API_SECURE_COOKIES=false
 
-.PHONY: deps venv hermes-image run test lint bench clean
+.PHONY: deps venv hermes-image systemd-image e2e-image deb e2e run test lint bench clean
 
 deps:
 	@missing=""; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
@@ -32,25 +35,45 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 hermes-image: deps
-	tests/images/build-hermes-image
+	tests/images/build-image hermes $(HERMES_IMAGE)
+
+# make deb: the .deb packages, built and lintian-checked in a clean Debian 12, into dist/
+deb: deps
+	tests/images/build-image debbuild sudo-debbuild:bookworm
+	@mkdir -p dist
+	docker run --rm -v $(CURDIR):/src:ro -v $(CURDIR)/dist:/out \
+		-v /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro \
+		sudo-debbuild:bookworm /src/debian/build-debs
+	@ls -1 dist/*.deb
+
+e2e-image: deps
+	tests/images/build-image e2e $(E2E_IMAGE)
+
+# make e2e: install the built packages into a Debian 12 with systemd as PID 1 and use them
+e2e: venv hermes-image e2e-image deb
+	$(BIN)/python -m pytest -q tests/e2e
+
+systemd-image: deps
+	tests/images/build-image systemd $(SYSTEMD_IMAGE)
 
 run: venv hermes-image
 	@mkdir -p var
-	@echo "==> sudo-gateway and sudo-provisioner on ./var (Ctrl-C stops both)"
-	@echo "    in another terminal: export $(DEV_ENV); $(BIN)/sudoctl families add Smith (README: Trying it)"
-	@$(DEV_ENV) sh -c '$(BIN)/sudo-gateway & gateway=$$!; \
-		trap "kill $$gateway 2>/dev/null" EXIT INT TERM; \
-		$(BIN)/sudo-provisioner --bind'
+	@echo "==> sudo-api on http://127.0.0.1:8600, sudo-gateway and sudo-provisioner on ./var (Ctrl-C stops all)"
+	@$(DEV_ENV) sh -c '$(BIN)/sudo-gateway & gateway=$$!; $(BIN)/sudo-provisioner --bind & provisioner=$$!; \
+		trap "kill $$gateway $$provisioner 2>/dev/null" EXIT INT TERM; \
+		$(BIN)/sudo-api'
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: venv hermes-image lint
+test: venv hermes-image systemd-image e2e-image deb lint
 	$(BIN)/python -m pytest -q
 
 bench: venv hermes-image
+	@command -v wrk >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(BIN)/python tests/bench/bench_runtimes.py
+	$(BIN)/python tests/bench/bench_api.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var dist

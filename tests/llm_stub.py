@@ -8,7 +8,8 @@ can rotate keys). Every completion request is appended to a
 JSON-lines log so tests can assert what reached the provider (which key, which model).
 
 Its answer is "stub says: <the last user message>"; a user message containing `[slow:N]`
-makes it wait N seconds first, to hold a request in flight.
+makes it wait N seconds first, to hold a request in flight; `[drip:S]` makes it wait S seconds
+between streamed words, so a reply is seen being written.
 
     python tests/llm_stub.py --port-file PATH --log PATH [--keys PATH]
 """
@@ -114,8 +115,11 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(chunk(completion_id, model, {"role": "assistant", "content": ""}, None))
+        drip = re.search(r"\[drip:(\d+(?:\.\d+)?)\]", text)
         for word in re.findall(r"\S+\s*", answer):
             await response.write(chunk(completion_id, model, {"content": word}, None))
+            if drip:
+                await asyncio.sleep(float(drip.group(1)))
         await response.write(chunk(completion_id, model, {}, "stop"))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

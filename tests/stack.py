@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -77,6 +78,8 @@ class Stack:
         self.llm_key = f"sk-GLOBAL-{secrets.token_hex(16)}"
         (self.creds / "host-secret").write_text(self.secret + "\n")
         (self.creds / "llm-api-key").write_text(self.llm_key + "\n")
+        self.service_token = secrets.token_hex(32)
+        (self.creds / "service-token").write_text(self.service_token + "\n")
         self.llm_log = root / "llm-requests.jsonl"
         self.llm_keys = root / "llm-keys"
         self.llm_keys.write_text(self.llm_key + "\n")
@@ -94,6 +97,14 @@ class Stack:
             },
             "gateway": {"port": free_port(), "metrics": f"127.0.0.1:{free_port()}"},
             "llm": {"base_url": f"http://127.0.0.1:{self._llm_port}/v1", "model": "family-model"},
+            "api": {
+                "listen": f"127.0.0.1:{free_port()}",
+                "metrics": f"127.0.0.1:{free_port()}",
+                "secure_cookies": False,  # the tests speak plain HTTP to 127.0.0.1
+                "heartbeat_flush_sec": 0.5,
+                "watch_interval_sec": 1.0,
+                "shutdown_grace_sec": 60.0,
+            },
         }
         for section, values in overrides.items():
             sections[section] = sections.get(section, {}) | values
@@ -133,6 +144,31 @@ class Stack:
         )
         return int(wait_for(lambda: port_file.exists() and port_file.read_text(), 15, "LLM stub"))
 
+    def start_twilio(self) -> dict[str, str]:
+        """The Twilio stand-in (started once); the admin settings that point sudo-api at it."""
+        if "twilio" in self.processes:
+            return self.twilio_settings
+        account, token = "AC" + secrets.token_hex(16), secrets.token_hex(16)
+        port_file = self.root / "twilio.port"
+        self.twilio_log = self.root / "twilio-messages.jsonl"
+        argv = [sys.executable, str(HERE / "twilio_stub.py"), "--port-file", str(port_file)]
+        argv += ["--log", str(self.twilio_log), "--account", account, "--token", token]
+        self._spawn("twilio", argv, env=dict(os.environ))
+        port = int(wait_for(lambda: port_file.exists() and port_file.read_text(), 15, "Twilio stub"))
+        self.twilio_settings = {
+            "twilio.account_sid": account,
+            "twilio.auth_token": token,
+            "twilio.whatsapp_from": "+14155550100",
+            "twilio.api_base": f"http://127.0.0.1:{port}",
+        }
+        return self.twilio_settings
+
+    def twilio_messages(self) -> list[dict]:
+        log = getattr(self, "twilio_log", None)
+        if log is None or not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line]
+
     def start_gateway(self) -> None:
         self._spawn("gateway", [str(BIN / "sudo-gateway")])
         host, _, port = self.settings.gateway.metrics.rpartition(":")
@@ -144,6 +180,18 @@ class Stack:
         proc = self._spawn(name, [str(BIN / "sudo-provisioner"), "--bind"], env=env)
         sock = Path(env.get("SUDO_PROVISIONER_SOCKET", self.socket))
         wait_for(lambda: _unix_connects(sock), 30, f"the {name} socket")
+        return proc
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api.listen}"
+
+    def start_api(self, extra_env: dict | None = None) -> subprocess.Popen:
+        proc = self._spawn("api", [str(BIN / "sudo-api")], env=self.env | (extra_env or {}))
+        host, _, port = self.settings.api.listen.rpartition(":")
+        wait_for(lambda: _connects(host, int(port)) or proc.poll() is not None, 30, "sudo-api")
+        if proc.poll() is not None:
+            raise RuntimeError(f"sudo-api exited: {self.log_of('api')[-2000:]}")
         return proc
 
     def stop(self, name: str, sig: int = 15) -> None:
@@ -201,6 +249,29 @@ class Stack:
             self.docker.networks.get(self.network).remove()
         self.db.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Notifications:
+    """The NOTIFY_SOCKET end, read continuously as systemd does."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            while data := self.sock.recv(4096):
+                self.seen += data.decode().split("\n")
+
+    def wait_for(self, message: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(m.startswith(message) for m in self.seen):
+                return True
+            time.sleep(0.05)
+        return False
 
 
 def activate(env: dict, listener: socket.socket, log=subprocess.DEVNULL) -> subprocess.Popen:

@@ -105,6 +105,9 @@ class RuntimeSettings:
     api_port: int = 8642
     """Port of Hermes's api_server inside the container."""
 
+    chat_port: int = 8643
+    """Port of the sudo_chat plugin's listener inside the container (sudo-api talks to it)."""
+
     def __post_init__(self) -> None:
         try:
             ipaddress.ip_network(self.subnet)
@@ -137,6 +140,57 @@ class LLMSettings:
     model: str = ""
     """Model every family uses; an admin setting in the database overrides it."""
 
+    context_length: int = 131072
+    """The model's context window (tokens), told to Hermes so it never probes the internet for it."""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: str = "127.0.0.1:8600"
+    """Where sudo-api serves the web and /v1 (host:port); Caddy terminates TLS in front of it."""
+
+    metrics: str = "127.0.0.1:9600"
+    """Where sudo-api serves Prometheus metrics (host:port), apart from the public listener."""
+
+    secure_cookies: bool = True
+    """Mark session cookies Secure (HTTPS only); turn off only for plain-HTTP development."""
+
+    session_days: float = 30.0
+    """How long a login lasts (days)."""
+
+    login_attempts: int = 5
+    """Failed logins allowed per account within login_window_sec."""
+
+    login_attempts_per_address: int = 50
+    """Failed logins allowed per client address within login_window_sec (families share NATs)."""
+
+    login_window_sec: float = 300.0
+    """Window of the login rate limit (seconds)."""
+
+    heartbeat_interval_sec: float = 30.0
+    """How often paired devices are told to heartbeat (seconds); offline after three missed."""
+
+    heartbeat_flush_sec: float = 5.0
+    """How often coalesced heartbeats are written to the database (seconds)."""
+
+    ensure_interval_sec: float = 60.0
+    """Least time between two runtime ensures triggered by one family's heartbeats (seconds)."""
+
+    pairing_ttl_sec: float = 600.0
+    """How long a device's pairing code stays valid (seconds)."""
+
+    reply_timeout_sec: float = 600.0
+    """A delivered message with no answer after this long is shown as failed (seconds)."""
+
+    delivery_attempts: int = 3
+    """Times a message is delivered again after the agent restarted before it is shown failed."""
+
+    watch_interval_sec: float = 10.0
+    """How often running runtimes are listed to read their proactive messages (seconds)."""
+
+    shutdown_grace_sec: float = 30.0
+    """On SIGTERM, how long replies in progress may take to finish (seconds)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -145,6 +199,7 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     llm: LLMSettings = field(default_factory=LLMSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
 
 def load(environ: typing.Mapping[str, str] | None = None) -> Settings:

@@ -17,6 +17,9 @@ HOST_SECRET = "host-secret"
 LLM_API_KEY = "llm-api-key"
 """The LLM provider's key; only the gateway reads it."""
 
+SERVICE_TOKEN = "service-token"
+"""What the voice bridge presents to sudo-api's service endpoints (it is no family)."""
+
 
 class MissingCredential(RuntimeError):
     pass

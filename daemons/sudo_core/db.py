@@ -8,11 +8,13 @@ never blocks on SQLite and one connection is never used from two threads at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,71 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX leases_family ON leases(family_id, expires_at);
     """,
+    """
+    CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,       -- argon2id, PHC string
+        display_name TEXT NOT NULL,
+        family_id TEXT REFERENCES families(id) ON DELETE CASCADE,  -- NULL for an admin-only account
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX accounts_family ON accounts(family_id);
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,       -- sha256 of the cookie or bearer token
+        account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE messages (
+        n INTEGER PRIMARY KEY,             -- order of the family's history
+        id TEXT NOT NULL UNIQUE,
+        family_id TEXT NOT NULL REFERENCES families(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        sender TEXT NOT NULL,
+        text TEXT NOT NULL,
+        -- user messages: queued -> delivered -> answered, or failed (retry puts it back to queued)
+        status TEXT NOT NULL,
+        reply_to TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX messages_family ON messages(family_id, n);
+    CREATE INDEX messages_open ON messages(family_id, status) WHERE status IN ('queued', 'delivered');
+    -- How far sudo-api has read each family's sudo_chat outbox, and from which agent process.
+    CREATE TABLE agent_cursors (
+        family_id TEXT PRIMARY KEY REFERENCES families(id) ON DELETE CASCADE,
+        boot TEXT,
+        seq INTEGER NOT NULL
+    );
+    CREATE TABLE pairings (
+        id TEXT PRIMARY KEY,
+        code TEXT NOT NULL UNIQUE,         -- what the family types; short-lived
+        token_hash TEXT NOT NULL UNIQUE,   -- the device's token, valid once paired
+        name TEXT NOT NULL,
+        family_id TEXT REFERENCES families(id) ON DELETE CASCADE,
+        device_id TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE whatsapp_numbers (
+        id TEXT PRIMARY KEY,
+        family_id TEXT NOT NULL REFERENCES families(id) ON DELETE CASCADE,
+        number TEXT NOT NULL,              -- E.164
+        code_hash TEXT,
+        code_expires_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        verified_at REAL,
+        created_at REAL NOT NULL,
+        UNIQUE (family_id, number)
+    );
+    -- A number answers to one family only, once verified.
+    CREATE UNIQUE INDEX whatsapp_verified ON whatsapp_numbers(number) WHERE verified_at IS NOT NULL;
+    """,
 )
 
 
@@ -73,6 +140,10 @@ class Database:
         self._conn = self._executor.submit(self._open).result()
 
     def _open(self) -> sqlite3.Connection:
+        # SQLite creates its files 0644 (its WAL and shared-memory files copy the database's
+        # mode). The daemons sharing this database run as different users of one group, so the
+        # file is made first, group-writable as far as the umask allows.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o660))
         conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -89,6 +160,28 @@ class Database:
     def close(self) -> None:
         self._executor.submit(self._conn.close).result()
         self._executor.shutdown()
+
+    # For the stores of other daemons (sudo-api's accounts, chat, devices): call on the db thread.
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        return self._conn.execute(sql, params).fetchone()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing; takes the write lock up front so no reader upgrade can deadlock."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     # Families
 

@@ -49,8 +49,10 @@ class ProvisionerClient:
     async def get(self, family: uuid.UUID) -> dict[str, Any]:
         return await self._call("GET", f"/v1/runtimes/{family}")
 
-    async def list(self) -> list[dict[str, Any]]:
-        return (await self._call("GET", "/v1/runtimes"))["runtimes"]
+    async def list(self, stats: bool = False) -> list[dict[str, Any]]:
+        """Every runtime; with stats, each running one's memory_bytes (slower: a sample each)."""
+        params = {"stats": "true"} if stats else {}
+        return (await self._call("GET", "/v1/runtimes", params=params))["runtimes"]
 
     async def stop(self, family: uuid.UUID, purge: bool = False) -> dict[str, Any]:
         params = {"purge": "true"} if purge else {}

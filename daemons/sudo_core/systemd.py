@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
+from collections.abc import AsyncIterator
 
 import sdnotify
 
@@ -54,6 +57,24 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
+
+    @contextlib.asynccontextmanager
+    async def serving(self, status: str) -> AsyncIterator[asyncio.Event]:
+        """READY, and watchdog pings while the block runs; the event is set on SIGTERM or
+        SIGINT. STOPPING is sent as the block ends, before the daemon's own cleanup."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self.ready(status)
+        watchdog = asyncio.create_task(self.watchdog())
+        try:
+            yield stop
+        finally:
+            self.stopping()
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
     async def watchdog(self) -> None:
         """Ping the watchdog while the event loop is alive; returns at once without one."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 import sys
 
@@ -15,9 +13,10 @@ from sudo_core import config, logs
 from sudo_core.credentials import host_secret
 from sudo_core.db import Database
 from sudo_core.logs import fields
+from sudo_core.metrics import start_metrics
 from sudo_core.systemd import Notifier
 
-from .gateway import Gateway, build_app, build_metrics_app
+from .gateway import Gateway, build_app
 
 log = logging.getLogger("sudo_gateway")
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -42,23 +41,11 @@ async def serve(settings: config.Settings) -> int:
     host, port = settings.runtime.host_address, settings.gateway.port
     await web.SockSite(runners[0], bind_freely(host, port)).start()
     if settings.gateway.metrics:
-        runners.append(web.AppRunner(build_metrics_app(), handle_signals=False))
-        await runners[1].setup()
-        m_host, _, m_port = settings.gateway.metrics.rpartition(":")
-        await web.TCPSite(runners[1], m_host, int(m_port)).start()
+        runners.append(await start_metrics(settings.gateway.metrics))
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    notifier.ready(f"serving family runtimes on {host}:{port}")
-    log.info(f"LLM gateway on {host}:{port}", extra=fields(address=f"{host}:{port}"))
-    watchdog = asyncio.create_task(notifier.watchdog())
-    await stop.wait()
-    notifier.stopping()
-    watchdog.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watchdog
+    async with notifier.serving(f"serving family runtimes on {host}:{port}") as stop:
+        log.info(f"LLM gateway on {host}:{port}", extra=fields(address=f"{host}:{port}"))
+        await stop.wait()
     for runner in runners:
         await runner.cleanup()
     await gateway.close()

@@ -22,7 +22,6 @@ from sudo_core.credentials import LLM_API_KEY, read_credential
 from sudo_core.db import Database
 from sudo_core.families import family_of_llm_key
 from sudo_core.logs import fields
-from sudo_core.metrics import metrics
 
 log = logging.getLogger(__name__)
 # Not forwarded: hop-by-hop headers, and the length (the answer is re-chunked as it streams).
@@ -165,10 +164,4 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/models", gateway.models)
     app.router.add_get("/v1/models/{model:.+}", gateway.models)
     app.router.add_route("*", "/{tail:.*}", not_found)
-    return app
-
-
-def build_metrics_app() -> web.Application:
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
     return app

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -72,26 +71,18 @@ async def serve(settings: config.Settings, bind: bool) -> int:
     runner = web.AppRunner(build_app(manager, activity, notifier), handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    notifier.ready(f"serving; adopted {summary['adopted']}, removed {len(summary['removed'])}")
-    log.info(
-        f"serving on {sock.getsockname() or 'an inherited socket'}",
-        extra=fields(adopted=summary["adopted"], removed=len(summary["removed"])),
-    )
-    watchdog = asyncio.create_task(notifier.watchdog())
-
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        if idle_exit and activity.idle_for() >= idle_exit:
-            log.info(f"idle for {idle_exit:.0f} s, exiting; systemd keeps the socket")
-            break
-
-    notifier.stopping()
-    watchdog.cancel()
+    ready = f"serving; adopted {summary['adopted']}, removed {len(summary['removed'])}"
+    async with notifier.serving(ready) as stop:
+        log.info(
+            f"serving on {sock.getsockname() or 'an inherited socket'}",
+            extra=fields(adopted=summary["adopted"], removed=len(summary["removed"])),
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if idle_exit and activity.idle_for() >= idle_exit:
+                log.info(f"idle for {idle_exit:.0f} s, exiting; systemd keeps the socket")
+                break
     await runner.cleanup()
     await manager.close()
     db.close()

@@ -41,5 +41,11 @@ memory="$home/memories/MEMORY.md"
     fi
 } | replace "$memory"
 
+# 4. Sudo recovers a turn cut off by a restart itself: sudo-api gives the agent every message it
+#    got and never answered again, with the same id. Hermes would also replay the interrupted
+#    session on its own (and be interrupted by that redelivery), so its previous exit is
+#    declared clean, which is what turns its replay off.
+: > "$home/.clean_shutdown"
+
 unset SUDO_CONFIG_YAML SUDO_IDENTITY
 exec "$@"

@@ -191,6 +191,14 @@ class DockerBackend:
         except docker.errors.NotFound:
             return False
 
+    async def memory_used(self, name: str) -> int | None:
+        """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`)."""
+        try:
+            stats = await self._run(self._client.api.stats, name, stream=False, one_shot=True)
+        except docker.errors.NotFound:
+            return None
+        return (stats.get("memory_stats") or {}).get("usage")
+
     async def logs(self, name: str, tail: int = 30) -> str:
         try:
             raw = await self._run(self._client.api.logs, name, tail=tail)

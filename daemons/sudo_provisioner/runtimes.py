@@ -97,10 +97,13 @@ class RuntimeManager:
         model = admin.get("llm.model") or self.settings.llm.model
         return build_spec(self.settings, family, self._secret, image, self._plugins, model)
 
-    def url(self, runtime: Runtime) -> str | None:
-        if not runtime.address:
-            return None
-        return f"http://{runtime.address}:{self.settings.runtime.api_port}"
+    def urls(self, runtime: Runtime) -> dict[str, str | None]:
+        """Where the runtime's Hermes api_server and sudo_chat listener answer."""
+        rt, address = self.settings.runtime, runtime.address
+        return {
+            "url": f"http://{address}:{rt.api_port}" if address else None,
+            "chat_url": f"http://{address}:{rt.chat_port}" if address else None,
+        }
 
     # ensure
 
@@ -191,7 +194,7 @@ class RuntimeManager:
                 else:
                     what = f"exited with code {current.exit_code}"
                 raise SpawnFailed(f"{runtime.name} {what} before it was healthy", logs)
-            url = self.url(current)
+            url = self.urls(current)["url"]
             if url and await self._healthy_at(url):
                 self._healthy.add(current.container_id)
                 return
@@ -237,17 +240,25 @@ class RuntimeManager:
             "user_id": str(runtime.owner) if runtime.owner else None,
             "name": runtime.name,
             "state": runtime.state,
-            "url": self.url(runtime),
+            **self.urls(runtime),
             "image": runtime.image,
             "config_hash": runtime.config_hash,
             "last_active_at": family.last_active_at if family else None,
         }
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self, stats: bool = False) -> list[dict[str, Any]]:
+        """Every runtime of this installation; with stats, the memory each running one uses."""
         runtimes = await self.backend.list()
         RUNNING.set(sum(r.running for r in runtimes))
         families = {f.id: f for f in await self.db.aio(self.db.list_families)}
-        return [self.describe(r, families.get(r.owner) if r.owner else None) for r in runtimes]
+        described = [self.describe(r, families.get(r.owner) if r.owner else None) for r in runtimes]
+        if stats:
+            running = [r.name for r in runtimes if r.running]
+            samples = await asyncio.gather(*(self.backend.memory_used(name) for name in running))
+            usage = dict(zip(running, samples, strict=True))
+            for entry in described:
+                entry["memory_bytes"] = usage.get(entry["name"])
+        return described
 
     async def get(self, family_id: uuid.UUID) -> dict[str, Any] | None:
         runtime = await self.backend.get(runtime_name(family_id))

@@ -98,14 +98,15 @@ async def ensure(request: web.Request) -> web.Response:
         {
             "user_id": str(family),
             "name": runtime.name,
-            "url": manager.url(runtime),
+            **manager.urls(runtime),
             "state": "running",
         }
     )
 
 
 async def list_runtimes(request: web.Request) -> web.Response:
-    return web.json_response({"runtimes": await request.app[MANAGER].list()})
+    stats = request.query.get("stats") == "true"
+    return web.json_response({"runtimes": await request.app[MANAGER].list(stats=stats)})
 
 
 async def get_runtime(request: web.Request) -> web.Response:

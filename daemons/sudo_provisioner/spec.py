@@ -84,6 +84,7 @@ def build_spec(
             "provider": "custom",
             "base_url": gateway,
             "api_key": llm_key_for(secret, family.id),
+            "context_length": settings.llm.context_length,
         },
         "platforms": {
             "api_server": {
@@ -92,10 +93,37 @@ def build_spec(
             },
         },
         "plugins": {"enabled": list(plugins.names)},
-        "platform_toolsets": {"api_server": list(rt.toolsets)},
+        "platform_toolsets": {"api_server": list(rt.toolsets), "cron": list(rt.toolsets)},
         "memory": {"memory_enabled": True, "user_profile_enabled": True},
         "terminal": {"backend": "local"},
+        "onboarding": {"profile_build": "off"},
+        # No pip installs inside a family's container (it has no internet either).
+        "security": {"allow_lazy_installs": False},
     }
+    if "sudo_chat" in plugins.names:
+        hermes_config["platforms"]["sudo_chat"] = {
+            "enabled": True,
+            "extra": {"host": "0.0.0.0", "port": rt.chat_port, "key": api_key},
+        }
+        hermes_config["platform_toolsets"]["sudo_chat"] = list(rt.toolsets)
+        # Token streaming as drafts (live in the page, never stored) then one final message.
+        hermes_config["streaming"] = {
+            "enabled": True,
+            "transport": "draft",
+            "edit_interval": 0.2,
+            "buffer_threshold": 8,
+            "cursor": "",
+        }
+        hermes_config["display"] = {
+            "platforms": {
+                "sudo_chat": {
+                    "tool_progress": "off",
+                    "interim_assistant_messages": False,
+                    "long_running_notifications": False,
+                    "busy_ack_detail": False,
+                }
+            }
+        }
     identity = (
         f"{IDENTITY_MARKER}\n"
         f"You are the family assistant of the {family.name} family on Sudo "
@@ -117,6 +145,10 @@ def build_spec(
             # would otherwise delay the sixth start within two minutes by up to 5 minutes.
             "HERMES_GATEWAY_MAX_STARTS": "0",
             "TIRITH_ENABLED": "false",
+            # Only sudo-api reaches the sudo_chat listener, with the family's key; cron and
+            # other proactive messages go to the family's chat.
+            "SUDO_CHAT_ALLOW_ALL_USERS": "true",
+            "SUDO_CHAT_HOME_CHANNEL": "family",
             # JSON is YAML: the config is rendered with the standard library alone.
             "SUDO_CONFIG_YAML": json.dumps(hermes_config, indent=1),
             "SUDO_IDENTITY": identity,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 import time
 
 import aiohttp
 
+from sudo_api.accounts import Accounts, InvalidInput
 from sudo_core import config
 from sudo_core.db import Database
 from sudo_core.families import BadFamilyId, parse_family_id
@@ -31,6 +33,23 @@ def families(settings: config.Settings, args: argparse.Namespace) -> int:
                 print(f"{f.id}  {f.name:<24} last active {ago(f.last_active_at)}")
     finally:
         db.close()
+    return 0
+
+
+async def create_admin(settings: config.Settings, args: argparse.Namespace) -> int:
+    """An admin account; the password is read from stdin, never from the command line."""
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("Password: ")
+    db = Database(settings.core.database_path)
+    try:
+        account = await Accounts(db, settings.api.session_days).sign_up(
+            args.email, password, args.name, None, is_admin=True
+        )
+    except InvalidInput as exc:
+        print(f"sudoctl: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    print(f"admin {account.email} created ({account.id})")
     return 0
 
 
@@ -77,11 +96,17 @@ def main() -> None:
         if name == "stop":
             p.add_argument("--purge", action="store_true", help="also delete its data volume")
     sub.add_parser("restart-all", help="recreate every running runtime, showing progress")
+    adm = sub.add_parser("create-admin", help="create an admin account (asks for the password)")
+    adm.add_argument("--email", required=True)
+    adm.add_argument("--name", default="Admin")
+    adm.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     args = parser.parse_args()
     try:
         settings = config.load()
         if args.command == "families":
             sys.exit(families(settings, args))
+        if args.command == "create-admin":
+            sys.exit(asyncio.run(create_admin(settings, args)))
         sys.exit(asyncio.run(runtimes(settings, args)))
     except (config.ConfigError, BadFamilyId, ValueError, ProvisionerError) as exc:
         sys.exit(f"sudoctl: {exc}")

@@ -17,7 +17,6 @@ same run, so the numbers mean the same on a slower or busier machine:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -29,30 +28,11 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import emit, percentile
 from stack import Stack, activate
 
 from sudo_core.provisioner_client import ProvisionerClient
-
-
-def emit(name: str, value: float, baseline: float, unit: str = "s", **extra) -> None:
-    print(
-        json.dumps(
-            {
-                "name": name,
-                "value": round(value, 6),
-                "baseline": round(baseline, 6),
-                "unit": unit,
-                "ratio": round(value / baseline, 3),
-            }
-            | extra
-        ),
-        flush=True,
-    )
-
-
-def percentile(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def timed(coro) -> float:

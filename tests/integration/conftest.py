@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -44,3 +45,52 @@ async def chat(http: aiohttp.ClientSession, url: str, key: str, text: str) -> st
         body = await resp.json(content_type=None)
         assert resp.status == 200, body
         return body["choices"][0]["message"]["content"]
+
+
+@pytest.fixture
+def api(stack: Stack) -> Stack:
+    """The stack with sudo-api running (started once, restarted by tests that stop it)."""
+    proc = stack.processes.get("api")
+    if proc is None or proc.poll() is not None:
+        stack.start_api()
+    return stack
+
+
+@pytest.fixture
+async def fresh_settings(api: Stack) -> AsyncIterator[None]:
+    """For tests that change admin settings or the provider's keys: put them back afterwards."""
+    yield
+    await api.db.aio(api.db.execute, "DELETE FROM settings")
+    api.llm_keys.write_text(api.llm_key + "\n")
+
+
+class Family:
+    """A family signed up through the API, with its bearer token."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, token: str, account: dict) -> None:
+        self.http, self.base, self.token, self.account = http, base, token, account
+        self.id = account["user_id"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def call(self, method: str, path: str, **kwargs) -> tuple[int, dict]:
+        async with self.http.request(method, self.base + path, headers=self.headers, **kwargs) as resp:
+            body = await resp.json(content_type=None) if resp.status != 204 else {}
+            return resp.status, body or {}
+
+    async def send(self, text: str) -> str:
+        """Send a chat message; its id."""
+        status, body = await self.call("POST", "/v1/chat/messages", json={"text": text})
+        assert status == 202, body
+        return body["message"]["id"]
+
+
+async def sign_up(http: aiohttp.ClientSession, base: str, name: str) -> Family:
+    email = f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.org"
+    body = {"email": email, "password": "correct horse battery", "name": name, "family_name": name}
+    async with http.post(f"{base}/v1/auth/signup", json=body) as resp:
+        data = await resp.json()
+        assert resp.status == 201, data
+    return Family(http, base, data["token"], data["account"] | {"email": email})

@@ -4,39 +4,12 @@ idle with the socket left open, and a second life answering on the same socket."
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-import time
-from pathlib import Path
 
 import aiohttp
-from stack import Stack, activate
+from stack import Notifications, Stack, activate
 
 from sudo_core.provisioner_client import ProvisionerClient
-
-
-class Notifications:
-    """The NOTIFY_SOCKET end, read continuously as systemd does."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        with contextlib.suppress(OSError):
-            while data := self.sock.recv(4096):
-                self.seen += data.decode().split("\n")
-
-    def wait_for(self, message: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(m.startswith(message) for m in self.seen):
-                return True
-            time.sleep(0.05)
-        return False
 
 
 async def test_socket_activated_provisioner_serves_pings_and_exits_when_idle(stack: Stack, tmp_path):

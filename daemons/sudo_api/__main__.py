@@ -1,0 +1,81 @@
+"""sudo-api: the website, the /v1 API, accounts, chat, devices. It never touches Docker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from sudo_core import config, logs
+from sudo_core.credentials import SERVICE_TOKEN, host_secret, read_credential
+from sudo_core.db import Database
+from sudo_core.logs import fields
+from sudo_core.metrics import host_port, start_metrics
+from sudo_core.provisioner_client import ProvisionerClient
+from sudo_core.systemd import Notifier
+
+from .accounts import Accounts, LoginLimiter
+from .admin import FleetRestart
+from .app import build_app
+from .chat import Conversations
+from .context import Services
+from .devices import Devices
+from .numbers import Numbers
+
+log = logging.getLogger("sudo-api")
+
+
+async def serve(settings: config.Settings) -> int:
+    notifier = Notifier()
+    db = Database(settings.core.database_path)
+    secret = host_secret(settings.core.state_dir)
+    provisioner = ProvisionerClient(
+        settings.provisioner.socket, timeout=settings.provisioner.health_timeout_sec + 60
+    )
+    api = settings.api
+    services = Services(
+        settings=settings,
+        db=db,
+        provisioner=provisioner,
+        accounts=Accounts(db, api.session_days),
+        limiter=LoginLimiter(api.login_attempts, api.login_attempts_per_address, api.login_window_sec),
+        chat=Conversations(db, provisioner, secret, api),
+        devices=Devices(db, provisioner, api),
+        fleet=FleetRestart(provisioner),
+        numbers=Numbers(db),
+        secret=secret,
+        service_token=read_credential(SERVICE_TOKEN, settings.core.state_dir, generate=True) or "",
+    )
+    runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    await web.TCPSite(runner, *host_port(api.listen)).start()
+    metrics_runner = await start_metrics(api.metrics)
+    await services.chat.start()
+    services.devices.start()
+
+    async with notifier.serving(f"serving on {api.listen}") as stop:
+        log.info(f"sudo-api on {api.listen}", extra=fields(address=api.listen))
+        await stop.wait()
+
+    notifier.status("finishing replies in progress")
+    log.info("stopping: finishing replies in progress")
+    await services.chat.stop()  # pages stay connected meanwhile, so the replies still reach them
+    await runner.cleanup()
+    await metrics_runner.cleanup()
+    await services.devices.stop()
+    await services.fleet.stop()
+    await provisioner.close()
+    db.close()
+    return 0
+
+
+def main() -> None:
+    settings = config.load_or_exit("sudo-api")
+    logs.setup("sudo-api", settings.core.log_level)
+    sys.exit(asyncio.run(serve(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""The /v1 JSON API. Every family-scoped handler takes the family from the caller's credentials,
+never from the request, so one family cannot name another's chat, devices or runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from sudo_core.families import api_key_for
+from sudo_core.provisioner_client import ProvisionerError
+
+from . import admin, host_units, numbers, twilio, voice
+from .accounts import Account, InvalidInput
+from .chat import MESSAGE_MAX, ChatUnavailable
+from .context import (
+    SESSION_COOKIE,
+    bearer,
+    fail,
+    json_body,
+    require_admin,
+    require_family,
+    require_session,
+    services,
+    text_field,
+)
+from .devices import PairingError
+from .openapi import document
+
+log = logging.getLogger("sudo-api")
+
+STREAM_PING_SEC = 15.0
+
+
+def account_json(account: Account) -> dict[str, Any]:
+    return {
+        "id": str(account.id),
+        "email": account.email,
+        "name": account.display_name,
+        "user_id": str(account.family_id) if account.family_id else None,
+        "is_admin": account.is_admin,
+    }
+
+
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+# Accounts
+
+
+async def signup(request: web.Request) -> web.Response:
+    svc = services(request)
+    body = await json_body(request)
+    try:
+        account = await svc.accounts.sign_up(
+            text_field(body, "email", 320),
+            str(body.get("password") or ""),
+            text_field(body, "name", 200),
+            text_field(body, "family_name", 200),
+        )
+    except InvalidInput as exc:
+        fail(400, str(exc))
+    token = await svc.db.aio(svc.accounts.open_session, account.id)
+    return web.json_response({"token": token, "account": account_json(account)}, status=201)
+
+
+async def login(request: web.Request) -> web.Response:
+    svc = services(request)
+    body = await json_body(request)
+    email, password = text_field(body, "email", 320), str(body.get("password") or "")
+    account = await attempt_login(request, email, password)
+    token = await svc.db.aio(svc.accounts.open_session, account.id)
+    return web.json_response({"token": token, "account": account_json(account)})
+
+
+async def attempt_login(request: web.Request, email: str, password: str) -> Account:
+    """Check a password under the rate limit; the same rules for the web form and the API."""
+    svc = services(request)
+    address = client_address(request)
+    wait = svc.limiter.retry_after(email, address)
+    if wait > 0:
+        raise web.HTTPTooManyRequests(
+            text=json.dumps({"error": f"too many failed logins: try again in {int(wait) + 1} s"}),
+            content_type="application/json",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+    account = await svc.accounts.check_password(email, password)
+    if account is None:
+        svc.limiter.failed(email, address)
+        fail(401, "wrong email or password")
+    svc.limiter.succeeded(email)
+    return account
+
+
+async def logout(request: web.Request) -> web.Response:
+    await require_session(request)
+    svc = services(request)
+    token = bearer(request) or request.cookies.get(SESSION_COOKIE, "")
+    await svc.db.aio(svc.accounts.close_session, token)
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    session = await require_session(request)
+    return web.json_response({"account": account_json(session.account)})
+
+
+# Chat
+
+
+async def chat_history(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    try:
+        limit = int(request.query.get("limit", "50"))
+        before = int(request.query["before"]) if "before" in request.query else None
+    except ValueError:
+        fail(400, "limit and before must be integers")
+    if not 1 <= limit <= 500:
+        fail(400, "limit must be between 1 and 500")
+    svc = services(request)
+    messages = await svc.db.aio(svc.chat.store.history, family, before, limit + 1)
+    more = len(messages) > limit
+    return web.json_response({"messages": [m.to_json() for m in messages[-limit:]], "more": more})
+
+
+async def chat_send(request: web.Request) -> web.Response:
+    session, family = await require_family(request)
+    body = await json_body(request)
+    text = text_field(body, "text", MESSAGE_MAX)
+    try:
+        message = await services(request).chat.send(family, text, session.account.display_name)
+    except ChatUnavailable as exc:
+        fail(503, str(exc))
+    return web.json_response({"message": message.to_json()}, status=202)
+
+
+async def chat_retry(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    try:
+        message = await services(request).chat.retry(family, request.match_info["message_id"])
+    except ChatUnavailable as exc:
+        fail(503, str(exc))
+    if message is None:
+        fail(404, "no failed message of yours with this id")
+    return web.json_response({"message": message.to_json()}, status=202)
+
+
+async def chat_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: stored messages as they change, drafts as the agent writes, status."""
+    _, family = await require_family(request)
+    svc = services(request)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    with svc.chat.hub.listen(family) as queue:
+        await response.write(b"retry: 2000\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), STREAM_PING_SEC)
+            except TimeoutError:
+                await response.write(b": ping\n\n")
+                continue
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+
+
+# Runtime
+
+
+async def runtime_ensure(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    try:
+        runtime = await services(request).provisioner.ensure(family)
+    except ProvisionerError as exc:
+        fail(502, f"could not wake your assistant: {exc.body.get('error', exc)}")
+    return web.json_response({"state": runtime["state"]})
+
+
+# Devices
+
+
+async def pairing_start(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    svc = services(request)
+    try:
+        started = await svc.db.aio(svc.devices.start_pairing, text_field(body, "name", 80))
+    except InvalidInput as exc:
+        fail(400, str(exc))
+    return web.json_response(started | {"heartbeat_sec": svc.settings.api.heartbeat_interval_sec}, status=201)
+
+
+async def pairing_status(request: web.Request) -> web.Response:
+    token = bearer(request)
+    svc = services(request)
+    status = await svc.db.aio(svc.devices.pairing_status, token) if token else None
+    if status is None:
+        fail(401, "send the device token from pairing as a bearer token")
+    return web.json_response(status)
+
+
+async def pairing_complete(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    body = await json_body(request)
+    svc = services(request)
+    try:
+        device = await svc.db.aio(svc.devices.complete_pairing, family, text_field(body, "code", 20))
+    except PairingError as exc:
+        fail(400, str(exc))
+    return web.json_response({"device": device_json(svc.devices, device)}, status=201)
+
+
+def device_json(devices: Any, device: Any) -> dict[str, Any]:
+    return {
+        "id": str(device.id),
+        "name": device.name,
+        "created_at": device.created_at,
+        "last_seen_at": device.last_seen_at,
+        "online": devices.online(device),
+    }
+
+
+async def devices_list(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    svc = services(request)
+    devices = await svc.db.aio(svc.devices.list, family)
+    return web.json_response({"devices": [device_json(svc.devices, d) for d in devices]})
+
+
+async def device_revoke(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    try:
+        device_id = uuid.UUID(request.match_info["device_id"])
+    except ValueError:
+        fail(400, "device id must be a UUID")
+    if not await services(request).devices.revoke(family, device_id):
+        fail(404, "no device of yours with this id")
+    return web.Response(status=204)
+
+
+async def require_device(request: web.Request) -> tuple[uuid.UUID, uuid.UUID]:
+    """(device, family) of the paired device whose token the request carries."""
+    token = bearer(request)
+    owner = await services(request).devices.authenticate(token) if token else None
+    if owner is None:
+        fail(401, "a paired device's token is required")
+    return owner
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    svc = services(request)
+    svc.devices.heartbeat(*await require_device(request))
+    return web.json_response({"next_in": svc.settings.api.heartbeat_interval_sec})
+
+
+# WhatsApp numbers
+
+
+async def whatsapp_list(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    svc = services(request)
+    return web.json_response({"numbers": [n.to_json() for n in await svc.db.aio(svc.numbers.list, family)]})
+
+
+async def whatsapp_add(request: web.Request) -> web.Response:
+    """Record the number and send it a code over WhatsApp; the family types the code back."""
+    _, family = await require_family(request)
+    svc = services(request)
+    record = await link_number(svc, family, text_field(await json_body(request), "number", 40))
+    return web.json_response({"number": record.to_json()}, status=201)
+
+
+async def link_number(svc: Any, family: uuid.UUID, text: str) -> numbers.Number:
+    """Shared by the API and the page: errors become ApiError with the right status."""
+    try:
+        number = numbers.clean_number(text)
+        existed = any(n.number == number for n in await svc.db.aio(svc.numbers.list, family))
+        record, code = await svc.db.aio(svc.numbers.start, family, number)
+    except numbers.NumberError as exc:
+        fail(400, str(exc))
+    settings = await svc.db.aio(svc.db.get_settings, "twilio.")
+    try:
+        await twilio.send_whatsapp(
+            settings, number, f"Your Sudo code is {code}. It links this number to your family."
+        )
+    except twilio.TwilioError as exc:
+        if not existed:
+            await svc.db.aio(svc.numbers.remove, family, record.id)
+        fail(503 if isinstance(exc, twilio.TwilioNotConfigured) else 502, str(exc))
+    return record
+
+
+async def whatsapp_verify(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    svc = services(request)
+    code = text_field(await json_body(request), "code", 12)
+    try:
+        record = await svc.db.aio(svc.numbers.verify, family, request.match_info["number_id"], code)
+    except LookupError as exc:
+        fail(404, str(exc))
+    except numbers.NumberError as exc:
+        fail(400, str(exc))
+    return web.json_response({"number": record.to_json()})
+
+
+async def whatsapp_remove(request: web.Request) -> web.Response:
+    _, family = await require_family(request)
+    svc = services(request)
+    if not await svc.db.aio(svc.numbers.remove, family, request.match_info["number_id"]):
+        fail(404, "no number of yours with this id")
+    return web.Response(status=204)
+
+
+# Voice
+
+
+async def voice_token(request: web.Request) -> web.Response:
+    svc = services(request)
+    device, family = await require_device(request)
+    settings = await svc.db.aio(svc.db.get_settings, "livekit.")
+    try:
+        return web.json_response(voice.device_token(settings, device, family))
+    except voice.VoiceNotConfigured as exc:
+        fail(503, str(exc))
+
+
+# Service lookups for the voice bridge: authenticated as a service, never as a family.
+
+
+def require_service(request: web.Request) -> None:
+    expected = services(request).service_token
+    if not expected or not hmac.compare_digest((bearer(request) or "").encode(), expected.encode()):
+        fail(401, "the service token is required")
+
+
+async def service_room(request: web.Request) -> web.Response:
+    require_service(request)
+    family_id = voice.family_of_room(request.match_info["room"])
+    svc = services(request)
+    family = await svc.db.aio(svc.db.get_family, family_id) if family_id else None
+    if family is None:
+        fail(404, "no family has this room")
+    return web.json_response(
+        {"user_id": str(family.id), "name": family.name, "room": voice.room_for(family.id)}
+    )
+
+
+async def service_runtime(request: web.Request) -> web.Response:
+    """Wake the family's agent and say where it answers, with the key it expects."""
+    require_service(request)
+    svc = services(request)
+    try:
+        family = uuid.UUID(request.match_info["user_id"])
+    except ValueError:
+        fail(400, "user id must be a UUID")
+    try:
+        runtime = await svc.provisioner.ensure(family)
+    except ProvisionerError as exc:
+        fail(exc.status if exc.status in (404, 502) else 502, exc.body.get("error", str(exc)))
+    await svc.db.aio(svc.db.touch_family, family)
+    return web.json_response({"url": runtime["url"], "api_key": api_key_for(svc.secret, family)})
+
+
+# Admin
+
+
+async def admin_settings(request: web.Request) -> web.Response:
+    await require_admin(request)
+    svc = services(request)
+    if request.method == "PUT":
+        try:
+            clean = admin.validate(await json_body(request))
+        except admin.InvalidSetting as exc:
+            fail(400, str(exc))
+        changed = await svc.db.aio(admin.store, svc.db, clean)
+        restarting = any(admin.FIELDS[k].restart for k in changed) and svc.fleet.start("settings changed")
+        log.info("admin changed settings: %s", ", ".join(changed) or "nothing")
+        return web.json_response(
+            {
+                "settings": await svc.db.aio(admin.current, svc.db),
+                "changed": changed,
+                "restarting": restarting,
+            }
+        )
+    return web.json_response({"settings": await svc.db.aio(admin.current, svc.db)})
+
+
+async def admin_restart_all(request: web.Request) -> web.Response:
+    await require_admin(request)
+    fleet = services(request).fleet
+    if request.method == "POST" and not fleet.start("requested by an admin"):
+        fail(409, "a restart of every runtime is already running", progress=fleet.progress)
+    return web.json_response({"progress": fleet.progress}, status=202 if request.method == "POST" else 200)
+
+
+async def admin_fleet(request: web.Request) -> web.Response:
+    await require_admin(request)
+    return web.json_response(await fleet_view(services(request)))
+
+
+async def fleet_view(svc: Any) -> dict[str, Any]:
+    """Each family's runtime, activity and memory, and the host's units."""
+    families = {str(f.id): f for f in await svc.db.aio(svc.db.list_families)}
+    try:
+        runtimes = await svc.provisioner.list(stats=True)
+        runtime_error = None
+    except (ProvisionerError, OSError) as exc:
+        runtimes, runtime_error = [], f"the provisioner did not answer: {exc}"
+    by_family = {r["user_id"]: r for r in runtimes if r.get("user_id")}
+    fleet = [
+        {
+            "user_id": family_id,
+            "name": family.name,
+            "last_active_at": family.last_active_at,
+            "state": by_family.get(family_id, {}).get("state", "stopped"),
+            "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),
+        }
+        for family_id, family in families.items()
+    ]
+    try:
+        units = [asdict(u) | {"healthy": u.healthy} for u in await host_units.unit_states()]
+        units_error = None
+    except host_units.HostUnitsUnavailable as exc:
+        units, units_error = [], str(exc)
+    return {"families": fleet, "runtimes_error": runtime_error, "units": units, "units_error": units_error}
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/auth/signup", signup),
+        web.post("/v1/auth/login", login),
+        web.post("/v1/auth/logout", logout),
+        web.get("/v1/me", me),
+        web.get("/v1/chat/messages", chat_history),
+        web.post("/v1/chat/messages", chat_send),
+        web.post("/v1/chat/messages/{message_id}/retry", chat_retry),
+        web.get("/v1/chat/stream", chat_stream),
+        web.post("/v1/runtime/ensure", runtime_ensure),
+        web.post("/v1/devices/pairing", pairing_start),
+        web.get("/v1/devices/pairing", pairing_status),
+        web.post("/v1/devices/pairing/complete", pairing_complete),
+        web.get("/v1/devices", devices_list),
+        web.delete("/v1/devices/{device_id}", device_revoke),
+        web.post("/v1/devices/heartbeat", heartbeat),
+        web.get("/v1/whatsapp/numbers", whatsapp_list),
+        web.post("/v1/whatsapp/numbers", whatsapp_add),
+        web.post("/v1/whatsapp/numbers/{number_id}/verify", whatsapp_verify),
+        web.delete("/v1/whatsapp/numbers/{number_id}", whatsapp_remove),
+        web.post("/v1/voice/token", voice_token),
+        web.get("/v1/service/rooms/{room}", service_room),
+        web.post("/v1/service/runtimes/{user_id}", service_runtime),
+        web.get("/v1/admin/settings", admin_settings),
+        web.put("/v1/admin/settings", admin_settings),
+        web.get("/v1/admin/restart-all", admin_restart_all),
+        web.post("/v1/admin/restart-all", admin_restart_all),
+        web.get("/v1/admin/fleet", admin_fleet),
+        web.get("/v1/openapi.json", openapi),
+    ]

@@ -1,0 +1,68 @@
+"""The aiohttp application: routes, JSON errors for /v1, security headers, /healthz."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from . import api, pages
+from .context import SERVICES, Services
+
+log = logging.getLogger("sudo-api")
+
+REQUESTS = Counter("sudo_api_requests_total", "HTTP requests answered", ["status"])
+SECURITY_HEADERS = {
+    # Everything is served from here: scripts, styles, and nothing from a CDN.
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@web.middleware
+async def errors(request: web.Request, handler) -> web.StreamResponse:
+    """Errors on /v1 are JSON with a message; every response gets the security headers."""
+    api_call = request.path.startswith("/v1/")
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if not (api_call and exc.status >= 400 and exc.content_type != "application/json"):
+            REQUESTS.labels(str(exc.status)).inc()
+            exc.headers.update(SECURITY_HEADERS)
+            raise
+        response = web.json_response({"error": reason(request, exc)}, status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        text = "internal error; it has been logged"
+        response = (
+            web.json_response({"error": text}, status=500)
+            if api_call
+            else web.Response(status=500, text=text)
+        )
+    REQUESTS.labels(str(response.status)).inc()
+    if not response.prepared:
+        response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def reason(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"{request.path} is not an API endpoint"
+    if exc.status == 405:
+        return f"{request.method} is not allowed on {request.path}"
+    return exc.reason
+
+
+async def healthz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    await svc.db.aio(svc.db.query_one, "SELECT 1")
+    return web.json_response({"status": "ok"})
+
+
+def build_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=256 * 1024)
+    app[SERVICES] = services
+    app.add_routes([web.get("/healthz", healthz), *api.routes(), *pages.routes()])
+    return app

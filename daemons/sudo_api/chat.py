@@ -1,0 +1,524 @@
+"""The family's conversation with its agent, and the guarantee that nothing said is lost.
+
+A message is stored (status `queued`) before sudo-api answers the sender. A channel per family
+then wakes the runtime through the provisioner, delivers the family's messages one at a time
+to the sudo_chat plugin in its container (`delivered`), and follows the plugin's event stream:
+drafts go live to open pages, final replies and proactive messages are stored with the cursor
+of the plugin's durable outbox in one transaction, and the end of the agent's turn marks the
+message `answered`.
+
+Recovery follows from the stored state alone:
+- sudo-api restarts: queued messages are delivered, delivered ones wait for their reply, which
+  sits in the plugin's outbox past the stored cursor.
+- the agent restarts mid-reply: the plugin says hello with a new boot id, and whatever the old
+  process got but never finished is delivered again, up to `delivery_attempts` times; then it
+  is shown as failed, with a retry.
+Running runtimes are also watched without any message pending, so a cron reminder reaches the
+history when no page is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+from prometheus_client import Counter
+
+from sudo_core.config import ApiSettings
+from sudo_core.db import Database
+from sudo_core.families import api_key_for
+from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
+
+log = logging.getLogger("sudo-api.chat")
+
+MESSAGE_MAX = 8000
+WAKING_AFTER_SEC = 0.3
+"""An ensure slower than this is a cold start: open pages are told the assistant is waking."""
+OPEN = ("queued", "delivered")
+
+MESSAGES = Counter("sudo_api_chat_messages_total", "Chat messages stored", ["role"])
+REDELIVERED = Counter("sudo_api_chat_redelivered_total", "Messages delivered again after an agent restart")
+FAILED = Counter("sudo_api_chat_failed_total", "Messages shown as failed", ["reason"])
+
+
+class ChatUnavailable(RuntimeError):
+    """sudo-api is shutting down and takes no new messages."""
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    n: int
+    role: str
+    sender: str
+    text: str
+    status: str
+    reply_to: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _message(row: Any) -> Message:
+    return Message(
+        row["id"],
+        row["n"],
+        row["role"],
+        row["sender"],
+        row["text"],
+        row["status"],
+        row["reply_to"],
+        row["error"],
+        row["created_at"],
+        row["updated_at"],
+    )
+
+
+class ChatStore:
+    """The history in SQLite; every method runs on the database thread."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add_user_message(self, family: uuid.UUID, text: str, sender: str) -> Message:
+        now = time.time()
+        message_id = uuid.uuid4().hex
+        self.db.execute(
+            "INSERT INTO messages (id, family_id, role, sender, text, status, created_at, updated_at)"
+            " VALUES (?, ?, 'user', ?, ?, 'queued', ?, ?)",
+            (message_id, str(family), sender, text, now, now),
+        )
+        self.db.touch_family(family, now)  # a family talking is a family active: no reaping
+        return self.get(family, message_id)  # type: ignore[return-value]
+
+    def get(self, family: uuid.UUID, message_id: str) -> Message | None:
+        row = self.db.query_one(
+            "SELECT * FROM messages WHERE id = ? AND family_id = ?", (message_id, str(family))
+        )
+        return _message(row) if row else None
+
+    def history(self, family: uuid.UUID, before: int | None, limit: int) -> list[Message]:
+        rows = self.db.query(
+            "SELECT * FROM messages WHERE family_id = ? AND n < ? ORDER BY n DESC LIMIT ?",
+            (str(family), before if before is not None else 2**62, limit),
+        )
+        return [_message(r) for r in reversed(rows)]
+
+    def open_messages(self, family: uuid.UUID) -> list[Message]:
+        rows = self.db.query(
+            "SELECT * FROM messages WHERE family_id = ? AND status IN ('queued', 'delivered') ORDER BY n",
+            (str(family),),
+        )
+        return [_message(r) for r in rows]
+
+    def families_with_open_messages(self) -> list[uuid.UUID]:
+        rows = self.db.query(
+            "SELECT DISTINCT family_id FROM messages WHERE status IN ('queued', 'delivered')"
+        )
+        return [uuid.UUID(r["family_id"]) for r in rows]
+
+    def set_status(self, message_id: str, status: str, error: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+            (status, error, time.time(), message_id),
+        )
+
+    def next_to_deliver(self, family: uuid.UUID) -> tuple[Message | None, bool]:
+        """The message in flight (False), else the oldest queued one, marked delivered (True).
+
+        Marked before it is handed over, so the answer can never arrive first.
+        """
+        for message in self.open_messages(family):
+            if message.status == "delivered":
+                return message, False
+            self.db.execute(
+                "UPDATE messages SET status = 'delivered', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ?",
+                (time.time(), message.id),
+            )
+            return message, True
+        return None, False
+
+    def unmark_delivered(self, message_id: str) -> None:
+        self.db.execute(
+            "UPDATE messages SET status = 'queued', attempts = attempts - 1"
+            " WHERE id = ? AND status = 'delivered'",
+            (message_id,),
+        )
+
+    def fail_open(self, family: uuid.UUID, error: str) -> list[Message]:
+        failed = self.open_messages(family)
+        for message in failed:
+            self.set_status(message.id, "failed", error)
+        return [self.get(family, m.id) for m in failed]  # type: ignore[misc]
+
+    def retry(self, family: uuid.UUID, message_id: str) -> Message | None:
+        cur = self.db.execute(
+            "UPDATE messages SET status = 'queued', error = NULL, attempts = 0, updated_at = ?"
+            " WHERE id = ? AND family_id = ? AND role = 'user' AND status = 'failed'",
+            (time.time(), message_id, str(family)),
+        )
+        return self.get(family, message_id) if cur.rowcount else None
+
+    # The plugin's outbox
+
+    def cursor(self, family: uuid.UUID) -> tuple[str | None, int]:
+        row = self.db.query_one("SELECT boot, seq FROM agent_cursors WHERE family_id = ?", (str(family),))
+        return (row["boot"], row["seq"]) if row else (None, 0)
+
+    def _set_cursor(self, family: uuid.UUID, boot: str | None, seq: int) -> None:
+        self.db.execute(
+            "INSERT INTO agent_cursors (family_id, boot, seq) VALUES (?, ?, ?) ON CONFLICT(family_id)"
+            " DO UPDATE SET boot = coalesce(excluded.boot, boot), seq = excluded.seq",
+            (str(family), boot, seq),
+        )
+
+    def new_agent_process(
+        self, family: uuid.UUID, boot: str, outbox_seq: int, max_attempts: int
+    ) -> tuple[list[Message], list[Message], int]:
+        """The plugin answered from a process we have not seen: deliver again what it lost.
+
+        Returns (requeued, failed, cursor). An outbox behind our cursor was recreated (a purged
+        volume): read it from the start.
+        """
+        requeued, failed = [], []
+        with self.db.transaction():
+            _, seq = self.cursor(family)
+            if outbox_seq < seq:
+                seq = 0
+            self._set_cursor(family, boot, seq)
+            for message in self.open_messages(family):
+                if message.status != "delivered":
+                    continue
+                attempts = self.db.query_one("SELECT attempts FROM messages WHERE id = ?", (message.id,))[0]
+                if attempts >= max_attempts:
+                    self.set_status(message.id, "failed", "the assistant restarted while answering")
+                    failed.append(message.id)
+                else:
+                    self.set_status(message.id, "queued")
+                    requeued.append(message.id)
+        return (
+            [self.get(family, i) for i in requeued],  # type: ignore[misc]
+            [self.get(family, i) for i in failed],  # type: ignore[misc]
+            seq,
+        )
+
+    def apply(self, family: uuid.UUID, event: dict[str, Any]) -> list[Message]:
+        """Store one durable outbox event with its cursor; returns the messages it changed."""
+        changed: list[str] = []
+        with self.db.transaction():
+            kind, now = event["type"], time.time()
+            if kind == "message":
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO messages (id, family_id, role, sender, text, status, reply_to,"
+                    " created_at, updated_at) VALUES (?, ?, 'assistant', 'assistant', ?, 'final', ?, ?, ?)",
+                    (event["id"], str(family), str(event["text"]), event.get("reply_to"), now, now),
+                )
+                if cur.rowcount:
+                    changed.append(event["id"])
+            elif kind == "edit":
+                cur = self.db.execute(
+                    "UPDATE messages SET text = ?, updated_at = ? WHERE id = ? AND family_id = ?",
+                    (str(event["text"]), now, event["id"], str(family)),
+                )
+                if cur.rowcount:
+                    changed.append(event["id"])
+            elif kind == "turn_done" and event.get("reply_to"):
+                replied = self.db.query_one(
+                    "SELECT 1 FROM messages WHERE reply_to = ? AND family_id = ?",
+                    (event["reply_to"], str(family)),
+                )
+                ok = event.get("outcome") == "success" or replied
+                cur = self.db.execute(
+                    "UPDATE messages SET status = ?, error = ?, updated_at = ?"
+                    " WHERE id = ? AND family_id = ? AND status IN ('queued', 'delivered')",
+                    (
+                        "answered" if ok else "failed",
+                        None if ok else "the assistant could not answer",
+                        now,
+                        event["reply_to"],
+                        str(family),
+                    ),
+                )
+                if cur.rowcount:
+                    changed.append(event["reply_to"])
+            self._set_cursor(family, None, int(event["seq"]))
+        return [m for m in (self.get(family, i) for i in changed) if m]
+
+
+class Hub:
+    """Live events for the pages and API streams open on each family's chat."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[uuid.UUID, set[asyncio.Queue[dict[str, Any]]]] = {}
+
+    @contextlib.contextmanager
+    def listen(self, family: uuid.UUID):
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._listeners.setdefault(family, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            listeners = self._listeners.get(family, set())
+            listeners.discard(queue)
+            if not listeners:
+                self._listeners.pop(family, None)
+
+    def publish(self, family: uuid.UUID, event: dict[str, Any]) -> None:
+        for queue in list(self._listeners.get(family, ())):
+            if queue.full():
+                # A listener this far behind reloads the history instead of holding memory.
+                while not queue.empty():
+                    queue.get_nowait()
+                event = {"type": "reset"}
+            queue.put_nowait(event)
+
+
+class Conversations:
+    def __init__(
+        self, db: Database, provisioner: ProvisionerClient, secret: bytes, settings: ApiSettings
+    ) -> None:
+        self.db = db
+        self.store = ChatStore(db)
+        self.hub = Hub()
+        self.provisioner = provisioner
+        self.settings = settings
+        self._secret = secret
+        self._channels: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._wake: dict[uuid.UUID, asyncio.Event] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        self.closing = False
+        self._settled = asyncio.Event()
+        """Set whenever a delivered message gets its answer or fails."""
+
+    async def start(self) -> None:
+        for family in await self.db.aio(self.store.families_with_open_messages):
+            self.kick(family)
+        self._watcher = asyncio.create_task(self._watch(), name="chat-watch")
+
+    async def stop(self) -> None:
+        """Take no new messages; let replies in progress finish (bounded); then stop reading."""
+        self.closing = True
+        deadline = time.monotonic() + self.settings.shutdown_grace_sec
+        while await self._replies_in_progress() and time.monotonic() < deadline:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
+        tasks = [t for t in [self._watcher, *self._channels.values()] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.close()
+
+    async def _replies_in_progress(self) -> bool:
+        families = [f for f, t in self._channels.items() if not t.done()]
+        for family in families:
+            if any(m.status == "delivered" for m in await self.db.aio(self.store.open_messages, family)):
+                return True
+        return False
+
+    # What the API calls
+
+    async def send(self, family: uuid.UUID, text: str, sender: str) -> Message:
+        if self.closing:
+            raise ChatUnavailable("sudo-api is restarting; send again in a moment")
+        message = await self.db.aio(self.store.add_user_message, family, text, sender)
+        MESSAGES.labels("user").inc()
+        self.hub.publish(family, {"type": "message", "message": message.to_json()})
+        self.kick(family)
+        return message
+
+    async def retry(self, family: uuid.UUID, message_id: str) -> Message | None:
+        if self.closing:
+            raise ChatUnavailable("sudo-api is restarting; retry in a moment")
+        message = await self.db.aio(self.store.retry, family, message_id)
+        if message:
+            self.hub.publish(family, {"type": "message", "message": message.to_json()})
+            self.kick(family)
+        return message
+
+    def kick(self, family: uuid.UUID) -> None:
+        """Make sure a channel serves this family, and wake it if it is waiting."""
+        self._wake.setdefault(family, asyncio.Event()).set()
+        task = self._channels.get(family)
+        if task is None or task.done():
+            self._channels[family] = asyncio.create_task(self._channel(family), name=f"chat-{family}")
+
+    # Channels
+
+    async def _watch(self) -> None:
+        """Follow every running runtime, so proactive messages are stored with no page open."""
+        while True:
+            try:
+                for runtime in await self.provisioner.list():
+                    owner = runtime.get("user_id")
+                    if owner and runtime.get("state") == "running":
+                        family = uuid.UUID(owner)
+                        if family not in self._channels or self._channels[family].done():
+                            self._channels[family] = asyncio.create_task(self._channel(family))
+            except (ProvisionerError, aiohttp.ClientError, OSError) as exc:
+                log.warning("cannot list runtimes: %s", exc)
+            await asyncio.sleep(self.settings.watch_interval_sec)
+
+    async def _channel(self, family: uuid.UUID) -> None:
+        backoff = 0.5
+        while True:
+            pending = await self.db.aio(self.store.open_messages, family)
+            try:
+                if pending:
+                    runtime = await self._wake_runtime(family)
+                else:
+                    runtime = await self.provisioner.get(family)
+                    if runtime.get("state") != "running" or not runtime.get("chat_url"):
+                        return
+                await self._follow(family, runtime)
+                backoff = 0.5
+            except ProvisionerError as exc:
+                if not pending:
+                    return  # no runtime and nothing to say: nothing to follow
+                reason = exc.body.get("error", str(exc))
+                log.error("cannot wake the assistant of %s: %s", family, reason)
+                for message in await self.db.aio(
+                    self.store.fail_open, family, f"could not wake the assistant: {reason}"
+                ):
+                    FAILED.labels("wake").inc()
+                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                self.hub.publish(family, {"type": "status", "state": "failed", "detail": reason})
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                if pending and time.time() - pending[0].created_at > self.settings.reply_timeout_sec:
+                    # Never silently waiting forever: say so, and let the family retry.
+                    reason = f"could not reach the assistant: {exc}"
+                    for message in await self.db.aio(self.store.fail_open, family, reason):
+                        FAILED.labels("unreachable").inc()
+                        self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                    return
+                log.info("lost the agent of %s (%s); reconnecting in %.1f s", family, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _wake_runtime(self, family: uuid.UUID) -> dict[str, Any]:
+        ensure = asyncio.ensure_future(self.provisioner.ensure(family))
+        done, _ = await asyncio.wait({ensure}, timeout=WAKING_AFTER_SEC)
+        if not done:
+            self.hub.publish(family, {"type": "status", "state": "waking"})
+        runtime = await ensure
+        if not done:
+            self.hub.publish(family, {"type": "status", "state": "ready"})
+        return runtime
+
+    async def _follow(self, family: uuid.UUID, runtime: dict[str, Any]) -> None:
+        """Read the plugin's events until the stream ends, delivering messages alongside."""
+        headers = {"Authorization": f"Bearer {api_key_for(self._secret, family)}"}
+        boot, seq = await self.db.aio(self.store.cursor, family)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
+        url = f"{runtime['chat_url']}/events"
+        async with self._http.get(url, params={"after": seq}, headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+            hello = json.loads(await resp.content.readline())
+            if hello.get("type") != "hello":
+                raise ValueError(f"expected hello from sudo_chat, got {hello!r}")
+            if hello["boot"] != boot:
+                requeued, failed, cursor = await self.db.aio(
+                    self.store.new_agent_process,
+                    family,
+                    hello["boot"],
+                    hello["seq"],
+                    self.settings.delivery_attempts,
+                )
+                REDELIVERED.inc(len(requeued))
+                FAILED.labels("restarts").inc(len(failed))
+                for message in failed:
+                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                if cursor != seq:
+                    return  # the outbox was recreated: read it again from the start
+            deliverer = asyncio.create_task(self._deliver(family, runtime["chat_url"], headers))
+            try:
+                async for line in resp.content:
+                    if deliverer.done():
+                        deliverer.result()  # a delivery error ends this connection
+                    if line.strip():
+                        await self._on_event(family, json.loads(line))
+            finally:
+                deliverer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await deliverer
+
+    async def _on_event(self, family: uuid.UUID, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "draft":
+            self.hub.publish(
+                family, {"type": "draft", "reply_to": event.get("reply_to"), "text": event["text"]}
+            )
+        elif kind == "turn_started":
+            self.hub.publish(
+                family, {"type": "status", "state": "thinking", "reply_to": event.get("reply_to")}
+            )
+        elif "seq" in event:
+            for message in await self.db.aio(self.store.apply, family, event):
+                if message.role == "assistant" and kind == "message":
+                    MESSAGES.labels("assistant").inc()
+                if message.status == "failed":
+                    FAILED.labels("agent").inc()
+                self.hub.publish(family, {"type": "message", "message": message.to_json()})
+            if kind == "turn_done":
+                self._wake.setdefault(family, asyncio.Event()).set()
+                self._settled.set()
+
+    async def _deliver(self, family: uuid.UUID, chat_url: str, headers: dict[str, str]) -> None:
+        """Give the agent the family's messages in order, each once its previous one is answered."""
+        wake = self._wake.setdefault(family, asyncio.Event())
+        while True:
+            wake.clear()
+            message, claimed = await self.db.aio(self.store.next_to_deliver, family)
+            if message is None:
+                await wake.wait()
+                continue
+            if not claimed:  # in flight: wait for its answer, or give up on it in time
+                left = message.updated_at + self.settings.reply_timeout_sec - time.time()
+                if left <= 0:
+                    await self._fail(family, message.id, "no answer from the assistant in time", "timeout")
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), left)
+                continue
+            body = {"id": message.id, "text": message.text, "sender": message.sender}
+            try:
+                async with self._http.post(
+                    f"{chat_url}/messages",
+                    json=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=30),
+                ) as resp:
+                    if resp.status == 503:  # Hermes is still starting
+                        await self.db.aio(self.store.unmark_delivered, message.id)
+                        await asyncio.sleep(0.3)
+                    elif resp.status >= 400:
+                        detail = (await resp.json(content_type=None) or {}).get("error", resp.reason)
+                        await self._fail(
+                            family, message.id, f"the assistant refused the message: {detail}", "refused"
+                        )
+            except BaseException:
+                # The plugin ignores a message id it already has, so giving it again is safe.
+                await asyncio.shield(self.db.aio(self.store.unmark_delivered, message.id))
+                raise
+
+    async def _fail(self, family: uuid.UUID, message_id: str, error: str, reason: str) -> None:
+        await self.db.aio(self.store.set_status, message_id, "failed", error)
+        FAILED.labels(reason).inc()
+        self._settled.set()
+        message = await self.db.aio(self.store.get, family, message_id)
+        if message:
+            self.hub.publish(family, {"type": "message", "message": message.to_json()})

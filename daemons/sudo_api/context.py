@@ -1,0 +1,135 @@
+"""What every request handler reaches: the services, the caller's session, errors as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from sudo_core.config import Settings
+from sudo_core.db import Database
+from sudo_core.provisioner_client import ProvisionerClient
+
+from .accounts import Accounts, LoginLimiter, Session
+from .admin import FleetRestart
+from .chat import Conversations
+from .devices import Devices
+from .numbers import Numbers
+
+SESSION_COOKIE = "sudo_session"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    provisioner: ProvisionerClient
+    accounts: Accounts
+    limiter: LoginLimiter
+    chat: Conversations
+    devices: Devices
+    fleet: FleetRestart
+    numbers: Numbers
+    secret: bytes
+    service_token: str
+    """What the voice bridge presents to the service endpoints (a credential, read at start)."""
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run without waiting, keeping a reference so the task is not collected midway."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+SERVICES = web.AppKey("services", Services)
+CALLER = web.RequestKey("caller", tuple)
+"""The caller's session (or None) and whether it came in a cookie, once looked up."""
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+class ApiError(web.HTTPException):
+    """An error answered as {"error": message} with the given status."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        self.status_code = status
+        self.message = message
+        super().__init__(
+            text=web.json_response({"error": message, **extra}).text, content_type="application/json"
+        )
+
+
+def fail(status: int, message: str, **extra: Any) -> NoReturn:
+    raise ApiError(status, message, **extra)
+
+
+def bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme == "Bearer" and token.strip() else None
+
+
+async def load_session(request: web.Request) -> Session | None:
+    """The caller's session from its cookie or bearer token; cached on the request."""
+    if CALLER not in request:
+        token = request.cookies.get(SESSION_COOKIE) or bearer(request)
+        svc = services(request)
+        session = await svc.db.aio(svc.accounts.session, token) if token else None
+        request[CALLER] = (session, bool(request.cookies.get(SESSION_COOKIE)))
+    return request[CALLER][0]
+
+
+async def require_session(request: web.Request) -> Session:
+    session = await load_session(request)
+    if session is None:
+        fail(401, "log in first")
+    by_cookie = request[CALLER][1]
+    if request.method not in ("GET", "HEAD", "OPTIONS") and by_cookie:
+        check_csrf(request, session, request.headers.get("X-CSRF-Token", ""))
+    return session
+
+
+async def require_family(request: web.Request) -> tuple[Session, uuid.UUID]:
+    session = await require_session(request)
+    if session.account.family_id is None:
+        fail(403, "this account belongs to no family")
+    return session, session.account.family_id
+
+
+async def require_admin(request: web.Request) -> Session:
+    session = await require_session(request)
+    if not session.account.is_admin:
+        fail(403, "admins only")
+    return session
+
+
+def check_csrf(request: web.Request, session: Session, token: str) -> None:
+    """A cookie is sent by the browser on its own, so a state change must also prove it came from our page."""
+    if not hmac.compare_digest(token.encode(), session.csrf.encode()):
+        fail(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        fail(400, "the body must be JSON")
+    if not isinstance(body, dict):
+        fail(400, "the body must be a JSON object")
+    return body
+
+
+def text_field(body: dict[str, Any], name: str, max_len: int = 200) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        fail(400, f"{name} is required (a non-empty string)")
+    if len(value) > max_len:
+        fail(400, f"{name} must be at most {max_len} characters")
+    return value.strip()

@@ -1,0 +1,235 @@
+"""Home devices: pairing with a short code, device tokens, and cheap coalesced heartbeats.
+
+Pairing: the device asks for a code and receives its device token at once; the token is
+worthless until a family member types the code on /integrations, which binds the device to
+that family. Only the token's SHA-256 is stored.
+
+Heartbeats: tens of thousands of devices beating every 30 s must cost little. A beat checks the
+token against an in-memory map (filled from the database on a miss, emptied on revocation),
+records the time in memory, and at most every `ensure_interval_sec` per family fires an ensure
+of the runtime without waiting for it. A flusher writes all beats of the last few seconds to the
+database in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+from sudo_core.config import ApiSettings
+from sudo_core.db import Database
+from sudo_core.provisioner_client import ProvisionerClient
+
+from .accounts import clean_name, token_hash
+
+log = logging.getLogger("sudo-api.devices")
+
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+CODE_LENGTH = 6
+TOKEN_PREFIX = "sd_dev_"
+
+HEARTBEATS = Counter("sudo_api_heartbeats_total", "Device heartbeats accepted")
+ENSURES = Counter("sudo_api_heartbeat_ensures_total", "Runtime ensures fired by heartbeats", ["result"])
+
+
+class PairingError(ValueError):
+    """A code that is unknown, expired or already used."""
+
+
+@dataclass(frozen=True)
+class Device:
+    id: uuid.UUID
+    family_id: uuid.UUID
+    name: str
+    created_at: float
+    last_seen_at: float | None
+
+
+class Devices:
+    def __init__(self, db: Database, provisioner: ProvisionerClient, settings: ApiSettings) -> None:
+        self.db = db
+        self.provisioner = provisioner
+        self.settings = settings
+        self._owners: dict[str, tuple[uuid.UUID, uuid.UUID]] = {}
+        """token hash -> (device, family), for paired devices seen since start."""
+        self._beats: dict[uuid.UUID, float] = {}
+        self._active: dict[uuid.UUID, float] = {}
+        self._ensured: dict[uuid.UUID, float] = {}
+        self._ensuring: set[uuid.UUID] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # Pairing
+
+    def start_pairing(self, name: str) -> dict[str, Any]:
+        name = clean_name(name, "the device name")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        self.db.execute("DELETE FROM pairings WHERE expires_at < ? AND family_id IS NULL", (now,))
+        while True:
+            code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+            if not self.db.query_one("SELECT 1 FROM pairings WHERE code = ?", (code,)):
+                break
+        pairing_id = uuid.uuid4()
+        self.db.execute(
+            "INSERT INTO pairings (id, code, token_hash, name, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (str(pairing_id), code, token_hash(token), name, now, now + self.settings.pairing_ttl_sec),
+        )
+        return {
+            "pairing_id": str(pairing_id),
+            "code": code,
+            "device_token": token,
+            "expires_at": now + self.settings.pairing_ttl_sec,
+        }
+
+    def complete_pairing(self, family: uuid.UUID, code: str) -> Device:
+        code = code.strip().upper().replace("-", "").replace(" ", "")
+        with self.db.transaction():
+            row = self.db.query_one("SELECT * FROM pairings WHERE code = ?", (code,))
+            if row is None or row["family_id"] is not None or row["expires_at"] < time.time():
+                raise PairingError("this code is unknown or expired: ask the device for a new one")
+            device = Device(uuid.uuid4(), family, row["name"], time.time(), None)
+            self.db.execute(
+                "INSERT INTO devices (id, family_id, name, token_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                (str(device.id), str(family), device.name, row["token_hash"], device.created_at),
+            )
+            self.db.execute(
+                "UPDATE pairings SET family_id = ?, device_id = ? WHERE id = ?",
+                (str(family), str(device.id), row["id"]),
+            )
+        return device
+
+    def pairing_status(self, token: str) -> dict[str, Any] | None:
+        row = self.db.query_one("SELECT * FROM pairings WHERE token_hash = ?", (token_hash(token),))
+        if row is None:
+            return None
+        if row["family_id"]:
+            paired = self.db.query_one("SELECT 1 FROM devices WHERE id = ?", (row["device_id"],))
+            state = "paired" if paired else "revoked"
+        else:
+            state = "expired" if row["expires_at"] < time.time() else "pending"
+        return {"state": state, "device_id": row["device_id"], "user_id": row["family_id"]}
+
+    # Devices of a family
+
+    def list(self, family: uuid.UUID) -> list[Device]:
+        rows = self.db.query("SELECT * FROM devices WHERE family_id = ? ORDER BY created_at", (str(family),))
+        return [
+            Device(
+                uuid.UUID(r["id"]),
+                family,
+                r["name"],
+                r["created_at"],
+                max(r["last_seen_at"] or 0, self._beats.get(uuid.UUID(r["id"]), 0)) or None,
+            )
+            for r in rows
+        ]
+
+    async def revoke(self, family: uuid.UUID, device_id: uuid.UUID) -> bool:
+        """Forget the device; its token stops working at once."""
+        cur = await self.db.aio(
+            self.db.execute,
+            "DELETE FROM devices WHERE id = ? AND family_id = ?",
+            (str(device_id), str(family)),
+        )
+        if cur.rowcount:
+            self._owners = {h: o for h, o in self._owners.items() if o[0] != device_id}
+            self._beats.pop(device_id, None)
+        return cur.rowcount > 0
+
+    def online(self, device: Device, now: float | None = None) -> bool:
+        seen = device.last_seen_at
+        return seen is not None and (now or time.time()) - seen < 3 * self.settings.heartbeat_interval_sec
+
+    # Device authentication and heartbeats
+
+    async def authenticate(self, token: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """(device, family) for a paired device's token."""
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        digest = token_hash(token)
+        owner = self._owners.get(digest)
+        if owner is None:
+            row = await self.db.aio(
+                self.db.query_one, "SELECT id, family_id FROM devices WHERE token_hash = ?", (digest,)
+            )
+            if row is None:
+                return None
+            owner = self._owners[digest] = (uuid.UUID(row["id"]), uuid.UUID(row["family_id"]))
+        return owner
+
+    def heartbeat(self, device: uuid.UUID, family: uuid.UUID) -> None:
+        """Record a beat in memory and maybe wake the runtime; never waits for either."""
+        now = time.time()
+        self._beats[device] = now
+        self._active[family] = now
+        HEARTBEATS.inc()
+        if (
+            now - self._ensured.get(family, 0) >= self.settings.ensure_interval_sec
+            and family not in self._ensuring
+        ):
+            self._ensured[family] = now
+            self._ensuring.add(family)
+            task = asyncio.create_task(self._ensure(family))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _ensure(self, family: uuid.UUID) -> None:
+        try:
+            await self.provisioner.ensure(family)
+            ENSURES.labels("ok").inc()
+        except Exception as exc:  # fire and forget: the next beat tries again
+            ENSURES.labels("failed").inc()
+            self._ensured.pop(family, None)
+            log.warning("heartbeat ensure of %s failed: %s", family, exc)
+        finally:
+            self._ensuring.discard(family)
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_forever(), name="heartbeat-flush")
+
+    async def stop(self) -> None:
+        if self._flusher:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self.flush()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_flush_sec)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing heartbeats failed; keeping them for the next flush")
+
+    async def flush(self) -> None:
+        beats, active = self._beats, self._active
+        if not beats and not active:
+            return
+        self._beats, self._active = {}, {}
+        try:
+            await self.db.aio(self._write, beats, active)
+        except BaseException:
+            for device, at in beats.items():
+                self._beats[device] = max(at, self._beats.get(device, 0))
+            for family, at in active.items():
+                self._active[family] = max(at, self._active.get(family, 0))
+            raise
+
+    def _write(self, beats: dict[uuid.UUID, float], active: dict[uuid.UUID, float]) -> None:
+        with self.db.transaction():
+            for device, at in beats.items():
+                self.db.execute(
+                    "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
+                    (at, str(device)),
+                )
+            for family, at in active.items():
+                self.db.touch_family(family, at)

@@ -1,0 +1,342 @@
+"""The OpenAPI 3.1 document of /v1, served at /v1/openapi.json.
+
+Written by hand, one entry per route; a test checks that it names exactly the routes served.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+ACCOUNT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "email": {"type": "string"},
+        "name": {"type": "string"},
+        "user_id": {"type": ["string", "null"], "format": "uuid", "description": "the family"},
+        "is_admin": {"type": "boolean"},
+    },
+}
+MESSAGE = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "n": {"type": "integer", "description": "position in the family's history"},
+        "role": {"enum": ["user", "assistant"]},
+        "sender": {"type": "string"},
+        "text": {"type": "string"},
+        "status": {"enum": ["queued", "delivered", "answered", "failed", "final"]},
+        "reply_to": {"type": ["string", "null"]},
+        "error": {"type": ["string", "null"]},
+        "created_at": {"type": "number"},
+        "updated_at": {"type": "number"},
+    },
+}
+DEVICE = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "online": {"type": "boolean"},
+        "created_at": {"type": "number"},
+        "last_seen_at": {"type": ["number", "null"]},
+    },
+}
+NUMBER = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "number": {"type": "string", "description": "E.164"},
+        "verified": {"type": "boolean"},
+        "created_at": {"type": "number"},
+    },
+}
+
+
+def _obj(**props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+STRING = {"type": "string"}
+
+# (method, path, summary, security, request body schema or None, success status, success schema)
+ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any]]] = [
+    (
+        "post",
+        "/v1/auth/signup",
+        "Create a family and its first account",
+        "none",
+        _obj(email=STRING, password=STRING, name=STRING, family_name=STRING),
+        201,
+        _obj(token=STRING, account=ACCOUNT),
+    ),
+    (
+        "post",
+        "/v1/auth/login",
+        "Log in (rate-limited)",
+        "none",
+        _obj(email=STRING, password=STRING),
+        200,
+        _obj(token=STRING, account=ACCOUNT),
+    ),
+    ("post", "/v1/auth/logout", "End this session", "session", None, 204, {}),
+    ("get", "/v1/me", "The caller's account", "session", None, 200, _obj(account=ACCOUNT)),
+    (
+        "get",
+        "/v1/chat/messages",
+        "History, oldest first; page with ?before=<n>&limit=",
+        "session",
+        None,
+        200,
+        _obj(messages={"type": "array", "items": MESSAGE}, more={"type": "boolean"}),
+    ),
+    (
+        "post",
+        "/v1/chat/messages",
+        "Send a message to the family's agent (stored before the answer)",
+        "session",
+        _obj(text=STRING),
+        202,
+        _obj(message=MESSAGE),
+    ),
+    (
+        "post",
+        "/v1/chat/messages/{message_id}/retry",
+        "Send a failed message again",
+        "session",
+        None,
+        202,
+        _obj(message=MESSAGE),
+    ),
+    (
+        "get",
+        "/v1/chat/stream",
+        "Server-sent events: message, draft, status, reset",
+        "session",
+        None,
+        200,
+        {"type": "string", "contentMediaType": "text/event-stream"},
+    ),
+    (
+        "post",
+        "/v1/runtime/ensure",
+        "Wake the family's agent and wait until it is ready",
+        "session",
+        None,
+        200,
+        _obj(state=STRING),
+    ),
+    (
+        "post",
+        "/v1/devices/pairing",
+        "A device asks for a pairing code; gets its token, valid once paired",
+        "none",
+        _obj(name=STRING),
+        201,
+        _obj(
+            pairing_id=STRING,
+            code=STRING,
+            device_token=STRING,
+            expires_at={"type": "number"},
+            heartbeat_sec={"type": "number"},
+        ),
+    ),
+    (
+        "get",
+        "/v1/devices/pairing",
+        "A device checks whether its code was entered",
+        "device",
+        None,
+        200,
+        _obj(state={"enum": ["pending", "paired", "expired", "revoked"]}),
+    ),
+    (
+        "post",
+        "/v1/devices/pairing/complete",
+        "A family member enters a device's code",
+        "session",
+        _obj(code=STRING),
+        201,
+        _obj(device=DEVICE),
+    ),
+    (
+        "get",
+        "/v1/devices",
+        "The family's devices with online status",
+        "session",
+        None,
+        200,
+        _obj(devices={"type": "array", "items": DEVICE}),
+    ),
+    (
+        "delete",
+        "/v1/devices/{device_id}",
+        "Revoke a device; its token stops working",
+        "session",
+        None,
+        204,
+        {},
+    ),
+    (
+        "post",
+        "/v1/devices/heartbeat",
+        "A paired device is on: keeps the agent warm",
+        "device",
+        None,
+        200,
+        _obj(next_in={"type": "number"}),
+    ),
+    (
+        "get",
+        "/v1/whatsapp/numbers",
+        "The family's WhatsApp numbers",
+        "session",
+        None,
+        200,
+        _obj(numbers={"type": "array", "items": NUMBER}),
+    ),
+    (
+        "post",
+        "/v1/whatsapp/numbers",
+        "Link a number: a code is sent to it over WhatsApp",
+        "session",
+        _obj(number=STRING),
+        201,
+        _obj(number=NUMBER),
+    ),
+    (
+        "post",
+        "/v1/whatsapp/numbers/{number_id}/verify",
+        "Prove the number with the code it received",
+        "session",
+        _obj(code=STRING),
+        200,
+        _obj(number=NUMBER),
+    ),
+    ("delete", "/v1/whatsapp/numbers/{number_id}", "Unlink a number", "session", None, 204, {}),
+    (
+        "post",
+        "/v1/voice/token",
+        "A LiveKit token for the device's family room, dispatching the voice agent",
+        "device",
+        None,
+        200,
+        _obj(url=STRING, room=STRING, token=STRING, expires_at={"type": "number"}),
+    ),
+    (
+        "get",
+        "/v1/service/rooms/{room}",
+        "The family a room belongs to (voice bridge)",
+        "service",
+        None,
+        200,
+        _obj(user_id=STRING, name=STRING, room=STRING),
+    ),
+    (
+        "post",
+        "/v1/service/runtimes/{user_id}",
+        "Wake a family's agent; where it answers and its key (voice bridge)",
+        "service",
+        None,
+        200,
+        _obj(url=STRING, api_key=STRING),
+    ),
+    (
+        "get",
+        "/v1/admin/settings",
+        "Global settings; secrets only as whether they are set",
+        "admin",
+        None,
+        200,
+        _obj(settings={"type": "object"}),
+    ),
+    (
+        "put",
+        "/v1/admin/settings",
+        "Change settings (all or none); a new model restarts every runtime",
+        "admin",
+        {"type": "object", "additionalProperties": STRING},
+        200,
+        _obj(
+            settings={"type": "object"},
+            changed={"type": "array", "items": STRING},
+            restarting={"type": "boolean"},
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/restart-all",
+        "Progress of the fleet restart",
+        "admin",
+        None,
+        200,
+        _obj(progress={"type": "object"}),
+    ),
+    (
+        "post",
+        "/v1/admin/restart-all",
+        "Recreate every running runtime (409 while one runs)",
+        "admin",
+        None,
+        202,
+        _obj(progress={"type": "object"}),
+    ),
+    (
+        "get",
+        "/v1/admin/fleet",
+        "Each family's runtime, activity and memory; the host's units",
+        "admin",
+        None,
+        200,
+        _obj(families={"type": "array"}, units={"type": "array"}),
+    ),
+    ("get", "/v1/openapi.json", "This document", "none", None, 200, {"type": "object"}),
+]
+
+SECURITY = {
+    "none": [],
+    "session": [{"session": []}, {"cookie": []}],
+    "device": [{"device": []}],
+    "admin": [{"session": []}, {"cookie": []}],
+    "service": [{"service": []}],
+}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, security, body, status, schema in ROUTES:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "security": SECURITY[security],
+            "responses": {
+                str(status): {"description": "success"}
+                | ({"content": {"application/json": {"schema": schema}}} if schema else {}),
+                "4XX": {"description": "bad request", "content": {"application/json": {"schema": ERROR}}},
+            },
+        }
+        if body:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Sudo API", "version": "1"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "session": {"type": "http", "scheme": "bearer", "description": "token from /v1/auth/login"},
+                "cookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "sudo_session",
+                    "description": "the web session; state changes also need the X-CSRF-Token header",
+                },
+                "device": {"type": "http", "scheme": "bearer", "description": "device token from pairing"},
+                "service": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the service-token credential",
+                },
+            }
+        },
+    }

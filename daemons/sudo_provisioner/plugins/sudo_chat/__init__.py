@@ -1,0 +1,310 @@
+"""sudo_chat: the family's web chat as a Hermes platform.
+
+Runs inside the family's container (Hermes's own Python). sudo-api, on the host, is the
+only client; it authenticates with the family's API key. Protocol:
+
+    POST /messages            {"id", "text", "sender"}   -> 202 accepted | 200 duplicate
+                                                         | 503 still starting (try again)
+    POST /deliver             {"text"}  a proactive message from another Hermes process in the
+                                        container (`hermes cron run`), through the live adapter
+    GET  /events?after=<seq>  NDJSON, never ends:
+        {"type": "hello", "boot", "seq"}                first line: this process and its last seq
+        {"seq", "type": "message", "id", "reply_to", "text", "at"}   durable
+        {"seq", "type": "edit", "id", "text"}                        durable
+        {"seq", "type": "turn_done", "reply_to", "outcome"}          durable
+        {"type": "turn_started" | "draft", "reply_to", "text"?}      live only
+        {"type": "ping"}                                             every 15 s
+
+Durable events go to an append-only outbox on the family's volume before anyone sees them,
+so a reply or a cron message written while sudo-api is down is read when it reconnects
+(`after` is the last seq it stored). A message id is handled once per process; after a
+restart sudo-api delivers again whatever got no `turn_done`, which is what makes a reply
+that died with the container come back rather than vanish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from gateway.config import Platform
+from gateway.platforms.base import BasePlatformAdapter, MessageEvent, MessageType, SendResult
+
+logger = logging.getLogger(__name__)
+
+NAME = "sudo_chat"
+CHAT_ID = "family"
+PING_SEC = 15.0
+COMPACT_AFTER = 500
+"""Entries sudo-api has acknowledged before the outbox file is rewritten without them."""
+MAX_TEXT = 32_000
+
+
+class Outbox:
+    """Append-only JSON lines, fsynced: the agent's side of the conversation until read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries: list[dict[str, Any]] = []
+        self.seq = 0
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash mid-write: never acknowledged to anyone
+                self.seq = max(self.seq, entry["seq"])
+                if entry["type"] != "mark":
+                    self.entries.append(entry)
+        self.answered = {e["reply_to"] for e in self.entries if e["type"] == "turn_done"}
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        self.seq += 1
+        entry = {"seq": self.seq, **entry}
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries.append(entry)
+        if entry["type"] == "turn_done":
+            self.answered.add(entry["reply_to"])
+        return entry
+
+    def since(self, after: int) -> list[dict[str, Any]]:
+        return [e for e in self.entries if e["seq"] > after]
+
+    def acknowledge(self, upto: int) -> None:
+        """Drop what the reader has stored, once enough has piled up to be worth a rewrite."""
+        if sum(1 for e in self.entries if e["seq"] <= upto) < COMPACT_AFTER:
+            return
+        keep = self.since(upto)
+        lines = [json.dumps(e) for e in keep] or [json.dumps({"seq": self.seq, "type": "mark"})]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.path)
+        self.entries = keep
+
+
+class SudoChatAdapter(BasePlatformAdapter):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config, Platform(NAME))
+        extra = config.extra or {}
+        self._host = extra.get("host", "0.0.0.0")
+        self._port = int(extra.get("port", 8643))
+        self._key = str(extra.get("key", ""))
+        home = Path(os.environ.get("HERMES_HOME", "/opt/data"))
+        self._outbox = Outbox(home / NAME / "outbox.jsonl")
+        self._outbox_lock = asyncio.Lock()
+        self._boot = uuid.uuid4().hex
+        self._seen: set[str] = set()
+        self._turn: str | None = None
+        self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._runner: web.AppRunner | None = None
+
+    # Hermes's side
+
+    @property
+    def authorization_is_upstream(self) -> bool:
+        return True  # sudo-api authenticated the family member before the message got here
+
+    def supports_draft_streaming(self, chat_type: str | None = None, metadata: Any = None) -> bool:
+        return True
+
+    async def connect(self, *, is_reconnect: bool = False) -> bool:
+        if len(self._key) < 16:
+            self._set_fatal_error("sudo_chat_no_key", "sudo_chat needs extra.key", retryable=False)
+            return False
+        app = web.Application(client_max_size=256 * 1024)
+        app.router.add_post("/messages", self._post_message)
+        app.router.add_get("/events", self._events)
+        app.router.add_post("/deliver", self._deliver)
+        app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        self._mark_connected()
+        logger.info("[sudo_chat] listening on %s:%d (boot %s)", self._host, self._port, self._boot)
+        return True
+
+    async def disconnect(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self._mark_disconnected()
+
+    async def send(
+        self, chat_id: str, content: str, reply_to: str | None = None, metadata: Any = None
+    ) -> SendResult:
+        return SendResult(success=True, message_id=await self._record_message(content, self._turn))
+
+    async def _record_message(self, text: str, reply_to: str | None) -> str:
+        message_id = uuid.uuid4().hex
+        await self._record(
+            {"type": "message", "id": message_id, "reply_to": reply_to, "text": text, "at": time.time()}
+        )
+        return message_id
+
+    async def edit_message(
+        self, chat_id: str, message_id: str, content: str, *, finalize: bool = False
+    ) -> SendResult:
+        await self._record({"type": "edit", "id": message_id, "text": content})
+        return SendResult(success=True, message_id=message_id)
+
+    async def send_draft(self, chat_id: str, draft_id: int, content: str, metadata: Any = None) -> SendResult:
+        self._publish({"type": "draft", "reply_to": self._turn, "text": content})
+        return SendResult(success=True)
+
+    async def get_chat_info(self, chat_id: str) -> dict[str, Any]:
+        return {"name": "Family chat", "type": "dm", "chat_id": chat_id}
+
+    async def on_processing_start(self, event: MessageEvent) -> None:
+        self._turn = event.message_id
+        self._publish({"type": "turn_started", "reply_to": event.message_id})
+
+    async def on_processing_complete(self, event: MessageEvent, outcome: Any) -> None:
+        await self._record(
+            {"type": "turn_done", "reply_to": event.message_id, "outcome": getattr(outcome, "value", outcome)}
+        )
+        if self._turn == event.message_id:
+            self._turn = None
+
+    # sudo-api's side
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and hmac.compare_digest(token.encode(), self._key.encode())
+
+    async def _post_message(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            body = await request.json()
+            message_id, text = str(body["id"]), str(body["text"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected JSON with id and text"}, status=400)
+        if not text.strip() or len(text) > MAX_TEXT:
+            return web.json_response({"error": f"text must be 1 to {MAX_TEXT} characters"}, status=400)
+        if self._runner_starting():
+            # Hermes would queue it and report the turn finished before it ran: refuse instead,
+            # and sudo-api delivers again in a moment.
+            return web.json_response({"error": "the agent is still starting"}, status=503)
+        if message_id in self._seen or message_id in self._outbox.answered:
+            return web.json_response({"status": "duplicate", "boot": self._boot})
+        self._seen.add(message_id)
+        sender = str(body.get("sender") or "family")
+        source = self.build_source(
+            chat_id=CHAT_ID, chat_name="Family chat", chat_type="dm", user_id=CHAT_ID, user_name=sender
+        )
+        event = MessageEvent(
+            text=text, message_type=MessageType.TEXT, source=source, raw_message=body, message_id=message_id
+        )
+        await self.handle_message(event)
+        return web.json_response({"status": "accepted", "boot": self._boot}, status=202)
+
+    async def _deliver(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            text = str((await request.json())["text"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected JSON with text"}, status=400)
+        return web.json_response({"message_id": await self._record_message(text, None)})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            return web.json_response({"error": "after must be an integer"}, status=400)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            await self._write(response, {"type": "hello", "boot": self._boot, "seq": self._outbox.seq})
+            replayed = min(after, self._outbox.seq)  # a reader ahead of us still gets what comes
+            for entry in self._outbox.since(after):
+                await self._write(response, entry)
+                replayed = entry["seq"]
+            async with self._outbox_lock:
+                await asyncio.to_thread(self._outbox.acknowledge, after)
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), PING_SEC)
+                except TimeoutError:
+                    event = {"type": "ping"}
+                if event.get("seq", replayed + 1) > replayed:
+                    await self._write(response, event)
+        finally:
+            self._listeners.discard(queue)
+
+    def _runner_starting(self) -> bool:
+        """Whether Hermes's gateway is still replaying sessions from before its restart.
+
+        Reads the runner behind the message handler (gateway.run.GatewayRunner, Hermes 0.19).
+        """
+        runner = getattr(self._message_handler, "__self__", None)
+        return bool(getattr(runner, "_startup_restore_in_progress", False))
+
+    @staticmethod
+    async def _write(response: web.StreamResponse, event: dict[str, Any]) -> None:
+        await response.write(json.dumps(event).encode() + b"\n")
+
+    async def _record(self, entry: dict[str, Any]) -> None:
+        async with self._outbox_lock:
+            self._publish(await asyncio.to_thread(self._outbox.append, entry))
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        for queue in self._listeners:
+            queue.put_nowait(event)
+
+
+def _check() -> bool:
+    return True
+
+
+async def _send_from_elsewhere(config: Any, chat_id: str, text: str, **_: Any) -> dict[str, Any]:
+    """Delivery from a Hermes process other than the gateway (a cron job run by `hermes cron
+    run`): hand the message to the gateway's live adapter, which owns the outbox."""
+    extra = config.extra or {}
+    url = f"http://127.0.0.1:{int(extra.get('port', 8643))}/deliver"
+    headers = {"Authorization": f"Bearer {extra.get('key', '')}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.post(url, json={"text": text}, headers=headers) as resp,
+        ):
+            body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"error": f"the gateway's sudo_chat listener did not take the message: {exc}"}
+    if resp.status != 200:
+        return {"error": f"sudo_chat refused the message: {body}"}
+    return {"success": True, "message_id": body["message_id"]}
+
+
+def register(ctx: Any) -> None:
+    ctx.register_platform(
+        name=NAME,
+        label="Sudo web chat",
+        adapter_factory=lambda config: SudoChatAdapter(config),
+        check_fn=_check,
+        allow_all_env="SUDO_CHAT_ALLOW_ALL_USERS",
+        cron_deliver_env_var="SUDO_CHAT_HOME_CHANNEL",
+        standalone_sender_fn=_send_from_elsewhere,
+        platform_hint=(
+            "You are talking with the family in Sudo's web chat. Markdown renders; keep answers "
+            "conversational."
+        ),
+        emoji="💬",
+    )

@@ -1,0 +1,152 @@
+"""A real browser (Debian's chromium, driven by Playwright) against the real sudo-api, provisioner,
+gateway and a real Hermes container: sign up, chat with the reply streaming in, reload, and an
+admin rotating the LLM key with no container restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+from stack import BIN, Stack
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        # --no-sandbox: the tests run as root in a container, where chromium's sandbox cannot start.
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        await browser.close()
+
+
+async def sign_up(page: Page, base: str, name: str) -> str:
+    email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.org"
+    await page.goto(f"{base}/signup")
+    await page.get_by_label("Family name").fill(f"The {name}s")
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign up").click()
+    await expect(page).to_have_url(f"{base}/chat")
+    return email
+
+
+@pytest.mark.usefixtures("fresh_settings")
+async def test_a_family_chats_and_an_admin_rotates_the_llm_key(api: Stack, browser: Browser):
+    base = api.api_url
+    page = await browser.new_page()
+    await sign_up(page, base, "Rosalind")
+    await expect(page.locator("body[data-live=yes]")).to_be_attached()
+
+    await page.get_by_placeholder("Message your assistant").fill("tell me a story [drip:0.15]")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#status")).to_have_text("Waking your assistant…", timeout=10_000)
+    draft = page.locator("li.message.assistant.draft .text")
+    await expect(draft).to_contain_text("stub says", timeout=120_000)  # being written
+    final = page.locator("li.message.assistant.final .text")
+    await expect(final).to_contain_text("tell me a story", timeout=120_000)
+    assert await draft.count() == 0  # the draft became the stored reply
+
+    await page.reload()
+    await expect(page.locator("li.message.user .text")).to_have_text(["tell me a story [drip:0.15]"])
+    await expect(page.locator("li.message.assistant.final .text")).to_contain_text(["stub says"])
+    family_id = uuid.UUID(
+        await api.db.aio(
+            lambda: api.db.query_one(
+                "SELECT family_id FROM messages WHERE text = ?", ("tell me a story [drip:0.15]",)
+            )["family_id"]
+        )
+    )
+    container = api.container(family_id)
+    started_at = container.attrs["State"]["StartedAt"]
+
+    # An admin (made with sudoctl) sets a new provider key in the browser.
+    admin_email = f"admin-{uuid.uuid4().hex[:6]}@example.org"
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "sudoctl"), "create-admin", "--email", admin_email, "--password-stdin"],
+        input=PASSWORD + "\n",
+        env=api.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    new_key = f"sk-ROTATED-{secrets.token_hex(8)}"
+    api.llm_keys.write_text(new_key + "\n")  # the provider now accepts only the new key
+    admin = await browser.new_page()
+    await admin.goto(f"{base}/login")
+    await admin.get_by_label("Email").fill(admin_email)
+    await admin.get_by_label("Password").fill(PASSWORD)
+    await admin.get_by_role("button", name="Log in").click()
+    await expect(admin).to_have_url(f"{base}/admin")
+    await expect(admin.locator("#fleet")).to_contain_text("The Rosalinds")
+    await expect(admin.locator("#fleet")).to_contain_text("running")
+    await admin.get_by_role("link", name="Settings").click()
+    await admin.get_by_label("LLM API key").fill(new_key)
+    await admin.get_by_role("button", name="Save").click()
+    await expect(admin.get_by_role("status")).to_have_text("Saved.")
+    await expect(admin.get_by_label("LLM API key")).to_have_attribute(
+        "placeholder", "set: leave empty to keep"
+    )
+
+    asked = len(api.llm_requests())
+    await page.get_by_placeholder("Message your assistant").fill("and another")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("li.message.assistant.final .text").last).to_contain_text(
+        "and another", timeout=120_000
+    )
+    used = {r["authorization"] for r in api.llm_requests()[asked:]}
+    assert used == {f"Bearer {new_key}"}
+    container.reload()
+    assert container.attrs["State"]["StartedAt"] == started_at  # the same container, never restarted
+
+
+@pytest.mark.usefixtures("fresh_settings")
+async def test_integrations_pair_a_device_and_link_a_number(api: Stack, browser: Browser, http):
+    base = api.api_url
+    for key, value in api.start_twilio().items():
+        await api.db.aio(api.db.set_setting, key, value)
+    page = await browser.new_page()
+    await sign_up(page, base, "Marconi")
+    await page.goto(f"{base}/integrations")
+    family_id = uuid.UUID(
+        await page.evaluate("fetch('/v1/me').then(r => r.json()).then(b => b.account.user_id)")
+    )
+
+    # The device asks for a code; the family types it; the device's beats show it online.
+    async with http.post(f"{base}/v1/devices/pairing", json={"name": "Living room Pi"}) as resp:
+        started = await resp.json()
+    await page.get_by_label("Pairing code").fill(started["code"])
+    await page.get_by_role("button", name="Pair").click()
+    await expect(page.get_by_role("status")).to_have_text("Living room Pi is paired.")
+    await expect(page.locator("tr", has_text="Living room Pi")).to_contain_text("offline")
+    beat = {"Authorization": f"Bearer {started['device_token']}"}
+    async with http.post(f"{base}/v1/devices/heartbeat", headers=beat) as resp:
+        assert resp.status == 200
+    await page.reload()
+    await expect(page.locator("tr", has_text="Living room Pi")).to_contain_text("online")
+
+    # A WhatsApp number, proven by the code it receives.
+    await page.get_by_label("WhatsApp number").fill("+33 6 12 34 56 78")
+    await page.get_by_role("button", name="Send a code").click()
+    await expect(page.get_by_role("status")).to_contain_text("A code was sent to +33612345678")
+    code = api.twilio_messages()[-1]["body"].split("code is ")[1][:6]
+    await page.get_by_label("Code for +33612345678").fill(code)
+    await page.get_by_role("button", name="Verify").click()
+    await expect(page.locator("#numbers")).to_contain_text("linked")
+
+    # Opening the page woke the family's agent.
+    assert api.container(family_id) is not None
+    await page.get_by_role("button", name="Revoke").click()
+    await expect(page.get_by_role("status")).to_have_text("Device revoked.")
+    async with http.post(f"{base}/v1/devices/heartbeat", headers=beat) as resp:
+        assert resp.status == 401

@@ -1,0 +1,65 @@
+"""The unit files under systemd's own analyzer (systemd 252, Debian 12), in the systemd test image:
+`verify` must say nothing at all, and `security` must score every service at most 2.0."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import docker
+import pytest
+
+IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
+UNITS = Path(__file__).resolve().parents[2] / "units"
+SERVICES = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper")
+# Installs the units as the packages do, with stand-ins for the daemons' executables (verify
+# checks that ExecStart= exists), then analyzes them.
+SCRIPT = """
+set -e
+mkdir -p /opt/venvs/sudo/bin
+for d in {services}; do printf '#!/bin/sh\\n' > /opt/venvs/sudo/bin/$d; chmod +x /opt/venvs/sudo/bin/$d; done
+cp /units/*.service /units/*.socket /units/*.timer /units/*.target /etc/systemd/system/
+cp /units/sysusers.d/sudo.conf /usr/lib/sysusers.d/
+groupadd --system docker
+systemd-sysusers >/dev/null
+cd /etc/systemd/system
+echo "== verify"
+systemd-analyze verify sudo.target sudo-*.service sudo-*.socket sudo-*.timer 2>&1
+echo "== rc $?"
+for unit in {services}; do
+  echo "== security $unit"
+  systemd-analyze security --offline=yes $unit.service 2>&1 | tail -n 1
+done
+"""
+
+
+@pytest.fixture(scope="module")
+def analysis() -> str:
+    client = docker.from_env()
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"image {IMAGE} is missing: run `make systemd-image` first")
+    output = client.containers.run(
+        IMAGE,
+        ["sh", "-c", SCRIPT.format(services=" ".join(SERVICES))],
+        entrypoint=[],
+        volumes={str(UNITS): {"bind": "/units", "mode": "ro"}},
+        network_mode="none",
+        remove=True,
+    )
+    return output.decode()
+
+
+def test_verify_is_silent(analysis: str):
+    verify = analysis.split("== verify\n")[1].split("== rc")[0]
+    assert verify == "", verify  # a warning is a failure too
+    assert "== rc 0" in analysis
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_is_hardened(analysis: str, service: str):
+    line = analysis.split(f"== security {service}\n")[1].splitlines()[0]
+    score = float(re.search(r"exposure level for \S+: ([\d.]+)", line).group(1))
+    assert score <= 2.0, line

@@ -1,0 +1,154 @@
+"""sudo-api's pieces on a real SQLite database: login limits, admin settings, coalesced heartbeats."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sudo_api import admin
+from sudo_api.accounts import Accounts, InvalidInput, LoginLimiter
+from sudo_api.chat import ChatStore
+from sudo_api.devices import Devices, PairingError
+from sudo_core.config import ApiSettings
+from sudo_core.db import Database
+from sudo_core.provisioner_client import ProvisionerClient
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    database = Database(tmp_path / "sudo.db")
+    yield database
+    database.close()
+
+
+def test_login_limiter_counts_per_account_and_per_address():
+    limiter = LoginLimiter(per_account=3, per_address=5, window_sec=0.3)
+    for _ in range(3):
+        assert limiter.retry_after("X@example.org", "10.0.0.1") == 0
+        limiter.failed("x@example.org", "10.0.0.1")
+    assert 0 < limiter.retry_after("x@example.org", "10.0.0.9") <= 0.3  # locked from anywhere
+    assert limiter.retry_after("y@example.org", "10.0.0.1") == 0  # the address may try others...
+    limiter.failed("y@example.org", "10.0.0.1")
+    limiter.failed("z@example.org", "10.0.0.1")
+    assert limiter.retry_after("w@example.org", "10.0.0.1") > 0  # ...up to its own limit
+    time.sleep(0.35)
+    assert limiter.retry_after("x@example.org", "10.0.0.1") == 0  # the window forgets
+    for _ in range(3):
+        limiter.failed("x@example.org", "10.0.0.1")
+    limiter.succeeded("x@example.org")
+    assert limiter.retry_after("x@example.org", "10.0.0.2") == 0  # the account starts over
+    limiter.failed("a@example.org", "10.0.0.1")
+    limiter.failed("b@example.org", "10.0.0.1")
+    assert limiter.retry_after("c@example.org", "10.0.0.1") > 0  # the address does not
+
+
+async def test_passwords_are_hashed_and_checked(db: Database):
+    accounts = Accounts(db, session_days=1)
+    account = await accounts.sign_up("A@Example.org", "a long password", "Ann", "Smith")
+    stored = await db.aio(db.query_one, "SELECT password_hash FROM accounts")
+    assert stored["password_hash"].startswith("$argon2id$")
+    assert await accounts.check_password("a@example.org", "a long password") == account
+    assert await accounts.check_password("a@example.org", "wrong password") is None
+    assert await accounts.check_password("nobody@example.org", "a long password") is None
+    with pytest.raises(InvalidInput):
+        await accounts.sign_up("a@example.org", "another password", "Bob", "Smith")
+    token = await db.aio(accounts.open_session, account.id)
+    session = await db.aio(accounts.session, token)
+    assert session is not None and session.account.family_id == account.family_id
+    await db.aio(accounts.close_session, token)
+    assert await db.aio(accounts.session, token) is None
+
+
+def test_admin_settings_all_or_nothing_and_secrets_write_only(db: Database):
+    changed = admin.store(
+        db, admin.validate({"llm.base_url": "https://p.example/v1/", "llm.api_key": "sk-1"})
+    )
+    assert sorted(changed) == ["llm.api_key", "llm.base_url"]
+    view = admin.current(db)
+    assert view["llm.base_url"] == "https://p.example/v1"
+    assert view["llm.api_key"] == {"set": True}  # never sent back
+    with pytest.raises(admin.InvalidSetting, match="LLM provider URL"):
+        admin.validate({"llm.model": "new-model", "llm.base_url": "ftp:/nope"})
+    with pytest.raises(admin.InvalidSetting, match="unknown"):
+        admin.validate({"llm.nope": "x"})
+    with pytest.raises(admin.InvalidSetting, match=r"E\.164"):
+        admin.validate({"twilio.whatsapp_from": "12345"})
+    assert admin.current(db)["llm.model"] == ""  # the bad batch stored nothing
+    assert admin.store(db, admin.validate({"llm.api_key": ""})) == []  # empty keeps the secret
+    assert db.get_settings("llm.")["llm.api_key"] == "sk-1"
+
+
+async def test_heartbeats_are_coalesced_into_one_write(db: Database, tmp_path: Path):
+    settings = ApiSettings(ensure_interval_sec=3600)
+    async with ProvisionerClient(tmp_path / "nobody.sock") as provisioner:
+        devices = Devices(db, provisioner, settings)
+        families = [db.create_family(f"F{i}") for i in range(20)]
+        paired = []
+        for family in families:
+            started = devices.start_pairing("Pi")
+            device = devices.complete_pairing(family.id, started["code"])
+            paired.append((started["device_token"], device, family))
+        with pytest.raises(PairingError):
+            devices.complete_pairing(families[0].id, started["code"])  # a code works once
+
+        before = time.time()
+        for _ in range(50):
+            for token, _device, _family in paired:
+                owner = await devices.authenticate(token)
+                assert owner is not None
+                devices.heartbeat(*owner)
+        assert await devices.authenticate("sd_dev_forged") is None
+        # Nothing written yet: 1,000 beats are held in memory...
+        assert all(r["last_seen_at"] is None for r in db.query("SELECT last_seen_at FROM devices"))
+        await devices.flush()  # ...and written in one transaction
+        rows = db.query("SELECT last_seen_at FROM devices")
+        assert len(rows) == 20 and all(r["last_seen_at"] >= before for r in rows)
+        assert all(db.get_family(f.id).last_active_at >= before for f in families)
+        token, device, family = paired[0]
+        assert await devices.revoke(family.id, device.id)
+        assert await devices.authenticate(token) is None
+        assert not await devices.revoke(uuid.uuid4(), paired[1][1].id)  # not that family's device
+
+
+def test_chat_store_recovers_from_agent_restarts(db: Database):
+    store = ChatStore(db)
+    family = db.create_family("Lovelace").id
+    first = store.add_user_message(family, "hi", "Ada")
+    assert db.get_family(family).last_active_at is not None  # talking is activity: no reaping
+    message, claimed = store.next_to_deliver(family)
+    assert (message.id, claimed) == (first.id, True)
+    assert store.next_to_deliver(family)[1] is False  # in flight: nothing else goes meanwhile
+    second = store.add_user_message(family, "are you there?", "Ada")
+
+    # The agent restarts twice without answering: delivered again; the third time it fails.
+    for boot in ("b1", "b2"):
+        requeued, failed, _ = store.new_agent_process(family, boot, 0, max_attempts=3)
+        assert [m.id for m in requeued] == [first.id] and failed == []
+        assert store.next_to_deliver(family)[0].id == first.id
+    requeued, failed, _ = store.new_agent_process(family, "b3", 0, max_attempts=3)
+    assert requeued == [] and [m.status for m in failed] == ["failed"]
+    assert store.get(family, first.id).error == "the assistant restarted while answering"
+
+    # The next message goes; its reply and turn end are stored once, with the cursor.
+    assert store.next_to_deliver(family)[0].id == second.id
+    reply = {"seq": 1, "type": "message", "id": "r1", "reply_to": second.id, "text": "yes"}
+    assert [m.id for m in store.apply(family, reply)] == ["r1"]
+    assert store.apply(family, reply) == []  # read twice after a reconnect: stored once
+    done = store.apply(family, {"seq": 2, "type": "turn_done", "reply_to": second.id, "outcome": "success"})
+    assert [(m.id, m.status) for m in done] == [(second.id, "answered")]
+    assert store.cursor(family) == ("b3", 2)
+
+    # A turn that ends in failure with nothing said fails the message; retry queues it again.
+    third = store.add_user_message(family, "and now?", "Ada")
+    store.next_to_deliver(family)
+    failed = store.apply(family, {"seq": 3, "type": "turn_done", "reply_to": third.id, "outcome": "failure"})
+    assert [m.status for m in failed] == ["failed"]
+    assert store.retry(family, third.id).status == "queued"
+    assert store.retry(family, third.id) is None  # only a failed message can be retried
+    assert store.retry(db.create_family("Other").id, first.id) is None  # and only by its family
+
+    # An outbox behind our cursor was recreated (a purged volume): read it from the start.
+    assert store.new_agent_process(family, "b4", 0, max_attempts=3)[2] == 0
