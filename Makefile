@@ -20,13 +20,15 @@ deps:
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	pkg-config --exists libsystemd 2>/dev/null || missing="$$missing pkg-config libsystemd-dev"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
 		echo "==> installing$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -5,7 +5,8 @@ It speaks the OpenAI chat-completions protocol as providers do: `GET /v1/models`
 `chat.completion.chunk` objects ending in `data: [DONE]`), and OpenAI-shaped 401 errors when
 the bearer key is not one of those in `--keys` (read per request, so tests
 can rotate keys). Every completion request is appended to a
-JSON-lines log so tests can assert what reached the provider (which key, which model).
+JSON-lines log so tests can assert what reached the provider (which key, which model, what
+the agent remembered).
 
 Its answer is "stub says: <the last user message>"; a user message containing `[slow:N]`
 makes it wait N seconds first, to hold a request in flight; `[drip:S]` makes it wait S seconds
@@ -78,13 +79,18 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        text = last_user_text(body.get("messages", []))
+        messages = body.get("messages", [])
+        text = last_user_text(messages)
         record(
             {
                 "authorization": request.headers.get("Authorization"),
                 "model": body.get("model"),
                 "stream": bool(body.get("stream")),
                 "last_user": text,
+                # what the agent remembers: its system prompt (MEMORY.md shows there) and the
+                # conversation it sent along
+                "system": " ".join(str(m.get("content")) for m in messages if m.get("role") == "system"),
+                "user_messages": [str(m.get("content")) for m in messages if m.get("role") == "user"],
                 "at": time.time(),
             }
         )

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database
@@ -46,6 +46,12 @@ OPEN = ("queued", "delivered")
 MESSAGES = Counter("sudo_api_chat_messages_total", "Chat messages stored", ["role"])
 REDELIVERED = Counter("sudo_api_chat_redelivered_total", "Messages delivered again after an agent restart")
 FAILED = Counter("sudo_api_chat_failed_total", "Messages shown as failed", ["reason"])
+REPLY_SECONDS = Histogram(
+    "sudo_api_chat_reply_seconds",
+    "From a family's message being stored to its agent's turn ending with an answer",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
+RUNTIMES = Gauge("sudo_api_runtimes_running", "Family runtimes running, as last listed by the provisioner")
 
 
 class ChatUnavailable(RuntimeError):
@@ -361,7 +367,9 @@ class Conversations:
         """Follow every running runtime, so proactive messages are stored with no page open."""
         while True:
             try:
-                for runtime in await self.provisioner.list():
+                runtimes = await self.provisioner.list()
+                RUNTIMES.set(sum(r.get("state") == "running" for r in runtimes))
+                for runtime in runtimes:
                     owner = runtime.get("user_id")
                     if owner and runtime.get("state") == "running":
                         family = uuid.UUID(owner)
@@ -472,6 +480,8 @@ class Conversations:
                     MESSAGES.labels("assistant").inc()
                 if message.status == "failed":
                     FAILED.labels("agent").inc()
+                elif message.status == "answered":
+                    REPLY_SECONDS.observe(message.updated_at - message.created_at)
                 self.hub.publish(family, {"type": "message", "message": message.to_json()})
             if kind == "turn_done":
                 self._wake.setdefault(family, asyncio.Event()).set()

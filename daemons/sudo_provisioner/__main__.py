@@ -3,6 +3,8 @@
 systemd starts it on the first connection to its socket (sudo-provisioner.socket); it
 reconciles from Docker labels, serves, and exits after `provisioner.idle_exit_sec` without a
 request. `--bind` opens the socket itself, for development, and then never exits on idle.
+`--remove-all` is for the package's maintainer scripts: it removes every runtime of this
+installation, then exits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import uuid
 from pathlib import Path
 
 import docker.errors
@@ -22,6 +25,7 @@ from aiohttp import web
 from sudo_core import config, logs
 from sudo_core.credentials import host_secret
 from sudo_core.db import Database
+from sudo_core.families import volume_name
 from sudo_core.logs import fields
 from sudo_core.systemd import Notifier, listen_fds
 
@@ -89,12 +93,56 @@ async def serve(settings: config.Settings, bind: bool) -> int:
     return 0
 
 
+async def remove_runtimes(settings: config.Settings) -> set[uuid.UUID] | None:
+    """Remove this installation's runtimes; their owners, or None when Docker failed."""
+    try:
+        backend = DockerBackend(settings.runtime)
+        runtimes = await backend.list()
+        for runtime in runtimes:
+            await backend.remove(runtime.name)
+    except docker.errors.DockerException as exc:
+        print(f"sudo-provisioner: cannot use the Docker engine: {exc}", file=sys.stderr)
+        return None
+    print(f"sudo-provisioner: removed {len(runtimes)} family runtime(s); their data stays until purge")
+    return {r.owner for r in runtimes if r.owner}
+
+
+def write_manifest(settings: config.Settings, owners: set[uuid.UUID], path: Path) -> None:
+    """List the Docker objects a purge deletes: every family's volume, and the runtime network.
+
+    The package's purge runs after apt has removed this code, so the list is made on remove,
+    while the configuration and the database still say which objects are ours.
+    """
+    if settings.core.database_path.exists():
+        db = Database(settings.core.database_path)
+        owners = owners | {f.id for f in db.list_families()}
+        db.close()
+    lines = [f"volume {volume_name(o)}" for o in sorted(owners)] + [f"network {settings.runtime.network}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="sudo-provisioner", description=__doc__.split("\n")[0])
     parser.add_argument("--bind", action="store_true", help="open provisioner.socket ourselves (development)")
+    parser.add_argument(
+        "--remove-all", action="store_true", help="remove every family runtime of this installation and exit"
+    )
+    parser.add_argument(
+        "--manifest", type=Path, help="with --remove-all: write here the volumes and network a purge deletes"
+    )
     args = parser.parse_args()
+    if args.manifest and not args.remove_all:
+        parser.error("--manifest goes with --remove-all")
     settings = config.load_or_exit("sudo-provisioner")
     logs.setup("sudo-provisioner", settings.core.log_level)
+    if args.remove_all:
+        owners = asyncio.run(remove_runtimes(settings))
+        if owners is None:
+            sys.exit(1)
+        if args.manifest:
+            write_manifest(settings, owners, args.manifest)
+        sys.exit(0)
     sys.exit(asyncio.run(serve(settings, args.bind)))
 
 

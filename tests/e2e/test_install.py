@@ -16,11 +16,13 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,8 +44,13 @@ def free_port() -> int:
 class Host:
     """The installed system, driven as an operator would."""
 
-    def __init__(self, container, api: str) -> None:
-        self.container, self.api = container, api
+    def __init__(self, container, api: str, network: str, llm_log: Path) -> None:
+        self.container, self.api, self.network, self.llm_log = container, api, network, llm_log
+        self.docker = docker.from_env()
+
+    def runtimes(self) -> list:
+        """The family containers this installation runs, as the real engine lists them."""
+        return self.docker.containers.list(filters={"label": f"sudo.scope={self.network}"})
 
     def sh(self, script: str, check: bool = True) -> str:
         code, out = self.container.exec_run(["sh", "-c", script])
@@ -51,6 +58,9 @@ class Host:
         if check:
             assert code == 0, f"{script}\n{text}"
         return text.strip()
+
+    def write(self, path: str, text: str) -> None:
+        self.sh(f"mkdir -p $(dirname {path}) && printf '%s' {shlex.quote(text)} > {path}")
 
     def state(self, unit: str) -> str:
         return self.sh(f"systemctl is-active {unit} || true")
@@ -154,16 +164,13 @@ model = "e2e-model"
             str(shared): {"bind": str(shared), "mode": "rw"},
         },
     )
-    h = Host(container, api)
+    h = Host(container, api, network, logs / "llm.log")
     try:
         h.wait(lambda: h.sh("systemctl is-system-running || true") in ("running", "degraded"), 60, "boot")
         h.sh(f"groupmod -g {socket_gid} docker && mkdir -p /etc/sudo")
-        h.sh(f"cat > /etc/sudo/sudo.toml <<'EOF'{config}EOF")
+        h.write("/etc/sudo/sudo.toml", config)
         # A drop-in as an operator would write one: a quicker watchdog, for the hang test.
-        h.sh(
-            "mkdir -p /etc/systemd/system/sudo-api.service.d && printf '[Service]\\nWatchdogSec=4s\\n' "
-            "> /etc/systemd/system/sudo-api.service.d/watchdog.conf"
-        )
+        h.write("/etc/systemd/system/sudo-api.service.d/watchdog.conf", "[Service]\nWatchdogSec=4s\n")
         h.sh(
             "apt-get install -y -q -o Dpkg::Options::=--force-confold /debs/*.deb > /tmp/apt.log 2>&1 "
             "|| { tail -n 30 /tmp/apt.log; exit 1; }"
@@ -184,28 +191,48 @@ model = "e2e-model"
         shutil.rmtree(shared, ignore_errors=True)
 
 
-def test_the_installed_system_serves_a_family(host: Host):
+@pytest.fixture(scope="module")
+def family(host: Host) -> str:
+    """A family signed up on the installed system; its API token."""
+    signed = host.call(
+        "POST",
+        "/v1/auth/signup",
+        body={"email": "e2e@example.org", "password": "a long password", "name": "Eve", "family_name": "E2E"},
+    )
+    return signed["token"]
+
+
+def volume_of(host: Host, token: str) -> str:
+    """The family's data volume (named as the provisioner names it)."""
+    user_id = host.call("GET", "/v1/me", token)["account"]["user_id"]
+    return f"hermes-user-{uuid.UUID(user_id).hex}-data"
+
+
+def chat(host: Host, token: str, text: str) -> list[dict]:
+    """Send a message and wait for its answer; the history then."""
+    message = host.call("POST", "/v1/chat/messages", token, {"text": text})["message"]["id"]
+
+    def answered():
+        history = host.call("GET", "/v1/chat/messages", token)["messages"]
+        return history if any(m["id"] == message and m["status"] == "answered" for m in history) else None
+
+    history = host.wait(answered, 180, f"the answer to {text!r}")
+    assert history[-1]["role"] == "assistant" and text in history[-1]["text"]
+    return history
+
+
+# The tests below run in order, on one installed system: serve, survive a hang, reap, upgrade, purge.
+
+
+def test_the_installed_system_serves_a_family(host: Host, family: str):
     assert host.state("sudo.target") == "active"
     for unit in ("sudo-api.service", "sudo-gateway.service", "sudo-provisioner.socket", "sudo-reaper.timer"):
         assert host.state(unit) == "active", unit
     # Secrets were generated at install, readable by root only.
     assert host.sh("stat -c '%a %U' /etc/sudo/credentials/host-secret") == "600 root"
 
-    signed = host.call(
-        "POST",
-        "/v1/auth/signup",
-        body={"email": "e2e@example.org", "password": "a long password", "name": "Eve", "family_name": "E2E"},
-    )
-    token = signed["token"]
-    sent = host.call("POST", "/v1/chat/messages", token, {"text": "hello from the installed system"})
-    message = sent["message"]["id"]
-
-    def answered():
-        history = host.call("GET", "/v1/chat/messages", token)["messages"]
-        return history if any(m["id"] == message and m["status"] == "answered" for m in history) else None
-
-    history = host.wait(answered, 180, "the family's first answer")
-    assert history[-1]["role"] == "assistant" and "hello from the installed system" in history[-1]["text"]
+    chat(host, family, "hello from the installed system")
+    assert len(host.runtimes()) == 1
     # The first request started the provisioner through its socket; idle, it exits again.
     host.wait(lambda: host.state("sudo-provisioner.service") == "inactive", 60, "the provisioner's idle exit")
     assert host.state("sudo-provisioner.socket") == "active"
@@ -225,3 +252,107 @@ def test_a_hung_api_is_restarted_by_the_watchdog(host: Host):
     )
     assert host.sh("systemctl show -p MainPID --value sudo-api.service") != pid
     assert "watchdog" in host.sh("journalctl -u sudo-api --no-pager | grep -i watchdog | tail -n 1")
+
+
+def test_the_reaper_timer_evicts_an_idle_runtime(host: Host, family: str):
+    assert len(host.runtimes()) == 1
+    # As an operator would: drop-ins that fire the timer at once and every few seconds, and
+    # count a runtime idle after 5 s.
+    host.write(
+        "/etc/systemd/system/sudo-reaper.timer.d/often.conf",
+        "[Timer]\nOnActiveSec=1s\nOnUnitActiveSec=3s\nRandomizedDelaySec=0\nAccuracySec=1s\n",
+    )
+    host.write(
+        "/etc/systemd/system/sudo-reaper.service.d/idle.conf",
+        "[Service]\nExecStart=\nExecStart=/opt/venvs/sudo/bin/sudo-reaper --idle-sec 5\n",
+    )
+    host.sh("systemctl daemon-reload && systemctl restart sudo-reaper.timer")
+    host.wait(lambda: not host.runtimes(), 90, "the reaper to evict the idle runtime")
+    assert "evicted 1 idle runtime(s)" in host.sh("journalctl -u sudo-reaper --no-pager")
+    host.sh("rm -r /etc/systemd/system/sudo-reaper.timer.d /etc/systemd/system/sudo-reaper.service.d")
+    host.sh("systemctl daemon-reload && systemctl restart sudo-reaper.timer")
+
+
+# A newer build of the same packages: the same files under a higher version, as dpkg sees an
+# upgrade (maintainer scripts with the old version, units restarted, conffiles kept).
+REPACK = """
+set -e
+rm -rf /tmp/newer && mkdir /tmp/newer && cd /tmp/newer
+for deb in /debs/*.deb; do
+    old=$(dpkg-deb -f "$deb" Version)
+    new="$old+e2e1"
+    dir=$(basename "$deb" .deb)
+    dpkg-deb -R "$deb" "$dir"
+    sed -i -e "s/^Version: .*/Version: $new/" -e "s/(= $old)/(= $new)/g" "$dir/DEBIAN/control"
+    dpkg-deb --root-owner-group -Zgzip -z1 -b "$dir" "$dir.deb" >/dev/null
+    rm -rf "$dir"
+done
+"""
+
+
+REMEMBER = """
+import sys
+from pathlib import Path
+memory = Path("/opt/data/memories/MEMORY.md")
+entries = [e.strip() for e in memory.read_text().split("\\n\u00a7\\n") if e.strip() not in ("", "\u00a7")]
+memory.write_text("\\n\u00a7\\n".join([*entries, sys.argv[1]]) + "\\n")
+"""
+
+
+def test_an_upgrade_keeps_history_memory_and_secrets(host: Host, family: str):
+    secrets_before = host.sh("sha256sum /etc/sudo/credentials/*")
+    api_pid = host.sh("systemctl show -p MainPID --value sudo-api.service")
+    # Something the agent remembers, added to its memory file (entries end with a line holding
+    # only "§") on its volume while the runtime is reaped, as the agent itself would write it.
+    marker = "The family's cat is called Miso."
+    host.docker.containers.run(
+        HERMES_IMAGE,
+        ["-c", REMEMBER, marker],
+        entrypoint=["python3"],
+        user="10000:10000",
+        volumes={volume_of(host, family): {"bind": "/opt/data", "mode": "rw"}},
+        network_mode="none",
+        remove=True,
+    )
+    host.sh(REPACK)
+    host.sh(
+        "apt-get install -y -q -o Dpkg::Options::=--force-confold /tmp/newer/*.deb > /tmp/upgrade.log 2>&1"
+        " || { tail -n 30 /tmp/upgrade.log; exit 1; }"
+    )
+    assert host.sh("dpkg-query -W -f '${Version}' sudo-core").endswith("+e2e1")
+    assert host.sh("sha256sum /etc/sudo/credentials/*") == secrets_before
+    assert host.state("sudo.target") == "active"
+    host.wait(lambda: host.state("sudo-api.service") == "active", 60, "sudo-api after the upgrade")
+    assert host.sh("systemctl show -p MainPID --value sudo-api.service") != api_pid, "restarted on upgrade"
+
+    # The same session token still works, the history is all there, and the agent (a new
+    # container on the same volume) still has the conversation it had before: the provider
+    # sees the first message in what the agent sends along.
+    history = chat(host, family, "what did I say first?")
+    assert any(m["text"] == "hello from the installed system" for m in history)
+    last = json.loads(host.llm_log.read_text().splitlines()[-1])
+    assert "hello from the installed system" in " ".join(last["user_messages"])
+    # Hermes keeps a session's system prompt, so the memory file is checked where it lives: in
+    # the new runtime, after its boot script rewrote the identity entry and kept the agent's own.
+    (runtime,) = host.runtimes()
+    memory = runtime.exec_run(["cat", "/opt/data/memories/MEMORY.md"]).output.decode()
+    assert marker in memory and "Family identity" in memory
+
+
+def test_purge_removes_everything(host: Host, family: str):
+    volume = volume_of(host, family)
+    assert host.docker.volumes.get(volume)
+    host.sh(
+        "apt-get purge -y -q sudo-core sudo-observability > /tmp/purge.log 2>&1"
+        " || { tail -n 30 /tmp/purge.log; exit 1; }"
+    )
+    purge_log = host.sh("cat /tmp/purge.log")
+    assert "deleted the family data volumes and the runtime network" in purge_log, purge_log
+    assert host.sh("dpkg -l 'sudo-*' 2>/dev/null | grep -E '^(ii|rc)' || true") == ""
+    assert host.sh("ls /var/lib/sudo /etc/sudo/credentials 2>&1 || true").count("No such file") == 2
+    assert host.sh("systemctl list-units --all --no-legend 'sudo*' | grep -v not-found || true") == ""
+    assert not host.runtimes()
+    assert not host.docker.containers.list(all=True, filters={"label": f"sudo.scope={host.network}"})
+    assert not host.docker.networks.list(names=[host.network])
+    with pytest.raises(docker.errors.NotFound):
+        host.docker.volumes.get(volume)
