@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import json
+import tarfile
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 import aiohttp
+
+
+def volume_tar_problem(file: IO[bytes]) -> str | None:
+    """Why the provisioner refuses this (seekable) file as a volume's contents, or None.
+
+    Reads it through: a cut or corrupt tar fails here, not halfway into a volume.
+    """
+    file.seek(0)
+    try:
+        with tarfile.open(fileobj=file, mode="r:") as archive:
+            for member in archive:
+                path = PurePosixPath(member.name)
+                if path.is_absolute() or ".." in path.parts:
+                    return f"{member.name!r} points outside the volume"
+    except (tarfile.TarError, EOFError) as exc:
+        return str(exc)
+    return None
 
 
 class ProvisionerError(RuntimeError):
@@ -16,6 +34,10 @@ class ProvisionerError(RuntimeError):
         super().__init__(f"provisioner answered {status}: {body.get('error', body)}")
         self.status = status
         self.body = body
+
+
+# A volume may take long to copy: no total limit, only one on each wait for the next bytes.
+VOLUME_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
 
 
 class ProvisionerClient:
@@ -74,3 +96,17 @@ class ProvisionerClient:
             async for line in resp.content:
                 if line.strip():
                     yield json.loads(line)
+
+    async def get_volume(self, family: uuid.UUID) -> AsyncIterator[bytes]:
+        """A tar of the family's data volume, chunk by chunk; its runtime is stopped first."""
+        url = f"http://provisioner/v1/runtimes/{family}/volume"
+        async with self._session.get(url, timeout=VOLUME_TIMEOUT) as resp:
+            if resp.status >= 400:
+                raise ProvisionerError(resp.status, await resp.json(content_type=None))
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                yield chunk
+
+    async def put_volume(self, family: uuid.UUID, tar: AsyncIterable[bytes]) -> dict[str, Any]:
+        """Replace the family's data volume by this tar (as get_volume gives it), sent as it is read."""
+        url = f"/v1/runtimes/{family}/volume"
+        return await self._call("PUT", url, data=tar, timeout=VOLUME_TIMEOUT)

@@ -16,7 +16,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import docker.errors
@@ -28,7 +28,7 @@ from sudo_core.families import runtime_name, volume_name
 from sudo_core.logs import fields
 
 from .docker_backend import DockerBackend, NameConflict, Runtime
-from .spec import Plugins, RuntimeSpec, build_spec
+from .spec import Image, Plugins, RuntimeSpec, build_spec
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +78,25 @@ class RuntimeManager:
             lock = self._locks[family] = asyncio.Lock()
         return lock
 
-    async def _family(self, family_id: uuid.UUID) -> Family:
+    async def family(self, family_id: uuid.UUID) -> Family:
+        """The family's row, or FamilyNotFound."""
         family = await self.db.aio(self.db.get_family, family_id)
         if family is None:
             raise FamilyNotFound(f"no family {family_id}")
         return family
 
-    async def _desired(self, family: Family) -> RuntimeSpec:
+    async def _image(self) -> Image:
         ref = self.settings.runtime.image
         try:
-            image = await self.backend.image(ref)
+            return await self.backend.image(ref)
         except docker.errors.ImageNotFound:
             raise SpawnFailed(
                 f"image {ref} is not on this Docker engine: build it (make hermes-image) "
                 "or retag the upstream image, then retry"
             ) from None
+
+    async def _desired(self, family: Family) -> RuntimeSpec:
+        image = await self._image()
         admin = await self.db.aio(self.db.get_settings, "llm.")
         model = admin.get("llm.model") or self.settings.llm.model
         return build_spec(self.settings, family, self._secret, image, self._plugins, model)
@@ -109,7 +113,7 @@ class RuntimeManager:
 
     async def ensure(self, family_id: uuid.UUID) -> Runtime:
         """Spawn if needed and wait until healthy; concurrent callers share one attempt."""
-        family = await self._family(family_id)
+        family = await self.family(family_id)
         task = self._ensuring.get(family_id)
         if task is None:
             task = asyncio.create_task(self._ensure(family))
@@ -232,6 +236,30 @@ class RuntimeManager:
             extra=fields(family=family_id),
         )
         return {"stopped": runtime is not None, "purged": purged}
+
+    # the data volume, for backup and restore
+
+    async def export_volume(self, family_id: uuid.UUID, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """Stop the runtime so the copy is consistent, then pass a tar of its volume to `write`."""
+        await self.family(family_id)
+        async with self._lock(family_id):
+            await self._stop_for_copy(family_id)
+            await self.backend.export_volume(family_id, (await self._image()).id, write)
+
+    async def import_volume(self, family_id: uuid.UUID, archive: IO[bytes]) -> None:
+        """Stop the runtime and replace its volume by the tar's contents; the next ensure uses it."""
+        await self.family(family_id)
+        async with self._lock(family_id):
+            await self._stop_for_copy(family_id)
+            await self.backend.import_volume(family_id, (await self._image()).id, archive)
+        log.info(f"restored the data volume of {runtime_name(family_id)}", extra=fields(family=family_id))
+
+    async def _stop_for_copy(self, family_id: uuid.UUID) -> None:
+        """As restart-all does: requests in flight get their grace, then the container goes."""
+        await self._await_quiet(family_id)
+        runtime = await self.backend.get(runtime_name(family_id))
+        if runtime is not None:
+            await self._remove(runtime)
 
     # listing
 
@@ -375,7 +403,7 @@ class RuntimeManager:
         return summary | {"failed": failed}
 
     async def _recreate(self, family_id: uuid.UUID) -> None:
-        family = await self._family(family_id)
+        family = await self.family(family_id)
         async with self._lock(family_id):
             await self._await_quiet(family_id)
             spec = await self._desired(family)

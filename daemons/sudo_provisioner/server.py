@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from sudo_core.families import BadFamilyId, parse_family_id
 from sudo_core.metrics import metrics
+from sudo_core.provisioner_client import volume_tar_problem
 from sudo_core.systemd import Notifier
 
 from .runtimes import FamilyNotFound, RuntimeManager, SpawnFailed
@@ -125,6 +127,52 @@ async def stop_runtime(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MANAGER].stop(family, purge=purge == "true"))
 
 
+async def get_volume(request: web.Request) -> web.StreamResponse:
+    """A tar of the family's data volume, taken with its runtime stopped (the next ensure starts it)."""
+    family = family_id(request)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+
+    async def write(chunk: bytes) -> None:
+        if not response.prepared:  # only now: a failure before the first byte is a JSON error
+            await response.prepare(request)
+        await response.write(chunk)
+
+    try:
+        await request.app[MANAGER].export_volume(family, write)
+    except Exception:
+        if not response.prepared:
+            raise
+        # Too late for a JSON error: cut the connection, so the client sees the tar is incomplete.
+        log.exception(f"copying the volume of {family} failed midway")
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def put_volume(request: web.Request) -> web.Response:
+    """Replace the family's data volume by the tar in the body (as GET gives it).
+
+    The body is spooled to a temporary file and read through before anything changes, so a body
+    that is not a whole tar is refused with the volume untouched.
+    """
+    family = family_id(request)
+    manager = request.app[MANAGER]
+    await manager.family(family)
+    with tempfile.TemporaryFile() as spool:
+        size = 0
+        async for chunk in request.content.iter_chunked(1 << 20):
+            await asyncio.to_thread(spool.write, chunk)
+            size += len(chunk)
+        problem = await asyncio.to_thread(volume_tar_problem, spool)
+        if problem:
+            return error(400, f"body must be a tar of the volume's contents: {problem}")
+        spool.seek(0)
+        await manager.import_volume(family, spool)
+    return web.json_response({"user_id": str(family), "bytes": size})
+
+
 async def evict_idle(request: web.Request) -> web.Response:
     body = await read_json(request, {"idle_sec"})
     idle_sec = body.get("idle_sec")
@@ -187,4 +235,6 @@ def build_app(manager: RuntimeManager, activity: Activity, notifier: Notifier) -
     app.router.add_get("/v1/runtimes/{user_id}", get_runtime)
     app.router.add_delete("/v1/runtimes/{user_id}", stop_runtime)
     app.router.add_post("/v1/runtimes/{user_id}/ensure", ensure)
+    app.router.add_get("/v1/runtimes/{user_id}/volume", get_volume)
+    app.router.add_put("/v1/runtimes/{user_id}/volume", put_volume)
     return app

@@ -8,6 +8,7 @@ import getpass
 import json
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -16,6 +17,9 @@ from sudo_core import config
 from sudo_core.db import Database
 from sudo_core.families import BadFamilyId, parse_family_id
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
+
+from .backup import BackupError, backup, restore
+from .status import NoSystemd, runtime_line, status
 
 
 def ago(ts: float | None) -> str:
@@ -57,7 +61,7 @@ async def runtimes(settings: config.Settings, args: argparse.Namespace) -> int:
     async with ProvisionerClient(settings.provisioner.socket) as provisioner:
         if args.command == "runtimes":
             for rt in await provisioner.list():
-                print(f"{rt['name']}  {rt['state']:<8} {rt['url'] or '-':<26} {rt['image']}")
+                print(runtime_line(rt))
         elif args.command == "ensure":
             print(json.dumps(await provisioner.ensure(parse_family_id(args.family)), indent=2))
         elif args.command == "stop":
@@ -81,6 +85,20 @@ async def runtimes(settings: config.Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def backup_or_restore(settings: config.Settings, args: argparse.Namespace) -> int:
+    family = parse_family_id(args.family)
+    db = Database(settings.core.database_path)
+    try:
+        if args.command == "backup":
+            out = args.output or Path(f"sudo-family-{family}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
+            backup(db, settings.provisioner.socket, family, out)
+        else:
+            restore(db, settings.provisioner.socket, family, args.file, args.replace)
+    finally:
+        db.close()
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="sudoctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +114,31 @@ def main() -> None:
         if name == "stop":
             p.add_argument("--purge", action="store_true", help="also delete its data volume")
     sub.add_parser("restart-all", help="recreate every running runtime, showing progress")
+    sub.add_parser(
+        "status", help="the sudo units' states (exit 1 if one is unhealthy), then the family runtimes"
+    )
+    secret = "The file holds password and device token hashes: keep it as secret as the host's keys."
+    bak = sub.add_parser(
+        "backup",
+        help="save a family's data volume and database rows to a secret file (stops its runtime)",
+        description=f"Save a family's data volume and database rows to one file (mode 0600). {secret}",
+    )
+    bak.add_argument("family", help="the family's id (a UUID)")
+    bak.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="the file to write (default: sudo-family-ID-TIME.tar.gz)",
+    )
+    res = sub.add_parser(
+        "restore",
+        help="restore a family from a backup file, on this or a fresh host",
+        description=f"Restore a family's rows and data volume from a `sudoctl backup` file. {secret}",
+    )
+    res.add_argument("family", help="the family's id (a UUID): must be the one in the file")
+    res.add_argument("file", type=Path, help="a file written by sudoctl backup")
+    res.add_argument("--replace", action="store_true", help="overwrite the family if it exists here")
     adm = sub.add_parser("create-admin", help="create an admin account (asks for the password)")
     adm.add_argument("--email", required=True)
     adm.add_argument("--name", default="Admin")
@@ -107,11 +150,20 @@ def main() -> None:
             sys.exit(families(settings, args))
         if args.command == "create-admin":
             sys.exit(asyncio.run(create_admin(settings, args)))
+        if args.command == "status":
+            sys.exit(status(settings.provisioner.socket))
+        if args.command in ("backup", "restore"):
+            sys.exit(backup_or_restore(settings, args))
         sys.exit(asyncio.run(runtimes(settings, args)))
-    except (config.ConfigError, BadFamilyId, ValueError, ProvisionerError) as exc:
+    except NoSystemd as exc:
+        print(f"sudoctl: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (config.ConfigError, BadFamilyId, ValueError, ProvisionerError, BackupError) as exc:
         sys.exit(f"sudoctl: {exc}")
     except aiohttp.ClientConnectionError as exc:
         sys.exit(f"sudoctl: cannot reach the provisioner at {settings.provisioner.socket}: {exc}")
+    except OSError as exc:  # a file that cannot be read or written
+        sys.exit(f"sudoctl: {exc}")
 
 
 if __name__ == "__main__":

@@ -4,19 +4,15 @@ its real system D-Bus, whose socket the container shares with the test through a
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import docker
 import pytest
+from systemd_box import systemd_box
 
 from sudo_api.host_units import HostUnitsUnavailable, unit_states
 
-IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = {
     "sudo-test-ok.service": "[Unit]\nDescription=works\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
     "ExecStart=/bin/true\n",
@@ -27,49 +23,11 @@ UNITS = {
 
 @pytest.fixture(scope="module")
 def bus() -> Iterator[str]:
-    client = docker.from_env()
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"image {IMAGE} is missing: run `make systemd-image` first")
-    shared = Path(tempfile.mkdtemp(prefix="sudo-dbus-"))
-    # The flags systemd needs as PID 1 here (../shared notes): its own cgroup view, tmpfs /run.
-    container = client.containers.run(
-        IMAGE,
-        ["sh", "-c", "mount --make-rshared / && exec /sbin/init"],
-        detach=True,
-        cap_add=["SYS_ADMIN"],
-        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        cgroupns="host",
-        volumes={
-            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-            str(shared): {"bind": "/run/dbus"},
-        },
-        tmpfs={"/run": "", "/run/lock": ""},
-        network_mode="none",
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while container.exec_run(["systemctl", "is-system-running"]).output.strip() not in (
-            b"running",
-            b"degraded",
-        ):
-            assert time.monotonic() < deadline, container.logs()[-2000:]
-            time.sleep(0.3)
-        for name, text in UNITS.items():
-            subprocess.run(
-                ["docker", "exec", "-i", container.id, "sh", "-c", f"cat > /etc/systemd/system/{name}"],
-                input=text.encode(),
-                check=True,
-            )
-        script = "systemctl daemon-reload && systemctl start sudo-test-ok.service sudo-test.timer"
-        code, output = container.exec_run(["sh", "-c", script])
+    with systemd_box(UNITS) as (container, address):
+        code, output = container.exec_run(["systemctl", "start", "sudo-test-ok.service", "sudo-test.timer"])
         assert code == 0, output
         container.exec_run(["systemctl", "start", "sudo-test-bad.service"])  # fails, as it should
-        yield f"unix:path={shared}/system_bus_socket"
-    finally:
-        container.remove(force=True)
-        subprocess.run(["rm", "-rf", str(shared)], check=False)
+        yield address
 
 
 async def test_unit_states_come_from_systemd(bus: str):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
+import tarfile
+import uuid
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -68,3 +72,61 @@ def test_sudoctl_creates_an_admin_with_a_password_from_stdin(tmp_path: Path):
     assert "admin root@example.org created" in made.stdout
     again = run("sudoctl", *args, state=tmp_path, stdin="a long enough password\n")
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def backup_file(path: Path, family: str) -> Path:
+    """A backup as `sudoctl backup` writes it: a family with one account, and a tiny volume."""
+    rows = {
+        "format": "sudo-family-backup",
+        "version": 1,
+        "family": {"id": family, "name": "Hopper", "created_at": 1.0, "last_active_at": None},
+        "accounts": [
+            {
+                "id": str(uuid.uuid4()),
+                "email": "grace@example.org",
+                "password_hash": "$argon2id$not-checked-here",
+                "display_name": "Grace",
+                "family_id": family,
+                "is_admin": 0,
+                "created_at": 1.0,
+            }
+        ],
+        "messages": [],
+        "agent_cursors": [],
+        "devices": [],
+        "whatsapp_numbers": [],
+    }
+    volume = io.BytesIO()
+    with tarfile.open(fileobj=volume, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("."))
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("family.json", json.dumps(rows).encode()), ("volume.tar", volume.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_sudoctl_restore_refuses_clearly_and_leaves_nothing_behind(tmp_path: Path):
+    family = str(uuid.uuid4())
+    good = backup_file(tmp_path / "good.tar.gz", family)
+    (tmp_path / "junk").write_bytes(b"junk")
+    other = str(uuid.uuid4())
+    for args, why in (
+        ((family, str(tmp_path / "junk")), "junk is not a readable Sudo backup: not a gzip file"),
+        ((family, str(tmp_path / "missing")), "missing is not a readable Sudo backup: [Errno 2]"),
+        ((other, str(good)), f"this backup holds family {family}, not {other}"),
+        # The rows went in, the volume could not: the rows are taken out again.
+        ((family, str(good)), "cannot reach the provisioner at"),
+    ):
+        result = run("sudoctl", "restore", *args, state=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert why in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert run("sudoctl", "families", "list", state=tmp_path).stdout == ""
+
+
+def test_sudoctl_backs_up_only_a_family_that_exists(tmp_path: Path):
+    nobody = str(uuid.uuid4())
+    result = run("sudoctl", "backup", nobody, "-o", str(tmp_path / "b.tar.gz"), state=tmp_path)
+    assert result.returncode == 1 and f"no family {nobody}" in result.stderr
+    assert not (tmp_path / "b.tar.gz").exists()

@@ -1,0 +1,203 @@
+"""A family's backup (`sudoctl backup`) restored onto a fresh host (`sudoctl restore`): its history,
+its accounts and its agent's volume come back, and the agent answers there. The provisioner's
+volume API underneath refuses what it cannot restore whole, changing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import Family, sign_up
+from stack import BIN, Stack
+from test_api_chat import wait_status
+
+from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
+
+PASSWORD = "correct horse battery"  # what conftest.sign_up sets
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second host: its own state directory, database, secrets, network, provisioner and sudo-api."""
+    s = Stack(tmp_path_factory.mktemp("fresh"))
+    try:
+        s.start_gateway()
+        s.start_provisioner()
+        s.start_api()
+        yield s
+    finally:
+        s.close()
+
+
+async def sudoctl(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "sudoctl"), *args],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+async def log_in(http: aiohttp.ClientSession, stack: Stack, email: str) -> Family:
+    body = {"email": email, "password": PASSWORD}
+    async with http.post(f"{stack.api_url}/v1/auth/login", json=body) as resp:
+        data = await resp.json()
+        assert resp.status == 200, data
+    return Family(http, stack.api_url, data["token"], data["account"] | {"email": email})
+
+
+async def history(family: Family) -> list[dict]:
+    status, body = await family.call("GET", "/v1/chat/messages?limit=500")
+    assert status == 200, body
+    return [{k: v for k, v in m.items() if k != "n"} for m in body["messages"]]  # n is per host
+
+
+def family_count(stack: Stack) -> int:
+    return len(stack.db.list_families())
+
+
+async def test_a_family_moves_to_a_fresh_host(api: Stack, fresh: Stack, http, tmp_path: Path):
+    family = await sign_up(http, api.api_url, "Lovelace")
+    family_id = uuid.UUID(family.id)
+    await wait_status(family, await family.send("remember the blue kite"), "answered", 180)
+    marker = uuid.uuid4().hex
+    wrote = api.container(family_id).exec_run(["sh", "-c", f"echo {marker} > /opt/data/marker.txt"])
+    assert wrote.exit_code == 0, wrote.output
+    before = await history(family)
+
+    out = tmp_path / "lovelace.tar.gz"
+    made = await sudoctl(api, "backup", family.id, "-o", str(out))
+    assert made.returncode == 0, made.stderr
+    assert "volume copied: " in made.stdout and f"backed up family {family.id} (Lovelace)" in made.stdout
+    assert "1 account(s), 2 message(s)" in made.stdout
+    assert api.container(family_id) is None  # stopped for a consistent copy
+    assert out.stat().st_mode & 0o777 == 0o600  # password hashes inside
+    with tarfile.open(out) as archive:
+        assert archive.getnames() == ["family.json", "volume.tar"]
+        rows = json.load(archive.extractfile("family.json"))
+        with tarfile.open(fileobj=io.BytesIO(archive.extractfile("volume.tar").read())) as volume:
+            members = {m.name: m for m in volume.getmembers()}
+    assert rows["family"]["id"] == family.id and rows["accounts"][0]["password_hash"].startswith("$argon2id$")
+    assert "sessions" not in rows and "leases" not in rows
+    assert members["./marker.txt"].uid == 10000
+    assert "./state.db" in members and "./memories/MEMORY.md" in members  # Hermes's own state
+
+    restored = await sudoctl(fresh, "restore", family.id, str(out))
+    assert restored.returncode == 0, restored.stderr
+    assert "volume sent: " in restored.stdout
+    assert f"restored family {family.id} (Lovelace)" in restored.stdout
+
+    moved = await log_in(http, fresh, family.account["email"])  # the password hash came along
+    assert await history(moved) == before
+    asked = len(fresh.llm_requests())
+    message_id = await moved.send("what should you remember?")
+    await wait_status(moved, message_id, "answered", 180)
+    replies = [m for m in await history(moved) if m["reply_to"] == message_id]
+    assert replies[0]["text"].startswith("stub says: what should you remember?")
+    # The agent on the fresh host carried on the same conversation, from its restored state.
+    question = next(r for r in fresh.llm_requests()[asked:] if r["last_user"].startswith("what should"))
+    assert any("blue kite" in m for m in question["user_messages"]), question
+    container = fresh.container(family_id)
+    shown = container.exec_run(["sh", "-c", "cat /opt/data/marker.txt; stat -c %u /opt/data/marker.txt"])
+    assert shown.output.decode().split() == [marker, "10000"]
+
+    # Refusals: each says why and changes nothing.
+    families = family_count(fresh)
+    after = await history(moved)
+    other = str(uuid.uuid4())
+    wrong = await sudoctl(fresh, "restore", other, str(out))
+    assert wrong.returncode == 1 and f"holds family {family.id}, not {other}" in wrong.stderr
+    for name, content in (("cut.tar.gz", out.read_bytes()[: out.stat().st_size // 2]), ("junk", b"junk")):
+        (tmp_path / name).write_bytes(content)
+        corrupt = await sudoctl(fresh, "restore", family.id, str(tmp_path / name))
+        assert corrupt.returncode == 1 and "is not a readable Sudo backup" in corrupt.stderr, corrupt.stderr
+    again = await sudoctl(fresh, "restore", family.id, str(out))
+    assert again.returncode == 1 and "already exists here: --replace overwrites it" in again.stderr
+    assert family_count(fresh) == families and await history(moved) == after
+    container.reload()
+    assert container.status == "running"  # its volume was not touched
+
+    # --replace puts the family back as it was in the file (the sessions go with the old rows).
+    replaced = await sudoctl(fresh, "restore", "--replace", family.id, str(out))
+    assert replaced.returncode == 0, replaced.stderr
+    assert fresh.container(family_id) is None  # stopped for its volume to be replaced
+    moved = await log_in(http, fresh, family.account["email"])
+    assert await history(moved) == before
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.uid, info.gid = len(data), 10000, 10000
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def chunks_of(data: bytes):
+    yield data
+
+
+async def volume_files(provisioner: ProvisionerClient, family: uuid.UUID) -> dict[str, tuple[bytes, int]]:
+    data = b"".join([chunk async for chunk in provisioner.get_volume(family)])
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        return {m.name: (archive.extractfile(m).read(), m.uid) for m in archive.getmembers() if m.isfile()}
+
+
+async def test_the_volume_api_refuses_what_it_cannot_restore_whole(stack: Stack, provisioner):
+    family = stack.new_family("Volumes").id
+    result = await provisioner.put_volume(family, chunks_of(tar_of({"notes/a.txt": b"kept"})))
+    assert result == {"user_id": str(family), "bytes": len(tar_of({"notes/a.txt": b"kept"}))}
+    assert await volume_files(provisioner, family) == {"./notes/a.txt": (b"kept", 10000)}
+
+    whole = tar_of({"b.txt": b"x" * 5000})
+    for body, why in (
+        (b"not a tar at all" * 100, "body must be a tar of the volume's contents"),
+        (whole[:1024], "body must be a tar of the volume's contents"),  # cut inside b.txt
+        (tar_of({"../escape.txt": b"x"}), "'../escape.txt' points outside the volume"),
+        (tar_of({"/etc/passwd": b"x"}), "'/etc/passwd' points outside the volume"),
+    ):
+        with pytest.raises(ProvisionerError, match=why) as refused:
+            await provisioner.put_volume(family, chunks_of(body))
+        assert refused.value.status == 400
+    assert await volume_files(provisioner, family) == {"./notes/a.txt": (b"kept", 10000)}
+
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(stack.socket))) as raw:
+        for method in ("GET", "PUT"):
+            async with raw.request(method, "http://p/v1/runtimes/not-a-uuid/volume", data=whole) as resp:
+                assert resp.status == 400 and "must be a UUID" in (await resp.json())["error"]
+            nobody = uuid.uuid4()
+            async with raw.request(method, f"http://p/v1/runtimes/{nobody}/volume", data=whole) as resp:
+                assert resp.status == 404 and (await resp.json())["error"] == f"no family {nobody}"
+    assert not [c for c in stack.docker.containers.list(all=True) if c.name.startswith("sudo-volume-")]
+
+
+def test_backup_files_are_secret_even_under_a_loose_umask(api: Stack, tmp_path: Path):
+    family = api.new_family("Umask").id
+    out = tmp_path / "umask.tar.gz"
+    old = os.umask(0)
+    try:
+        made = subprocess.run(
+            [str(BIN / "sudoctl"), "backup", str(family), "-o", str(out)],
+            env=api.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.umask(old)
+    assert made.returncode == 0, made.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["umask.tar.gz"]  # no spool file left behind
