@@ -87,9 +87,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
                 "model": body.get("model"),
                 "stream": bool(body.get("stream")),
                 "last_user": text,
-                # what the agent remembers: its system prompt (MEMORY.md shows there) and the
-                # conversation it sent along
-                "system": " ".join(str(m.get("content")) for m in messages if m.get("role") == "system"),
+                # the conversation the agent sent along: what it remembers of the family
                 "user_messages": [str(m.get("content")) for m in messages if m.get("role") == "user"],
                 "at": time.time(),
             }
