@@ -23,6 +23,7 @@ from .chat import Conversations
 from .context import Services
 from .devices import Devices
 from .numbers import Numbers
+from .whatsapp import WhatsApp
 
 log = logging.getLogger("sudo-api")
 
@@ -45,6 +46,7 @@ async def serve(settings: config.Settings) -> int:
         devices=Devices(db, provisioner, api),
         fleet=FleetRestart(provisioner),
         numbers=Numbers(db),
+        whatsapp=WhatsApp(db, provisioner, secret, api),
         secret=secret,
         service_token=read_credential(SERVICE_TOKEN, settings.core.state_dir, generate=True) or "",
     )
@@ -53,6 +55,7 @@ async def serve(settings: config.Settings) -> int:
     await web.TCPSite(runner, *host_port(api.listen)).start()
     metrics_runner = await start_metrics(api.metrics)
     await services.chat.start()
+    await services.whatsapp.start()
     services.devices.start()
 
     async with notifier.serving(f"serving on {api.listen}") as stop:
@@ -64,6 +67,7 @@ async def serve(settings: config.Settings) -> int:
     await services.chat.stop()  # pages stay connected meanwhile, so the replies still reach them
     await runner.cleanup()
     await metrics_runner.cleanup()
+    await services.whatsapp.stop()
     await services.devices.stop()
     await services.fleet.stop()
     await provisioner.close()

@@ -13,10 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
+from sudo_core import twilio
 from sudo_core.families import api_key_for
 from sudo_core.provisioner_client import ProvisionerError
 
-from . import admin, host_units, numbers, twilio, voice
+from . import admin, host_units, numbers, voice, whatsapp
 from .accounts import Account, InvalidInput
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
@@ -317,6 +318,32 @@ async def whatsapp_remove(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def whatsapp_inbound(request: web.Request) -> web.Response:
+    """Twilio's webhook for an inbound message: stored, then answered with empty TwiML."""
+    svc = services(request)
+    try:
+        form = await whatsapp.webhook_form(
+            request, await svc.whatsapp.auth_token(), svc.settings.api.trusted_proxies
+        )
+        await svc.whatsapp.receive(form)
+    except whatsapp.WebhookRejected as exc:
+        fail(exc.status, str(exc))
+    return web.Response(text=whatsapp.EMPTY_TWIML, content_type="application/xml")
+
+
+async def whatsapp_status(request: web.Request) -> web.Response:
+    """Twilio's status callback for a message sent: recorded for the admin."""
+    svc = services(request)
+    try:
+        form = await whatsapp.webhook_form(
+            request, await svc.whatsapp.auth_token(), svc.settings.api.trusted_proxies
+        )
+    except whatsapp.WebhookRejected as exc:
+        fail(exc.status, str(exc))
+    await svc.whatsapp.on_status(form)
+    return web.Response(text=whatsapp.EMPTY_TWIML, content_type="application/xml")
+
+
 # Voice
 
 
@@ -428,7 +455,23 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
         units_error = None
     except host_units.HostUnitsUnavailable as exc:
         units, units_error = [], str(exc)
-    return {"families": fleet, "runtimes_error": runtime_error, "units": units, "units_error": units_error}
+    whatsapp_problems = [
+        {
+            "family": families[m.family_id].name if m.family_id in families else "(no family)",
+            "number": m.number[:3] + "…" + m.number[-4:],
+            "status": m.status,
+            "error": m.error,
+            "updated_at": m.updated_at,
+        }
+        for m in await svc.db.aio(svc.whatsapp.outbound.problems)
+    ]
+    return {
+        "families": fleet,
+        "runtimes_error": runtime_error,
+        "units": units,
+        "units_error": units_error,
+        "whatsapp_problems": whatsapp_problems,
+    }
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -456,6 +499,8 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/whatsapp/numbers", whatsapp_add),
         web.post("/v1/whatsapp/numbers/{number_id}/verify", whatsapp_verify),
         web.delete("/v1/whatsapp/numbers/{number_id}", whatsapp_remove),
+        web.post("/v1/whatsapp/inbound", whatsapp_inbound),
+        web.post("/v1/whatsapp/status", whatsapp_status),
         web.post("/v1/voice/token", voice_token),
         web.get("/v1/service/rooms/{room}", service_room),
         web.post("/v1/service/runtimes/{user_id}", service_runtime),

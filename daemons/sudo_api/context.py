@@ -20,6 +20,7 @@ from .admin import FleetRestart
 from .chat import Conversations
 from .devices import Devices
 from .numbers import Numbers
+from .whatsapp import WhatsApp
 
 SESSION_COOKIE = "sudo_session"
 
@@ -35,6 +36,7 @@ class Services:
     devices: Devices
     fleet: FleetRestart
     numbers: Numbers
+    whatsapp: WhatsApp
     secret: bytes
     service_token: str
     """What the voice bridge presents to the service endpoints (a credential, read at start)."""

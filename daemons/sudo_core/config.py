@@ -108,6 +108,9 @@ class RuntimeSettings:
     chat_port: int = 8643
     """Port of the sudo_chat plugin's listener inside the container (sudo-api talks to it)."""
 
+    whatsapp_port: int = 8644
+    """Port of the twilio_whatsapp plugin's listener inside the container (sudo-api talks to it)."""
+
     def __post_init__(self) -> None:
         try:
             ipaddress.ip_network(self.subnet)
@@ -190,6 +193,12 @@ class ApiSettings:
 
     shutdown_grace_sec: float = 30.0
     """On SIGTERM, how long replies in progress may take to finish (seconds)."""
+
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    """Peers whose X-Forwarded-Proto/Host are believed (Caddy): Twilio signs the public URL."""
+
+    stranger_reply_sec: float = 86400.0
+    """Least time between two "link this number first" replies to one unknown number (seconds)."""
 
 
 @dataclass(frozen=True)

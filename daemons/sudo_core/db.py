@@ -121,6 +121,45 @@ MIGRATIONS: tuple[str, ...] = (
     -- A number answers to one family only, once verified.
     CREATE UNIQUE INDEX whatsapp_verified ON whatsapp_numbers(number) WHERE verified_at IS NOT NULL;
     """,
+    """
+    -- Inbound WhatsApp messages of linked numbers, stored before Twilio is answered.
+    CREATE TABLE whatsapp_inbox (
+        sid TEXT PRIMARY KEY,              -- Twilio's MessageSid: a retried webhook is stored once
+        family_id TEXT NOT NULL REFERENCES families(id) ON DELETE CASCADE,
+        number TEXT NOT NULL,              -- the sender, E.164
+        profile_name TEXT NOT NULL,
+        body TEXT NOT NULL,
+        media TEXT NOT NULL,               -- JSON [{"url", "type"}]
+        status TEXT NOT NULL,              -- received -> delivered (to the plugin), or failed
+        error TEXT,
+        received_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX whatsapp_inbox_open ON whatsapp_inbox(family_id, received_at) WHERE status = 'received';
+    CREATE INDEX whatsapp_inbox_number ON whatsapp_inbox(number, received_at);
+    -- Every WhatsApp message sent (or held) for a family, as Twilio last reported it.
+    CREATE TABLE whatsapp_outbound (
+        id TEXT PRIMARY KEY,               -- '<family hex>:<sender's id>': a retried send is sent once
+        family_id TEXT REFERENCES families(id) ON DELETE CASCADE,  -- NULL: sudo-api's own notices
+        number TEXT NOT NULL,
+        body TEXT NOT NULL,
+        template INTEGER NOT NULL DEFAULT 0,  -- sent as the template (outside the 24-hour window)
+        -- sending, retrying, held, then Twilio's: queued, sent, delivered, read, failed, undelivered
+        status TEXT NOT NULL,
+        sid TEXT UNIQUE,                   -- Twilio's MessageSid once accepted
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX whatsapp_outbound_status ON whatsapp_outbound(status, updated_at);
+    CREATE INDEX whatsapp_outbound_held ON whatsapp_outbound(number) WHERE status = 'held';
+    -- Unknown numbers that were told how to link themselves, and when (the reply's rate limit).
+    CREATE TABLE whatsapp_strangers (
+        number TEXT PRIMARY KEY,
+        replied_at REAL NOT NULL
+    );
+    """,
 )
 
 

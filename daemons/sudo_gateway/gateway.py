@@ -1,14 +1,19 @@
-"""The LLM gateway: authenticates a family's key, swaps in the provider's, streams the answer.
+"""The gateway: the one host service a family's container reaches, with its family's key.
 
-A family's Hermes holds only its own gateway key (HMAC-derived, names the family). The
-provider key lives on the host alone and is read per request, so an admin rotating it restarts
-no container. Each request in flight holds a lease on its family's runtime, so the reaper never
-evicts an agent in the middle of thinking.
+It serves the LLM (the provider's key swapped in, the answer streamed through), speech-to-text
+for voice notes (the same provider unless the admin set another), and WhatsApp messages out
+through Twilio (the admin's account; only to numbers the family linked).
+
+A family's Hermes holds only its own gateway key (HMAC-derived, names the family). Provider and
+Twilio credentials live on the host alone and are read per request, so an admin rotating them
+restarts no container. Each LLM request in flight holds a lease on its family's runtime, so the
+reaper never evicts an agent in the middle of thinking.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,11 +22,12 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from sudo_core import config
+from sudo_core import config, twilio
 from sudo_core.credentials import LLM_API_KEY, read_credential
 from sudo_core.db import Database
 from sudo_core.families import family_of_llm_key
 from sudo_core.logs import fields
+from sudo_core.whatsapp import OutboundStore, deliver
 
 log = logging.getLogger(__name__)
 # Not forwarded: hop-by-hop headers, and the length (the answer is re-chunked as it streams).
@@ -31,6 +37,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 REQUESTS = Counter("sudo_gateway_requests_total", "LLM requests", ["status"])
 FIRST_BYTE = Histogram("sudo_gateway_upstream_first_byte_seconds", "Provider time to first byte")
 IN_FLIGHT = Gauge("sudo_gateway_in_flight", "LLM requests in flight")
+TRANSCRIPTIONS = Counter("sudo_gateway_transcriptions_total", "Speech-to-text requests", ["status"])
+WHATSAPP = Counter("sudo_gateway_whatsapp_messages_total", "WhatsApp messages from agents", ["result"])
+E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,10 @@ class Upstream:
     base_url: str
     model: str
     api_key: str | None
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
@@ -55,9 +68,11 @@ class Gateway:
             timeout=aiohttp.ClientTimeout(total=settings.gateway.request_timeout_sec, sock_connect=10),
             auto_decompress=False,
         )
+        self._twilio = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30, sock_connect=10))
 
     async def close(self) -> None:
         await self._http.close()
+        await self._twilio.close()
 
     def upstream(self) -> Upstream:
         """Admin settings (database) first, then sudo.toml; the key from the database or a credential."""
@@ -66,6 +81,15 @@ class Gateway:
             base_url=(admin.get("llm.base_url") or self.settings.llm.base_url).rstrip("/"),
             model=admin.get("llm.model") or self.settings.llm.model,
             api_key=admin.get("llm.api_key") or read_credential(LLM_API_KEY, self.settings.core.state_dir),
+        )
+
+    def speech_upstream(self) -> Upstream:
+        """The admin's speech-to-text provider, else the LLM provider (most serve both)."""
+        llm, admin = self.upstream(), self.db.get_settings("stt.")
+        return Upstream(
+            base_url=(admin.get("stt.base_url") or llm.base_url).rstrip("/"),
+            model=admin.get("stt.model") or "whisper-1",
+            api_key=admin.get("stt.api_key") or llm.api_key,
         )
 
     async def authenticate(self, request: web.Request) -> uuid.UUID | None:
@@ -126,13 +150,100 @@ class Gateway:
             await self.db.aio(self.db.release_lease, lease)
             log.debug("chat completion", extra=fields(family=family, seconds=time.monotonic() - started))
 
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's `POST /v1/audio/transcriptions`: a voice note, multipart, to the provider."""
+        if await self.authenticate(request) is None:
+            TRANSCRIPTIONS.labels("401").inc()
+            return openai_error(401, "invalid gateway key", "authentication_error")
+        upstream = await self.db.aio(self.speech_upstream)
+        if not upstream.base_url:
+            TRANSCRIPTIONS.labels("503").inc()
+            return openai_error(503, "no speech-to-text provider is configured", "server_error")
+        form = aiohttp.FormData()
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if part.name == "model":
+                    continue  # families use the model the admin chose
+                form.add_field(
+                    part.name or "",
+                    await part.read(),
+                    filename=part.filename,
+                    content_type=part.headers.get("Content-Type", "text/plain"),
+                )
+        except (ValueError, AssertionError, aiohttp.ClientError) as exc:
+            TRANSCRIPTIONS.labels("400").inc()
+            return openai_error(400, f"expected multipart/form-data with the audio file: {exc}")
+        form.add_field("model", upstream.model)
+        headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+        response = await self._forward(request, f"{upstream.base_url}/audio/transcriptions", form, headers)
+        TRANSCRIPTIONS.labels(str(response.status)).inc()
+        return response
+
+    async def whatsapp_message(self, request: web.Request) -> web.Response:
+        """One WhatsApp message from a family's agent to one of the family's linked numbers.
+
+        `{"id", "to", "body"}`; the id makes a retried request send nothing twice. Answers
+        201 sent to Twilio, 202 held (outside the window, no template), 200 already handled,
+        429/5xx to retry later, 4xx refused for good.
+        """
+        family = await self.authenticate(request)
+        if family is None:
+            return json_error(401, "invalid gateway key")
+        try:
+            body = await request.json()
+            message_id, to, text = (
+                str(body["id"]),
+                str(body["to"]).removeprefix("whatsapp:"),
+                str(body["body"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return json_error(400, "expected JSON with id, to and body")
+        if not (0 < len(message_id) <= 100 and E164.match(to) and 0 < len(text) <= twilio.BODY_MAX):
+            return json_error(
+                400, f"id up to 100 characters, to in E.164 form, body 1 to {twilio.BODY_MAX} characters"
+            )
+        if not await self.db.aio(self._linked, family, to):
+            WHATSAPP.labels("not_linked").inc()
+            return json_error(403, "the agent writes only to numbers its family linked")
+        try:
+            account = twilio.Account.from_settings(await self.db.aio(self.db.get_settings, "twilio."))
+        except twilio.TwilioNotConfigured as exc:
+            WHATSAPP.labels("not_configured").inc()
+            return json_error(503, str(exc))
+        store = OutboundStore(self.db)
+        message = await self.db.aio(store.claim, f"{family.hex}:{message_id}", family, to, text)
+        if not message.open:
+            return web.json_response({"status": message.status, "sid": message.sid})
+        result = await deliver(self._twilio, self.db, account, message)
+        WHATSAPP.labels(result.message.status).inc()
+        if result.status >= 400:
+            log.warning(
+                f"WhatsApp message {message.id} not sent: {result.message.error}",
+                extra=fields(family=family, status=result.status),
+            )
+            return json_error(result.status, result.message.error or "Twilio refused the message")
+        return web.json_response(
+            {"status": result.message.status, "sid": result.message.sid}, status=result.status
+        )
+
+    def _linked(self, family: uuid.UUID, number: str) -> bool:
+        return bool(
+            self.db.query_one(
+                "SELECT 1 FROM whatsapp_numbers"
+                " WHERE family_id = ? AND number = ? AND verified_at IS NOT NULL",
+                (str(family), number),
+            )
+        )
+
     async def _forward(
-        self, request: web.Request, url: str, body: dict, headers: dict[str, str]
+        self, request: web.Request, url: str, body: dict | aiohttp.FormData, headers: dict[str, str]
     ) -> web.StreamResponse:
         started = time.monotonic()
         response: web.StreamResponse | None = None
+        payload = {"json": body} if isinstance(body, dict) else {"data": body}
         try:
-            async with self._http.post(url, json=body, headers=headers) as upstream:
+            async with self._http.post(url, headers=headers, **payload) as upstream:
                 FIRST_BYTE.observe(time.monotonic() - started)
                 REQUESTS.labels(str(upstream.status)).inc()
                 response = web.StreamResponse(
@@ -159,8 +270,10 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def build_app(gateway: Gateway) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app = web.Application(client_max_size=24 * 1024 * 1024)  # a 16 MiB voice note, multipart
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
+    app.router.add_post("/v1/audio/transcriptions", gateway.transcriptions)
+    app.router.add_post("/v1/whatsapp/messages", gateway.whatsapp_message)
     app.router.add_get("/v1/models", gateway.models)
     app.router.add_get("/v1/models/{model:.+}", gateway.models)
     app.router.add_route("*", "/{tail:.*}", not_found)

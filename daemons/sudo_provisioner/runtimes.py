@@ -102,11 +102,12 @@ class RuntimeManager:
         return build_spec(self.settings, family, self._secret, image, self._plugins, model)
 
     def urls(self, runtime: Runtime) -> dict[str, str | None]:
-        """Where the runtime's Hermes api_server and sudo_chat listener answer."""
+        """Where the runtime's Hermes api_server and the sudo_chat and twilio_whatsapp listeners answer."""
         rt, address = self.settings.runtime, runtime.address
         return {
             "url": f"http://{address}:{rt.api_port}" if address else None,
             "chat_url": f"http://{address}:{rt.chat_port}" if address else None,
+            "whatsapp_url": f"http://{address}:{rt.whatsapp_port}" if address else None,
         }
 
     # ensure

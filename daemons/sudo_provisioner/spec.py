@@ -124,6 +124,32 @@ def build_spec(
                 }
             }
         }
+    if "twilio_whatsapp" in plugins.names:
+        hermes_config["platforms"]["twilio_whatsapp"] = {
+            "enabled": True,
+            "extra": {
+                "host": "0.0.0.0",
+                "port": rt.whatsapp_port,
+                "key": api_key,
+                # Replies go out through the gateway, which holds the Twilio account.
+                "gateway": gateway.removesuffix("/v1"),
+                "gateway_key": llm_key_for(secret, family.id),
+            },
+        }
+        hermes_config["platform_toolsets"]["twilio_whatsapp"] = list(rt.toolsets)
+        hermes_config.setdefault("display", {"platforms": {}})["platforms"]["twilio_whatsapp"] = {
+            "streaming": False,  # a WhatsApp message cannot be edited: one message per answer
+            "tool_progress": "off",
+            "interim_assistant_messages": False,
+            "long_running_notifications": False,
+            "busy_ack_detail": False,
+        }
+        # Voice notes are transcribed by Hermes through the gateway's speech-to-text.
+        hermes_config["stt"] = {
+            "enabled": True,
+            "provider": "openai",
+            "openai": {"base_url": gateway, "api_key": llm_key_for(secret, family.id), "model": "whisper-1"},
+        }
     identity = (
         f"{IDENTITY_MARKER}\n"
         f"You are the family assistant of the {family.name} family on Sudo "
@@ -149,6 +175,8 @@ def build_spec(
             # other proactive messages go to the family's chat.
             "SUDO_CHAT_ALLOW_ALL_USERS": "true",
             "SUDO_CHAT_HOME_CHANNEL": "family",
+            # sudo-api hands the plugin only messages from numbers linked to this family.
+            "TWILIO_WHATSAPP_ALLOW_ALL_USERS": "true",
             # JSON is YAML: the config is rendered with the standard library alone.
             "SUDO_CONFIG_YAML": json.dumps(hermes_config, indent=1),
             "SUDO_IDENTITY": identity,

@@ -36,7 +36,15 @@ from sudo_core.provisioner_client import ProvisionerClient, volume_tar_problem
 
 FORMAT = "sudo-family-backup"
 VERSION = 1
-TABLES = ("accounts", "messages", "agent_cursors", "devices", "whatsapp_numbers")
+TABLES = (
+    "accounts",
+    "messages",
+    "agent_cursors",
+    "devices",
+    "whatsapp_numbers",
+    "whatsapp_inbox",
+    "whatsapp_outbound",
+)
 """The family's tables besides `families`, each with a family_id column."""
 CHUNK = 1 << 20
 
@@ -183,7 +191,7 @@ def check_rows(rows: Any, family: uuid.UUID) -> dict[str, Any]:
     if found != family:
         raise BackupError(f"this backup holds family {found}, not {family}")
     for table in TABLES:
-        table_rows = rows.get(table)
+        table_rows = rows.setdefault(table, [])  # a backup made before the table existed has none
         if not isinstance(table_rows, list) or not all(
             isinstance(r, dict) and r.get("family_id") == str(family) for r in table_rows
         ):

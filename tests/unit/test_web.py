@@ -16,6 +16,7 @@ from sudo_api.chat import Conversations
 from sudo_api.context import Services
 from sudo_api.devices import Devices
 from sudo_api.numbers import Numbers
+from sudo_api.whatsapp import WhatsApp
 from sudo_core.config import Settings
 from sudo_core.db import Database
 from sudo_core.provisioner_client import ProvisionerClient
@@ -38,12 +39,14 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Database]]:
         devices=Devices(db, provisioner, settings.api),
         fleet=FleetRestart(provisioner),
         numbers=Numbers(db),
+        whatsapp=WhatsApp(db, provisioner, b"secret", settings.api),
         secret=b"secret",
         service_token="service",
     )
     async with TestClient(TestServer(build_app(services))) as test_client:
         yield test_client, db
     await services.chat.stop()
+    await services.whatsapp.stop()
     await provisioner.close()
     db.close()
 

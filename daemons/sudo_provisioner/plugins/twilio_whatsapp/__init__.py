@@ -1,0 +1,434 @@
+"""twilio_whatsapp: the family's WhatsApp numbers as a Hermes platform.
+
+Runs inside the family's container (Hermes's own Python). Each linked phone number is its own
+chat and session, as in upstream's Twilio SMS adapter; the agent's memory is the family's.
+
+Inbound: sudo-api validates Twilio's webhook, keeps the message in its inbox, and hands it here
+(authenticated with the family's API key):
+
+    POST /inbound  {"id": MessageSid, "from": "+E164", "name", "text",
+                    "media": [{"type": "image/jpeg", "data": base64}]}
+                   -> 202 accepted | 200 duplicate | 503 still starting (try again)
+    POST /deliver  {"chat_id": "+E164", "text"}  a proactive message from another Hermes
+                   process in the container (`hermes cron run`), through the live adapter
+
+Outbound: replies are converted to WhatsApp's formatting, split at Twilio's 1,600 characters,
+and sent one by one to the Sudo gateway on the host (`POST /v1/whatsapp/messages`, with the
+family's gateway key), which holds the Twilio account, applies WhatsApp's 24-hour window and
+records every message. 429, 5xx and unreachable are retried with backoff; other refusals are
+final (the gateway shows them to the admin).
+
+Both directions go through an fsynced journal on the family's volume first. A message the
+agent accepted but never finished (the container died) is handed to Hermes again at the next
+start, up to REPLAYS times; a reply written but not yet taken by the gateway is sent after a
+restart, under the same id, so the gateway sends it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import mimetypes
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from gateway.config import Platform
+from gateway.platforms.base import BasePlatformAdapter, MessageEvent, MessageType, SendResult
+from gateway.platforms.whatsapp_common import WhatsAppBehaviorMixin
+
+logger = logging.getLogger(__name__)
+
+NAME = "twilio_whatsapp"
+BODY_MAX = 1600
+"""Twilio's limit for one WhatsApp message body (characters)."""
+MAX_TEXT = 4096
+MAX_MEDIA = 10
+MAX_REQUEST = 24 * 1024 * 1024
+"""sudo-api sends media up to 16 MiB, base64-encoded."""
+REPLAYS = 3
+"""Times a message is handed to Hermes in all before it is answered with an apology."""
+SEEN_KEEP = 1000
+COMPACT_AFTER = 2000
+MEDIA_KEEP_SEC = 30 * 86400
+RETRYABLE = {429, 500, 502, 503, 504}
+E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+APOLOGY = "Sorry, I could not finish answering your last message. Please send it again."
+
+
+class _Formatting(WhatsAppBehaviorMixin):
+    """Upstream's markdown-to-WhatsApp conversion, without the rest of its adapters."""
+
+
+FORMATTING = _Formatting()
+
+
+class Journal:
+    """Append-only JSON lines, fsynced: every message this adapter still owes someone.
+
+    {"type": "in", "id", "from", "name", "text", "media"}  accepted, not yet answered
+    {"type": "retry" | "done", "id"}                     handed to Hermes again | answered
+    {"type": "out", "id", "to", "text"}                  to send
+    {"type": "sent", "id", "result"}                     taken by the gateway, or refused for good
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.inbound: dict[str, dict[str, Any]] = {}
+        self.outbound: dict[str, dict[str, Any]] = {}
+        self.seen: dict[str, None] = {}
+        self.lines = 0
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    self._apply(json.loads(line))
+                except (ValueError, KeyError):
+                    continue  # a line cut short by a crash mid-write: never acknowledged to anyone
+            self._compact()
+
+    def knows(self, message_id: str) -> bool:
+        return message_id in self.inbound or message_id in self.seen
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._apply(entry)
+        if self.lines > COMPACT_AFTER:
+            self._compact()
+        return entry
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        kind, message_id = entry["type"], entry["id"]
+        self.lines += 1
+        if kind == "in":
+            self.inbound[message_id] = {**entry, "tries": 1}
+        elif kind == "retry" and message_id in self.inbound:
+            self.inbound[message_id]["tries"] += 1
+        elif kind in ("done", "seen"):
+            self.inbound.pop(message_id, None)
+            self.seen[message_id] = None
+            if len(self.seen) > SEEN_KEEP:
+                del self.seen[next(iter(self.seen))]
+        elif kind == "out":
+            self.outbound[message_id] = entry
+        elif kind == "sent":
+            self.outbound.pop(message_id, None)
+
+    def _compact(self) -> None:
+        """Rewrite the file with only what is still owed and the ids recently answered."""
+        lines = [{"type": "seen", "id": i} for i in self.seen]
+        for entry in self.inbound.values():
+            lines.append({k: v for k, v in entry.items() if k != "tries"})
+            lines += [{"type": "retry", "id": entry["id"]}] * (entry["tries"] - 1)
+        lines += self.outbound.values()
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            f.write("".join(json.dumps(e) + "\n" for e in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.lines = len(lines)
+
+
+class TwilioWhatsAppAdapter(BasePlatformAdapter):
+    SUPPORTS_MESSAGE_EDITING = False
+    MAX_MESSAGE_LENGTH = BODY_MAX
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config, Platform(NAME))
+        extra = config.extra or {}
+        self._host = extra.get("host", "0.0.0.0")
+        self._port = int(extra.get("port", 8644))
+        self._key = str(extra.get("key", ""))
+        self._gateway = str(extra.get("gateway", "")).rstrip("/")
+        self._gateway_key = str(extra.get("gateway_key", ""))
+        home = Path(os.environ.get("HERMES_HOME", "/opt/data")) / NAME
+        self._media = home / "media"
+        self._journal = Journal(home / "journal.jsonl")
+        self._lock = asyncio.Lock()
+        self._outbound_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    # Hermes's side
+
+    @property
+    def authorization_is_upstream(self) -> bool:
+        return True  # sudo-api let through only numbers the family linked
+
+    async def connect(self, *, is_reconnect: bool = False) -> bool:
+        if len(self._key) < 16 or not self._gateway or not self._gateway_key:
+            self._set_fatal_error(
+                "twilio_whatsapp_config",
+                "twilio_whatsapp needs extra.key, gateway and gateway_key",
+                retryable=False,
+            )
+            return False
+        app = web.Application(client_max_size=MAX_REQUEST)
+        app.router.add_post("/inbound", self._post_inbound)
+        app.router.add_post("/deliver", self._post_deliver)
+        app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, sock_connect=10))
+        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._resume())]
+        self._mark_connected()
+        logger.info("[%s] listening on %s:%d", NAME, self._host, self._port)
+        return True
+
+    async def disconnect(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._http is not None:
+            await self._http.close()
+        self._mark_disconnected()
+
+    def format_message(self, content: str) -> str:
+        return FORMATTING.format_message(content)
+
+    async def send(
+        self, chat_id: str, content: str, reply_to: str | None = None, metadata: Any = None
+    ) -> SendResult:
+        ids = []
+        async with self._lock:
+            for part in self.truncate_message(self.format_message(content), BODY_MAX):
+                entry = {"type": "out", "id": uuid.uuid4().hex, "to": chat_id, "text": part}
+                await asyncio.to_thread(self._journal.append, entry)
+                ids.append(entry["id"])
+        self._outbound_ready.set()
+        return SendResult(success=True, message_id=ids[0] if ids else None)
+
+    async def get_chat_info(self, chat_id: str) -> dict[str, Any]:
+        return {"name": chat_id, "type": "dm", "chat_id": chat_id}
+
+    async def on_processing_complete(self, event: MessageEvent, outcome: Any) -> None:
+        if event.message_id in self._journal.inbound:
+            async with self._lock:
+                await asyncio.to_thread(self._journal.append, {"type": "done", "id": event.message_id})
+
+    # sudo-api's side
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and hmac.compare_digest(token.encode(), self._key.encode())
+
+    async def _post_inbound(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            body = await request.json()
+            message_id, number = str(body["id"]), str(body["from"])
+            text, name = str(body.get("text") or ""), str(body.get("name") or "")
+            media = [
+                (str(m["type"]), base64.b64decode(m["data"], validate=True)) for m in body.get("media") or []
+            ]
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return web.json_response({"error": "expected JSON with id, from, text and media"}, status=400)
+        if not E164.match(number) or len(text) > MAX_TEXT or len(media) > MAX_MEDIA:
+            return web.json_response(
+                {"error": "bad number, text over 4096 characters, or too much media"}, status=400
+            )
+        if not text.strip() and not media:
+            return web.json_response({"error": "the message is empty"}, status=400)
+        if self._runner_starting():
+            # Hermes would queue it behind its restore pass and report nothing: refuse instead,
+            # and sudo-api delivers again in a moment.
+            return web.json_response({"error": "the agent is still starting"}, status=503)
+        async with self._lock:
+            if self._journal.knows(message_id):
+                return web.json_response({"status": "duplicate"})
+            files = await asyncio.to_thread(self._save_media, message_id, media)
+            entry = {
+                "type": "in",
+                "id": message_id,
+                "from": number,
+                "name": name,
+                "text": text,
+                "media": files,
+            }
+            entry = await asyncio.to_thread(self._journal.append, entry)
+        await self.handle_message(self._event(entry))
+        return web.json_response({"status": "accepted"}, status=202)
+
+    async def _post_deliver(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            body = await request.json()
+            chat_id, text = str(body["chat_id"]), str(body["text"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected JSON with chat_id and text"}, status=400)
+        if not E164.match(chat_id) or not text.strip():
+            return web.json_response(
+                {"error": "chat_id must be a number in E.164 form, text non-empty"}, status=400
+            )
+        result = await self.send(chat_id, text)
+        return web.json_response({"message_id": result.message_id})
+
+    # Inbound, to Hermes
+
+    def _save_media(self, message_id: str, media: list[tuple[str, bytes]]) -> list[dict[str, str]]:
+        """Write the files where Hermes's vision and transcription read them; old ones go."""
+        self._media.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - MEDIA_KEEP_SEC
+        for old in self._media.iterdir():
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+        files = []
+        for n, (kind, data) in enumerate(media):
+            extension = mimetypes.guess_extension(kind.split(";")[0].strip()) or ".bin"
+            path = self._media / f"{re.sub(r'[^A-Za-z0-9]', '', message_id)[:64]}-{n}{extension}"
+            path.write_bytes(data)
+            files.append({"path": str(path), "type": kind.split(";")[0].strip()})
+        return files
+
+    def _event(self, entry: dict[str, Any]) -> MessageEvent:
+        types = [m["type"] for m in entry["media"]]
+        if any(t.startswith("audio/") for t in types):
+            kind = MessageType.VOICE  # a WhatsApp voice note: Hermes transcribes it
+        elif types:
+            kind = MessageType.PHOTO
+        else:
+            kind = MessageType.TEXT
+        name = entry["name"] or entry["from"]
+        source = self.build_source(
+            chat_id=entry["from"], chat_name=name, chat_type="dm", user_id=entry["from"], user_name=name
+        )
+        return MessageEvent(
+            text=entry["text"],
+            message_type=kind,
+            source=source,
+            raw_message=entry,
+            message_id=entry["id"],
+            media_urls=[m["path"] for m in entry["media"]],
+            media_types=types,
+        )
+
+    async def _resume(self) -> None:
+        """Hand Hermes again what the previous process accepted and never answered."""
+        deadline = time.monotonic() + 300
+        while self._runner_starting() and time.monotonic() < deadline:  # noqa: ASYNC110 (Hermes's flag)
+            await asyncio.sleep(0.2)
+        for entry in list(self._journal.inbound.values()):
+            async with self._lock:
+                if entry["tries"] >= REPLAYS:
+                    logger.error("[%s] giving up on %s after %d tries", NAME, entry["id"], entry["tries"])
+                    await asyncio.to_thread(self._journal.append, {"type": "done", "id": entry["id"]})
+                else:
+                    await asyncio.to_thread(self._journal.append, {"type": "retry", "id": entry["id"]})
+            if entry["id"] in self._journal.inbound:
+                logger.info("[%s] handing %s to the agent again after a restart", NAME, entry["id"])
+                await self.handle_message(self._event(entry))
+            else:
+                await self.send(entry["from"], APOLOGY)
+
+    def _runner_starting(self) -> bool:
+        """Whether Hermes's gateway is still restoring sessions from before its restart.
+
+        Reads the runner behind the message handler (gateway.run.GatewayRunner, Hermes 0.19).
+        """
+        runner = getattr(self._message_handler, "__self__", None)
+        return bool(getattr(runner, "_startup_restore_in_progress", False))
+
+    # Outbound, to the gateway
+
+    async def _send_loop(self) -> None:
+        """Send the journal's messages in order; a message is sent until the gateway takes it."""
+        backoff = 1.0
+        while True:
+            entry = next(iter(self._journal.outbound.values()), None)
+            if entry is None:
+                self._outbound_ready.clear()
+                await self._outbound_ready.wait()
+                continue
+            status, answer, retry_after = await self._post(entry)
+            if status in RETRYABLE or status == 0:
+                wait = retry_after if retry_after is not None else backoff
+                logger.warning("[%s] send %s: %s; again in %.0f s", NAME, entry["id"], answer, wait)
+                await asyncio.sleep(wait)
+                backoff = min(backoff * 2, 300.0)
+                continue
+            backoff = 1.0
+            if status >= 400:
+                logger.error("[%s] send %s refused for good (%d): %s", NAME, entry["id"], status, answer)
+            result = answer.get("status", "failed") if status < 400 else "failed"
+            async with self._lock:
+                await asyncio.to_thread(
+                    self._journal.append, {"type": "sent", "id": entry["id"], "result": result}
+                )
+
+    async def _post(self, entry: dict[str, Any]) -> tuple[int, dict[str, Any], float | None]:
+        """(status, answer, Retry-After); status 0 when the gateway could not be reached."""
+        assert self._http is not None
+        headers = {"Authorization": f"Bearer {self._gateway_key}"}
+        body = {"id": entry["id"], "to": entry["to"], "body": entry["text"]}
+        try:
+            async with self._http.post(
+                f"{self._gateway}/v1/whatsapp/messages", json=body, headers=headers
+            ) as resp:
+                answer = await resp.json(content_type=None)
+                retry_after = resp.headers.get("Retry-After")
+                return (
+                    resp.status,
+                    answer if isinstance(answer, dict) else {},
+                    float(retry_after) if retry_after and retry_after.isdigit() else None,
+                )
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return 0, {"error": str(exc)}, None
+
+
+def _check() -> bool:
+    return True
+
+
+async def _send_from_elsewhere(config: Any, chat_id: str, text: str, **_: Any) -> dict[str, Any]:
+    """Delivery from a Hermes process other than the gateway (a cron job run by `hermes cron
+    run`): hand the message to the gateway's live adapter, which owns the journal."""
+    extra = config.extra or {}
+    url = f"http://127.0.0.1:{int(extra.get('port', 8644))}/deliver"
+    headers = {"Authorization": f"Bearer {extra.get('key', '')}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.post(url, json={"chat_id": chat_id, "text": text}, headers=headers) as resp,
+        ):
+            body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"error": f"the gateway's twilio_whatsapp listener did not take the message: {exc}"}
+    if resp.status != 200:
+        return {"error": f"twilio_whatsapp refused the message: {body}"}
+    return {"success": True, "message_id": body["message_id"]}
+
+
+def register(ctx: Any) -> None:
+    ctx.register_platform(
+        name=NAME,
+        label="WhatsApp",
+        adapter_factory=lambda config: TwilioWhatsAppAdapter(config),
+        check_fn=_check,
+        allow_all_env="TWILIO_WHATSAPP_ALLOW_ALL_USERS",
+        standalone_sender_fn=_send_from_elsewhere,
+        platform_hint=(
+            "You are talking with a member of the family on WhatsApp. Keep answers short and "
+            "plain: *bold* and _italic_ render, tables and headings do not."
+        ),
+        emoji="📱",
+    )

@@ -1,0 +1,184 @@
+"""Twilio's webhooks in process, on a real database: signatures over the URL Twilio called
+(behind Caddy), refusals that store nothing, MessageSid deduplication, the strangers' limit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from twilio.request_validator import RequestValidator
+
+from sudo_api.accounts import Accounts, LoginLimiter
+from sudo_api.admin import FleetRestart
+from sudo_api.app import build_app
+from sudo_api.chat import Conversations
+from sudo_api.context import SERVICES, Services
+from sudo_api.devices import Devices
+from sudo_api.numbers import Numbers
+from sudo_api.whatsapp import WhatsApp
+from sudo_core.config import ApiSettings, Settings
+from sudo_core.db import Database
+from sudo_core.provisioner_client import ProvisionerClient
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+PUBLIC = "https://sudo.example.org/v1/whatsapp/inbound"
+LINKED = "+447700900123"
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Database, uuid.UUID]]:
+    settings = Settings()
+    db = Database(tmp_path / "sudo.db")
+    db.set_setting("twilio.auth_token", TOKEN)
+    family = db.create_family("Lovelace")
+    db.execute(
+        "INSERT INTO whatsapp_numbers (id, family_id, number, created_at, verified_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        ("n1", str(family.id), LINKED, time.time(), time.time()),
+    )
+    provisioner = ProvisionerClient(tmp_path / "nobody.sock")  # delivery waits for a provisioner
+    services = Services(
+        settings=settings,
+        db=db,
+        provisioner=provisioner,
+        accounts=Accounts(db, 1),
+        limiter=LoginLimiter(5, 50, 300),
+        chat=Conversations(db, provisioner, b"secret", settings.api),
+        devices=Devices(db, provisioner, settings.api),
+        fleet=FleetRestart(provisioner),
+        numbers=Numbers(db),
+        whatsapp=WhatsApp(db, provisioner, b"secret", settings.api),
+        secret=b"secret",
+        service_token="service",
+    )
+    async with TestClient(TestServer(build_app(services))) as test_client:
+        yield test_client, db, family.id
+    await services.chat.stop()
+    await services.whatsapp.stop()
+    await provisioner.close()
+    db.close()
+
+
+def inbound(sender: str = LINKED, sid: str | None = None, body: str = "hello") -> dict[str, str]:
+    return {
+        "MessageSid": sid or "SM" + uuid.uuid4().hex,
+        "AccountSid": "AC" + "0" * 32,
+        "From": f"whatsapp:{sender}",
+        "To": "whatsapp:+14155550100",
+        "Body": body,
+        "NumMedia": "0",
+        "ProfileName": "Ada",
+    }
+
+
+async def post(client: TestClient, form: dict[str, str], signature: str | None, **headers: str):
+    caddy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "sudo.example.org"}
+    headers = caddy | headers | ({"X-Twilio-Signature": signature} if signature is not None else {})
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    return await client.post("/v1/whatsapp/inbound", data=urlencode(form), headers=headers)
+
+
+def inbox(db: Database) -> list[str]:
+    return [r["sid"] for r in db.query("SELECT sid FROM whatsapp_inbox ORDER BY received_at")]
+
+
+def test_twilio_documentation_vector_holds_for_the_library_we_validate_with():
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+12349013030",
+        "Digits": "1234",
+        "From": "+12349013030",
+        "To": "+18005551212",
+    }
+    validator = RequestValidator("12345")
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert validator.compute_signature(url, params) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+    assert not validator.validate(url, params | {"Digits": "1235"}, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")
+
+
+async def test_a_signed_message_is_stored_once_and_answered_with_empty_twiml(client):
+    test_client, db, family = client
+    form = inbound()
+    signature = RequestValidator(TOKEN).compute_signature(PUBLIC, form)
+    for _ in range(3):  # Twilio retrying a webhook it thinks failed
+        resp = await post(test_client, form, signature)
+        assert resp.status == 200
+        assert resp.content_type == "application/xml"
+        assert (await resp.text()).endswith("<Response></Response>")
+    assert inbox(db) == [form["MessageSid"]]
+    row = db.query_one("SELECT * FROM whatsapp_inbox")
+    assert (row["family_id"], row["number"], row["body"], row["status"]) == (
+        str(family),
+        LINKED,
+        "hello",
+        "received",
+    )
+
+
+async def test_bad_or_missing_signatures_are_refused_and_store_nothing(client):
+    test_client, db, _ = client
+    form = inbound()
+    good = RequestValidator(TOKEN).compute_signature(PUBLIC, form)
+    cases = [
+        (form, None, {}),  # no signature at all
+        (form, "", {}),
+        (form, RequestValidator("another token").compute_signature(PUBLIC, form), {}),
+        (form | {"Body": "changed on the way"}, good, {}),  # a parameter altered
+        # signed for another host: Caddy's forwarded host is what Twilio called
+        (form, good, {"X-Forwarded-Host": "evil.example.org"}),
+        (form, good, {"X-Forwarded-Proto": "http"}),
+    ]
+    for sent, signature, headers in cases:
+        resp = await post(test_client, sent, signature, **headers)
+        assert resp.status == 403, (signature, headers)
+        assert "X-Twilio-Signature" in (await resp.json())["error"]
+    assert inbox(db) == []
+
+
+async def test_forwarded_headers_count_only_from_a_trusted_proxy(client):
+    test_client, db, _ = client
+    form = inbound()
+    # The test client connects from 127.0.0.1, a trusted proxy by default: Caddy's headers count.
+    assert (
+        await post(test_client, form, RequestValidator(TOKEN).compute_signature(PUBLIC, form))
+    ).status == 200
+    # Trusting no proxy, the same headers are ignored: only the URL as received is valid.
+    test_client.server.app[SERVICES].settings = Settings(api=ApiSettings(trusted_proxies=()))
+    second = inbound()
+    resp = await post(test_client, second, RequestValidator(TOKEN).compute_signature(PUBLIC, second))
+    assert resp.status == 403
+    direct = str(test_client.make_url("/v1/whatsapp/inbound"))
+    resp = await post(test_client, second, RequestValidator(TOKEN).compute_signature(direct, second))
+    assert resp.status == 200
+    assert inbox(db) == [form["MessageSid"], second["MessageSid"]]
+
+
+async def test_unknown_numbers_are_kept_out_and_answered_at_most_once_a_day(client):
+    test_client, db, _ = client
+    for _ in range(3):
+        form = inbound(sender="+15005550006")
+        resp = await post(test_client, form, RequestValidator(TOKEN).compute_signature(PUBLIC, form))
+        assert resp.status == 200
+    assert inbox(db) == []
+    rows = db.query("SELECT * FROM whatsapp_strangers")
+    assert [r["number"] for r in rows] == ["+15005550006"]
+    first = rows[0]["replied_at"]
+    # Only one reply was due: a second would have moved replied_at.
+    assert db.query_one("SELECT replied_at FROM whatsapp_strangers")[0] == first
+
+
+async def test_malformed_and_oversized_webhooks_are_refused(client):
+    test_client, db, _ = client
+    form = inbound()
+    del form["MessageSid"]
+    resp = await post(test_client, form, RequestValidator(TOKEN).compute_signature(PUBLIC, form))
+    assert resp.status == 400
+    big = inbound(body="x" * 70_000)
+    resp = await post(test_client, big, RequestValidator(TOKEN).compute_signature(PUBLIC, big))
+    assert resp.status == 413
+    assert inbox(db) == []
