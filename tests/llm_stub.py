@@ -12,6 +12,13 @@ Its answer is "stub says: <the last user message>"; a user message containing `[
 makes it wait N seconds first, to hold a request in flight; `[drip:S]` makes it wait S seconds
 between streamed words, so a reply is seen being written.
 
+It also transcribes speech as OpenAI does: `POST /v1/audio/transcriptions`, multipart fields
+`file` and `model`, optional `response_format` (`json`, the default, gives `{"text": ...}`;
+`text` a plain-text body; `verbose_json` adds `language` and `duration`), with the same key
+check. The transcript, "voice note <first 12 hex of the file's sha256> <N> bytes", shows the
+tests that the audio arrived intact; each request is logged too (`path`, `bytes`, `sha12`,
+`filename`). Completion entries carry `path` "/v1/chat/completions".
+
     python tests/llm_stub.py --port-file PATH --log PATH [--keys PATH]
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import re
 import time
@@ -50,6 +58,11 @@ def chunk(completion_id: str, model: str, delta: dict, finish: str | None) -> by
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
+def openai_error(status: int, message: str, code: str | None, param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+    return web.json_response(body, status=status)
+
+
 def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
     def record(entry: dict) -> None:
         with log_path.open("a") as f:
@@ -60,16 +73,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
             return None
         allowed = {f"Bearer {k}" for k in keys_path.read_text().split()}
         if request.headers.get("Authorization") not in allowed:
-            return web.json_response(
-                {
-                    "error": {
-                        "message": "Incorrect API key provided",
-                        "type": "invalid_request_error",
-                        "code": "invalid_api_key",
-                    }
-                },
-                status=401,
-            )
+            return openai_error(401, "Incorrect API key provided", "invalid_api_key")
         return None
 
     async def models(request: web.Request) -> web.Response:
@@ -83,6 +87,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         text = last_user_text(messages)
         record(
             {
+                "path": request.path,
                 "authorization": request.headers.get("Authorization"),
                 "model": body.get("model"),
                 "stream": bool(body.get("stream")),
@@ -129,9 +134,53 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         await response.write_eof()
         return response
 
-    app = web.Application()
+    async def transcriptions(request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        upload = upload if isinstance(upload, web.FileField) else None
+        audio = upload.file.read() if upload else b""
+        sha12 = hashlib.sha256(audio).hexdigest()[:12]
+        model = form.get("model")
+        record(
+            {
+                "path": request.path,
+                "authorization": request.headers.get("Authorization"),
+                "model": model,
+                "bytes": len(audio),
+                "sha12": sha12 if upload else None,
+                "filename": upload.filename if upload else None,
+                # what readers of completion entries filter on
+                "last_user": "",
+                "user_messages": [],
+                "at": time.time(),
+            }
+        )
+        if denied := unauthorized(request):
+            return denied
+        if upload is None:
+            return openai_error(
+                400, "Missing required parameter: 'file'.", "missing_required_parameter", "file"
+            )
+        if not model:
+            return openai_error(
+                400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"
+            )
+        text = f"voice note {sha12} {len(audio)} bytes"
+        response_format = form.get("response_format", "json")
+        if response_format == "json":
+            return web.json_response({"text": text})
+        if response_format == "text":
+            return web.Response(text=text, content_type="text/plain")
+        if response_format == "verbose_json":
+            return web.json_response({"text": text, "language": "english", "duration": 0.0})
+        return openai_error(
+            400, f"response_format {response_format!r} is not supported by the stub", None, "response_format"
+        )
+
+    app = web.Application(client_max_size=32 * 1024 * 1024)  # OpenAI takes audio files up to 25 MB
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
     return app
 
 

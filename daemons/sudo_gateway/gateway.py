@@ -165,12 +165,15 @@ class Gateway:
             while (part := await reader.next()) is not None:
                 if part.name == "model":
                     continue  # families use the model the admin chose
-                form.add_field(
-                    part.name or "",
-                    await part.read(),
-                    filename=part.filename,
-                    content_type=part.headers.get("Content-Type", "text/plain"),
-                )
+                if part.filename is None:  # a plain field (response_format, language, prompt...)
+                    form.add_field(part.name or "", await part.text())
+                else:
+                    form.add_field(
+                        part.name or "",
+                        await part.read(),
+                        filename=part.filename,
+                        content_type=part.headers.get("Content-Type", "application/octet-stream"),
+                    )
         except (ValueError, AssertionError, aiohttp.ClientError) as exc:
             TRANSCRIPTIONS.labels("400").inc()
             return openai_error(400, f"expected multipart/form-data with the audio file: {exc}")

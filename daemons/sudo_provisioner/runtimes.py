@@ -99,7 +99,15 @@ class RuntimeManager:
         image = await self._image()
         admin = await self.db.aio(self.db.get_settings, "llm.")
         model = admin.get("llm.model") or self.settings.llm.model
-        return build_spec(self.settings, family, self._secret, image, self._plugins, model)
+        home = await self.db.aio(
+            self.db.query_one,
+            "SELECT number FROM whatsapp_numbers WHERE family_id = ? AND verified_at IS NOT NULL"
+            " ORDER BY verified_at LIMIT 1",
+            (str(family.id),),
+        )
+        return build_spec(
+            self.settings, family, self._secret, image, self._plugins, model, home["number"] if home else None
+        )
 
     def urls(self, runtime: Runtime) -> dict[str, str | None]:
         """Where the runtime's Hermes api_server and the sudo_chat and twilio_whatsapp listeners answer."""

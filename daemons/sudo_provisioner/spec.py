@@ -73,7 +73,9 @@ def build_spec(
     image: Image,
     plugins: Plugins,
     model: str,
+    whatsapp_home: str | None = None,
 ) -> RuntimeSpec:
+    """`whatsapp_home`: the family's first linked number, where cron results for WhatsApp go."""
     rt = settings.runtime
     api_key = api_key_for(secret, family.id)
     gateway = f"http://{rt.host_address}:{settings.gateway.port}/v1"
@@ -97,6 +99,8 @@ def build_spec(
         "memory": {"memory_enabled": True, "user_profile_enabled": True},
         "terminal": {"backend": "local"},
         "onboarding": {"profile_build": "off"},
+        # Sudo shows no session titles: no extra LLM call per new session for one.
+        "auxiliary": {"title_generation": {"enabled": False}},
         # No pip installs inside a family's container (it has no internet either).
         "security": {"allow_lazy_installs": False},
     }
@@ -199,6 +203,8 @@ def build_spec(
         "restart_policy": {"Name": "no"},
         "log_config": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}},
     }
+    if whatsapp_home and "twilio_whatsapp" in plugins.names:
+        args["environment"]["TWILIO_WHATSAPP_HOME_CHANNEL"] = whatsapp_home
     digest_input = {"args": args, "plugins": plugins.digest, "image_ref": image.ref}
     config_hash = hashlib.sha256(json.dumps(digest_input, sort_keys=True).encode()).hexdigest()[:16]
     args["labels"] = {

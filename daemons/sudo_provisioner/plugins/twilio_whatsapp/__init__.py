@@ -32,7 +32,6 @@ import binascii
 import hmac
 import json
 import logging
-import mimetypes
 import os
 import re
 import time
@@ -62,6 +61,15 @@ COMPACT_AFTER = 2000
 MEDIA_KEEP_SEC = 30 * 86400
 RETRYABLE = {429, 500, 502, 503, 504}
 E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "audio/ogg": ".ogg",  # WhatsApp's voice notes (Opus); mimetypes would say .oga, which Hermes refuses
+    "audio/mpeg": ".mp3",
+    "audio/mp4": ".m4a",
+    "audio/aac": ".aac",
+}
 APOLOGY = "Sorry, I could not finish answering your last message. Please send it again."
 
 
@@ -185,7 +193,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, sock_connect=10))
-        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._resume())]
+        unanswered = list(self._journal.inbound.values())  # the previous process's, not new ones
+        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._resume(unanswered))]
         self._mark_connected()
         logger.info("[%s] listening on %s:%d", NAME, self._host, self._port)
         return True
@@ -294,7 +303,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
                 old.unlink(missing_ok=True)
         files = []
         for n, (kind, data) in enumerate(media):
-            extension = mimetypes.guess_extension(kind.split(";")[0].strip()) or ".bin"
+            extension = EXTENSIONS.get(kind.split(";")[0].strip(), ".bin")
             path = self._media / f"{re.sub(r'[^A-Za-z0-9]', '', message_id)[:64]}-{n}{extension}"
             path.write_bytes(data)
             files.append({"path": str(path), "type": kind.split(";")[0].strip()})
@@ -322,12 +331,12 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
             media_types=types,
         )
 
-    async def _resume(self) -> None:
+    async def _resume(self, unanswered: list[dict[str, Any]]) -> None:
         """Hand Hermes again what the previous process accepted and never answered."""
         deadline = time.monotonic() + 300
         while self._runner_starting() and time.monotonic() < deadline:  # noqa: ASYNC110 (Hermes's flag)
             await asyncio.sleep(0.2)
-        for entry in list(self._journal.inbound.values()):
+        for entry in unanswered:
             async with self._lock:
                 if entry["tries"] >= REPLAYS:
                     logger.error("[%s] giving up on %s after %d tries", NAME, entry["id"], entry["tries"])
@@ -425,6 +434,7 @@ def register(ctx: Any) -> None:
         adapter_factory=lambda config: TwilioWhatsAppAdapter(config),
         check_fn=_check,
         allow_all_env="TWILIO_WHATSAPP_ALLOW_ALL_USERS",
+        cron_deliver_env_var="TWILIO_WHATSAPP_HOME_CHANNEL",
         standalone_sender_fn=_send_from_elsewhere,
         platform_hint=(
             "You are talking with a member of the family on WhatsApp. Keep answers short and "

@@ -1,0 +1,312 @@
+"""WhatsApp end to end: signed webhooks into sudo-api, the twilio_whatsapp plugin in a real Hermes
+container, the LLM stand-in answering, replies through the gateway to the Twilio stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import Family, sign_up
+from stack import Stack
+from twilio_stub import sign
+
+from sudo_core.families import api_key_for
+
+SENDER = "+14155550100"
+
+
+@pytest.fixture
+async def twilio(api: Stack, fresh_settings) -> dict[str, str]:
+    """The Twilio stand-in, and sudo-api configured for it (status callbacks straight to it)."""
+    settings = api.start_twilio() | {"twilio.public_url": api.api_url}
+    for key, value in settings.items():
+        await api.db.aio(api.db.set_setting, key, value)
+    async with aiohttp.ClientSession() as http:
+        await http.delete(f"{settings['twilio.api_base']}/_stub/faults")
+    return settings
+
+
+async def linked_family(api: Stack, http: aiohttp.ClientSession, name: str, number: str) -> Family:
+    """A family with a verified number (linking by code is tested in test_api_access)."""
+    family = await sign_up(http, api.api_url, name)
+    now = time.time()
+    await api.db.aio(
+        api.db.execute,
+        "INSERT INTO whatsapp_numbers (id, family_id, number, created_at, verified_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (uuid.uuid4().hex, family.id, number, now, now),
+    )
+    return family
+
+
+def message(number: str, body: str, media: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    form = {
+        "MessageSid": "SM" + uuid.uuid4().hex,
+        "AccountSid": "AC" + "1" * 32,
+        "From": f"whatsapp:{number}",
+        "To": f"whatsapp:{SENDER}",
+        "Body": body,
+        "ProfileName": "Grace",
+        "NumMedia": str(len(media)),
+    }
+    for i, (url, kind) in enumerate(media):
+        form |= {f"MediaUrl{i}": url, f"MediaContentType{i}": kind}
+    return form
+
+
+async def webhook(
+    http: aiohttp.ClientSession, api: Stack, twilio: dict, form: dict, token: str | None = None
+) -> tuple[int, float]:
+    """POST a webhook signed as Twilio signs it; (status, seconds to the answer)."""
+    url = f"{api.api_url}/v1/whatsapp/inbound"
+    signature = sign(url, form, token or twilio["twilio.auth_token"])
+    started = time.monotonic()
+    async with http.post(url, data=form, headers={"X-Twilio-Signature": signature}) as resp:
+        await resp.read()
+        return resp.status, time.monotonic() - started
+
+
+def sent_to(api: Stack, number: str) -> list[dict[str, Any]]:
+    return [m for m in api.twilio_messages() if m["to"] == f"whatsapp:{number}"]
+
+
+def asked(api: Stack, text: str) -> int:
+    """How many of the agent's LLM requests carried this text as the family's latest words
+    (a turn may make more than one: Hermes also titles a new session)."""
+    return sum(text in r["last_user"] for r in api.llm_requests())
+
+
+async def until(predicate: Callable[[], Any], within: float, what: str) -> Any:
+    """The predicate's first true result (it may be a coroutine function)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{what}: not within {within} s")
+
+
+async def outbound(api: Stack, number: str) -> list[dict[str, Any]]:
+    rows = await api.db.aio(
+        api.db.query, "SELECT * FROM whatsapp_outbound WHERE number = ? ORDER BY created_at", (number,)
+    )
+    return [dict(r) for r in rows]
+
+
+async def test_a_message_reaches_the_familys_agent_and_the_reply_reaches_whatsapp(api: Stack, http, twilio):
+    number = "+447700900201"
+    family = await linked_family(api, http, "Hopper", number)
+    form = message(number, "hello from whatsapp")
+    status, seconds = await webhook(http, api, twilio, form)
+    assert status == 200 and seconds < 1.0, seconds
+
+    replies = await until(lambda: sent_to(api, number), 180, "the reply on WhatsApp")
+    assert replies[0]["from"] == f"whatsapp:{SENDER}"
+    assert replies[0]["body"].startswith("stub says: hello from whatsapp")
+
+    # Twilio's status callbacks, signed, are recorded against the message.
+    async def delivered() -> bool:
+        return any(r["status"] == "delivered" for r in await outbound(api, number))
+
+    await until(delivered, 30, "the delivered status")
+
+    # Twilio retries the webhook: nothing is asked or sent twice.
+    before = asked(api, "hello from whatsapp")
+    for _ in range(2):
+        assert (await webhook(http, api, twilio, form))[0] == 200
+    await asyncio.sleep(3)
+    assert len(sent_to(api, number)) == 1
+    assert asked(api, "hello from whatsapp") == before
+
+    # No Twilio credential inside the family's container: not in its environment or config.
+    container = api.container(uuid.UUID(family.id))
+    env = "\n".join(container.attrs["Config"]["Env"])
+    config = container.exec_run(["cat", "/opt/data/config.yaml"]).output.decode()
+    assert "twilio_whatsapp" in config
+    assert twilio["twilio.auth_token"] not in env + config
+    assert twilio["twilio.account_sid"] not in env + config
+
+
+async def test_bad_signatures_and_unknown_numbers_reach_no_agent(api: Stack, http, twilio):
+    number = "+447700900202"
+    await linked_family(api, http, "Lovelace", number)
+    forged = message(number, "forged words")
+    assert (await webhook(http, api, twilio, forged, token="not the auth token"))[0] == 403
+    async with http.post(f"{api.api_url}/v1/whatsapp/inbound", data=forged) as resp:
+        assert resp.status == 403  # no signature at all
+    stranger = "+15005550009"
+    for n in range(3):
+        assert (await webhook(http, api, twilio, message(stranger, f"who are you {n}")))[0] == 200
+    notices = await until(lambda: sent_to(api, stranger), 30, "the stranger's notice")
+    await asyncio.sleep(2)
+    assert len(sent_to(api, stranger)) == 1  # once, however often it writes
+    assert "Integrations page" in notices[0]["body"]
+    rows = await api.db.aio(
+        api.db.query,
+        "SELECT 1 FROM whatsapp_inbox WHERE sid = ? OR number = ?",
+        (forged["MessageSid"], stranger),
+    )
+    assert rows == []
+    assert asked(api, "forged words") == 0 and asked(api, "who are you") == 0
+    assert sent_to(api, number) == []
+
+
+async def test_a_restart_between_acknowledgement_and_delivery_loses_nothing(api: Stack, http, twilio):
+    number = "+447700900203"
+    family = await linked_family(api, http, "Franklin", number)
+    api.stop("provisioner")  # the runtime cannot be woken: the message waits in the inbox
+    try:
+        form = message(number, "kept through a crash")
+        status, seconds = await webhook(http, api, twilio, form)
+        assert status == 200 and seconds < 1.0
+        api.stop("api", 9)  # killed after answering Twilio, before any delivery
+    finally:
+        api.start_provisioner()
+    api.start_api()
+    await until(lambda: sent_to(api, number), 180, "the reply after the restart")
+    await asyncio.sleep(3)
+    assert [m["body"][:31] for m in sent_to(api, number)] == ["stub says: kept through a crash"]
+    assert asked(api, "kept through a crash") == 1
+
+    # The container dies mid-answer: the plugin hands the message to the next agent process.
+    doomed = message(number, "doomed [slow:8]")
+    assert (await webhook(http, api, twilio, doomed))[0] == 200
+    await until(lambda: asked(api, "doomed [slow:8]"), 60, "the agent asking the LLM")
+    api.container(uuid.UUID(family.id)).kill()
+    status, body = await family.call("POST", "/v1/runtime/ensure")
+    assert status == 200, body
+    await until(lambda: len(sent_to(api, number)) == 2, 120, "the answer from the new container")
+    await asyncio.sleep(3)
+    assert [m["body"][:26] for m in sent_to(api, number)][1:] == ["stub says: doomed [slow:8]"]
+
+
+async def test_long_replies_split_and_twilio_errors_are_retried(api: Stack, http, twilio):
+    number = "+447700900204"
+    await linked_family(api, http, "Turing", number)
+    async with http.post(f"{twilio['twilio.api_base']}/_stub/faults", json={"status": 429, "count": 2}):
+        pass
+    words = " ".join(f"word{n}" for n in range(300))  # about 2,600 characters back
+    assert (await webhook(http, api, twilio, message(number, words)))[0] == 200
+    parts = await until(lambda: len(sent_to(api, number)) >= 2 and sent_to(api, number), 180, "the parts")
+    assert all(len(p["body"]) <= 1600 for p in parts)
+    joined = " ".join(p["body"] for p in parts)
+    assert "word0" in joined and "word299" in joined
+    attempts = [a for a in attempts_of(twilio, api) if a["to"] == f"whatsapp:{number}"]
+    assert [a["status"] for a in attempts[:2]] == [429, 429] and len(attempts) == len(parts) + 2
+
+    # A permanent refusal is not retried, and the admin sees it.
+    async with http.post(
+        f"{twilio['twilio.api_base']}/_stub/faults",
+        json={
+            "to": f"whatsapp:{number}",
+            "status": 400,
+            "code": 63003,
+            "message": "Channel could not find To",
+        },
+    ):
+        pass
+    assert (await webhook(http, api, twilio, message(number, "refused reply")))[0] == 200
+    failed = await until(lambda: with_status(api, number, "failed"), 120, "the refusal recorded")
+    assert "63003" in failed[0]["error"]
+    await asyncio.sleep(3)
+    refused = [a for a in attempts_of(twilio, api) if a["to"] == f"whatsapp:{number}" and a["status"] == 400]
+    assert len(refused) == 1
+
+
+def attempts_of(twilio: dict, api: Stack) -> list[dict]:
+    """Every message POST the Twilio stand-in answered, refused or not."""
+    path = api.twilio_log.with_name(api.twilio_log.name + ".attempts")
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+async def with_status(api: Stack, number: str, status: str) -> list[dict[str, Any]]:
+    return [r for r in await outbound(api, number) if r["status"] == status]
+
+
+async def test_messages_outside_the_window_are_held_or_sent_as_the_template(api: Stack, http, twilio):
+    number = "+447700900205"
+    family = await linked_family(api, http, "Meitner", number)
+    assert (await webhook(http, api, twilio, message(number, "hi")))[0] == 200
+    await until(lambda: sent_to(api, number), 180, "the first reply")
+    runtime = await until(lambda: api.container(uuid.UUID(family.id)), 10, "the runtime")
+    runtime.reload()
+    address = next(iter(runtime.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    key = api_key_for(api.secret.encode(), uuid.UUID(family.id))
+
+    async def proactive(text: str) -> None:
+        """What a cron job's delivery does: through the plugin's /deliver, to the gateway."""
+        async with http.post(
+            f"http://{address}:8644/deliver",
+            json={"chat_id": number, "text": text},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+
+    # The number last wrote 25 hours ago, and no template is set: held, and reported.
+    await api.db.aio(
+        api.db.execute,
+        "UPDATE whatsapp_inbox SET received_at = ? WHERE number = ?",
+        (time.time() - 90000, number),
+    )
+    await proactive("water the plants")
+    held = await until(lambda: with_status(api, number, "held"), 30, "the held message")
+    assert held[0]["body"] == "water the plants"
+    assert all("water the plants" not in m["body"] for m in sent_to(api, number))
+
+    # The number writes again: the window opens and what was held goes out.
+    assert (await webhook(http, api, twilio, message(number, "back again")))[0] == 200
+    await until(
+        lambda: any(m["body"] == "water the plants" for m in sent_to(api, number)),
+        60,
+        "the held message sent",
+    )
+
+    # With a template set, a message outside the window goes as the template.
+    await api.db.aio(api.db.set_setting, "twilio.template_sid", "HX" + "a" * 32)
+    await api.db.aio(
+        api.db.execute,
+        "UPDATE whatsapp_inbox SET received_at = ? WHERE number = ?",
+        (time.time() - 90000, number),
+    )
+    await proactive("dentist at nine")
+    templated = await until(
+        lambda: [m for m in sent_to(api, number) if m.get("content_sid")], 30, "the template message"
+    )
+    assert templated[0]["content_sid"] == "HX" + "a" * 32
+    assert templated[0]["content_variables"] == {"1": "dentist at nine"}
+
+
+async def test_voice_notes_are_transcribed_and_unsupported_media_answered(api: Stack, http, twilio):
+    number = "+447700900206"
+    await linked_family(api, http, "Bell", number)
+    base = twilio["twilio.api_base"]
+    voice = bytes(range(256)) * 40  # the stand-in transcribes any bytes: it names their hash
+    async with http.post(f"{base}/_stub/media", data=voice, headers={"Content-Type": "audio/ogg"}) as resp:
+        voice_url = (await resp.json())["url"]
+    async with http.post(
+        f"{base}/_stub/media", data=b"\0" * 1000, headers={"Content-Type": "video/mp4"}
+    ) as resp:
+        video_url = (await resp.json())["url"]
+    form = message(number, "", media=((voice_url, "audio/ogg"), (video_url, "video/mp4")))
+    assert (await webhook(http, api, twilio, form))[0] == 200
+
+    transcript = f"voice note {hashlib.sha256(voice).hexdigest()[:12]} {len(voice)} bytes"
+    await until(lambda: asked(api, transcript), 180, "the transcript reaching the agent")
+    stt = [r for r in api.llm_requests() if r.get("path") == "/v1/audio/transcriptions"]
+    assert stt and stt[-1]["authorization"] == f"Bearer {api.llm_key}"  # the host's key, not the family's
+    notices = await until(
+        lambda: [m for m in sent_to(api, number) if "not mp4 files" in m["body"]], 30, "the notice"
+    )
+    assert len(notices) == 1
+    await until(lambda: any(transcript in m["body"] for m in sent_to(api, number)), 60, "the reply")
