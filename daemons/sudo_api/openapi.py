@@ -217,6 +217,26 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     ("delete", "/v1/whatsapp/numbers/{number_id}", "Unlink a number", "session", None, 204, {}),
     (
         "post",
+        "/v1/whatsapp/inbound",
+        "Twilio's webhook for an inbound WhatsApp message; answers empty TwiML",
+        "twilio",
+        _obj(MessageSid=STRING, From=STRING, To=STRING, Body=STRING)
+        | {"description": "Twilio's form; also NumMedia, MediaUrlN, MediaContentTypeN, ProfileName"},
+        200,
+        None,
+    ),
+    (
+        "post",
+        "/v1/whatsapp/status",
+        "Twilio's status callback for a message sent (queued, sent, delivered, read, failed...)",
+        "twilio",
+        _obj(MessageSid=STRING, MessageStatus=STRING)
+        | {"description": "Twilio's form; also ErrorCode and ErrorMessage on failures"},
+        200,
+        None,
+    ),
+    (
+        "post",
         "/v1/voice/token",
         "A LiveKit token for the device's family room, dispatching the voice agent",
         "device",
@@ -300,7 +320,10 @@ SECURITY = {
     "device": [{"device": []}],
     "admin": [{"session": []}, {"cookie": []}],
     "service": [{"service": []}],
+    "twilio": [{"twilio": []}],
 }
+FORM_BODIES = {"/v1/whatsapp/inbound", "/v1/whatsapp/status"}
+"""Twilio's webhooks: form-encoded, as Twilio sends them."""
 
 
 def document() -> dict[str, Any]:
@@ -316,7 +339,8 @@ def document() -> dict[str, Any]:
             },
         }
         if body:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            kind = "application/x-www-form-urlencoded" if path in FORM_BODIES else "application/json"
+            operation["requestBody"] = {"required": True, "content": {kind: {"schema": body}}}
         paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",
@@ -336,6 +360,13 @@ def document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "the service-token credential",
+                },
+                "twilio": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Twilio-Signature",
+                    "description": "Twilio's signature over the URL it called and the form, keyed "
+                    "with the account's auth token",
                 },
             }
         },

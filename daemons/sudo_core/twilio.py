@@ -8,6 +8,7 @@ with the same basic auth.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +61,9 @@ class Account:
         )
 
     @property
-    def auth(self) -> aiohttp.BasicAuth:
-        return aiohttp.BasicAuth(self.sid, self.token)
+    def auth(self) -> dict[str, str]:
+        """HTTP basic auth with the account SID and auth token, as a header."""
+        return {"Authorization": "Basic " + base64.b64encode(f"{self.sid}:{self.token}".encode()).decode()}
 
     @property
     def status_callback(self) -> str | None:
@@ -107,7 +109,7 @@ async def post_message(
         form["StatusCallback"] = account.status_callback
     url = f"{account.api_base}/2010-04-01/Accounts/{account.sid}/Messages.json"
     try:
-        async with http.post(url, data=form, auth=account.auth) as resp:
+        async with http.post(url, data=form, headers=account.auth) as resp:
             answer = await resp.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise TwilioError(f"Twilio could not be reached: {exc}") from exc
@@ -131,7 +133,7 @@ async def fetch_media(
 ) -> tuple[bytes, str] | None:
     """An inbound message's media file and its type; None when it is larger than max_bytes."""
     try:
-        async with http.get(url, auth=account.auth) as resp:
+        async with http.get(url, headers=account.auth) as resp:
             if resp.status != 200:
                 raise TwilioError(f"Twilio answered {resp.status} for a media file")
             if (resp.content_length or 0) > max_bytes:

@@ -6,10 +6,12 @@ import dataclasses
 import gzip
 import json
 import socket
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+import twilio_stub
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -106,10 +108,10 @@ async def test_everything_else_is_404(gateway):
         assert isinstance(await resp.json(), dict)
 
 
-async def upstream_server(handler) -> TestServer:
+async def upstream_server(handler, path: str = "/v1/chat/completions") -> TestServer:
     """A provider stand-in for one behaviour; the real one is tests/llm_stub.py."""
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
+    app.router.add_post(path, handler)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server
@@ -150,3 +152,122 @@ async def test_compressed_answers_pass_through_intact(gateway):
         assert (await resp.json())["choices"][0]["message"]["content"] == "hello"
     finally:
         await server.close()
+
+
+async def test_voice_notes_reach_the_speech_provider_with_the_admins_model_and_key(gateway):
+    seen: dict = {}
+
+    async def transcribe(request: web.Request) -> web.Response:
+        seen["authorization"] = request.headers.get("Authorization")
+        form = await request.post()
+        seen["fields"] = {
+            k: (v if isinstance(v, str) else (v.filename, v.file.read())) for k, v in form.items()
+        }
+        return web.Response(text="a transcript", content_type="text/plain")
+
+    client, db = gateway
+    server = await upstream_server(transcribe, "/v1/audio/transcriptions")
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        db.set_setting("llm.api_key", "sk-provider")
+        db.set_setting("stt.model", "whisper-large")
+        form = aiohttp.FormData()
+        form.add_field("model", "whatever-the-agent-asked")
+        form.add_field("response_format", "text")
+        form.add_field("file", b"OggS\0voice", filename="note.ogg", content_type="audio/ogg")
+        resp = await client.post("/v1/audio/transcriptions", data=form, headers=auth(db))
+        assert resp.status == 200 and await resp.text() == "a transcript"
+        assert seen["authorization"] == "Bearer sk-provider"
+        assert seen["fields"] == {
+            "response_format": "text",
+            "file": ("note.ogg", b"OggS\0voice"),
+            "model": "whisper-large",
+        }
+        no_key = await client.post("/v1/audio/transcriptions", data=b"x")
+        assert no_key.status == 401
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def twilio(tmp_path: Path):
+    """The Twilio stand-in in process (tests/twilio_stub.py), its message log, its settings."""
+    account, token = "AC" + "5" * 32, "t" * 32
+    log = tmp_path / "twilio.jsonl"
+    server = TestServer(twilio_stub.build_app(log, account, token), host="127.0.0.1")
+    await server.start_server()
+    settings = {
+        "twilio.account_sid": account,
+        "twilio.auth_token": token,
+        "twilio.whatsapp_from": "+14155550100",
+        "twilio.api_base": str(server.make_url("")).rstrip("/"),
+    }
+    yield (
+        server,
+        settings,
+        lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else [],
+    )
+    await server.close()
+
+
+async def test_whatsapp_messages_go_once_to_linked_numbers_within_the_window(gateway, twilio):
+    client, db = gateway
+    server, settings, sent = twilio
+    headers = auth(db, "Hopper")
+    family = db.list_families()[0].id
+    db.execute(
+        "INSERT INTO whatsapp_numbers (id, family_id, number, created_at, verified_at)"
+        " VALUES ('n', ?, ?, 0, 1)",
+        (str(family), "+447700900301"),
+    )
+
+    def message(message_id: str, to: str = "+447700900301", body: str = "hello") -> dict:
+        return {"id": message_id, "to": to, "body": body}
+
+    resp = await client.post("/v1/whatsapp/messages", json=message("m0"), headers=headers)
+    assert resp.status == 503 and "not set up" in (await resp.json())["error"]
+    for key, value in settings.items():
+        db.set_setting(key, value)
+    assert (
+        await client.post("/v1/whatsapp/messages", json=message("m1", to="+15005550006"), headers=headers)
+    ).status == 403
+    assert (
+        await client.post("/v1/whatsapp/messages", json=message("m1", body="x" * 1601), headers=headers)
+    ).status == 400
+    assert (await client.post("/v1/whatsapp/messages", json=message("m1"))).status == 401
+
+    # The number wrote an hour ago: a plain message, sent once however often it is asked for.
+    db.execute(
+        "INSERT INTO whatsapp_inbox (sid, family_id, number, profile_name, body, media, status, received_at,"
+        " updated_at) VALUES ('SM1', ?, '+447700900301', '', 'hi', '[]', 'delivered', ?, ?)",
+        (str(family), time.time() - 3600, time.time() - 3600),
+    )
+    for _ in range(3):
+        resp = await client.post("/v1/whatsapp/messages", json=message("m2"), headers=headers)
+        assert resp.status in (200, 201) and (await resp.json())["status"] == "queued"
+    assert [(m["to"], m["body"]) for m in sent()] == [("whatsapp:+447700900301", "hello")]
+
+    # Twilio busy: passed on to retry; refused for good: recorded as failed for the admin.
+    async with aiohttp.ClientSession() as http:
+        await http.post(server.make_url("/_stub/faults"), json={"status": 429, "count": 1})
+        resp = await client.post("/v1/whatsapp/messages", json=message("m3"), headers=headers)
+        assert resp.status == 429
+        assert db.query_one("SELECT status FROM whatsapp_outbound WHERE id LIKE '%:m3'")[0] == "retrying"
+        assert (await client.post("/v1/whatsapp/messages", json=message("m3"), headers=headers)).status == 201
+        fault = {"to": "whatsapp:+447700900301", "status": 400, "code": 63003, "message": "unreachable"}
+        await http.post(server.make_url("/_stub/faults"), json=fault)
+        resp = await client.post("/v1/whatsapp/messages", json=message("m4"), headers=headers)
+        assert resp.status == 400 and "63003" in (await resp.json())["error"]
+        await http.delete(server.make_url("/_stub/faults"))
+
+    # Outside the window: held without a template, the template with one.
+    db.execute("UPDATE whatsapp_inbox SET received_at = ?", (time.time() - 25 * 3600,))
+    resp = await client.post("/v1/whatsapp/messages", json=message("m5", body="later"), headers=headers)
+    assert resp.status == 202 and (await resp.json())["status"] == "held"
+    db.set_setting("twilio.template_sid", "HX" + "b" * 32)
+    resp = await client.post("/v1/whatsapp/messages", json=message("m6", body="reminder"), headers=headers)
+    assert resp.status == 201
+    assert sent()[-1]["content_sid"] == "HX" + "b" * 32 and sent()[-1]["content_variables"] == {
+        "1": "reminder"
+    }
+    assert [m["body"] for m in sent()].count("later") == 0
