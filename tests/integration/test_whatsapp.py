@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from conftest import Family, sign_up
 from stack import Stack
+from test_api_access import admin_session
 from twilio_stub import sign
 
 from sudo_core.families import api_key_for
@@ -222,6 +223,10 @@ async def test_long_replies_split_and_twilio_errors_are_retried(api: Stack, http
     await asyncio.sleep(3)
     refused = [a for a in attempts_of(twilio, api) if a["to"] == f"whatsapp:{number}" and a["status"] == 400]
     assert len(refused) == 1
+    admin = await admin_session(api, http)
+    async with http.get(f"{api.api_url}/v1/admin/fleet", headers=admin) as resp:
+        problems = (await resp.json())["whatsapp_problems"]
+    assert any(p["family"] == "Turing" and "63003" in p["error"] for p in problems), problems
 
 
 def attempts_of(twilio: dict, api: Stack) -> list[dict]:
@@ -309,4 +314,11 @@ async def test_voice_notes_are_transcribed_and_unsupported_media_answered(api: S
         lambda: [m for m in sent_to(api, number) if "not mp4 files" in m["body"]], 30, "the notice"
     )
     assert len(notices) == 1
+    huge = b"\xff" * (16 * 1024 * 1024 + 1)
+    async with http.post(f"{base}/_stub/media", data=huge, headers={"Content-Type": "image/jpeg"}) as resp:
+        huge_url = (await resp.json())["url"]
+    assert (await webhook(http, api, twilio, message(number, "", media=((huge_url, "image/jpeg"),))))[
+        0
+    ] == 200
+    await until(lambda: [m for m in sent_to(api, number) if "too large" in m["body"]], 60, "the size notice")
     await until(lambda: any(transcript in m["body"] for m in sent_to(api, number)), 60, "the reply")

@@ -182,3 +182,31 @@ async def test_malformed_and_oversized_webhooks_are_refused(client):
     resp = await post(test_client, big, RequestValidator(TOKEN).compute_signature(PUBLIC, big))
     assert resp.status == 413
     assert inbox(db) == []
+
+
+async def test_status_callbacks_are_checked_the_same_way_and_recorded(client):
+    test_client, db, family = client
+    now = time.time()
+    db.execute(
+        "INSERT INTO whatsapp_outbound (id, family_id, number, body, status, sid, created_at, updated_at)"
+        " VALUES ('m', ?, ?, 'hi', 'queued', 'SMout', ?, ?)",
+        (str(family), LINKED, now, now),
+    )
+    url = "https://sudo.example.org/v1/whatsapp/status"
+    caddy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "sudo.example.org"}
+
+    async def callback(status: str, signature_token: str = TOKEN, **extra: str) -> int:
+        form = {"MessageSid": "SMout", "MessageStatus": status, **extra}
+        headers = caddy | {
+            "X-Twilio-Signature": RequestValidator(signature_token).compute_signature(url, form)
+        }
+        resp = await test_client.post("/v1/whatsapp/status", data=form, headers=headers)
+        return resp.status
+
+    assert await callback("failed", signature_token="forged") == 403
+    assert await callback("delivered") == 200
+    assert await callback("sent") == 200  # late and out of order: does not undo "delivered"
+    assert db.query_one("SELECT status FROM whatsapp_outbound")[0] == "delivered"
+    assert await callback("undelivered", ErrorCode="63016", ErrorMessage="outside the window") == 200
+    row = db.query_one("SELECT status, error FROM whatsapp_outbound")
+    assert row["status"] == "undelivered" and "63016" in row["error"]
