@@ -365,7 +365,9 @@ class WhatsApp:
         except twilio.TwilioNotConfigured as exc:
             log.error("cannot answer %s on WhatsApp: %s", number, exc)
             return
-        message = await self.db.aio(self.outbound.claim, f"notice:{uuid.uuid4().hex}", family, number, text)
+        message, _ = await self.db.aio(
+            self.outbound.claim, f"notice:{uuid.uuid4().hex}", family, number, text
+        )
         result = await deliver(self._http, self.db, account, message, replying=True)
         if result.status >= 400:
             log.error("WhatsApp notice to %s not sent: %s", number, result.message.error)
@@ -377,8 +379,10 @@ class WhatsApp:
             return
         account = twilio.Account.from_settings(await self.db.aio(self.db.get_settings, "twilio."))
         for message in held:
+            if not await self.db.aio(self.outbound.release, message.id):
+                continue  # another webhook of this number released it
             result = await deliver(self._http, self.db, account, message, replying=True)
-            if result.message.open:  # Twilio unreachable: keep holding it for the next chance
+            if result.message.status in ("sending", "retrying"):  # Twilio unreachable: hold it again
                 await self.db.aio(self.outbound.record, message.id, "held", error=result.message.error)
                 return
 

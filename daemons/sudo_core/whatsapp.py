@@ -22,6 +22,8 @@ from sudo_core.db import Database
 
 WINDOW_SEC = 24 * 3600
 """WhatsApp's customer-service window: free-form messages only this long after the person wrote."""
+SEND_TIMEOUT_SEC = 60.0
+"""A send silent this long died with its sender: another may take the message over."""
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,6 @@ class Outbound:
     attempts: int
     created_at: float
     updated_at: float
-
-    @property
-    def open(self) -> bool:
-        """Not yet taken by Twilio, nor refused for good, nor held."""
-        return self.status in ("sending", "retrying")
 
 
 @dataclass(frozen=True)
@@ -74,15 +71,35 @@ class OutboundStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def claim(self, message_id: str, family: uuid.UUID | None, number: str, body: str) -> Outbound:
-        """The record of this message, created `sending` if it is new."""
+    def claim(
+        self, message_id: str, family: uuid.UUID | None, number: str, body: str
+    ) -> tuple[Outbound, bool]:
+        """The record of this message, and whether the caller may send it now: it is new, Twilio
+        asked for a retry, or an earlier attempt went silent (its sender died mid-send)."""
         now = time.time()
-        self.db.execute(
-            "INSERT OR IGNORE INTO whatsapp_outbound (id, family_id, number, body, status, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, 'sending', ?, ?)",
-            (message_id, str(family) if family else None, number, body, now, now),
+        with self.db.transaction():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO whatsapp_outbound (id, family_id, number, body, status, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'sending', ?, ?)",
+                (message_id, str(family) if family else None, number, body, now, now),
+            )
+            mine = cur.rowcount > 0 or self._take(
+                message_id,
+                "status = 'retrying' OR (status = 'sending' AND updated_at < ?)",
+                (now - SEND_TIMEOUT_SEC,),
+            )
+        return self.get(message_id), mine  # type: ignore[return-value]
+
+    def release(self, message_id: str) -> bool:
+        """Whether the caller takes this held message to send it (no one else will)."""
+        return self._take(message_id, "status = 'held'", ())
+
+    def _take(self, message_id: str, condition: str, params: tuple[Any, ...]) -> bool:
+        cur = self.db.execute(
+            f"UPDATE whatsapp_outbound SET status = 'sending', updated_at = ? WHERE id = ? AND ({condition})",
+            (time.time(), message_id, *params),
         )
-        return self.get(message_id)  # type: ignore[return-value]
+        return cur.rowcount > 0
 
     def get(self, message_id: str) -> Outbound | None:
         row = self.db.query_one("SELECT * FROM whatsapp_outbound WHERE id = ?", (message_id,))

@@ -215,8 +215,10 @@ class Gateway:
             WHATSAPP.labels("not_configured").inc()
             return json_error(503, str(exc))
         store = OutboundStore(self.db)
-        message = await self.db.aio(store.claim, f"{family.hex}:{message_id}", family, to, text)
-        if not message.open:
+        message, mine = await self.db.aio(store.claim, f"{family.hex}:{message_id}", family, to, text)
+        if not mine:
+            if message.status == "sending":  # another request is sending it right now
+                return json_error(503, "this message is being sent; ask again for its outcome")
             return web.json_response({"status": message.status, "sid": message.sid})
         result = await deliver(self._twilio, self.db, account, message)
         WHATSAPP.labels(result.message.status).inc()

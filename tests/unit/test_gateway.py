@@ -271,3 +271,17 @@ async def test_whatsapp_messages_go_once_to_linked_numbers_within_the_window(gat
         "1": "reminder"
     }
     assert [m["body"] for m in sent()].count("later") == 0
+
+    # A send in progress elsewhere is not repeated; one silent for a minute died with its sender.
+    key = f"{family.hex}:m7"
+    db.execute(
+        "INSERT INTO whatsapp_outbound (id, family_id, number, body, status, created_at, updated_at)"
+        " VALUES (?, ?, '+447700900301', 'once', 'sending', ?, ?)",
+        (key, str(family), time.time(), time.time()),
+    )
+    db.execute("UPDATE whatsapp_inbox SET received_at = ?", (time.time(),))
+    resp = await client.post("/v1/whatsapp/messages", json=message("m7", body="once"), headers=headers)
+    assert resp.status == 503 and [m["body"] for m in sent()].count("once") == 0
+    db.execute("UPDATE whatsapp_outbound SET updated_at = ? WHERE id = ?", (time.time() - 120, key))
+    resp = await client.post("/v1/whatsapp/messages", json=message("m7", body="once"), headers=headers)
+    assert resp.status == 201 and [m["body"] for m in sent()].count("once") == 1

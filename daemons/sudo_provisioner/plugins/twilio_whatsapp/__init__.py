@@ -219,6 +219,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         ids = []
         async with self._lock:
             for part in self.truncate_message(self.format_message(content), BODY_MAX):
+                if not part.strip():
+                    continue
                 entry = {"type": "out", "id": uuid.uuid4().hex, "to": chat_id, "text": part}
                 await asyncio.to_thread(self._journal.append, entry)
                 ids.append(entry["id"])
