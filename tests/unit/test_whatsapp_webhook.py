@@ -6,24 +6,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from test_web import client as web_client  # noqa: F401 (the in-process app, as a fixture)
 from twilio.request_validator import RequestValidator
 
-from sudo_api.accounts import Accounts, LoginLimiter
-from sudo_api.admin import FleetRestart
-from sudo_api.app import build_app
-from sudo_api.chat import Conversations
-from sudo_api.context import SERVICES, Services
-from sudo_api.devices import Devices
-from sudo_api.numbers import Numbers
-from sudo_api.whatsapp import WhatsApp
+from sudo_api.context import SERVICES
 from sudo_core.config import ApiSettings, Settings
 from sudo_core.db import Database
-from sudo_core.provisioner_client import ProvisionerClient
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 PUBLIC = "https://sudo.example.org/v1/whatsapp/inbound"
@@ -31,9 +23,9 @@ LINKED = "+447700900123"
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Database, uuid.UUID]]:
-    settings = Settings()
-    db = Database(tmp_path / "sudo.db")
+async def client(web_client) -> AsyncIterator[tuple[TestClient, Database, uuid.UUID]]:  # noqa: F811
+    """test_web's app on a real database, with Twilio's token set and one linked number."""
+    test_client, db = web_client
     db.set_setting("twilio.auth_token", TOKEN)
     family = db.create_family("Lovelace")
     db.execute(
@@ -41,27 +33,7 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Database, uu
         " VALUES (?, ?, ?, ?, ?)",
         ("n1", str(family.id), LINKED, time.time(), time.time()),
     )
-    provisioner = ProvisionerClient(tmp_path / "nobody.sock")  # delivery waits for a provisioner
-    services = Services(
-        settings=settings,
-        db=db,
-        provisioner=provisioner,
-        accounts=Accounts(db, 1),
-        limiter=LoginLimiter(5, 50, 300),
-        chat=Conversations(db, provisioner, b"secret", settings.api),
-        devices=Devices(db, provisioner, settings.api),
-        fleet=FleetRestart(provisioner),
-        numbers=Numbers(db),
-        whatsapp=WhatsApp(db, provisioner, b"secret", settings.api),
-        secret=b"secret",
-        service_token="service",
-    )
-    async with TestClient(TestServer(build_app(services))) as test_client:
-        yield test_client, db, family.id
-    await services.chat.stop()
-    await services.whatsapp.stop()
-    await provisioner.close()
-    db.close()
+    yield test_client, db, family.id
 
 
 def inbound(sender: str = LINKED, sid: str | None = None, body: str = "hello") -> dict[str, str]:
