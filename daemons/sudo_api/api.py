@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from sudo_core import twilio
-from sudo_core.families import api_key_for
+from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
 
 from . import admin, host_units, numbers, voice, whatsapp
@@ -368,13 +368,18 @@ def require_service(request: web.Request) -> None:
 
 async def service_room(request: web.Request) -> web.Response:
     require_service(request)
-    family_id = voice.family_of_room(request.match_info["room"])
+    family_id = family_of_room(request.match_info["room"])
     svc = services(request)
     family = await svc.db.aio(svc.db.get_family, family_id) if family_id else None
     if family is None:
         fail(404, "no family has this room")
     return web.json_response(
-        {"user_id": str(family.id), "name": family.name, "room": voice.room_for(family.id)}
+        {
+            "user_id": str(family.id),
+            "name": family.name,
+            "room": room_for(family.id),
+            "gateway_key": llm_key_for(svc.secret, family.id),
+        }
     )
 
 
@@ -392,6 +397,17 @@ async def service_runtime(request: web.Request) -> web.Response:
         fail(exc.status if exc.status in (404, 502) else 502, exc.body.get("error", str(exc)))
     await svc.db.aio(svc.db.touch_family, family)
     return web.json_response({"url": runtime["url"], "api_key": api_key_for(svc.secret, family)})
+
+
+async def service_livekit(request: web.Request) -> web.Response:
+    """The LiveKit server the voice bridge registers with, as the admin set it."""
+    require_service(request)
+    svc = services(request)
+    settings = await svc.db.aio(svc.db.get_settings, "livekit.")
+    try:
+        return web.json_response(voice.server_settings(settings))
+    except voice.VoiceNotConfigured as exc:
+        fail(503, str(exc))
 
 
 # Admin
@@ -504,6 +520,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/voice/token", voice_token),
         web.get("/v1/service/rooms/{room}", service_room),
         web.post("/v1/service/runtimes/{user_id}", service_runtime),
+        web.get("/v1/service/livekit", service_livekit),
         web.get("/v1/admin/settings", admin_settings),
         web.put("/v1/admin/settings", admin_settings),
         web.get("/v1/admin/restart-all", admin_restart_all),

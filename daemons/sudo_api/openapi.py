@@ -247,11 +247,11 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "get",
         "/v1/service/rooms/{room}",
-        "The family a room belongs to (voice bridge)",
+        "The family a room belongs to, with its gateway key for speech (voice bridge)",
         "service",
         None,
         200,
-        _obj(user_id=STRING, name=STRING, room=STRING),
+        _obj(user_id=STRING, name=STRING, room=STRING, gateway_key=STRING),
     ),
     (
         "post",
@@ -261,6 +261,15 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         None,
         200,
         _obj(url=STRING, api_key=STRING),
+    ),
+    (
+        "get",
+        "/v1/service/livekit",
+        "The LiveKit server the voice bridge registers with (voice bridge)",
+        "service",
+        None,
+        200,
+        _obj(url=STRING, api_key=STRING, api_secret=STRING),
     ),
     (
         "get",

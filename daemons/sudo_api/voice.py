@@ -1,4 +1,4 @@
-"""Voice: LiveKit access tokens for a family's paired device, and the room naming the bridge reads.
+"""Voice: LiveKit access tokens for a family's paired device and the admin's LiveKit server.
 
 Each family talks in its own room, `room_<user_id>`. A paired device gets a short-lived token
 that lets it join that room only, and whose room configuration dispatches the voice agent
@@ -14,8 +14,8 @@ from typing import Any
 
 from livekit import api as livekit
 
-VOICE_AGENT = "sudo-voice"
-ROOM_PREFIX = "room_"
+from sudo_core.families import VOICE_AGENT, room_for
+
 TOKEN_TTL = datetime.timedelta(minutes=15)
 
 
@@ -23,24 +23,18 @@ class VoiceNotConfigured(RuntimeError):
     pass
 
 
-def room_for(family: uuid.UUID) -> str:
-    return f"{ROOM_PREFIX}{family}"
-
-
-def family_of_room(room: str) -> uuid.UUID | None:
-    if not room.startswith(ROOM_PREFIX):
-        return None
-    try:
-        return uuid.UUID(room.removeprefix(ROOM_PREFIX))
-    except ValueError:
-        return None
+def server_settings(settings: dict[str, Any]) -> dict[str, str]:
+    """The admin's LiveKit server: url, api_key and api_secret, all three set."""
+    server = {k: settings.get(f"livekit.{k}") or "" for k in ("url", "api_key", "api_secret")}
+    if not all(server.values()):
+        raise VoiceNotConfigured("voice is not set up: an admin sets the LiveKit URL, key and secret")
+    return server
 
 
 def device_token(settings: dict[str, Any], device: uuid.UUID, family: uuid.UUID) -> dict[str, Any]:
     """A token for `device` to join its family's room, with the voice agent dispatched there."""
-    url, key, secret = (settings.get(f"livekit.{k}") for k in ("url", "api_key", "api_secret"))
-    if not (url and key and secret):
-        raise VoiceNotConfigured("voice is not set up: an admin sets the LiveKit URL, key and secret")
+    server = server_settings(settings)
+    url, key, secret = server["url"], server["api_key"], server["api_secret"]
     room = room_for(family)
     token = (
         livekit.AccessToken(key, secret)

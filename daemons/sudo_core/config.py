@@ -202,6 +202,53 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class VoiceSettings:
+    api_url: str = "http://127.0.0.1:8600"
+    """sudo-api as the voice bridge reaches it: rooms, runtimes and the LiveKit settings."""
+
+    stt: str = "openai"
+    """Speech-to-text: "openai" (the admin's provider, through the gateway) or "pocketsphinx" (offline)."""
+
+    tts: str = "openai"
+    """Text-to-speech: "openai" (through the gateway), "espeak" or "piper" (offline; see piper_voice)."""
+
+    tts_voice: str = "alloy"
+    """Voice asked of an OpenAI-compatible text-to-speech provider."""
+
+    espeak_voice: str = "en-us"
+    """espeak-ng voice for the offline text-to-speech."""
+
+    piper_voice: Path | None = None
+    """Piper voice model (.onnx, its .onnx.json beside it), supplied by the operator."""
+
+    language: str = "en"
+    """Language spoken to the agent (the offline speech-to-text knows only English)."""
+
+    end_of_turn_sec: float = 0.4
+    """Silence after speech that ends the speaker's turn (seconds)."""
+
+    slow_reply_sec: float = 4.0
+    """With no word from the agent this long after a turn, the bridge says it is still thinking (seconds)."""
+
+    reply_timeout_sec: float = 90.0
+    """Longest the bridge waits for the agent's whole answer before apologising (seconds)."""
+
+    http: str = "127.0.0.1:8081"
+    """The livekit-agents worker's health listener (host:port)."""
+
+    metrics: str = "127.0.0.1:9660"
+    """Where the voice bridge serves Prometheus metrics (host:port; empty = none)."""
+
+    def __post_init__(self) -> None:
+        if self.stt not in ("openai", "pocketsphinx"):
+            raise ConfigError(f"voice.stt: {self.stt!r} is not one of openai, pocketsphinx")
+        if self.tts not in ("openai", "espeak", "piper"):
+            raise ConfigError(f"voice.tts: {self.tts!r} is not one of openai, espeak, piper")
+        if self.tts == "piper" and self.piper_voice is None:
+            raise ConfigError("voice.piper_voice: the piper text-to-speech needs a voice file")
+
+
+@dataclass(frozen=True)
 class Settings:
     core: CoreSettings = field(default_factory=CoreSettings)
     provisioner: ProvisionerSettings = field(default_factory=ProvisionerSettings)
@@ -209,6 +256,7 @@ class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     llm: LLMSettings = field(default_factory=LLMSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    voice: VoiceSettings = field(default_factory=VoiceSettings)
 
 
 def load(environ: typing.Mapping[str, str] | None = None) -> Settings:

@@ -1,4 +1,4 @@
-"""Family identity: ids, container and volume names, and per-family keys.
+"""Family identity: ids, container, volume and voice room names, and per-family keys.
 
 Per-family keys are derived by HMAC from the host secret and never stored: the provisioner
 computes them when it writes a container's config, the gateway recomputes them to check a
@@ -13,6 +13,9 @@ import re
 import uuid
 
 RUNTIME_PREFIX = "hermes-user-"
+ROOM_PREFIX = "room_"
+VOICE_AGENT = "sudo-voice"
+"""The livekit-agents name of the voice bridge, which devices' tokens dispatch to their room."""
 _LLM_KEY = re.compile(r"^sk-sudo-([0-9a-f]{32})-([0-9a-f]{64})$")
 
 
@@ -34,6 +37,20 @@ def runtime_name(family: uuid.UUID) -> str:
 
 def volume_name(family: uuid.UUID) -> str:
     return f"{RUNTIME_PREFIX}{family.hex}-data"
+
+
+def room_for(family: uuid.UUID) -> str:
+    """The family's LiveKit room, where its home device and the voice bridge meet."""
+    return f"{ROOM_PREFIX}{family}"
+
+
+def family_of_room(room: str) -> uuid.UUID | None:
+    if not room.startswith(ROOM_PREFIX):
+        return None
+    try:
+        return uuid.UUID(room.removeprefix(ROOM_PREFIX))
+    except ValueError:
+        return None
 
 
 def _derive(secret: bytes, purpose: str, family: uuid.UUID) -> str:

@@ -1,7 +1,8 @@
 """The gateway: the one host service a family's container reaches, with its family's key.
 
 It serves the LLM (the provider's key swapped in, the answer streamed through), speech-to-text
-for voice notes (the same provider unless the admin set another), and WhatsApp messages out
+for voice notes and the voice bridge, text-to-speech for the voice bridge (the same provider
+unless the admin set another), and WhatsApp messages out
 through Twilio (the admin's account; only to numbers the family linked).
 
 A family's Hermes holds only its own gateway key (HMAC-derived, names the family). Provider and
@@ -39,6 +40,11 @@ FIRST_BYTE = Histogram("sudo_gateway_upstream_first_byte_seconds", "Provider tim
 IN_FLIGHT = Gauge("sudo_gateway_in_flight", "LLM requests in flight")
 TRANSCRIPTIONS = Counter("sudo_gateway_transcriptions_total", "Speech-to-text requests", ["status"])
 WHATSAPP = Counter("sudo_gateway_whatsapp_messages_total", "WhatsApp messages from agents", ["result"])
+SPEECHES = Counter("sudo_gateway_speeches_total", "Text-to-speech requests", ["status"])
+SPEECH_MODELS = {"stt": "whisper-1", "tts": "tts-1"}
+"""The speech models asked for when the admin named none."""
+MAX_SPEECH_INPUT = 4096
+"""Characters of text one speech request may carry (OpenAI's own limit)."""
 E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 
 
@@ -83,13 +89,14 @@ class Gateway:
             api_key=admin.get("llm.api_key") or read_credential(LLM_API_KEY, self.settings.core.state_dir),
         )
 
-    def speech_upstream(self) -> Upstream:
-        """The admin's speech-to-text provider, else the LLM provider (most serve both)."""
-        llm, admin = self.upstream(), self.db.get_settings("stt.")
+    def speech_upstream(self, kind: str) -> Upstream:
+        """The admin's speech-to-text ("stt") or text-to-speech ("tts") provider, else the LLM
+        provider (most serve both)."""
+        llm, admin = self.upstream(), self.db.get_settings(f"{kind}.")
         return Upstream(
-            base_url=(admin.get("stt.base_url") or llm.base_url).rstrip("/"),
-            model=admin.get("stt.model") or "whisper-1",
-            api_key=admin.get("stt.api_key") or llm.api_key,
+            base_url=(admin.get(f"{kind}.base_url") or llm.base_url).rstrip("/"),
+            model=admin.get(f"{kind}.model") or SPEECH_MODELS[kind],
+            api_key=admin.get(f"{kind}.api_key") or llm.api_key,
         )
 
     async def authenticate(self, request: web.Request) -> uuid.UUID | None:
@@ -155,7 +162,7 @@ class Gateway:
         if await self.authenticate(request) is None:
             TRANSCRIPTIONS.labels("401").inc()
             return openai_error(401, "invalid gateway key", "authentication_error")
-        upstream = await self.db.aio(self.speech_upstream)
+        upstream = await self.db.aio(self.speech_upstream, "stt")
         if not upstream.base_url:
             TRANSCRIPTIONS.labels("503").inc()
             return openai_error(503, "no speech-to-text provider is configured", "server_error")
@@ -181,6 +188,31 @@ class Gateway:
         headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
         response = await self._forward(request, f"{upstream.base_url}/audio/transcriptions", form, headers)
         TRANSCRIPTIONS.labels(str(response.status)).inc()
+        return response
+
+    async def speech(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's `POST /v1/audio/speech`: text to audio, for the voice bridge speaking a
+        family's answer (it presents that family's key)."""
+        if await self.authenticate(request) is None:
+            SPEECHES.labels("401").inc()
+            return openai_error(401, "invalid gateway key", "authentication_error")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        text = body.get("input") if isinstance(body, dict) else None
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_SPEECH_INPUT:
+            SPEECHES.labels("400").inc()
+            return openai_error(400, f"expected JSON with 'input': 1 to {MAX_SPEECH_INPUT} characters")
+        upstream = await self.db.aio(self.speech_upstream, "tts")
+        if not upstream.base_url:
+            SPEECHES.labels("503").inc()
+            return openai_error(503, "no text-to-speech provider is configured", "server_error")
+        allowed = {k: body[k] for k in ("voice", "response_format", "speed", "instructions") if k in body}
+        headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+        forwarded = allowed | {"input": text, "model": upstream.model}
+        response = await self._forward(request, f"{upstream.base_url}/audio/speech", forwarded, headers)
+        SPEECHES.labels(str(response.status)).inc()
         return response
 
     async def whatsapp_message(self, request: web.Request) -> web.Response:
@@ -278,6 +310,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=24 * 1024 * 1024)  # a 16 MiB voice note, multipart
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
     app.router.add_post("/v1/audio/transcriptions", gateway.transcriptions)
+    app.router.add_post("/v1/audio/speech", gateway.speech)
     app.router.add_post("/v1/whatsapp/messages", gateway.whatsapp_message)
     app.router.add_get("/v1/models", gateway.models)
     app.router.add_get("/v1/models/{model:.+}", gateway.models)

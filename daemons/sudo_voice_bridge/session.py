@@ -1,0 +1,74 @@
+"""One family's voice conversation: VAD, speech-to-text, the family's agent, text-to-speech.
+
+The session is built the same way whether its audio comes from a LiveKit room (worker.py) or
+from anywhere else that speaks livekit-agents' AudioInput/AudioOutput (the tests feed it a
+recording), so everything but the WebRTC transport is the code that runs in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from livekit.agents import Agent, AgentSession, vad
+from livekit.plugins import silero
+
+from sudo_core.config import VoiceSettings
+
+from . import speech
+from .hermes import VOICE_PROMPT, AgentUnavailable, FamilyRuntime, HermesLLM
+from .sudo_api import Family
+
+log = logging.getLogger(__name__)
+
+
+def load_vad(settings: VoiceSettings) -> vad.VAD:
+    """Silero's model (shipped in its package), tuned so a pause of end_of_turn_sec ends a turn."""
+    return silero.VAD.load(min_silence_duration=settings.end_of_turn_sec, prefix_padding_duration=0.3)
+
+
+def build_session(
+    settings: VoiceSettings,
+    family: Family,
+    runtime: FamilyRuntime,
+    vad_model: vad.VAD,
+    gateway_url: str,
+) -> AgentSession:
+    hermes = HermesLLM(
+        runtime,
+        session_id=f"voice-{family.id.hex}-{int(time.time())}",
+        slow_reply_sec=settings.slow_reply_sec,
+        reply_timeout_sec=settings.reply_timeout_sec,
+    )
+    return AgentSession(
+        stt=speech.make_stt(settings, vad_model, gateway_url, family.gateway_key),
+        vad=vad_model,
+        llm=hermes,
+        tts=speech.make_tts(settings, gateway_url, family.gateway_key),
+        turn_handling={
+            # Turns end on the host's VAD alone: the default turn detector asks LiveKit's cloud.
+            "turn_detection": "vad",
+            "endpointing": {"min_delay": 0.0},
+            # Speaking over the agent stops it; a cough (under 0.3 s) does not.
+            "interruption": {"enabled": True, "mode": "vad", "min_duration": 0.3},
+            "preemptive_generation": {"enabled": False},
+        },
+        user_away_timeout=None,
+    )
+
+
+def voice_agent() -> Agent:
+    return Agent(instructions=VOICE_PROMPT)
+
+
+async def wake(runtime: FamilyRuntime) -> None:
+    """Wake the family's agent as the conversation starts, so the first turn finds it ready."""
+    try:
+        await runtime.get()
+    except AgentUnavailable as exc:
+        log.warning(f"family {runtime.family}: agent not woken yet: {exc}")
+
+
+def start_waking(runtime: FamilyRuntime) -> asyncio.Task[None]:
+    return asyncio.create_task(wake(runtime), name=f"wake-{runtime.family}")

@@ -1,0 +1,133 @@
+"""Audio in and out of a voice session without a LiveKit room, for tests and benchmarks.
+
+`RecordingInput` plays a recording into the session as a microphone would (20 ms frames, paced
+in real time, then silence); `CapturedOutput` is a speaker that records what the agent says and
+when each reply's first audio arrived. Speech is synthesized with espeak-ng, as the issue asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from livekit import rtc
+from livekit.agents.voice import io
+
+RATE = 16000
+FRAME = RATE // 50  # 20 ms
+
+
+def spoken(text: str, voice: str = "en-us+m3", words_per_minute: int = 160) -> bytes:
+    """`text` as espeak-ng says it: 16 kHz mono S16_LE."""
+    wav = subprocess.run(
+        ["espeak-ng", "--stdout", "-v", voice, "-s", str(words_per_minute), text],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return subprocess.run(
+        ["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE), "-e", "signed", "-b", "16", "-c", "1", "-"],
+        input=wav,
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(2 * int(RATE * seconds))
+
+
+class RecordingInput(io.AudioInput):
+    """A microphone hearing `pcm` (16 kHz mono), in real time, then silence forever."""
+
+    def __init__(self) -> None:
+        super().__init__(label="recording")
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pending = b""
+        self._next_at: float | None = None
+        self.speech_ended_at: list[float] = []
+        """Monotonic times at which each played recording's speech ended (its trailing silence began)."""
+
+    def play(self, pcm: bytes, trailing_silence: float = 0.0) -> None:
+        self._queue.put_nowait(pcm)
+        self._queue.put_nowait(b"END")
+        if trailing_silence:
+            self._queue.put_nowait(silence(trailing_silence))
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        now = time.monotonic()
+        if self._next_at is None:
+            self._next_at = now
+        if self._next_at > now:
+            await asyncio.sleep(self._next_at - now)
+        self._next_at += FRAME / RATE
+        while len(self._pending) < 2 * FRAME and not self._queue.empty():
+            chunk = self._queue.get_nowait()
+            if chunk == b"END":
+                # The speech ends once what is pending has been heard.
+                self.speech_ended_at.append(self._next_at - FRAME / RATE + len(self._pending) / 2 / RATE)
+                continue
+            self._pending += chunk
+        data, self._pending = self._pending[: 2 * FRAME], self._pending[2 * FRAME :]
+        data = data.ljust(2 * FRAME, b"\0")
+        return rtc.AudioFrame(data, RATE, 1, FRAME)
+
+
+@dataclass
+class Reply:
+    first_audio_at: float
+    pcm: bytearray = field(default_factory=bytearray)
+    sample_rate: int = 0
+    interrupted: bool = False
+
+
+class CapturedOutput(io.AudioOutput):
+    """A speaker that keeps every reply's audio; playback takes real time, like a speaker's."""
+
+    def __init__(self) -> None:
+        super().__init__(label="captured", capabilities=io.AudioOutputCapabilities(pause=False))
+        self.replies: list[Reply] = []
+        self._current: Reply | None = None
+        self._played = 0.0
+        self._started: float | None = None
+        self._finish: asyncio.TimerHandle | None = None
+        self.reply_started = asyncio.Event()
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        if self._current is None:
+            self._current = Reply(first_audio_at=time.monotonic(), sample_rate=frame.sample_rate)
+            self.replies.append(self._current)
+            self._started = time.monotonic()
+            self._played = 0.0
+            self.on_playback_started(created_at=time.time())
+            self.reply_started.set()
+        self._current.pcm += bytes(frame.data)
+        self._played += frame.samples_per_channel / frame.sample_rate
+
+    def flush(self) -> None:
+        super().flush()
+        if self._current is None:
+            return
+        # Finished when a speaker would have played it all.
+        remaining = max(0.0, self._played - (time.monotonic() - (self._started or 0.0)))
+        played = self._played
+        self._current = None
+        self._finish = asyncio.get_running_loop().call_later(remaining, self._finished, played)
+
+    def _finished(self, played: float) -> None:
+        self._finish = None
+        self.on_playback_finished(playback_position=played, interrupted=False)
+
+    def clear_buffer(self) -> None:
+        playing = self._current is not None or (self._finish is not None and not self._finish.cancelled())
+        if self._finish is not None:
+            self._finish.cancel()
+        self._finish = None
+        if not playing or not self.replies:
+            return
+        self._current = None
+        self.replies[-1].interrupted = True
+        position = time.monotonic() - (self._started or time.monotonic())
+        self.on_playback_finished(playback_position=position, interrupted=True)
