@@ -10,7 +10,8 @@ the agent remembered).
 
 Its answer is "stub says: <the last user message>"; a user message containing `[slow:N]`
 makes it wait N seconds first, to hold a request in flight; `[drip:S]` makes it wait S seconds
-between streamed words, so a reply is seen being written.
+between streamed words, so a reply is seen being written. Spoken messages cannot carry those
+marks: `POST /_stub/delay {"seconds": N}` makes every answer wait N seconds until set back to 0.
 
 It also transcribes speech as OpenAI does: `POST /v1/audio/transcriptions`, multipart fields
 `file` and `model`, optional `response_format` (`json`, the default, gives `{"text": ...}`;
@@ -18,6 +19,10 @@ It also transcribes speech as OpenAI does: `POST /v1/audio/transcriptions`, mult
 check. The transcript, "voice note <first 12 hex of the file's sha256> <N> bytes", shows the
 tests that the audio arrived intact; each request is logged too (`path`, `bytes`, `sha12`,
 `filename`). Completion entries carry `path` "/v1/chat/completions".
+
+And it speaks: `POST /v1/audio/speech` (JSON `model`, `input`, `voice`, `response_format`
+`pcm` (24 kHz mono S16_LE, OpenAI's), `wav` or `mp3`... of which it makes `pcm` and `wav`),
+with real speech from espeak-ng, so what a client plays can be measured; logged with `input`.
 
     python tests/llm_stub.py --port-file PATH --log PATH [--keys PATH]
 """
@@ -29,6 +34,7 @@ import asyncio
 import hashlib
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -64,6 +70,8 @@ def openai_error(status: int, message: str, code: str | None, param: str | None 
 
 
 def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
+    delay = {"seconds": 0.0}
+
     def record(entry: dict) -> None:
         with log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -101,6 +109,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
             return denied
         if slow := re.search(r"\[slow:(\d+(?:\.\d+)?)\]", text):
             await asyncio.sleep(float(slow.group(1)))
+        await asyncio.sleep(delay["seconds"])
         answer = f"stub says: {text}"
         completion_id = f"chatcmpl-{int(time.time() * 1000)}"
         model = body.get("model") or MODEL
@@ -177,10 +186,43 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
             400, f"response_format {response_format!r} is not supported by the stub", None, "response_format"
         )
 
+    async def speech(request: web.Request) -> web.Response:
+        body = await request.json()
+        record({"path": request.path, "authorization": request.headers.get("Authorization"), **body})
+        if denied := unauthorized(request):
+            return denied
+        text, response_format = body.get("input"), body.get("response_format", "mp3")
+        if not isinstance(text, str) or not text or not body.get("model"):
+            return openai_error(400, "'input' and 'model' are required.", "missing_required_parameter")
+        if response_format not in ("pcm", "wav"):
+            return openai_error(400, f"the stub makes pcm and wav, not {response_format}", None)
+        wav = await asyncio.to_thread(
+            lambda: subprocess.run(
+                ["espeak-ng", "--stdin", "--stdout"], input=text.encode(), capture_output=True
+            )
+        )
+        to = ["-t", "raw"] if response_format == "pcm" else ["-t", "wav"]
+        audio = await asyncio.to_thread(
+            lambda: subprocess.run(
+                ["sox", "-t", "wav", "-", *to, "-r", "24000", "-e", "signed", "-b", "16", "-c", "1", "-"],
+                input=wav.stdout,
+                capture_output=True,
+            )
+        )
+        return web.Response(
+            body=audio.stdout, content_type="audio/pcm" if response_format == "pcm" else "audio/wav"
+        )
+
+    async def set_delay(request: web.Request) -> web.Response:
+        delay["seconds"] = float((await request.json())["seconds"])
+        return web.json_response(delay)
+
     app = web.Application(client_max_size=32 * 1024 * 1024)  # OpenAI takes audio files up to 25 MB
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/v1/audio/speech", speech)
+    app.router.add_post("/_stub/delay", set_delay)
     return app
 
 

@@ -183,6 +183,11 @@ class Stack:
         return proc
 
     @property
+    def llm_url(self) -> str:
+        """The LLM stand-in, for tests that set its knobs (/_stub/...)."""
+        return f"http://127.0.0.1:{self._llm_port}"
+
+    @property
     def api_url(self) -> str:
         return f"http://{self.settings.api.listen}"
 

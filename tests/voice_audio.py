@@ -80,6 +80,8 @@ class Reply:
     pcm: bytearray = field(default_factory=bytearray)
     sample_rate: int = 0
     interrupted: bool = False
+    played_sec: float | None = None
+    """How much of it the speaker played, once it finished or was cut short."""
 
 
 class CapturedOutput(io.AudioOutput):
@@ -118,6 +120,7 @@ class CapturedOutput(io.AudioOutput):
 
     def _finished(self, played: float) -> None:
         self._finish = None
+        self.replies[-1].played_sec = played
         self.on_playback_finished(playback_position=played, interrupted=False)
 
     def clear_buffer(self) -> None:
@@ -130,4 +133,5 @@ class CapturedOutput(io.AudioOutput):
         self._current = None
         self.replies[-1].interrupted = True
         position = time.monotonic() - (self._started or time.monotonic())
+        self.replies[-1].played_sec = position
         self.on_playback_finished(playback_position=position, interrupted=True)

@@ -32,7 +32,7 @@ VOICE_PROMPT = (
     "You are speaking out loud through the family's home speaker, not writing. Answer in a few "
     "short spoken sentences of plain words: no markdown, lists, links, code or emoji."
 )
-STILL_THINKING = "One moment, I'm still thinking."
+STILL_THINKING = "One moment, I'm still thinking. "
 UNREACHABLE = "Sorry, I can't reach your assistant right now. Please try again in a minute."
 CUT_OFF = "Sorry, I lost my train of thought. Please ask me again."
 

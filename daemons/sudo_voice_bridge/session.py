@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
-from livekit.agents import Agent, AgentSession, vad
+from livekit.agents import Agent, AgentSession, FlushSentinel, ModelSettings, llm, vad
 from livekit.plugins import silero
 
 from sudo_core.config import VoiceSettings
 
 from . import speech
-from .hermes import VOICE_PROMPT, AgentUnavailable, FamilyRuntime, HermesLLM
+from .hermes import STILL_THINKING, VOICE_PROMPT, AgentUnavailable, FamilyRuntime, HermesLLM
 from .sudo_api import Family
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,28 @@ def build_session(
             "preemptive_generation": {"enabled": False},
         },
         user_away_timeout=None,
+        # Echo is the device's to cancel (sudo-edge ducks its microphone while it plays).
+        aec_warmup_duration=None,
     )
 
 
+class VoiceAgent(Agent):
+    def __init__(self) -> None:
+        super().__init__(instructions=VOICE_PROMPT)
+
+    async def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncIterator[llm.ChatChunk | str | FlushSentinel]:
+        """The agent's words; "still thinking" is spoken at once, not held back until the
+        sentence after it shows where it ends."""
+        async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+            yield chunk
+            if isinstance(chunk, llm.ChatChunk) and chunk.delta and chunk.delta.content == STILL_THINKING:
+                yield FlushSentinel()
+
+
 def voice_agent() -> Agent:
-    return Agent(instructions=VOICE_PROMPT)
+    return VoiceAgent()
 
 
 async def wake(runtime: FamilyRuntime) -> None:

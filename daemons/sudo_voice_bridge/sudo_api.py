@@ -54,6 +54,12 @@ class SudoApi:
     async def close(self) -> None:
         await self._http.close()
 
+    async def __aenter__(self) -> SudoApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def family_of_room(self, room: str) -> Family | None:
         """The family whose room this is; None for a room of no family."""
         try:
