@@ -233,6 +233,9 @@ class VoiceSettings:
     reply_timeout_sec: float = 90.0
     """Longest the bridge waits for the agent's whole answer before apologising (seconds)."""
 
+    max_sessions: int = 200
+    """Family rooms served at once; LiveKit offers further rooms to another bridge, if any."""
+
     http: str = "127.0.0.1:8081"
     """The livekit-agents worker's health listener (host:port)."""
 

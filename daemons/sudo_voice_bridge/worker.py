@@ -91,6 +91,10 @@ class VoiceBridge:
             api_secret=livekit.api_secret,
             job_executor_type=JobExecutorType.THREAD,
             num_idle_processes=1,
+            # Load is rooms served against max_sessions, not the CPU: a busy moment on the
+            # host must not turn a family away (prod mode wants a threshold below 1).
+            load_fnc=lambda server: len(server.active_jobs) / self.settings.voice.max_sessions,
+            load_threshold=0.999,
             host=host,
             port=port,
         )

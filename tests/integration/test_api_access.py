@@ -17,6 +17,7 @@ from stack import BIN, Stack
 
 from sudo_api.api import routes
 from sudo_api.chat import ChatStore
+from sudo_core.families import family_of_llm_key
 
 
 async def test_signup_login_logout(api: Stack, http):
@@ -238,7 +239,13 @@ async def test_voice_tokens_for_paired_devices_only(api: Stack, http):
     claims = TokenVerifier("APIkey", secret).verify(granted["token"])
     assert claims.identity == f"device-{device_id}"
     assert claims.video.room_join and claims.video.room == f"room_{family.id}"
+    assert claims.video.can_publish and claims.video.can_subscribe and not claims.video.room_admin
     assert [a.agent_name for a in claims.room_config.agents] == ["sudo-voice"]
+    # It expires in 15 minutes (the device asks again before then): valid now, not 15 min on.
+    raw = jwt.decode(granted["token"], secret, algorithms=["HS256"])
+    assert abs(raw["exp"] - time.time() - 900) < 60 and abs(granted["expires_at"] - raw["exp"]) < 2
+    with pytest.raises(jwt.ExpiredSignatureError):
+        jwt.decode(granted["token"], secret, algorithms=["HS256"], leeway=-901, options={"verify_nbf": False})
     with pytest.raises(jwt.InvalidSignatureError):  # signed with the admin's secret, not another
         TokenVerifier("APIkey", secrets.token_hex(32)).verify(granted["token"])
     async with http.post(f"{api.api_url}/v1/voice/token", headers=family.headers) as resp:
@@ -254,9 +261,15 @@ async def test_service_lookups_need_the_service_token(api: Stack, http, provisio
             assert resp.status == 401
         async with http.post(f"{api.api_url}/v1/service/runtimes/{family.id}", headers=headers) as resp:
             assert resp.status == 401
+        async with http.get(f"{api.api_url}/v1/service/livekit", headers=headers) as resp:
+            assert resp.status == 401
     async with http.get(f"{api.api_url}/v1/service/rooms/{room}", headers=auth) as resp:
         assert resp.status == 200
-        assert await resp.json() == {"user_id": family.id, "name": "Tesla", "room": room}
+        found = await resp.json()
+    # With the family's gateway key, the bridge's speech is the family's, at the gateway.
+    gateway_key = found.pop("gateway_key")
+    assert found == {"user_id": family.id, "name": "Tesla", "room": room}
+    assert family_of_llm_key(api.secret.encode(), gateway_key) == uuid.UUID(family.id)
     for bad in ("room_nope", f"room_{uuid.uuid4()}", "lobby"):
         async with http.get(f"{api.api_url}/v1/service/rooms/{bad}", headers=auth) as resp:
             assert resp.status == 404
@@ -270,6 +283,18 @@ async def test_service_lookups_need_the_service_token(api: Stack, http, provisio
     async with http.post(f"{api.api_url}/v1/service/runtimes/{uuid.uuid4()}", headers=auth) as resp:
         assert resp.status == 404
     await provisioner.stop(uuid.UUID(family.id))
+
+
+@pytest.mark.usefixtures("fresh_settings")
+async def test_the_voice_bridge_reads_the_admins_livekit_server(api: Stack, http):
+    auth = {"Authorization": f"Bearer {api.service_token}"}
+    async with http.get(f"{api.api_url}/v1/service/livekit", headers=auth) as resp:
+        assert resp.status == 503 and "LiveKit" in (await resp.json())["error"]
+    server = {"url": "wss://voice.example", "api_key": "APIkey", "api_secret": secrets.token_hex(32)}
+    for key, value in server.items():
+        await api.db.aio(api.db.set_setting, f"livekit.{key}", value)
+    async with http.get(f"{api.api_url}/v1/service/livekit", headers=auth) as resp:
+        assert resp.status == 200 and await resp.json() == server
 
 
 @pytest.mark.usefixtures("fresh_settings")

@@ -12,7 +12,7 @@ import pytest
 
 IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = Path(__file__).resolve().parents[2] / "units"
-SERVICES = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper")
+SERVICES = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
 # Installs the units as the packages do, with stand-ins for the daemons' executables (verify
 # checks that ExecStart= exists), then analyzes them.
 SCRIPT = """
