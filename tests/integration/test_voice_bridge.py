@@ -13,7 +13,7 @@ import secrets
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 from conftest import sign_up
@@ -35,7 +35,7 @@ async def set_livekit(api: Stack, server: LiveKitDispatch, key: str, secret: str
 
 
 @pytest.fixture
-async def bridge(api: Stack, tmp_path) -> AsyncIterator[tuple[subprocess.Popen, Notifications, str]]:
+def bridge(api: Stack, tmp_path) -> Iterator[tuple[subprocess.Popen, Notifications, str]]:
     notes = Notifications(tmp_path / "notify")
     metrics = f"127.0.0.1:{free_port()}"
     env = api.env | {
@@ -52,7 +52,7 @@ async def bridge(api: Stack, tmp_path) -> AsyncIterator[tuple[subprocess.Popen, 
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        await api.db.aio(api.db.execute, "DELETE FROM settings WHERE key LIKE 'livekit.%'")
+        api.db.execute("DELETE FROM settings WHERE key LIKE 'livekit.%'")
 
 
 async def test_the_bridge_serves_family_rooms_of_the_admins_livekit_server(api: Stack, http, bridge):
