@@ -24,6 +24,7 @@ UNITS = (
     "sudo.target",
     "sudo-api.service",
     "sudo-gateway.service",
+    "sudo-voice-bridge.service",
     "sudo-provisioner.socket",
     "sudo-provisioner.service",
     "sudo-reaper.timer",

@@ -228,6 +228,17 @@ def test_the_installed_system_serves_a_family(host: Host, family: str):
     assert host.state("sudo.target") == "active"
     for unit in ("sudo-api.service", "sudo-gateway.service", "sudo-provisioner.socket", "sudo-reaper.timer"):
         assert host.state(unit) == "active", unit
+    # The voice bridge runs hardened (its VAD model loaded), reaches sudo-api with the service
+    # credential, and waits for the admin to name a LiveKit server.
+    host.wait(
+        lambda: (
+            "waiting for the LiveKit settings"
+            in host.sh("systemctl show -p StatusText --value sudo-voice-bridge")
+        ),
+        60,
+        "the voice bridge to ask for its LiveKit settings",
+    )
+    assert host.state("sudo-voice-bridge.service") == "active"
     # Secrets were generated at install, readable by root only.
     assert host.sh("stat -c '%a %U' /etc/sudo/credentials/host-secret") == "600 root"
 

@@ -18,10 +18,11 @@ from systemd_box import systemd_box
 SUDOCTL = Path(sys.executable).parent / "sudoctl"
 SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
 UNITS = {
-    "sudo.target": "[Unit]\nWants=sudo-api.service sudo-gateway.service sudo-provisioner.socket"
-    " sudo-reaper.timer docker.service\n",
+    "sudo.target": "[Unit]\nWants=sudo-api.service sudo-gateway.service sudo-voice-bridge.service"
+    " sudo-provisioner.socket sudo-reaper.timer docker.service\n",
     "sudo-api.service": SLEEPER,
     "sudo-gateway.service": SLEEPER,
+    "sudo-voice-bridge.service": SLEEPER,
     "docker.service": SLEEPER,
     "sudo-provisioner.socket": "[Socket]\nListenStream=/run/sudo/provisioner.sock\n",
     "sudo-provisioner.service": SLEEPER,
@@ -53,11 +54,12 @@ def test_status_of_healthy_units_then_of_a_failed_one(box, tmp_path: Path):
     result = sudoctl_status(tmp_path, bus)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    states = {parts[1]: (parts[0], parts[2]) for parts in (line.split() for line in lines[:8])}
+    states = {parts[1]: (parts[0], parts[2]) for parts in (line.split() for line in lines[:9])}
     assert states == {
         "sudo.target": ("ok", "active/active"),
         "sudo-api.service": ("ok", "active/running"),
         "sudo-gateway.service": ("ok", "active/running"),
+        "sudo-voice-bridge.service": ("ok", "active/running"),
         "sudo-provisioner.socket": ("ok", "active/listening"),
         "sudo-provisioner.service": ("ok", "inactive/dead"),  # socket-activated: nobody asked yet
         "sudo-reaper.timer": ("ok", "active/waiting"),
@@ -66,9 +68,9 @@ def test_status_of_healthy_units_then_of_a_failed_one(box, tmp_path: Path):
     }
     next_run = re.search(r"sudo-reaper\.timer .* next in (\d+) s", result.stdout)
     assert next_run and 3000 < int(next_run.group(1)) <= 3600, result.stdout
-    assert lines[8] == "units: all healthy"
-    assert lines[9].startswith(f"fleet: cannot reach the provisioner at {tmp_path}/nobody-listens.sock")
-    assert len(lines) == 10 and not result.stderr
+    assert lines[9] == "units: all healthy"
+    assert lines[10].startswith(f"fleet: cannot reach the provisioner at {tmp_path}/nobody-listens.sock")
+    assert len(lines) == 11 and not result.stderr
 
     code, output = container.exec_run(["systemctl", "kill", "--signal=KILL", "sudo-gateway.service"])
     assert code == 0, output
