@@ -76,6 +76,7 @@ bench: venv hermes-image
 	@command -v wrk >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	$(BIN)/python tests/bench/bench_runtimes.py
 	$(BIN)/python tests/bench/bench_api.py
+	$(BIN)/python tests/bench/bench_voice.py
 
 clean:
 	rm -rf $(VENV) var dist

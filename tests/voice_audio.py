@@ -7,6 +7,7 @@ when each reply's first audio arrived. Speech is synthesized with espeak-ng, as 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import subprocess
 import time
@@ -20,18 +21,22 @@ FRAME = RATE // 50  # 20 ms
 
 
 def spoken(text: str, voice: str = "en-us+m3", words_per_minute: int = 160) -> bytes:
-    """`text` as espeak-ng says it: 16 kHz mono S16_LE."""
+    """`text` as espeak-ng says it: 16 kHz mono S16_LE, without espeak-ng's silence around it
+    (so the end of the recording is the end of the speech)."""
     wav = subprocess.run(
         ["espeak-ng", "--stdout", "-v", voice, "-s", str(words_per_minute), text],
         capture_output=True,
         check=True,
     ).stdout
-    return subprocess.run(
+    pcm = subprocess.run(
         ["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE), "-e", "signed", "-b", "16", "-c", "1", "-"],
         input=wav,
         capture_output=True,
         check=True,
     ).stdout
+    samples = array.array("h", pcm)
+    loud = [i for i, v in enumerate(samples) if abs(v) > 300]
+    return samples[loud[0] : loud[-1] + 1].tobytes() if loud else pcm
 
 
 def silence(seconds: float) -> bytes:
