@@ -43,6 +43,14 @@ def silence(seconds: float) -> bytes:
     return bytes(2 * int(RATE * seconds))
 
 
+async def wait_until(predicate, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 class RecordingInput(io.AudioInput):
     """A microphone hearing `pcm` (16 kHz mono), in real time, then silence forever."""
 

@@ -32,7 +32,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import emit, percentile
-from voice_audio import CapturedOutput, RecordingInput, spoken
+from voice_audio import CapturedOutput, RecordingInput, spoken, wait_until
 
 from sudo_core.config import VoiceSettings
 from sudo_voice_bridge import speech
@@ -108,8 +108,8 @@ async def main() -> None:
         baseline.append(await direct_engines(pcm))
         before = len(speaker.replies)
         mic.play(pcm, trailing_silence=0.2)
-        while len(speaker.replies) == before or session.agent_state != "listening":
-            await asyncio.sleep(0.01)
+        answered = lambda n=before: len(speaker.replies) > n and session.agent_state == "listening"  # noqa: E731
+        await wait_until(answered, 60, "the answer")
         received, first_token = agent.turns[-1]
         total = speaker.replies[before].first_audio_at - mic.speech_ended_at[-1]
         added.append(total - (first_token - received))

@@ -22,7 +22,7 @@ import pytest
 from conftest import sign_up
 from livekit.agents import AgentSession
 from stack import Stack
-from voice_audio import CapturedOutput, RecordingInput, spoken
+from voice_audio import CapturedOutput, RecordingInput, spoken, wait_until
 
 from sudo_core.config import VoiceSettings
 from sudo_voice_bridge import hermes
@@ -60,14 +60,6 @@ class Conversation:
             for item in self.session.history.items
             if item.type == "message" and item.role == "assistant"
         ]
-
-
-async def wait_until(predicate, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
