@@ -188,7 +188,14 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
 
     async def speech(request: web.Request) -> web.Response:
         body = await request.json()
-        record({"path": request.path, "authorization": request.headers.get("Authorization"), **body})
+        record(
+            {
+                "path": request.path,
+                "authorization": request.headers.get("Authorization"),
+                "at": time.time(),
+                **body,
+            }
+        )
         if denied := unauthorized(request):
             return denied
         text, response_format = body.get("input"), body.get("response_format", "mp3")

@@ -63,13 +63,15 @@ class Conversation:
 
 
 @pytest.fixture
-async def conversation(api: Stack, http) -> AsyncIterator[Conversation]:
+async def conversation(api: Stack, http, request) -> AsyncIterator[Conversation]:
+    """A voice session for a new family, with OFFLINE settings unless the test names others."""
+    settings = getattr(request, "param", OFFLINE)
     async with SudoApi(api.api_url, api.service_token) as client:
         signed_up = await sign_up(http, api.api_url, "Voice")
         family = await client.family_of_room(f"room_{signed_up.id}")
         assert family is not None
         runtime = FamilyRuntime(family.id, client.runtime)
-        session = build_session(OFFLINE, family, runtime, load_vad(OFFLINE), gateway_url(api))
+        session = build_session(settings, family, runtime, load_vad(settings), gateway_url(api))
         mic, speaker = RecordingInput(), CapturedOutput()
         session.input.audio, session.output.audio = mic, speaker
         await session.start(voice_agent())
@@ -194,3 +196,29 @@ async def test_speaking_over_the_agent_interrupts_it(api: Stack, conversation: C
     whole = spoken_seconds(await espeak_wav(f"stub says: {long_question}", OFFLINE.espeak_voice))
     assert first.played_sec is not None and first.played_sec < whole - 1
     assert len(completions_since(api, since)) >= 2  # what was said over it was heard and answered
+
+
+@pytest.mark.parametrize("conversation", [VoiceSettings(stt="openai", tts="openai")], indirect=True)
+async def test_by_default_speech_goes_through_the_gateway_to_the_admins_provider(
+    api: Stack, conversation: Conversation
+):
+    since = time.time()
+    await conversation.say(QUESTION)
+    said = await conversation.finished()
+    requests = [r for r in api.llm_requests() if r["at"] >= since]
+    # The utterance went to the provider's speech-to-text with the provider's key, not the
+    # family's (the stand-in names what it received: "voice note <sha256> <bytes> bytes")...
+    [heard] = [r for r in requests if r["path"] == "/v1/audio/transcriptions"]
+    assert heard["authorization"] == f"Bearer {api.llm_key}" and heard["model"] == "whisper-1"
+    assert heard["bytes"] > 16000  # a WAV of the whole utterance, about two seconds of it
+    transcript = f"voice note {heard['sha12']} {heard['bytes']} bytes"
+    # ...the agent answered what the provider heard...
+    assert any(r.get("last_user") == transcript for r in requests if r["path"] == "/v1/chat/completions")
+    assert said == [f"stub says: {transcript}"]
+    # ...and the provider spoke the answer, which the speaker played.
+    spoken_requests = [r for r in requests if r["path"] == "/v1/audio/speech"]
+    assert spoken_requests and all(r["authorization"] == f"Bearer {api.llm_key}" for r in spoken_requests)
+    assert " ".join(r["input"] for r in spoken_requests) == said[0]
+    assert {r["model"] for r in spoken_requests} == {"tts-1"}
+    reply = conversation.speaker.replies[0]
+    assert reply.sample_rate == 24000 and len(reply.pcm) > 24000  # OpenAI's pcm: 24 kHz

@@ -189,6 +189,51 @@ async def test_voice_notes_reach_the_speech_provider_with_the_admins_model_and_k
         await server.close()
 
 
+async def test_the_bridge_speaks_through_the_tts_provider_with_the_admins_model_and_key(gateway):
+    seen: list = []
+
+    async def speak(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("Authorization"), await request.json()))
+        return web.Response(body=b"\x01\x00" * 2400, content_type="audio/pcm")
+
+    client, db = gateway
+    server = await upstream_server(speak, "/v1/audio/speech")
+    try:
+        resp = await client.post("/v1/audio/speech", json={"input": "hi"}, headers=auth(db))
+        assert resp.status == 503 and "text-to-speech" in (await resp.json())["error"]["message"]
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        db.set_setting("llm.api_key", "sk-provider")
+        body = {
+            "model": "tts-hd",
+            "input": "It is sunny.",
+            "voice": "alloy",
+            "response_format": "pcm",
+            "x": 1,
+        }
+        resp = await client.post("/v1/audio/speech", json=body, headers=auth(db))
+        assert resp.status == 200 and await resp.read() == b"\x01\x00" * 2400
+        # The admin's model (tts-1 when none is set), the provider's key; unknown fields dropped.
+        assert seen == [
+            (
+                "Bearer sk-provider",
+                {"voice": "alloy", "response_format": "pcm", "input": "It is sunny.", "model": "tts-1"},
+            )
+        ]
+        db.set_setting("tts.model", "tts-family")
+        db.set_setting("tts.api_key", "sk-speech")
+        await client.post("/v1/audio/speech", json=body, headers=auth(db))
+        assert seen[-1][0] == "Bearer sk-speech" and seen[-1][1]["model"] == "tts-family"
+        for bad in ({}, {"input": ""}, {"input": 5}, {"input": "x" * 4097}):
+            resp = await client.post("/v1/audio/speech", json=bad, headers=auth(db))
+            assert resp.status == 400, bad
+        resp = await client.post("/v1/audio/speech", data=b"not json", headers=auth(db))
+        assert resp.status == 400
+        assert (await client.post("/v1/audio/speech", json=body)).status == 401
+        assert len(seen) == 2  # nothing refused reached the provider
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def twilio(tmp_path: Path):
     """The Twilio stand-in in process (tests/twilio_stub.py), its message log, its settings."""
