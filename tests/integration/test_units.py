@@ -12,20 +12,22 @@ import pytest
 
 IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = Path(__file__).resolve().parents[2] / "units"
-SERVICES = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
+SERVICES = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge", "livekit-server")
 # Installs the units as the packages do, with stand-ins for the daemons' executables (verify
 # checks that ExecStart= exists), then analyzes them.
 SCRIPT = """
 set -e
 mkdir -p /opt/venvs/sudo/bin
 for d in {services}; do printf '#!/bin/sh\\n' > /opt/venvs/sudo/bin/$d; chmod +x /opt/venvs/sudo/bin/$d; done
+printf '#!/bin/sh\\n' > /usr/local/bin/livekit-server; chmod +x /usr/local/bin/livekit-server
+mkdir -p /etc/livekit && : > /etc/livekit/livekit.yaml
 cp /units/*.service /units/*.socket /units/*.timer /units/*.target /etc/systemd/system/
 cp /units/sysusers.d/sudo.conf /usr/lib/sysusers.d/
 groupadd --system docker
 systemd-sysusers >/dev/null
 cd /etc/systemd/system
 echo "== verify"
-systemd-analyze verify sudo.target sudo-*.service sudo-*.socket sudo-*.timer 2>&1
+systemd-analyze verify sudo.target sudo-*.service sudo-*.socket sudo-*.timer livekit-server.service 2>&1
 echo "== rc $?"
 for unit in {services}; do
   echo "== security $unit"
