@@ -22,16 +22,19 @@ deps:
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v gcc >/dev/null || missing="$$missing gcc"; \
 	pkg-config --exists libsystemd 2>/dev/null || missing="$$missing pkg-config libsystemd-dev"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v sox >/dev/null || missing="$$missing sox"; \
+	pkg-config --exists alsa 2>/dev/null || missing="$$missing libasound2-dev"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
 		echo "==> installing$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml | deps
+$(VENV)/.installed: pyproject.toml edge/pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]' -e ./edge
 	touch $@
 
 venv: $(VENV)/.installed
@@ -77,6 +80,7 @@ bench: venv hermes-image
 	$(BIN)/python tests/bench/bench_runtimes.py
 	$(BIN)/python tests/bench/bench_api.py
 	$(BIN)/python tests/bench/bench_voice.py
+	$(BIN)/python tests/edge/bench_edge.py
 
 clean:
 	rm -rf $(VENV) var dist

@@ -1,0 +1,397 @@
+"""The behaviour of the device: pair, heartbeat, join the family's room, microphone and speaker.
+
+    no token -> pairing: ask for a code, say it, poll until it is typed -> token saved (0600)
+    token -> heartbeats every ~30 s, jittered          } side by side; a 401 on either means
+          -> voice: LiveKit token, join the room       } the device was revoked: pair again
+             mic -> VAD -> room; room (agent only) -> speaker; a cue when the agent listens;
+             the token renewed before it expires; a lost room joined again
+
+Every failure of the network, sudo-api or LiveKit gives a log line, a STATUS saying what is
+awaited, and a retry after an exponential backoff with jitter; a failing sound device is opened
+again after `audio.retry_sec`. Only a bad configuration or state directory ends the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+from .api import (
+    ApiError,
+    Pairing,
+    Refused,
+    SudoApi,
+    Unauthorized,
+    Unreachable,
+    VoiceNotConfigured,
+    VoiceToken,
+)
+from .audio import AudioDeviceError, Microphone, PumpStats, Speaker, SpeechError, synthesize, tone
+from .notify import Notifier
+from .room import LiveKitRoom, Room, RoomError, RoomFactory
+from .settings import ReconnectSettings, Settings
+from .state import PairedDevice, TokenStore
+from .vad import SpeechGate
+
+log = logging.getLogger("sudo-edge")
+
+
+class Unpaired(Exception):
+    """sudo-api does not (or no longer) know this device's token."""
+
+
+class Backoff:
+    """Exponential backoff with jitter: min, 2 min, 4 min... up to max, each shortened at random."""
+
+    def __init__(self, settings: ReconnectSettings) -> None:
+        self.settings = settings
+        self.failures = 0
+
+    def next(self) -> float:
+        s = self.settings
+        delay = min(s.max_sec, s.min_sec * 2 ** min(self.failures, 30))
+        self.failures += 1
+        return delay * (1 - random.uniform(0, s.jitter))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def _seconds(delay: float) -> str:
+    return f"{delay:.0f} s" if delay >= 1.5 else f"{delay:.2g} s"
+
+
+class Satellite:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        room_factory: RoomFactory,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.room_factory = room_factory
+        self.notifier = notifier or Notifier()
+        self.api = SudoApi(settings.api)
+        self.store = TokenStore(settings.device.state_dir)
+        self.speaker = Speaker(settings.audio)
+        self.mic_stats = PumpStats()
+        self._cue = tone(settings.cue, settings.audio.sample_rate)
+        self._voice: VoiceToken | None = None
+        self._status: dict[str, str] = {}
+
+    # Status: one line for systemd, made of the parts that currently apply
+
+    def _set_status(self, part: str, text: str | None) -> None:
+        if text is None:
+            self._status.pop(part, None)
+        else:
+            self._status[part] = text
+        text = "; ".join(self._status[p] for p in ("state", "api", "mic") if p in self._status)
+        if text:
+            self.notifier.status(text)
+
+    async def _retry_later(self, backoff: Backoff, exc: Exception, part: str = "api") -> None:
+        delay = backoff.next()
+        what = "sudo-api unreachable" if isinstance(exc, Unreachable) else "sudo-api refused a request"
+        log.warning("%s; retrying in %s", exc, _seconds(delay))
+        self._set_status(part, f"{what}, retrying in {_seconds(delay)}")
+        await asyncio.sleep(delay)
+
+    # The whole life
+
+    async def run(self) -> None:
+        """Run until cancelled; READY is sent at once (pairing may take days)."""
+        self.store.check()
+        self.notifier.ready("starting")
+        watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
+        self.speaker.start()
+        restart = Backoff(self.settings.reconnect)
+        try:
+            while True:
+                try:
+                    await self._session()
+                    restart.reset()
+                except Exception:  # a bug must not become a crash loop that forgets the backoff
+                    delay = restart.next()
+                    log.exception("unexpected error; starting over in %s", _seconds(delay))
+                    await asyncio.sleep(delay)
+        finally:
+            self.notifier.stopping()
+            watchdog.cancel()
+            await self.api.close()
+            await self.speaker.close()
+
+    async def _session(self) -> None:
+        device = self.store.load()
+        if device is None:
+            device = await self._pair()
+        else:
+            log.info(
+                "paired device %s of family %s; sudo-api at %s",
+                device.device_id,
+                device.user_id,
+                self.api.base,
+            )
+        try:
+            await _race(self._heartbeats(device.device_token), self._voice_loop(device.device_token))
+        except Unpaired as exc:
+            log.warning("%s: forgetting the token and pairing again", exc)
+            self.store.forget()
+            self._voice = None
+
+    # Pairing
+
+    async def _pair(self) -> PairedDevice:
+        backoff = Backoff(self.settings.reconnect)
+        name = self.settings.device.display_name
+        while True:
+            try:
+                pairing = await self.api.start_pairing(name)
+            except (Unreachable, Refused) as exc:
+                await self._retry_later(backoff, exc)
+                continue
+            backoff.reset()
+            self._set_status("api", None)
+            log.info(
+                "pairing code %s: enter it on /integrations at %s (valid for %.0f min)",
+                pairing.code,
+                self.api.base,
+                pairing.expires_in / 60,
+            )
+            self._set_status("state", f"pairing: code {pairing.code}, enter it on /integrations")
+            device = await self._wait_for_code(pairing, backoff)
+            if device is not None:
+                self.store.save(device)
+                log.info(
+                    "paired: device %s of family %s; token saved in %s",
+                    device.device_id,
+                    device.user_id,
+                    self.store.path,
+                )
+                self._set_status("state", "paired")
+                return device
+
+    async def _wait_for_code(self, pairing: Pairing, backoff: Backoff) -> PairedDevice | None:
+        announcer = asyncio.create_task(self._announce(pairing.code), name="announce-code")
+        try:
+            while True:
+                await asyncio.sleep(self.settings.pairing.poll_sec)
+                try:
+                    state = await self.api.pairing_state(pairing.device_token)
+                except Unauthorized:
+                    log.warning(
+                        "sudo-api no longer knows pairing %s: asking for a new code", pairing.pairing_id
+                    )
+                    return None
+                except (Unreachable, Refused) as exc:
+                    await self._retry_later(backoff, exc)
+                    continue
+                backoff.reset()
+                self._set_status("api", None)
+                if state.state == "paired":
+                    return PairedDevice(pairing.device_token, state.device_id, state.user_id)
+                if state.state != "pending":
+                    log.info("pairing code %s is %s: asking for a new one", pairing.code, state.state)
+                    return None
+        finally:
+            announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcer
+
+    async def _announce(self, code: str) -> None:
+        """Say the code through the speaker, again every `announce_every_sec`."""
+        spelled = ", ".join(code)
+        text = f"Your Sudo pairing code is: {spelled}. Again: {spelled}."
+        s = self.settings.pairing
+        while True:
+            try:
+                self.speaker.play(await synthesize(s.speak_command, text, self.settings.audio.sample_rate))
+            except SpeechError as exc:
+                log.warning("cannot say the pairing code (%s); read it from this log", exc)
+                return
+            if s.announce_every_sec <= 0:
+                return
+            await asyncio.sleep(s.announce_every_sec)
+
+    # Heartbeats
+
+    async def _heartbeats(self, token: str) -> None:
+        hb = self.settings.heartbeat
+        interval = hb.interval_sec
+        backoff = Backoff(self.settings.reconnect)
+        while True:
+            try:
+                interval = await self.api.heartbeat(token)
+            except Unauthorized as exc:
+                raise Unpaired(str(exc)) from exc
+            except (Unreachable, Refused) as exc:
+                await self._retry_later(backoff, exc)
+                continue
+            if backoff.failures:
+                log.info("sudo-api is reachable again")
+            backoff.reset()
+            self._set_status("api", None)
+            interval = min(max(interval, 0.1), 3600.0)  # whatever sudo-api says, neither a flood nor silence
+            await asyncio.sleep(interval * random.uniform(1 - hb.jitter, 1 + hb.jitter))
+
+    # Voice
+
+    async def _fetch_voice_token(self, token: str) -> VoiceToken:
+        try:
+            self._voice = await self.api.voice_token(token)
+        except Unauthorized as exc:
+            raise Unpaired(str(exc)) from exc
+        log.debug("LiveKit token for %s, valid for %.0f s", self._voice.room, self._voice.remaining())
+        return self._voice
+
+    async def _voice_token(self, token: str, *, renew: bool) -> VoiceToken:
+        """A LiveKit token: the current one unless `renew` or near expiry, else a new one.
+
+        When getting a new one fails but the current one is still valid, the current one is used:
+        LiveKit may be reachable while sudo-api is not."""
+        current = self._voice
+        if current is not None and not renew and current.remaining() > self.settings.voice.token_margin_sec:
+            return current
+        try:
+            return await self._fetch_voice_token(token)
+        except ApiError:
+            if current is not None and current.remaining() > 0:
+                return current
+            raise
+
+    async def _voice_loop(self, token: str) -> None:
+        v = self.settings.voice
+        backoff = Backoff(self.settings.reconnect)
+        renew = False
+        told_not_configured = False
+        while True:
+            try:
+                voice = await self._voice_token(token, renew=renew)
+            except VoiceNotConfigured as exc:
+                if not told_not_configured:
+                    log.warning("%s; asking again every %s", exc, _seconds(v.not_configured_retry_sec))
+                    told_not_configured = True
+                retry = _seconds(v.not_configured_retry_sec)
+                self._set_status("state", f"paired; voice is not set up on sudo-api, retrying in {retry}")
+                await asyncio.sleep(v.not_configured_retry_sec)
+                continue
+            except (Unreachable, Refused) as exc:
+                await self._retry_later(backoff, exc)
+                continue
+            told_not_configured = False
+            room = self.room_factory()
+            try:
+                await room.connect(voice.url, voice.token)
+            except RoomError as exc:
+                await room.close()
+                delay = backoff.next()
+                log.warning("%s; retrying in %s", exc, _seconds(delay))
+                self._set_status("state", f"paired; LiveKit unreachable, retrying in {_seconds(delay)}")
+                renew = True  # the token may be what was refused
+                await asyncio.sleep(delay)
+                continue
+            renew = False
+            backoff.reset()
+            log.info("connected to %s", voice.room)
+            self._set_status("state", f"connected to {voice.room}")
+            try:
+                await self._in_room(room, token)
+            finally:
+                await room.close()
+            delay = backoff.next()
+            log.warning("left %s (%s); joining again in %s", voice.room, room.reason, _seconds(delay))
+            self._set_status("state", f"paired; LiveKit connection lost, joining again in {_seconds(delay)}")
+            await asyncio.sleep(delay)
+
+    async def _in_room(self, room: Room, token: str) -> None:
+        await _race(
+            room.disconnected.wait(),
+            self._microphone(room),
+            self._agent_audio(room),
+            self._cues(room),
+            self._renew_voice_token(token),
+        )
+
+    async def _renew_voice_token(self, token: str) -> None:
+        """Keep a valid LiveKit token at hand, so a lost room is joined again even with sudo-api down."""
+        backoff = Backoff(self.settings.reconnect)
+        v = self.settings.voice
+        while True:
+            assert self._voice is not None
+            await asyncio.sleep(max(0.0, self._voice.remaining() - v.token_margin_sec))
+            try:
+                await self._fetch_voice_token(token)
+                backoff.reset()
+            except VoiceNotConfigured as exc:
+                log.warning("%s; keeping the current LiveKit token", exc)
+                await asyncio.sleep(v.not_configured_retry_sec)
+            except (Unreachable, Refused) as exc:
+                delay = backoff.next()
+                log.warning("cannot renew the LiveKit token yet (%s); retrying in %s", exc, _seconds(delay))
+                await asyncio.sleep(delay)
+
+    async def _microphone(self, room: Room) -> None:
+        a = self.settings.audio
+        gate = SpeechGate(self.settings.vad, a.period_ms)
+        muted = self.speaker.is_sounding if a.half_duplex else None
+        while True:
+            try:
+                async with Microphone(a, gate=gate, muted=muted, stats=self.mic_stats) as mic:
+                    log.info("microphone %r is open", a.mic_device)
+                    self._set_status("mic", None)
+                    async for frame in mic:
+                        await room.send_audio(frame.pcm)
+            except AudioDeviceError as exc:
+                log.error("%s; trying again in %s", exc, _seconds(a.retry_sec))
+                self._set_status("mic", "microphone unavailable")
+                gate.reset()
+                await asyncio.sleep(a.retry_sec)
+            except RoomError:
+                return  # the room is gone: _in_room is ending
+
+    async def _agent_audio(self, room: Room) -> None:
+        async for pcm in room.agent_audio():
+            self.speaker.play(pcm)
+        await room.disconnected.wait()
+
+    async def _cues(self, room: Room) -> None:
+        async for state in room.agent_states():
+            log.debug("agent is %s", state)
+            if state == "listening" and self.settings.cue.enabled:
+                self.speaker.overlay(self._cue)
+        await room.disconnected.wait()
+
+
+async def _race(*coros: Coroutine[Any, Any, Any]) -> None:
+    """Run side by side until the first ends (returns or raises); cancel the others; re-raise."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
+
+
+async def serve(settings: Settings) -> None:
+    """The daemon: the satellite with the LiveKit room, until SIGTERM or SIGINT."""
+
+    def livekit_room() -> Room:
+        return LiveKitRoom(settings.audio, connect_timeout_sec=settings.voice.connect_timeout_sec)
+
+    notifier = Notifier()
+    satellite = Satellite(settings, room_factory=livekit_room, notifier=notifier)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await _race(stop.wait(), satellite.run())
+    log.info("stopped")

@@ -1,0 +1,98 @@
+"""Voice activity detection light enough for a Pi: frame energy against an adaptive noise floor.
+
+A frame is speech when its level (RMS in dBFS) is `threshold_db` above the room's noise floor and
+above `min_level_dbfs`. The floor follows quieter frames at once and louder ones slowly
+(`floor_rise_db_per_sec`), so it tracks the pauses between words rather than the words, and a
+fridge that starts humming raises it within seconds.
+
+`SpeechGate` decides which frames leave the Pi: none while the room is quiet; once speech has
+lasted `start_ms`, the `preroll_ms` that came before it, then every frame until `hangover_ms`
+after the last speech frame. The hangover carries the trailing silence the agent's own
+end-of-turn detection waits for.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .settings import VadSettings
+
+SILENCE_DBFS = -120.0
+"""The level given to digital silence (dBFS)."""
+
+
+class Frame(NamedTuple):
+    index: int
+    """Position in the capture, counted in periods from its start."""
+    pcm: bytes
+    """One period of mono S16_LE audio."""
+
+
+def level_dbfs(pcm: bytes) -> float:
+    """RMS level of S16_LE audio relative to full scale (dBFS)."""
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+    if samples.size == 0:
+        return SILENCE_DBFS
+    power = float(np.dot(samples, samples)) / samples.size
+    if power <= 0:
+        return SILENCE_DBFS
+    return max(SILENCE_DBFS, 10 * math.log10(power / (32768.0 * 32768.0)))
+
+
+class EnergyVad:
+    def __init__(self, settings: VadSettings, period_ms: int) -> None:
+        self.settings = settings
+        self._rise = settings.floor_rise_db_per_sec * period_ms / 1000
+        self.floor: float | None = None
+        """Current estimate of the room's noise level (dBFS)."""
+
+    def is_speech(self, level: float) -> bool:
+        if self.floor is None:
+            self.floor = level
+        speech = level >= max(self.floor + self.settings.threshold_db, self.settings.min_level_dbfs)
+        self.floor = min(level, self.floor + self._rise)
+        return speech
+
+
+class SpeechGate:
+    def __init__(self, settings: VadSettings, period_ms: int) -> None:
+        self.vad = EnergyVad(settings, period_ms)
+        self._start = max(1, math.ceil(settings.start_ms / period_ms))
+        self._hangover = math.ceil(settings.hangover_ms / period_ms)
+        self._recent: collections.deque[Frame] = collections.deque(
+            maxlen=math.ceil(settings.preroll_ms / period_ms) + self._start
+        )
+        self._run = 0
+        self._quiet = 0
+        self.open = False
+        """Whether frames are being sent."""
+
+    def push(self, frame: Frame) -> list[Frame]:
+        """The frames to send now, in order: none, this one, or the preroll and this one."""
+        speech = self.vad.is_speech(level_dbfs(frame.pcm))
+        if self.open:
+            self._quiet = 0 if speech else self._quiet + 1
+            if self._quiet <= self._hangover:
+                return [frame]
+            self.open = False
+            self._run = 0
+        self._recent.append(frame)
+        self._run = self._run + 1 if speech else 0
+        if self._run < self._start:
+            return []
+        self.open = True
+        self._quiet = 0
+        sent = list(self._recent)
+        self._recent.clear()
+        return sent
+
+    def reset(self) -> None:
+        """Close the gate and forget the preroll (the noise floor is kept)."""
+        self.open = False
+        self._run = 0
+        self._quiet = 0
+        self._recent.clear()

@@ -1,0 +1,351 @@
+"""The satellite end to end: the stand-in sudo-api over HTTP on 127.0.0.1, the loopback LiveKit,
+real ALSA through the file plugin, and sd_notify to a socket as systemd would read it.
+
+Intervals are shortened through the settings only, so that the whole life of a device (pairing,
+beats, outages, revocation, token renewals) passes in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_support import AudioDevices, NotifyListener, Recording, tone_power, until
+from loopback_room import LoopbackServer
+from standin_api import StandinApi
+
+from sudo_edge.audio import tone
+from sudo_edge.notify import Notifier
+from sudo_edge.satellite import Satellite
+from sudo_edge.settings import (
+    ApiSettings,
+    AudioSettings,
+    DeviceSettings,
+    HeartbeatSettings,
+    PairingSettings,
+    ReconnectSettings,
+    Settings,
+    VoiceSettings,
+)
+from sudo_edge.state import PairedDevice, TokenStore
+
+JITTER = 0.2
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    api: StandinApi
+    livekit: LoopbackServer
+    devices: AudioDevices
+    notify: NotifyListener
+    caplog: pytest.LogCaptureFixture
+
+    @property
+    def store(self) -> TokenStore:
+        return TokenStore(self.settings.device.state_dir)
+
+    def paired_before(self) -> str:
+        """A device paired in an earlier life: its token is on disk and known to sudo-api."""
+        token = "sd_dev_earlier-life-token"
+        self.api.add_device(token)
+        self.store.save(PairedDevice(token, "dev-1", self.api.family))
+        return token
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Satellite]:
+        satellite = Satellite(self.settings, room_factory=self.livekit.room, notifier=Notifier())
+        task = asyncio.create_task(satellite.run())
+        try:
+            yield satellite
+            assert not task.done(), f"the satellite ended: {task}"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        unexpected = [r.getMessage() for r in self.caplog.records if "unexpected error" in r.getMessage()]
+        assert not unexpected, unexpected
+
+    def statuses(self) -> list[str]:
+        return self.notify.statuses()
+
+    async def wait_status(self, text: str, within: float = 10.0) -> None:
+        await self.notify.wait_for(
+            lambda _: any(text in s for s in self.statuses()), f"STATUS {text!r}", within
+        )
+
+    def log(self, text: str) -> list[str]:
+        return [r.getMessage() for r in self.caplog.records if text in r.getMessage()]
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, devices: AudioDevices, monkeypatch: pytest.MonkeyPatch, caplog
+) -> AsyncIterator[Rig]:
+    caplog.set_level(logging.INFO)
+    api = StandinApi(heartbeat_sec=0.3)
+    await api.start()
+    notify = NotifyListener()
+    monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
+    settings = Settings(
+        api=ApiSettings(url=api.url, timeout_sec=1.0),
+        device=DeviceSettings(name="Kitchen Pi", state_dir=tmp_path / "state"),
+        pairing=PairingSettings(poll_sec=0.1, announce_every_sec=0),
+        heartbeat=HeartbeatSettings(interval_sec=5.0, jitter=JITTER),
+        reconnect=ReconnectSettings(min_sec=0.05, max_sec=0.4),
+        voice=VoiceSettings(connect_timeout_sec=1.0, token_margin_sec=2.0, not_configured_retry_sec=0.3),
+        audio=AudioSettings(mic_device=devices.mic, speaker_device=devices.speaker, retry_sec=0.2),
+    )
+    yield Rig(settings, api, LoopbackServer(), devices, notify, caplog)
+    notify.close()
+    await api.stop()
+
+
+# Pairing
+
+
+async def test_first_start_pairs_says_the_code_and_keeps_the_token(rig: Rig):
+    api = rig.api
+    api.voice_configured = False
+    async with rig.running():
+        await api.wait_for(lambda: api.codes, "a pairing request")
+        code = api.codes[0]
+        assert len(code) == 6
+        assert next(iter(api.pairings.values())).name == "Kitchen Pi"
+        await until(lambda: rig.log(f"pairing code {code}"), "the code in the log")
+        await rig.wait_status(f"pairing: code {code}")
+        assert rig.notify.messages[0].startswith("READY=1")
+        # Spoken through the speaker: seconds of loud audio, not silence.
+        await until(lambda: len(rig.devices.speaker_pcm()) > 2 * 16000 * 2, "the code spoken")
+        spoken = np.frombuffer(rig.devices.speaker_pcm(), dtype=np.int16)
+        assert np.abs(spoken).max() > 3000
+        await api.wait_for(lambda: len(api.of("GET", "/v1/devices/pairing")) >= 3, "polls while pending")
+        assert not rig.store.path.exists(), "nothing is stored before the code is typed"
+
+        device_id = api.complete(code)
+        await api.wait_for(lambda: api.heartbeats, "a heartbeat")
+        token = next(iter(api.pairings))
+        assert api.heartbeats[0].token == token
+        assert stat.S_IMODE(rig.store.path.stat().st_mode) == 0o600
+        assert rig.store.load() == PairedDevice(token, device_id, api.family)
+
+    # A restart (a new process, the same state directory) goes straight to heartbeats.
+    beats = len(api.heartbeats)
+    async with rig.running():
+        await api.wait_for(lambda: len(api.heartbeats) > beats, "a heartbeat after the restart")
+    assert len(api.of("POST", "/v1/devices/pairing")) == 1, "no second pairing"
+    assert {c.token for c in api.heartbeats} == {token}
+
+
+async def test_an_expired_code_is_replaced_by_a_new_one(rig: Rig):
+    api = rig.api
+    async with rig.running():
+        await api.wait_for(lambda: api.codes, "a pairing request")
+        first = api.codes[0]
+        api.expire(first)
+        await api.wait_for(lambda: len(api.codes) == 2, "a second code")
+        second = api.codes[1]
+        await rig.wait_status(f"pairing: code {second}")
+        assert rig.log(f"pairing code {first} is expired")
+        api.complete(second)
+        await api.wait_for(lambda: api.heartbeats, "a heartbeat")
+
+
+async def test_a_revoked_device_forgets_its_token_and_pairs_again(rig: Rig):
+    api = rig.api
+    old = rig.paired_before()
+    async with rig.running():
+        await api.wait_for(lambda: api.heartbeats, "a heartbeat")
+        api.revoke(old)
+        await api.wait_for(lambda: api.codes, "a new pairing request")
+        assert api.of("POST", "/v1/devices/heartbeat", 401)
+        await until(lambda: not rig.store.path.exists(), "the old token forgotten")
+        api.complete(api.codes[0])
+        await api.wait_for(lambda: api.heartbeats[-1].token != old, "a heartbeat with the new token")
+        assert rig.store.load().device_token == api.heartbeats[-1].token
+
+
+# Heartbeats and outages
+
+
+async def test_heartbeats_keep_coming_at_the_servers_interval_with_jitter(rig: Rig):
+    api = rig.api
+    rig.paired_before()
+    async with rig.running():
+        await api.wait_for(lambda: len(api.heartbeats) >= 10, "ten heartbeats")
+    times = [c.at for c in api.heartbeats[:10]]
+    gaps = np.diff(times)
+    # sudo-api's next_in (0.3 s) rules, not the configured 5 s; each wait is jittered by up to 20 %.
+    assert gaps.min() >= 0.3 * (1 - JITTER) - 0.02, gaps
+    assert gaps.max() <= 0.3 * (1 + JITTER) + 0.25, gaps
+    assert gaps.max() - gaps.min() > 0.03, f"no jitter: {gaps}"
+
+
+async def test_sudo_api_going_away_and_coming_back_is_survived(rig: Rig):
+    api = rig.api
+    rig.paired_before()
+    async with rig.running():
+        await api.wait_for(lambda: len(api.heartbeats) >= 2, "heartbeats")
+        await api.stop()
+        await rig.wait_status("sudo-api unreachable, retrying in")
+        await until(lambda: len(rig.log("cannot reach sudo-api")) >= 3, "three failed attempts in the log")
+        assert "retrying in" in rig.log("cannot reach sudo-api")[0]
+        beats = len(api.heartbeats)
+        await api.start()
+        await api.wait_for(lambda: len(api.heartbeats) > beats + 1, "heartbeats again")
+        await until(lambda: "unreachable" not in rig.notify.last_status(), "STATUS without the outage")
+        assert rig.log("sudo-api is reachable again")
+
+
+async def test_sudo_api_errors_and_garbage_are_retried(rig: Rig):
+    from aiohttp import web
+
+    api = rig.api
+    rig.paired_before()
+    answers = iter(
+        [
+            web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html"),
+            web.json_response({"error": "database is locked"}, status=500),
+            web.Response(status=200, text="not json"),
+        ]
+    )
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        answer = next(answers, None)
+        if answer is None:
+            del api.override["POST /v1/devices/heartbeat"]
+            return await api._heartbeat(request)
+        return answer
+
+    api.override["POST /v1/devices/heartbeat"] = flaky
+    async with rig.running():
+        await api.wait_for(
+            lambda: not api.override and len(api.heartbeats) >= 2, "a heartbeat once sudo-api is well again"
+        )
+    assert rig.log("HTTP 502") and rig.log("database is locked") and rig.log("not JSON")
+
+
+# Voice
+
+
+async def test_voice_not_set_up_keeps_heartbeating_and_asks_again(rig: Rig):
+    api = rig.api
+    api.voice_configured = False
+    rig.paired_before()
+    async with rig.running():
+        refused = lambda: api.of("POST", "/v1/voice/token", 503)  # noqa: E731
+        await api.wait_for(lambda: len(refused()) >= 2, "refused tokens")
+        beats = len(api.heartbeats)
+        await api.wait_for(
+            lambda: len(api.heartbeats) >= beats + 2 and len(refused()) >= 4,
+            "heartbeats and token retries together",
+        )
+        assert not rig.livekit.joins
+        await rig.wait_status("paired; voice is not set up on sudo-api, retrying in")
+        assert len(rig.log("voice is not set up")) == 1, "said once in the log, not at every retry"
+        api.voice_configured = True
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join once voice is set up")
+        await rig.wait_status(f"connected to room_{api.family}")
+        assert rig.livekit.joins[0].token == api.voice_tokens[0]["token"]
+
+
+async def test_the_voice_token_is_renewed_before_it_expires(rig: Rig):
+    api = rig.api
+    api.voice_ttl_sec = 4.0  # renewed 2 s before expiry (voice.token_margin_sec)
+    rig.paired_before()
+    async with rig.running():
+        await api.wait_for(lambda: len(api.voice_tokens) >= 3, "two renewals", within=15)
+        tokens = api.voice_tokens
+        for earlier, later in itertools.pairwise(tokens):
+            assert later["issued"] < earlier["issued"] + api.voice_ttl_sec - 0.5, "renewed before expiry"
+        assert len(rig.livekit.joins) == 1, "the room is kept across renewals"
+        # sudo-api goes away: renewals are retried with backoff (not in a tight loop)...
+        await api.stop()
+        await until(lambda: rig.log("cannot renew the LiveKit token yet"), "a failed renewal", within=5)
+        await asyncio.sleep(1.0)  # a window to count retries in
+        assert 2 <= len(rig.log("cannot renew the LiveKit token yet")) <= 12
+        # ...and when the room drops meanwhile, the renewed token still joins again.
+        rig.livekit.drop()
+        await rig.livekit.wait_for(lambda: len(rig.livekit.joins) == 2, "joined again")
+        assert rig.livekit.joins[1].token == api.voice_tokens[-1]["token"]
+
+
+async def test_livekit_down_is_retried_until_it_is_back(rig: Rig):
+    rig.livekit.up = False
+    rig.paired_before()
+    async with rig.running():
+        await rig.livekit.wait_for(lambda: len(rig.livekit.rooms) >= 3, "three attempts")
+        await rig.wait_status("paired; LiveKit unreachable, retrying in")
+        assert rig.log("connection refused; retrying in")
+        rig.livekit.up = True
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        await rig.wait_status(f"connected to room_{rig.api.family}")
+        rig.livekit.drop("the SFU restarted")
+        await rig.livekit.wait_for(lambda: len(rig.livekit.joins) == 2, "joined again after the drop")
+        assert rig.log("the SFU restarted")
+
+
+async def test_the_agents_audio_plays_through_the_speaker(rig: Rig, recording: Recording):
+    rig.paired_before()
+    async with rig.running():
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        rig.livekit.say(recording.speech)
+        await until(lambda: recording.speech in rig.devices.speaker_pcm(), "the agent's words in the speaker")
+
+
+async def test_the_cue_plays_when_the_agent_starts_listening(rig: Rig):
+    rig.paired_before()
+    cue = tone(rig.settings.cue, 16000)
+    async with rig.running() as satellite:
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        rig.livekit.set_state("thinking")
+        rig.livekit.set_state("speaking")
+        rig.livekit.set_state("listening")
+        await until(lambda: len(rig.devices.speaker_pcm()) >= len(cue), "the cue")
+        await satellite.speaker.drained()
+        assert rig.devices.speaker_pcm() == cue, "one cue, for listening only"
+        rig.livekit.set_state("thinking")
+        rig.livekit.set_state("listening")
+        await until(lambda: len(rig.devices.speaker_pcm()) >= 2 * len(cue), "the second cue")
+    out = rig.devices.speaker_pcm()
+    assert len(out) == 2 * len(cue)
+    assert tone_power(out, rig.settings.cue.frequency_hz) > 0.9
+
+
+async def test_speech_at_the_microphone_reaches_the_agent_and_silence_does_not(
+    rig: Rig, recording: Recording
+):
+    rig.devices.prepare_mic(recording.pcm)
+    rig.paired_before()
+    async with rig.running() as satellite:
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        await until(
+            lambda: satellite.mic_stats.read * 0.02 > recording.duration + 0.5, "the recording captured"
+        )
+    sent = b"".join(rig.livekit.received)
+    start = recording.pcm.find(sent[:640])
+    assert start >= 0 and recording.pcm[start : start + len(sent)] == sent, "one run of the captured audio"
+    assert start / 32000 <= recording.speech_start <= recording.speech_end <= (start + len(sent)) / 32000
+    assert len(sent) < 0.75 * len(recording.pcm), "the quiet room before and after is not sent"
+
+
+async def test_a_missing_microphone_is_retried_until_it_appears(rig: Rig, recording: Recording):
+    rig.devices.mic_file.unlink()  # the file plugin can't open its recording: like an unplugged mic
+    rig.paired_before()
+    async with rig.running():
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        name = f"cannot open ALSA capture device {rig.devices.mic!r}"
+        await until(lambda: len(rig.log(name)) >= 2, "two attempts to open the microphone")
+        assert "trying again in 0.2 s" in rig.log(name)[0]
+        await rig.wait_status("microphone unavailable")
+        rig.devices.prepare_mic(recording.pcm)
+        await rig.livekit.wait_for(lambda: len(rig.livekit.received) > 50, "speech from the microphone")
+        await until(lambda: "microphone" not in rig.notify.last_status(), "STATUS without the microphone")
