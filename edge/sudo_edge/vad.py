@@ -5,13 +5,6 @@ above `min_level_dbfs`. The floor follows quieter frames at once and louder ones
 (`floor_rise_db_per_sec`), so it tracks the pauses between words rather than the words, and a
 fridge that starts humming raises it within seconds.
 
-While the speaker plays, the loudest sound in the room is the agent itself, coming back through
-the microphone. There is no echo canceller; instead the gate knows what the speaker played and
-when (`echo_db`, the level the speaker gave out around the frame's time) and learns how loud that
-comes back at the microphone (`EchoEstimate`, from frames nobody talks over). A frame is then
-speech only if it is `barge_in_db` above that echo: the agent never hears itself, and a person
-speaking up over it is heard and interrupts it.
-
 `SpeechGate` decides which frames leave the Pi: none while the room is quiet; once speech has
 lasted `start_ms`, the `preroll_ms` that came before it, then every frame until `hangover_ms`
 after the last speech frame. The hangover carries the trailing silence the agent's own
@@ -65,30 +58,9 @@ class EnergyVad:
         return speech
 
 
-class EchoEstimate:
-    """How much quieter (or louder) the speaker's sound is at the microphone than as played."""
-
-    LEARNING = 0.1
-    """Weight of each new frame in the running estimate (about 0.2 s of playback to settle)."""
-
-    def __init__(self, settings: VadSettings) -> None:
-        self.settings = settings
-        self.coupling_db = settings.echo_coupling_db
-
-    def is_speech(self, level: float, echo_db: float) -> bool:
-        """Whether `level` at the microphone is a voice over the speaker's `echo_db`."""
-        excess = level - echo_db - self.coupling_db
-        if excess >= self.settings.barge_in_db:
-            return level >= self.settings.min_level_dbfs
-        if echo_db > SILENCE_DBFS:  # nobody over it: this frame is the echo, learn from it
-            self.coupling_db += self.LEARNING * (level - echo_db - self.coupling_db)
-        return False
-
-
 class SpeechGate:
     def __init__(self, settings: VadSettings, period_ms: int) -> None:
         self.vad = EnergyVad(settings, period_ms)
-        self.echo = EchoEstimate(settings)
         self._start = max(1, math.ceil(settings.start_ms / period_ms))
         self._hangover = math.ceil(settings.hangover_ms / period_ms)
         self._recent: collections.deque[Frame] = collections.deque(
@@ -99,11 +71,9 @@ class SpeechGate:
         self.open = False
         """Whether frames are being sent."""
 
-    def push(self, frame: Frame, echo_db: float | None = None) -> list[Frame]:
-        """The frames to send now, in order: none, this one, or the preroll and this one.
-        `echo_db`: the level the speaker played around this frame's time, while it plays."""
-        level = level_dbfs(frame.pcm)
-        speech = self.vad.is_speech(level) if echo_db is None else self.echo.is_speech(level, echo_db)
+    def push(self, frame: Frame) -> list[Frame]:
+        """The frames to send now, in order: none, this one, or the preroll and this one."""
+        speech = self.vad.is_speech(level_dbfs(frame.pcm))
         if self.open:
             self._quiet = 0 if speech else self._quiet + 1
             if self._quiet <= self._hangover:
