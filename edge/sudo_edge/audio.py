@@ -14,6 +14,7 @@ name and what to check; the satellite logs it and opens the device again `retry_
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -27,7 +28,7 @@ import alsaaudio
 import numpy as np
 
 from .settings import AudioSettings, CueSettings, Settings
-from .vad import Frame, SpeechGate, level_dbfs
+from .vad import SILENCE_DBFS, Frame, SpeechGate, level_dbfs
 
 log = logging.getLogger("sudo-edge.audio")
 
@@ -120,8 +121,9 @@ class Microphone:
     """`async with Microphone(settings) as mic: async for frame in mic: ...` (frames of one period).
 
     With a `gate`, the VAD runs in the capture thread and only the frames it lets through reach
-    the event loop: a quiet room costs the loop nothing. `muted()` (the speaker is sounding)
-    shuts the gate. With a `limit`, capture ends after that many frames.
+    the event loop: a quiet room costs the loop nothing. `echo(t)` (the speaker's `echo_level`)
+    tells the gate what the speaker played around each frame; `muted()` (half duplex) shuts the
+    gate while the speaker sounds. With a `limit`, capture ends after that many frames.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class Microphone:
         *,
         gate: SpeechGate | None = None,
         muted: Callable[[], bool] | None = None,
+        echo: Callable[[float], float | None] | None = None,
         limit: int | None = None,
         stats: PumpStats | None = None,
         queue_sec: float = 2.0,
@@ -137,6 +140,7 @@ class Microphone:
         self.settings = settings
         self.gate = gate
         self.muted = muted
+        self.echo = echo
         self.limit = limit
         self.stats = stats or PumpStats()
         self._queue: asyncio.Queue[Frame | BaseException | object] = asyncio.Queue(
@@ -199,6 +203,8 @@ class Microphone:
                         return
         except alsaaudio.ALSAAudioError as exc:
             self._emit([AudioDeviceError(f"ALSA capture device {s.mic_device!r} failed: {exc}")])
+        except Exception as exc:  # a bug must reach the reader, not leave it waiting for ever
+            self._emit([exc])
         finally:
             pcm.close()
 
@@ -210,7 +216,7 @@ class Microphone:
         if self.muted is not None and self.muted():
             self.gate.reset()
             return
-        sent = self.gate.push(frame)
+        sent = self.gate.push(frame, self.echo(time.monotonic()) if self.echo is not None else None)
         if sent:
             self.stats.sent += len(sent)
             self._emit(sent)
@@ -255,6 +261,8 @@ class Speaker:
         self._thread: threading.Thread | None = None
         self.loud_until = 0.0
         """Until when (monotonic clock) the speaker is making sound, echo tail included."""
+        self._heard: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
+        """(when it is heard, level in dBFS) of each period written lately."""
         self.written = 0
         """Bytes written to the device since start."""
 
@@ -276,6 +284,16 @@ class Speaker:
 
     def is_sounding(self) -> bool:
         return time.monotonic() < self.loud_until
+
+    def echo_level(self, at: float) -> float | None:
+        """The loudest the speaker played over the echo tail before `at` (dBFS), the echo the
+        microphone may be hearing then; None when it has been quiet for longer."""
+        if at >= self.loud_until:
+            return None
+        since = at - self._tail
+        return max(
+            (level for heard, level in list(self._heard) if since <= heard <= at), default=SILENCE_DBFS
+        )
 
     def play(self, pcm: bytes) -> None:
         with self._cond:
@@ -378,7 +396,9 @@ class Speaker:
             position += len(out) // 2
             dirty = True
             self.written += len(out)
-            if level_dbfs(out) > LOUD_DBFS:
+            level = level_dbfs(out)
+            self._heard.append((pacer.time_of(position), level))
+            if level > LOUD_DBFS:
                 self.loud_until = pacer.time_of(position) + self._tail
 
 

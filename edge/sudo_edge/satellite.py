@@ -342,7 +342,9 @@ class Satellite:
         muted = self.speaker.is_sounding if a.half_duplex else None
         while True:
             try:
-                async with Microphone(a, gate=gate, muted=muted, stats=self.mic_stats) as mic:
+                async with Microphone(
+                    a, gate=gate, muted=muted, echo=self.speaker.echo_level, stats=self.mic_stats
+                ) as mic:
                     log.info("microphone %r is open", a.mic_device)
                     self._set_status("mic", None)
                     async for frame in mic:

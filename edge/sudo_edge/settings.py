@@ -158,11 +158,12 @@ class AudioSettings:
     playback_lead_ms: int = 60
     """Speaker audio is handed to ALSA at most this far ahead of real time (milliseconds)."""
 
-    half_duplex: bool = True
-    """Send nothing while the speaker plays (there is no echo canceller): the agent would hear itself."""
+    half_duplex: bool = False
+    """Send nothing at all while the speaker plays (no interrupting the agent): for a speaker so
+    loud at the microphone that no voice can be heard over its echo."""
 
     echo_tail_ms: int = 300
-    """With half_duplex, the microphone stays shut this long after the speaker falls quiet (milliseconds)."""
+    """The speaker's echo is reckoned with this long after it falls quiet (milliseconds)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -193,6 +194,14 @@ class VadSettings:
     threshold_db: float = 10.0
     """A frame is speech when its level is this far above the noise floor (decibels)."""
 
+    barge_in_db: float = 10.0
+    """While the speaker plays, a frame is speech (and interrupts the agent) when it is this far
+    above the speaker's echo at the microphone, whose level is learned as it plays (decibels)."""
+
+    echo_coupling_db: float = 0.0
+    """The echo's level at the microphone against the level played, before any is learned: 0
+    assumes the worst, as loud as played; a speaker across the room is nearer -30 (decibels)."""
+
     min_level_dbfs: float = -50.0
     """Frames quieter than this are never speech, however quiet the room (dBFS)."""
 
@@ -210,6 +219,8 @@ class VadSettings:
 
     def __post_init__(self) -> None:
         _check(self.threshold_db > 0, "vad.threshold_db", "must be positive")
+        _check(self.barge_in_db > 0, "vad.barge_in_db", "must be positive")
+        _check(-80 <= self.echo_coupling_db <= 20, "vad.echo_coupling_db", "must be between -80 and 20")
         _check(self.min_level_dbfs < 0, "vad.min_level_dbfs", "must be below 0 dBFS")
         for key in ("start_ms", "hangover_ms", "preroll_ms"):
             _check(getattr(self, key) >= 0, f"vad.{key}", "must be 0 or more")

@@ -143,6 +143,55 @@ async def test_a_loud_speaker_shuts_the_microphone_until_its_echo_has_died(devic
     await speaker.close()
 
 
+def scaled(pcm: bytes, db: float) -> np.ndarray:
+    return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) * 10 ** (db / 20)
+
+
+async def echo_and_voice(
+    devices: AudioDevices, recording: Recording, *, play: bool
+) -> tuple[list[Frame], SpeechGate]:
+    """The agent's answer plays through the speaker (if `play`), and the microphone hears it come
+    back 25 dB quieter and 100 ms late (the Pi's capture and playback buffers); 1.6 s in,
+    someone speaks over it at full level. The frames the gate sends."""
+    answer = recording.speech * 2
+    delay, voice_at = round(0.1 * RATE), round(1.6 * RATE)
+    heard = np.zeros(delay + len(answer) // 2 + RATE, dtype=np.float32)
+    heard[delay : delay + len(answer) // 2] += scaled(answer, -25)
+    heard[voice_at : voice_at + len(recording.speech) // 2] += scaled(recording.speech, 0)
+    devices.prepare_mic(np.clip(heard, -32768, 32767).astype(np.int16).tobytes())
+    settings = audio_settings(devices)
+    speaker, gate = Speaker(settings), SpeechGate(VadSettings(), settings.period_ms)
+    speaker.start()
+    await until(lambda: speaker.up, "the speaker to open")
+    sent: list[Frame] = []
+    async with Microphone(
+        settings, gate=gate, echo=speaker.echo_level, limit=round(len(heard) / RATE / PERIOD)
+    ) as mic:
+        if play:
+            speaker.play(answer)
+        async for frame in mic:
+            sent.append(frame)
+    await speaker.close()
+    return sent, gate
+
+
+async def test_the_speakers_echo_is_not_sent_and_a_voice_over_it_interrupts(
+    devices: AudioDevices, recording: Recording
+):
+    vad = VadSettings()
+    voice_start, voice_end = 1.6, 1.6 + len(recording.speech) / 2 / RATE
+    # Without the speaker playing, the same sound at the microphone is all speech to the VAD...
+    sent, _ = await echo_and_voice(devices, recording, play=False)
+    assert sent[0].index * PERIOD < 0.5, "the echo alone opens the gate of a silent speaker"
+    # ...with it playing, its echo is known for what it is: only the voice over it is sent.
+    sent, gate = await echo_and_voice(devices, recording, play=True)
+    first = sent[0].index * PERIOD
+    assert voice_start - (vad.preroll_ms + vad.start_ms) / 1000 - 0.1 <= first <= voice_start + 0.3, first
+    assert sent[-1].index * PERIOD >= voice_end - 0.3, "the voice is sent to its end"
+    # It learned how loud the echo comes back (25 dB down), starting from the worst case (0 dB).
+    assert -32 < gate.echo.coupling_db < -18, gate.echo.coupling_db
+
+
 async def test_a_wrong_microphone_name_is_a_clear_error(alsa_dir):
     with pytest.raises(AudioDeviceError) as failed:
         async with Microphone(AudioSettings(mic_device="usb-mic-that-is-not-there")):

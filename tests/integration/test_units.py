@@ -12,14 +12,19 @@ import pytest
 
 IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = Path(__file__).resolve().parents[2] / "units"
-SERVICES = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge", "livekit-server")
+DAEMONS = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
+SERVICES = (*DAEMONS, "livekit-server", "sudo-edge")
+EXECUTABLES = (
+    *(f"/opt/venvs/sudo/bin/{daemon}" for daemon in DAEMONS),
+    "/usr/local/bin/livekit-server",
+    "/opt/venvs/sudo-edge/bin/sudo-edge",
+)
 # Installs the units as the packages do, with stand-ins for the daemons' executables (verify
 # checks that ExecStart= exists), then analyzes them.
 SCRIPT = """
 set -e
-mkdir -p /opt/venvs/sudo/bin
-for d in {services}; do printf '#!/bin/sh\\n' > /opt/venvs/sudo/bin/$d; chmod +x /opt/venvs/sudo/bin/$d; done
-printf '#!/bin/sh\\n' > /usr/local/bin/livekit-server; chmod +x /usr/local/bin/livekit-server
+mkdir -p /opt/venvs/sudo/bin /opt/venvs/sudo-edge/bin
+for exe in {executables}; do printf '#!/bin/sh\\n' > $exe; chmod +x $exe; done
 mkdir -p /etc/livekit && : > /etc/livekit/livekit.yaml
 cp /units/*.service /units/*.socket /units/*.timer /units/*.target /etc/systemd/system/
 cp /units/sysusers.d/sudo.conf /usr/lib/sysusers.d/
@@ -45,7 +50,7 @@ def analysis() -> str:
         pytest.fail(f"image {IMAGE} is missing: run `make systemd-image` first")
     output = client.containers.run(
         IMAGE,
-        ["sh", "-c", SCRIPT.format(services=" ".join(SERVICES))],
+        ["sh", "-c", SCRIPT.format(executables=" ".join(EXECUTABLES), services=" ".join(SERVICES))],
         entrypoint=[],
         volumes={str(UNITS): {"bind": "/units", "mode": "ro"}},
         network_mode="none",
