@@ -13,7 +13,7 @@ export HERMES_IMAGE SYSTEMD_IMAGE E2E_IMAGE
 DEV_ENV := SUDO_CORE_STATE_DIR=$(CURDIR)/var SUDO_PROVISIONER_SOCKET=$(CURDIR)/var/provisioner.sock \
 	SUDO_RUNTIME_IMAGE=$(HERMES_IMAGE) SUDO_API_LISTEN=127.0.0.1:8600 SUDO_API_SECURE_COOKIES=false
 
-.PHONY: deps venv hermes-image systemd-image e2e-image deb e2e run test lint bench clean
+.PHONY: deps venv hermes-image systemd-image e2e-image deb deb-edge e2e run test lint bench clean
 
 deps:
 	@missing=""; \
@@ -42,14 +42,15 @@ venv: $(VENV)/.installed
 hermes-image: deps
 	tests/images/build-image hermes $(HERMES_IMAGE)
 
-# make deb: the .deb packages, built and lintian-checked in a clean Debian 12, into dist/
-deb: deps
+# make deb: the .deb packages, built and lintian-checked in a clean Debian 12, into dist/;
+# make deb-edge: sudo-edge alone into dist/edge/, for this machine's architecture (arm64: the Pi's)
+deb deb-edge: deps
 	tests/images/build-image debbuild sudo-debbuild:bookworm
 	@mkdir -p dist
 	docker run --rm -v $(CURDIR):/src:ro -v $(CURDIR)/dist:/out \
 		-v /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro \
-		sudo-debbuild:bookworm /src/debian/build-debs
-	@ls -1 dist/*.deb
+		sudo-debbuild:bookworm /src/debian/build-debs $(if $(filter deb-edge,$@),edge)
+	@ls -1 dist/*.deb dist/edge/*.deb 2>/dev/null || true
 
 e2e-image: deps
 	tests/images/build-image e2e $(E2E_IMAGE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -41,16 +42,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Host:
-    """The installed system, driven as an operator would."""
+class Machine:
+    """A Debian 12 with systemd as PID 1 (a container of the e2e image), driven as an operator would."""
 
-    def __init__(self, container, api: str, network: str, llm_log: Path) -> None:
-        self.container, self.api, self.network, self.llm_log = container, api, network, llm_log
-        self.docker = docker.from_env()
-
-    def runtimes(self) -> list:
-        """The family containers this installation runs, as the real engine lists them."""
-        return self.docker.containers.list(filters={"label": f"sudo.scope={self.network}"})
+    def __init__(self, container) -> None:
+        self.container = container
 
     def sh(self, script: str, check: bool = True) -> str:
         code, out = self.container.exec_run(["sh", "-c", script])
@@ -75,6 +71,52 @@ class Host:
 
     def journal(self) -> str:
         return self.sh("journalctl -u 'sudo-*' --no-pager | grep -v DEBUG | tail -n 40", check=False)
+
+    def boot(self) -> None:
+        booted = ("running", "degraded")
+        self.wait(lambda: self.sh("systemctl is-system-running || true") in booted, 60, "boot")
+
+    def install(self, debs: str) -> None:
+        self.sh(
+            f"apt-get install -y -q -o Dpkg::Options::=--force-confold {debs} > /tmp/apt.log 2>&1 "
+            "|| { tail -n 30 /tmp/apt.log; exit 1; }"
+        )
+
+
+def start_machine(name: str, **options) -> Machine:
+    """A container of the e2e image booting systemd, on the host's network (it reaches 127.0.0.1)."""
+    container = docker.from_env().containers.run(
+        IMAGE,
+        ["sh", "-c", "mount --make-rshared / && exec /sbin/init"],
+        detach=True,
+        name=name,
+        network_mode="host",
+        cap_add=["SYS_ADMIN"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        cgroupns="host",
+        tmpfs={"/run": "", "/run/lock": ""},
+        **options,
+    )
+    machine = Machine(container)
+    try:
+        machine.boot()
+    except BaseException:
+        container.remove(force=True)
+        raise
+    return machine
+
+
+class Host(Machine):
+    """The installed server."""
+
+    def __init__(self, machine: Machine, api: str, network: str, llm_log: Path) -> None:
+        super().__init__(machine.container)
+        self.api, self.network, self.llm_log = api, network, llm_log
+        self.docker = docker.from_env()
+
+    def runtimes(self) -> list:
+        """The family containers this installation runs, as the real engine lists them."""
+        return self.docker.containers.list(filters={"label": f"sudo.scope={self.network}"})
 
     def call(self, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
         args = [
@@ -147,39 +189,29 @@ base_url = "http://127.0.0.1:{port_file.read_text()}/v1"
 model = "e2e-model"
 """
     socket_gid = os.stat("/var/run/docker.sock").st_gid
-    container = client.containers.run(
-        IMAGE,
-        ["sh", "-c", "mount --make-rshared / && exec /sbin/init"],
-        detach=True,
-        name=f"sudo-e2e-{tag}",
-        network_mode="host",
-        cap_add=["SYS_ADMIN"],
-        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        cgroupns="host",
-        tmpfs={"/run": "", "/run/lock": ""},
-        volumes={
-            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-            "/var/run/docker.sock": {"bind": "/run/docker.sock", "mode": "rw"},
-            str(ROOT / "dist"): {"bind": "/debs", "mode": "ro"},
-            str(shared): {"bind": str(shared), "mode": "rw"},
-        },
-    )
-    h = Host(container, api, network, logs / "llm.log")
+    h: Host | None = None
     try:
-        h.wait(lambda: h.sh("systemctl is-system-running || true") in ("running", "degraded"), 60, "boot")
+        machine = start_machine(
+            f"sudo-e2e-{tag}",
+            volumes={
+                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                "/var/run/docker.sock": {"bind": "/run/docker.sock", "mode": "rw"},
+                str(ROOT / "dist"): {"bind": "/debs", "mode": "ro"},
+                str(shared): {"bind": str(shared), "mode": "rw"},
+            },
+        )
+        h = Host(machine, api, network, logs / "llm.log")
         h.sh(f"groupmod -g {socket_gid} docker && mkdir -p /etc/sudo")
         h.write("/etc/sudo/sudo.toml", config)
         # A drop-in as an operator would write one: a quicker watchdog, for the hang test.
         h.write("/etc/systemd/system/sudo-api.service.d/watchdog.conf", "[Service]\nWatchdogSec=4s\n")
-        h.sh(
-            "apt-get install -y -q -o Dpkg::Options::=--force-confold /debs/*.deb > /tmp/apt.log 2>&1 "
-            "|| { tail -n 30 /tmp/apt.log; exit 1; }"
-        )
+        h.install("/debs/*.deb")
         # The engine bind-mounts plugins from the real host: give it the installed ones there.
         h.sh(f"cp -r {PLUGINS}/. {shared / 'plugins'}/ && systemctl stop sudo-provisioner.service")
         yield h
     finally:
-        container.remove(force=True)
+        if h is not None:
+            h.container.remove(force=True)
         for leftover in client.containers.list(all=True, filters={"label": f"sudo.scope={network}"}):
             volumes = [m["Name"] for m in leftover.attrs["Mounts"] if m["Type"] == "volume"]
             leftover.remove(force=True)
@@ -348,6 +380,64 @@ def test_an_upgrade_keeps_history_memory_and_secrets(host: Host, family: str):
     (runtime,) = host.runtimes()
     memory = runtime.exec_run(["cat", "/opt/data/memories/MEMORY.md"]).output.decode()
     assert marker in memory and "Family identity" in memory
+
+
+def status_of(machine: Machine, unit: str) -> str:
+    return machine.sh(f"systemctl show -p StatusText --value {unit}")
+
+
+def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
+    """sudo-edge's package on a second machine (amd64 here, as built on this one; the same
+    package built on arm64 is the Pi's): configured, paired with a code, heartbeating."""
+    pi = start_machine(
+        f"{host.container.name}-pi",
+        volumes={
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            str(ROOT / "dist"): {"bind": "/debs", "mode": "ro"},
+        },
+    )
+    try:
+        pi.install("/debs/edge/sudo-edge_*.deb")
+        assert pi.sh("systemctl is-enabled sudo-edge.service") == "enabled"
+        assert pi.state("sudo-edge.service") == "inactive", "not started before it is configured"
+        # Started unconfigured, it stops at once saying what to set, and is not restarted.
+        pi.sh("systemctl start sudo-edge.service", check=False)
+        pi.wait(lambda: pi.state("sudo-edge.service") == "failed", 30, "the unconfigured sudo-edge to stop")
+        assert "api.url is not set" in pi.sh("journalctl -u sudo-edge --no-pager")
+        assert pi.sh("systemctl show -p NRestarts --value sudo-edge.service") == "0"
+
+        pi.sh(f'sed -i \'s|^url = ""|url = "http://{host.api}"|\' /etc/sudo/edge.toml')
+        pi.sh("systemctl reset-failed sudo-edge.service && systemctl start sudo-edge.service")
+        code = pi.wait(
+            lambda: re.search(r"pairing: code (\w+)", status_of(pi, "sudo-edge")), 60, "a pairing code"
+        ).group(1)
+        assert code in pi.sh("journalctl -u sudo-edge --no-pager"), "the code is logged as well as spoken"
+        host.call("POST", "/v1/devices/pairing/complete", family, {"code": code})
+        pi.wait(lambda: status_of(pi, "sudo-edge").startswith("paired"), 30, "the device to pair")
+        assert pi.sh("stat -c '%a' /var/lib/sudo-edge/device.json") == "600"
+
+        def seen() -> list[dict]:
+            devices = host.call("GET", "/v1/devices", family)["devices"]
+            return devices if devices and devices[0]["last_seen_at"] else []
+
+        (device,) = host.wait(seen, 60, "a heartbeat from the device")
+        assert device["name"] == pi.sh("hostname")
+        # No LiveKit is set up and this machine has no sound card: both are said, neither crashes it.
+        pi.wait(lambda: "voice is not set up" in status_of(pi, "sudo-edge"), 60, "the voice state")
+        pi.wait(
+            lambda: "cannot open ALSA playback device" in pi.sh("journalctl -u sudo-edge --no-pager"),
+            30,
+            "the missing speaker to be reported",
+        )
+        assert pi.state("sudo-edge.service") == "active"
+        assert pi.sh("systemctl show -p NRestarts --value sudo-edge.service") == "0"
+        # A restart keeps the device token: no new pairing.
+        pi.sh("systemctl restart sudo-edge.service")
+        pi.wait(lambda: status_of(pi, "sudo-edge").startswith("paired"), 30, "the device back, paired")
+        announced = pi.sh("journalctl -u sudo-edge --no-pager | grep -c 'pairing code .*: enter it' || true")
+        assert announced == "1"
+    finally:
+        pi.container.remove(force=True)
 
 
 def test_purge_removes_everything(host: Host, family: str):
