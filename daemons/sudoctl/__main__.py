@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from sudo_api import admin
 from sudo_api.accounts import Accounts, InvalidInput
 from sudo_core import config
 from sudo_core.db import Database
@@ -54,6 +55,44 @@ async def create_admin(settings: config.Settings, args: argparse.Namespace) -> i
     finally:
         db.close()
     print(f"admin {account.email} created ({account.id})")
+    return 0
+
+
+def admins(settings: config.Settings) -> int:
+    """The admin accounts' emails, one a line (what a script checks before creating one)."""
+    db = Database(settings.core.database_path)
+    try:
+        for row in db.query("SELECT email FROM accounts WHERE is_admin = 1 ORDER BY created_at"):
+            print(row["email"])
+    finally:
+        db.close()
+    return 0
+
+
+def admin_settings(settings: config.Settings, args: argparse.Namespace) -> int:
+    """The admin's settings, as /admin/settings holds them: listed (secrets only as set or not), or one set.
+
+    A value is read from stdin, never from the command line, and never printed: this is how a
+    script hands over a secret. It is checked and stored as the admin page would.
+    """
+    db = Database(settings.core.database_path)
+    try:
+        if args.action == "list":
+            for key, value in admin.current(db).items():
+                shown = ("set" if value["set"] else "not set") if isinstance(value, dict) else value
+                print(f"{key} = {shown}")
+            return 0
+        value = sys.stdin.readline().rstrip("\n")
+        try:
+            changed = admin.store(db, admin.validate({args.key: value}))
+        except admin.InvalidSetting as exc:
+            print(f"sudoctl: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        db.close()
+    print(f"{args.key} {'changed' if changed else 'unchanged'}")
+    if changed and admin.FIELDS[args.key].restart:
+        print("the runtimes carry it: run `sudoctl restart-all` to recreate them")
     return 0
 
 
@@ -143,6 +182,17 @@ def main() -> None:
     adm.add_argument("--email", required=True)
     adm.add_argument("--name", default="Admin")
     adm.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    sub.add_parser("admins", help="list the admin accounts' emails")
+    sets = sub.add_parser("settings", help="list or set the admin's settings (those of /admin/settings)")
+    sets_sub = sets.add_subparsers(dest="action", required=True)
+    sets_sub.add_parser("list", help="every setting; secrets only as set or not set")
+    one = sets_sub.add_parser(
+        "set",
+        help="set one setting to the line read from stdin (never echoed)",
+        description="Set one admin setting to the first line read from stdin; an empty line clears it "
+        "(a secret keeps its value). The value is checked as /admin/settings checks it, and never printed.",
+    )
+    one.add_argument("key", choices=sorted(admin.FIELDS), metavar="KEY", help="e.g. livekit.url")
     args = parser.parse_args()
     try:
         settings = config.load()
@@ -150,6 +200,10 @@ def main() -> None:
             sys.exit(families(settings, args))
         if args.command == "create-admin":
             sys.exit(asyncio.run(create_admin(settings, args)))
+        if args.command == "admins":
+            sys.exit(admins(settings))
+        if args.command == "settings":
+            sys.exit(admin_settings(settings, args))
         if args.command == "status":
             sys.exit(status(settings.provisioner.socket))
         if args.command in ("backup", "restore"):
