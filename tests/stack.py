@@ -29,6 +29,7 @@ import docker.errors
 from sudo_core import config
 from sudo_core.db import Database, Family
 from sudo_core.families import api_key_for, runtime_name, volume_name
+from sudo_provisioner.docker_backend import bridge_of, guard_host
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -251,7 +252,11 @@ class Stack:
             with contextlib.suppress(docker.errors.NotFound):
                 self.docker.volumes.get(volume_name(family)).remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
-            self.docker.networks.get(self.network).remove()
+            network = self.docker.networks.get(self.network)
+            # The provisioner's firewall rules for the network's bridge go with it.
+            with contextlib.suppress(docker.errors.DockerException):
+                guard_host(self.docker, IMAGE, bridge_of(self.docker, self.network), "", None)
+            network.remove()
         self.db.close()
         shutil.rmtree(self.root, ignore_errors=True)
 

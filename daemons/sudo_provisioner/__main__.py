@@ -29,7 +29,7 @@ from sudo_core.families import volume_name
 from sudo_core.logs import fields
 from sudo_core.systemd import Notifier, listen_fds
 
-from .docker_backend import DockerBackend
+from .docker_backend import DockerBackend, HostGuardFailed
 from .runtimes import RuntimeManager
 from .server import Activity, build_app
 
@@ -64,8 +64,17 @@ async def serve(settings: config.Settings, bind: bool) -> int:
     try:
         backend = DockerBackend(settings.runtime)
         await backend.prepare()
+        if settings.runtime.host_firewall:
+            image = await backend.image(settings.runtime.image)
+            await backend.guard_host(image.id, settings.gateway.port)
+    except docker.errors.ImageNotFound:
+        log.error(f"the runtime image {settings.runtime.image} is missing (runtime.image)")
+        return 1
     except docker.errors.DockerException as exc:
         log.error(f"cannot use the Docker engine: {exc}")
+        return 1
+    except HostGuardFailed as exc:
+        log.error(f"cannot keep the runtimes away from the host's services: {exc} (runtime.host_firewall)")
         return 1
     manager = RuntimeManager(settings, db, backend, host_secret(settings.core.state_dir))
     notifier.status("reconciling runtimes with Docker")

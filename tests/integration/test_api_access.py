@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import subprocess
 import time
 import uuid
 
-import aiohttp
 import jwt
 import pytest
-from conftest import Family, sign_up
+from control_plane import Family, admin_session, pair, sign_up
 from livekit.api import TokenVerifier
-from stack import BIN, Stack
+from stack import Stack
 
 from sudo_api.api import routes
 from sudo_api.chat import ChatStore
@@ -91,25 +89,6 @@ async def test_cookie_sessions_need_the_csrf_token(api: Stack, http):
         headers=cookie | {"X-CSRF-Token": row["csrf"]},
     ) as resp:
         assert resp.status == 400  # past the CSRF check, refused for the unknown code
-
-
-async def pair(http: aiohttp.ClientSession, api: Stack, family: Family, name: str) -> tuple[str, str]:
-    async with http.post(f"{api.api_url}/v1/devices/pairing", json={"name": name}) as resp:
-        assert resp.status == 201
-        started = await resp.json()
-    token = started["device_token"]
-    device_auth = {"Authorization": f"Bearer {token}"}
-    async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device_auth) as resp:
-        assert (await resp.json())["state"] == "pending"
-    async with http.post(f"{api.api_url}/v1/devices/heartbeat", headers=device_auth) as resp:
-        assert resp.status == 401  # not paired yet: the token is worth nothing
-    status, body = await family.call(
-        "POST", "/v1/devices/pairing/complete", json={"code": started["code"].lower()}
-    )
-    assert status == 201, body
-    async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device_auth) as resp:
-        assert (await resp.json())["state"] == "paired"
-    return body["device"]["id"], token
 
 
 async def test_pairing_heartbeats_and_revocation(api: Stack, http, provisioner):
@@ -345,25 +324,6 @@ async def test_whatsapp_numbers_are_linked_with_a_code_sent_to_them(api: Stack, 
 
     assert (await alice.call("DELETE", f"/v1/whatsapp/numbers/{number['id']}"))[0] == 204
     assert (await alice.call("GET", "/v1/whatsapp/numbers"))[1]["numbers"] == []
-
-
-async def admin_session(api: Stack, http) -> dict[str, str]:
-    email = f"admin-{uuid.uuid4().hex[:6]}@example.org"
-    made = await asyncio.to_thread(
-        subprocess.run,
-        [str(BIN / "sudoctl"), "create-admin", "--email", email, "--password-stdin"],
-        input="correct horse battery\n",
-        env=api.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stderr
-    async with http.post(
-        f"{api.api_url}/v1/auth/login", json={"email": email, "password": "correct horse battery"}
-    ) as resp:
-        assert resp.status == 200
-        return {"Authorization": f"Bearer {(await resp.json())['token']}"}
 
 
 @pytest.mark.usefixtures("fresh_settings")

@@ -1,0 +1,168 @@
+"""The reliability suite: bad input, isolation (and, beside them, faults and load).
+
+By default (`make test`, CI) every test runs a bounded size; `SUDO_RELIABILITY=full` (`make
+reliability`) runs the full size. Tests that try inputs record their figures in the session's
+`figures`: written as JSON to $SUDO_RELIABILITY_REPORT (default: a file in the session's tmp
+directory) and printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from control_plane import (  # noqa: F401 (fixtures)
+    Family,
+    admin_session,
+    api,
+    fresh_settings,
+    http,
+    pair,
+    provisioner,
+    sign_up,
+    stack,
+)
+from stack import Stack
+
+FULL = os.environ.get("SUDO_RELIABILITY") == "full"
+
+
+def size(bounded: int, full: int) -> int:
+    """How many of something to try: `bounded` by default, `full` under SUDO_RELIABILITY=full."""
+    return full if FULL else bounded
+
+
+@dataclass
+class Tally:
+    """One test's figures: inputs tried, the responses they got, and anything else worth a number."""
+
+    inputs: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def tried(self, outcome: int | str, count: int = 1) -> None:
+        """An input was sent and got `outcome`: an HTTP status, or a word such as "reset"."""
+        self.inputs += count
+        self.statuses[str(outcome)] += count
+
+    def as_json(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "statuses": dict(sorted(self.statuses.items()))} | self.notes
+
+
+class Figures:
+    def __init__(self) -> None:
+        self.tests: dict[str, Tally] = {}
+
+    def __call__(self, name: str) -> Tally:
+        return self.tests.setdefault(name, Tally())
+
+    def as_json(self) -> dict[str, Any]:
+        tests = {name: t.as_json() for name, t in sorted(self.tests.items())}
+        return {"full": FULL, "inputs": sum(t.inputs for t in self.tests.values()), "tests": tests}
+
+
+FIGURES = Figures()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Tally:
+    """This test's tally (by test name)."""
+    return FIGURES(request.node.name)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FIGURES.tests:
+        return
+    default = Path(tempfile.gettempdir()) / "sudo-reliability.json"
+    path = Path(os.environ.get("SUDO_RELIABILITY_REPORT") or default)
+    report = FIGURES.as_json()
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    terminalreporter.section("reliability figures")
+    for name, tally in report["tests"].items():
+        terminalreporter.write_line(f"FIGURES {json.dumps({'test': name} | tally, sort_keys=True)}")
+    terminalreporter.write_line(f"{report['inputs']} inputs tried in all; written to {path}")
+
+
+# The roles of the authorization matrix and the fuzzers.
+
+
+@dataclass
+class Roles:
+    """Two families, a paired device of the first, an admin and the voice bridge's service token."""
+
+    a: Family
+    b: Family
+    device_id: str
+    device_token: str
+    admin: dict[str, str]
+    service: dict[str, str]
+
+    def headers(self, role: str) -> dict[str, str]:
+        return {
+            "anonymous": {},
+            "family_a": self.a.headers,
+            "family_b": self.b.headers,
+            "device_a": {"Authorization": f"Bearer {self.device_token}"},
+            "admin": self.admin,
+            "service": self.service,
+        }[role]
+
+
+ROLES = ("anonymous", "family_a", "family_b", "device_a", "admin", "service")
+
+
+@pytest.fixture(scope="session")
+async def roles(stack: Stack) -> AsyncIterator[Roles]:  # noqa: F811 (the imported fixture)
+    if "api" not in stack.processes:
+        stack.start_api()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        a = await sign_up(session, stack.api_url, "Ashdown")
+        b = await sign_up(session, stack.api_url, "Brackley")
+        device_id, token = await pair(session, stack, a, "Ashdown Pi")
+        admin = await admin_session(stack, session)
+        yield Roles(a, b, device_id, token, admin, {"Authorization": f"Bearer {stack.service_token}"})
+
+
+# The database, compared before and after requests that were refused.
+
+VOLATILE = {
+    "families": {"last_active_at"},
+    "devices": {"last_seen_at"},
+    "leases": {"*"},  # requests in flight: come and go with every ensure
+}
+"""Columns that change without any request changing state (activity, heartbeats, leases)."""
+
+
+def snapshot(database: Path) -> dict[str, list[tuple]]:
+    """Every table's rows, sorted, less the volatile columns."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        result = {}
+        for table in tables:
+            skip = VOLATILE.get(table, set())
+            if "*" in skip:
+                continue
+            cursor = conn.execute(f'SELECT * FROM "{table}"')
+            keep = [i for i, d in enumerate(cursor.description) if d[0] not in skip]
+            result[table] = sorted((tuple(row[i] for i in keep) for row in cursor), key=repr)
+        return result
+
+
+def changes(before: dict[str, list[tuple]], after: dict[str, list[tuple]]) -> dict[str, Any]:
+    """Rows added and removed per table, for an assertion message; empty when nothing changed."""
+    diff = {}
+    for table in sorted(set(before) | set(after)):
+        old, new = set(before.get(table, [])), set(after.get(table, []))
+        if old != new:
+            diff[table] = {"added": sorted(new - old, key=repr), "removed": sorted(old - new, key=repr)}
+    return diff
