@@ -20,7 +20,7 @@ from .accounts import Accounts, LoginLimiter
 from .admin import FleetRestart
 from .app import build_app
 from .chat import Conversations
-from .context import Services
+from .context import Services, code_limiter, pairing_limiter
 from .devices import Devices
 from .numbers import Numbers
 from .whatsapp import WhatsApp
@@ -49,6 +49,8 @@ async def serve(settings: config.Settings) -> int:
         whatsapp=WhatsApp(db, provisioner, secret, api),
         secret=secret,
         service_token=read_credential(SERVICE_TOKEN, settings.core.state_dir, generate=True) or "",
+        pairing=pairing_limiter(api),
+        codes=code_limiter(api),
     )
     runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()

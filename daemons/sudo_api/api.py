@@ -9,7 +9,7 @@ import json
 import logging
 import uuid
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -22,6 +22,7 @@ from .accounts import Account, InvalidInput
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
+    ApiError,
     bearer,
     fail,
     json_body,
@@ -31,7 +32,7 @@ from .context import (
     services,
     text_field,
 )
-from .devices import PairingError
+from .devices import Device, PairingError
 from .openapi import document
 
 log = logging.getLogger("sudo-api")
@@ -50,7 +51,26 @@ def account_json(account: Account) -> dict[str, Any]:
 
 
 def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's address for the rate limits. Behind a trusted proxy (Caddy) every request
+    comes from the proxy: then it is the last hop of X-Forwarded-For that no trusted proxy is,
+    since each proxy appends the peer it saw (what the client itself wrote comes before)."""
+    trusted = services(request).settings.api.trusted_proxies
+    address = request.remote or "unknown"
+    if whatsapp.is_trusted(address, trusted):
+        for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
+            if hop.strip():
+                address = hop.strip()
+                if not whatsapp.is_trusted(address, trusted):
+                    break
+    return address
+
+
+def too_many(wait: float, what: str) -> NoReturn:
+    """429 with Retry-After: the limit holds for `wait` more seconds."""
+    seconds = int(wait) + 1
+    error = ApiError(429, f"{what}: try again in {seconds} s")
+    error.headers["Retry-After"] = str(seconds)
+    raise error
 
 
 # Accounts
@@ -190,10 +210,16 @@ async def runtime_ensure(request: web.Request) -> web.Response:
 async def pairing_start(request: web.Request) -> web.Response:
     body = await json_body(request)
     svc = services(request)
+    name = text_field(body, "name", 80)
+    address = client_address(request)
+    wait = svc.pairing.retry_after(start=address)
+    if wait > 0:
+        too_many(wait, "too many pairings started from here")
     try:
-        started = await svc.db.aio(svc.devices.start_pairing, text_field(body, "name", 80))
+        started = await svc.db.aio(svc.devices.start_pairing, name)
     except InvalidInput as exc:
         fail(400, str(exc))
+    svc.pairing.count(start=address)
     return web.json_response(started | {"heartbeat_sec": svc.settings.api.heartbeat_interval_sec}, status=201)
 
 
@@ -209,12 +235,22 @@ async def pairing_status(request: web.Request) -> web.Response:
 async def pairing_complete(request: web.Request) -> web.Response:
     _, family = await require_family(request)
     body = await json_body(request)
+    device = await complete_pairing(request, family, text_field(body, "code", 20))
+    return web.json_response({"device": device_json(services(request).devices, device)}, status=201)
+
+
+async def complete_pairing(request: web.Request, family: uuid.UUID, code: str) -> Device:
+    """Shared by the API and the page: wrong codes are limited per family and per address."""
     svc = services(request)
+    keys = {"family": str(family), "address": client_address(request)}
+    wait = svc.pairing.retry_after(**keys)
+    if wait > 0:
+        too_many(wait, "too many wrong pairing codes")
     try:
-        device = await svc.db.aio(svc.devices.complete_pairing, family, text_field(body, "code", 20))
+        return await svc.db.aio(svc.devices.complete_pairing, family, code)
     except PairingError as exc:
+        svc.pairing.count(**keys)
         fail(400, str(exc))
-    return web.json_response({"device": device_json(svc.devices, device)}, status=201)
 
 
 def device_json(devices: Any, device: Any) -> dict[str, Any]:
@@ -281,10 +317,14 @@ async def link_number(svc: Any, family: uuid.UUID, text: str) -> numbers.Number:
     """Shared by the API and the page: errors become ApiError with the right status."""
     try:
         number = numbers.clean_number(text)
+        wait = svc.codes.retry_after(number=number)
+        if wait > 0:
+            too_many(wait, "this number was sent too many codes")
         existed = any(n.number == number for n in await svc.db.aio(svc.numbers.list, family))
         record, code = await svc.db.aio(svc.numbers.start, family, number)
     except numbers.NumberError as exc:
         fail(400, str(exc))
+    svc.codes.count(number=number)
     settings = await svc.db.aio(svc.db.get_settings, "twilio.")
     try:
         await twilio.send_whatsapp(

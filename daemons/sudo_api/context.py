@@ -11,11 +11,11 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from sudo_core.config import Settings
+from sudo_core.config import ApiSettings, Settings
 from sudo_core.db import Database
 from sudo_core.provisioner_client import ProvisionerClient
 
-from .accounts import Accounts, LoginLimiter, Session
+from .accounts import Accounts, Limiter, LoginLimiter, Session
 from .admin import FleetRestart
 from .chat import Conversations
 from .devices import Devices
@@ -40,6 +40,10 @@ class Services:
     secret: bytes
     service_token: str
     """What the voice bridge presents to the service endpoints (a credential, read at start)."""
+    pairing: Limiter = field(default_factory=lambda: pairing_limiter(ApiSettings()))
+    """Wrong pairing codes per family and per address, pairings started per address."""
+    codes: Limiter = field(default_factory=lambda: code_limiter(ApiSettings()))
+    """WhatsApp link codes sent per number."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -47,6 +51,19 @@ class Services:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+
+def pairing_limiter(api: ApiSettings) -> Limiter:
+    return Limiter(
+        api.pairing_window_sec,
+        family=api.pairing_attempts,
+        address=api.pairing_attempts_per_address,
+        start=api.pairing_starts_per_address,
+    )
+
+
+def code_limiter(api: ApiSettings) -> Limiter:
+    return Limiter(api.whatsapp_code_window_sec, number=api.whatsapp_codes_per_number)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import admin
 from .accounts import InvalidInput, Session
-from .api import attempt_login, fleet_view, link_number
+from .api import attempt_login, complete_pairing, fleet_view, link_number
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import SESSION_COOKIE, ApiError, check_csrf, load_session, services
 from .devices import PairingError
@@ -196,7 +196,7 @@ async def integrations(request: web.Request) -> web.Response:
         data = await form(request, session)
         try:
             if data.get("action") == "pair":
-                device = await svc.db.aio(svc.devices.complete_pairing, family, data.get("code", ""))
+                device = await complete_pairing(request, family, data.get("code", ""))
                 message = f"{device.name} is paired."
             elif data.get("action") == "revoke":
                 if not await svc.devices.revoke(family, uuid.UUID(data.get("device_id", ""))):

@@ -88,13 +88,13 @@ class WebhookRejected(Exception):
 def signed_url(request: web.Request, trusted_proxies: tuple[str, ...]) -> str:
     """The URL Twilio signed: as the trusted proxy (Caddy) received it, else as we did."""
     scheme, host = request.scheme, request.host
-    if _is_trusted(request.remote, trusted_proxies):
+    if is_trusted(request.remote, trusted_proxies):
         scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
         host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
     return f"{scheme}://{host}{request.raw_path}"
 
 
-def _is_trusted(remote: str | None, trusted: tuple[str, ...]) -> bool:
+def is_trusted(remote: str | None, trusted: tuple[str, ...]) -> bool:
     try:
         return remote is not None and ipaddress.ip_address(remote) in {
             ipaddress.ip_address(t) for t in trusted

@@ -96,6 +96,10 @@ class RuntimeSettings:
     egress: bool = False
     """Let agents reach the internet; when false the network is internal and reaches only the host."""
 
+    host_firewall: bool = True
+    """Refuse the runtime network every service of the host but the gateway (iptables rules set by
+    the provisioner at each start); false leaves that to the host's own firewall."""
+
     plugins_dir: Path | None = None
     """Hermes plugins bind-mounted read-only at /opt/data/plugins; empty means the bundled ones."""
 
@@ -182,6 +186,26 @@ class ApiSettings:
     pairing_ttl_sec: float = 600.0
     """How long a device's pairing code stays valid (seconds)."""
 
+    pairing_attempts: int = 10
+    """Wrong pairing codes a family may type within pairing_window_sec (a guessed code would
+    bind someone else's device, and its microphone, to the guesser's family)."""
+
+    pairing_attempts_per_address: int = 50
+    """Wrong pairing codes allowed per client address within pairing_window_sec."""
+
+    pairing_starts_per_address: int = 30
+    """Pairings a client address may start within pairing_window_sec (each one is a row)."""
+
+    pairing_window_sec: float = 600.0
+    """Window of the pairing limits (seconds)."""
+
+    whatsapp_codes_per_number: int = 5
+    """Link codes sent to one WhatsApp number within whatsapp_code_window_sec, whichever family
+    asks (each allows five guesses: this bounds the guessing, and the messages to a stranger)."""
+
+    whatsapp_code_window_sec: float = 3600.0
+    """Window of the WhatsApp code limit (seconds)."""
+
     reply_timeout_sec: float = 600.0
     """A delivered message with no answer after this long is shown as failed (seconds)."""
 
@@ -195,7 +219,8 @@ class ApiSettings:
     """On SIGTERM, how long replies in progress may take to finish (seconds)."""
 
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
-    """Peers whose X-Forwarded-Proto/Host are believed (Caddy): Twilio signs the public URL."""
+    """Peers whose X-Forwarded-For/Proto/Host are believed (Caddy): the client's address for the
+    rate limits, and the public URL Twilio signs."""
 
     stranger_reply_sec: float = 86400.0
     """Least time between two "link this number first" replies to one unknown number (seconds)."""
