@@ -81,7 +81,7 @@ for spec in "$@"; do
 done
 
 if [ ${#args[@]} -eq 0 ]; then
-    echo "container $vmid: features and bind mounts already set, unchanged"
+    echo "container $vmid: features and bind mounts already set (unchanged)"
     exit 0
 fi
 

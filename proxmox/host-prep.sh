@@ -43,7 +43,7 @@ done
 
 for dir in "$@"; do
     if [ -d "$dir" ] && [ "$(stat -c %u:%g "$dir")" = "$owner" ]; then
-        echo "$dir: ready (owned by $owner), unchanged"
+        echo "$dir: ready, owned by $owner (unchanged)"
         continue
     fi
     mkdir -p "$dir"

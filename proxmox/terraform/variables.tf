@@ -99,7 +99,7 @@ variable "memory_mb" {
 
 variable "swap_mb" {
   type        = number
-  description = "Swap (MB)."
+  description = "Swap of the container (MB)."
   default     = 1024
 
   validation {
