@@ -1,0 +1,225 @@
+"""The authorization matrix: every route the app serves, as every role, against an explicit table.
+
+Roles: anonymous, family A, family B, a paired device of A, the admin (a family-less account)
+and the voice bridge's service token. Requests name A's own things (its messages, devices,
+numbers, room, family id) wherever a route takes one, so every "404" of family B below is B being
+refused A's resource. The table is written out here, not derived from the code under test, and
+the routes it covers must be exactly the app's router and the OpenAPI document, so a new endpoint
+cannot go untested.
+
+A request that would change state for an allowed caller is, where possible, one the route then
+refuses for its content (a 400 past the authorization check), so the matrix has few side effects;
+the destructive rows (revoking a device, unlinking a number) run A last, after every other role
+tried the same resource while it existed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import ROLES, Roles
+from stack import Stack
+
+from sudo_api.app import build_app
+from sudo_api.chat import ChatStore
+from sudo_api.numbers import Numbers
+
+Expected = dict[str, int | tuple[int, ...]]
+
+
+def expect(anonymous, family_a, family_b, device_a, admin, service) -> Expected:
+    """A row's statuses, in the order of the columns below."""
+    return dict(zip(ROLES, (anonymous, family_a, family_b, device_a, admin, service), strict=True))
+
+
+BAD_SIGNUP = {"email": "not-an-email", "password": "x", "name": "", "family_name": ""}
+WRONG_LOGIN = {"email": "nobody-{role}@example.org", "password": "wrong password!"}
+"""{role}: one account per role, so the per-account login limit never decides a row."""
+TWILIO_FORM = {"MessageSid": "SM" + "0" * 32, "From": "whatsapp:+447700900111", "Body": "hi"}
+
+# (method, route as the router names it, request, expected status by role)
+# The request's path parameters name A's things: {spare_device} is a second device of A,
+# {message} a failed message of A, {number} and {number2} two of A's (unverified) numbers.
+# fmt: off
+MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
+    #                                                                 anon  A    B    devA admin svc
+    ("POST", "/v1/auth/signup", {"json": BAD_SIGNUP}, expect(400, 400, 400, 400, 400, 400)),
+    ("POST", "/v1/auth/login", {"json": WRONG_LOGIN}, expect(401, 401, 401, 401, 401, 401)),
+    ("POST", "/v1/auth/logout", {"fresh_session": True}, expect(401, 204, 204, 401, 204, 401)),
+    ("GET", "/v1/me", {}, expect(401, 200, 200, 401, 200, 401)),
+    ("GET", "/v1/chat/messages", {}, expect(401, 200, 200, 401, 403, 401)),
+    ("POST", "/v1/chat/messages", {"json": {"text": ""}}, expect(401, 400, 400, 401, 403, 401)),
+    ("POST", "/v1/chat/messages/{message_id}/retry", {"path": {"message_id": "message"}},
+     expect(401, 202, 404, 401, 403, 401)),
+    ("GET", "/v1/chat/stream", {"stream": True}, expect(401, 200, 200, 401, 403, 401)),
+    ("POST", "/v1/admin/restart-all", {}, expect(401, 403, 403, 401, (202, 409), 401)),
+    ("POST", "/v1/runtime/ensure", {}, expect(401, 200, 200, 401, 403, 401)),
+    ("POST", "/v1/devices/pairing", {"json": {"name": ""}}, expect(400, 400, 400, 400, 400, 400)),
+    ("GET", "/v1/devices/pairing", {}, expect(401, 401, 401, 200, 401, 401)),
+    ("POST", "/v1/devices/pairing/complete", {"json": {"code": "ZZZZZZ"}},
+     expect(401, 400, 400, 401, 403, 401)),
+    ("GET", "/v1/devices", {}, expect(401, 200, 200, 401, 403, 401)),
+    ("DELETE", "/v1/devices/{device_id}", {"path": {"device_id": "spare_device"}},
+     expect(401, 204, 404, 401, 403, 401)),
+    ("POST", "/v1/devices/heartbeat", {}, expect(401, 401, 401, 200, 401, 401)),
+    ("GET", "/v1/whatsapp/numbers", {}, expect(401, 200, 200, 401, 403, 401)),
+    ("POST", "/v1/whatsapp/numbers", {"json": {"number": "12345"}},
+     expect(401, 400, 400, 401, 403, 401)),
+    ("POST", "/v1/whatsapp/numbers/{number_id}/verify",
+     {"path": {"number_id": "number"}, "json": {"code": "000000"}},
+     expect(401, 400, 404, 401, 403, 401)),
+    ("DELETE", "/v1/whatsapp/numbers/{number_id}", {"path": {"number_id": "number2"}},
+     expect(401, 204, 404, 401, 403, 401)),
+    # Twilio's webhooks answer to Twilio's signature alone: no token of ours opens them.
+    ("POST", "/v1/whatsapp/inbound", {"data": TWILIO_FORM}, expect(403, 403, 403, 403, 403, 403)),
+    ("POST", "/v1/whatsapp/status", {"data": {"MessageSid": "SM1", "MessageStatus": "read"}},
+     expect(403, 403, 403, 403, 403, 403)),
+    ("POST", "/v1/voice/token", {}, expect(401, 401, 401, 200, 401, 401)),
+    ("GET", "/v1/service/rooms/{room}", {"path": {"room": "room"}},
+     expect(401, 401, 401, 401, 401, 200)),
+    ("POST", "/v1/service/runtimes/{user_id}", {"path": {"user_id": "family"}},
+     expect(401, 401, 401, 401, 401, 200)),
+    ("GET", "/v1/service/livekit", {}, expect(401, 401, 401, 401, 401, 200)),
+    ("GET", "/v1/admin/settings", {}, expect(401, 403, 403, 401, 200, 401)),
+    ("PUT", "/v1/admin/settings", {"json": {"no.such": "x"}}, expect(401, 403, 403, 401, 400, 401)),
+    ("GET", "/v1/admin/restart-all", {}, expect(401, 403, 403, 401, 200, 401)),
+    ("GET", "/v1/admin/fleet", {}, expect(401, 403, 403, 401, 200, 401)),
+    ("GET", "/v1/openapi.json", {}, expect(200, 200, 200, 200, 200, 200)),
+    # The pages. 303 is a redirect: to /login for no session (a device or service token is none),
+    # to /admin for the family-less admin; POSTs without the form's CSRF token are refused.
+    ("GET", "/", {}, expect(303, 303, 303, 303, 303, 303)),
+    ("GET", "/healthz", {}, expect(200, 200, 200, 200, 200, 200)),
+    ("GET", "/static", {"url": "/static/sudo.css"}, expect(200, 200, 200, 200, 200, 200)),
+    ("GET", "/signup", {}, expect(200, 200, 200, 200, 200, 200)),
+    ("POST", "/signup", {"data": {"email": "x"}}, expect(400, 400, 400, 400, 400, 400)),
+    ("GET", "/login", {}, expect(200, 200, 200, 200, 200, 200)),
+    ("POST", "/login", {"data": WRONG_LOGIN}, expect(401, 401, 401, 401, 401, 401)),
+    ("GET", "/setup", {}, expect(404, 404, 404, 404, 404, 404)),  # an admin exists
+    ("POST", "/setup", {"data": {"email": "x"}}, expect(404, 404, 404, 404, 404, 404)),
+    ("GET", "/chat", {}, expect(303, 200, 200, 303, 303, 303)),
+    ("POST", "/chat", {"data": {"text": "forged"}}, expect(303, 403, 403, 303, 303, 303)),
+    ("GET", "/integrations", {}, expect(303, 200, 200, 303, 303, 303)),
+    ("POST", "/integrations", {"data": {"action": "pair", "code": "ZZZZZZ"}},
+     expect(303, 403, 403, 303, 303, 303)),
+    ("GET", "/admin", {}, expect(303, 403, 403, 303, 200, 303)),
+    ("GET", "/admin/settings", {}, expect(303, 403, 403, 303, 200, 303)),
+    ("POST", "/admin/settings", {"data": {"llm.model": "forged"}}, expect(303, 403, 403, 303, 403, 303)),
+    ("POST", "/logout", {}, expect(303, 403, 403, 303, 403, 303)),
+]
+# fmt: on
+ORDER = ("anonymous", "family_b", "device_a", "admin", "service", "family_a")
+"""A last: a destructive row meets every other role while A's resource still exists."""
+
+
+def served_routes() -> set[tuple[str, str]]:
+    """What the app's router serves ("*" routes as GET and POST; HEAD is GET's own handler)."""
+    app = build_app(None)  # type: ignore[arg-type] (listing routes needs no services)
+    served = set()
+    for route in app.router.routes():
+        if route.method == "HEAD":
+            continue
+        methods = ("GET", "POST") if route.method == "*" else (route.method,)
+        served |= {(m, route.resource.canonical) for m in methods}
+    return served
+
+
+def test_the_matrix_covers_every_route_and_the_openapi_document():
+    from sudo_api.openapi import document
+
+    table = {(method, route) for method, route, _, _ in MATRIX}
+    assert len(table) == len(MATRIX), "a route appears twice in the matrix"
+    assert table == served_routes()
+    documented = {(m.upper(), p) for p, ops in document()["paths"].items() for m in ops}
+    assert documented == {(m, r) for m, r in served_routes() if r.startswith("/v1/")}
+
+
+@pytest.fixture
+async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> dict[str, str]:
+    """A's things for the requests to name, and the text of A's message (which no one else may see)."""
+    from control_plane import pair
+
+    family = uuid.UUID(roles.a.id)
+    store = ChatStore(api.db)
+    secret_text = f"a's secret {secrets.token_hex(6)}"
+    message = await api.db.aio(store.add_user_message, family, secret_text, "A")
+    await api.db.aio(store.set_status, message.id, "failed", "test")
+    spare, _ = await pair(http, api, roles.a, "Spare Pi")
+    numbers = Numbers(api.db)
+    number, _ = await api.db.aio(numbers.start, family, "+447700900201")
+    number2, _ = await api.db.aio(numbers.start, family, "+447700900202")
+    for key, value in (("livekit.url", "wss://voice.example"), ("livekit.api_key", "APIk")):
+        await api.db.aio(api.db.set_setting, key, value)
+    await api.db.aio(api.db.set_setting, "livekit.api_secret", secrets.token_hex(32))
+    return {
+        "message": message.id,
+        "secret_text": secret_text,
+        "spare_device": spare,
+        "number": number.id,
+        "number2": number2.id,
+        "room": f"room_{family}",
+        "family": str(family),
+    }
+
+
+def _for(body: dict[str, str], role: str) -> dict[str, str]:
+    return {k: v.replace("{role}", role) if isinstance(v, str) else v for k, v in body.items()}
+
+
+async def fresh_token(http: aiohttp.ClientSession, api: Stack, email: str) -> dict[str, str]:
+    body = {"email": email, "password": "correct horse battery"}
+    async with http.post(f"{api.api_url}/v1/auth/login", json=body) as resp:
+        assert resp.status == 200
+        return {"Authorization": f"Bearer {(await resp.json())['token']}"}
+
+
+@pytest.mark.usefixtures("fresh_settings")
+async def test_every_route_as_every_role(api: Stack, http, roles: Roles, things_of_a, figures, provisioner):
+    admin_email = (await api.db.aio(api.db.query_one, "SELECT email FROM accounts WHERE is_admin = 1"))[0]
+    emails = {
+        "family_a": roles.a.account["email"],
+        "family_b": roles.b.account["email"],
+        "admin": admin_email,
+    }
+    # A's things that no other role may ever be shown (the admin sees families, not their content).
+    secrets_of_a = [things_of_a[k] for k in ("secret_text", "spare_device", "number", "number2")]
+    secrets_of_a += [roles.device_id, roles.a.account["email"]]
+    wrong: list[str] = []
+    for i, (method, route, request, expected) in enumerate(MATRIX):
+        path = request.get("url", route)
+        for name, thing in request.get("path", {}).items():
+            path = path.replace("{" + name + "}", things_of_a[thing])
+        for role in ORDER:
+            headers = roles.headers(role)
+            if request.get("fresh_session") and role in emails:
+                headers = await fresh_token(http, api, emails[role])
+            # Each request from its own client address, so the rate limits never decide a row.
+            headers = headers | {"X-Forwarded-For": f"192.0.2.{i}"}
+            kwargs = {k: _for(request[k], role) for k in ("json", "data") if k in request}
+            async with http.request(
+                method, api.api_url + path, headers=headers, allow_redirects=False, **kwargs
+            ) as resp:
+                status = resp.status
+                body = "" if request.get("stream") else await resp.text()
+            figures.tried(status)
+            allowed = expected[role] if isinstance(expected[role], tuple) else (expected[role],)
+            if status not in allowed:
+                wrong.append(f"{method} {path} as {role}: {status}, expected {expected[role]}: {body[:200]}")
+            if role != "family_a" and role != "device_a":
+                leaked = [s for s in secrets_of_a if s in body]
+                if leaked:
+                    wrong.append(f"{method} {path} as {role} showed A's {leaked}")
+    figures.notes["routes"] = len(MATRIX)
+    figures.notes["roles"] = len(ROLES)
+    assert not wrong, "\n".join(wrong)
+
+    # B's refusals changed nothing of A's: B's code guess cost A's number no attempt.
+    row = await api.db.aio(
+        api.db.query_one, "SELECT attempts FROM whatsapp_numbers WHERE id = ?", (things_of_a["number"],)
+    )
+    assert row["attempts"] == 1  # A's own wrong code only
+    for family in (roles.a.id, roles.b.id):
+        await provisioner.stop(uuid.UUID(family))
