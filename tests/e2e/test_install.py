@@ -325,6 +325,8 @@ def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
         },
     )
     try:
+        # Its dependencies (espeak-ng, libasound2) come from Debian's mirror, as on a Pi.
+        pi.sh("apt-get update -q > /tmp/update.log 2>&1 || { tail -n 20 /tmp/update.log; exit 1; }")
         pi.install("/debs/edge/sudo-edge_*.deb")
         assert pi.sh("systemctl is-enabled sudo-edge.service") == "enabled"
         assert pi.state("sudo-edge.service") == "inactive", "not started before it is configured"
