@@ -25,6 +25,7 @@ deps:
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox"; \
 	pkg-config --exists alsa 2>/dev/null || missing="$$missing libasound2-dev"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
 		echo "==> installing$$missing"; \
@@ -72,6 +73,7 @@ run: venv hermes-image
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q tests/proxmox/test_shellcheck.py
 
 test: venv hermes-image systemd-image e2e-image deb lint
 	$(BIN)/python -m pytest -q
