@@ -323,6 +323,20 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     ("get", "/v1/openapi.json", "This document", "none", None, 200, {"type": "object"}),
 ]
 
+UNAVAILABLE = {
+    ("post", "/v1/chat/messages"): {"503": "sudo-api is stopping: send again in a moment"},
+    ("post", "/v1/chat/messages/{message_id}/retry"): {"503": "sudo-api is stopping: retry in a moment"},
+    ("post", "/v1/runtime/ensure"): {"502": "the agent could not be started (the reason is given)"},
+    ("post", "/v1/whatsapp/numbers"): {
+        "502": "Twilio refused or could not be reached: nothing was recorded",
+        "503": "WhatsApp is not set up (an admin sets the Twilio account)",
+    },
+    ("post", "/v1/voice/token"): {"503": "voice is not set up (an admin sets the LiveKit server)"},
+    ("post", "/v1/service/runtimes/{user_id}"): {"502": "the agent could not be started"},
+    ("get", "/v1/service/livekit"): {"503": "voice is not set up (an admin sets the LiveKit server)"},
+}
+"""The 5xx an operation answers on purpose: a feature not set up, or a part it needs that failed."""
+
 SECURITY = {
     "none": [],
     "session": [{"session": []}, {"cookie": []}],
@@ -345,6 +359,10 @@ def document() -> dict[str, Any]:
                 str(status): {"description": "success"}
                 | ({"content": {"application/json": {"schema": schema}}} if schema else {}),
                 "4XX": {"description": "bad request", "content": {"application/json": {"schema": ERROR}}},
+            }
+            | {
+                code: {"description": why, "content": {"application/json": {"schema": ERROR}}}
+                for code, why in UNAVAILABLE.get((method, path), {}).items()
             },
         }
         if body:
