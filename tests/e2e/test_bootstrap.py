@@ -38,11 +38,17 @@ HERMES_IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
 SRC = "/opt/sudo-src"
 BOOTSTRAP = [f"{SRC}/proxmox/bootstrap.sh", "/root/sudo-bootstrap.conf"]
 
-STANDIN = r'''#!/usr/bin/python3
-"""Stands in for livekit-server in tests/e2e/test_bootstrap.py."""
-import http.server
+STANDIN = r'''#!/opt/venvs/sudo/bin/python
+"""Stands in for livekit-server in tests/e2e/test_bootstrap.py: what the voice bridge needs of
+one apart from media, its worker protocol (tests/livekit_stub.py), with the key pair of the
+config it is given, on the port that config names; GET / answers "OK" as livekit-server does."""
+import asyncio
 import re
 import sys
+
+sys.path.insert(0, "/opt/sudo-src/tests")
+from aiohttp import web
+from livekit_stub import LiveKitDispatch
 
 if sys.argv[1:] == ["--version"]:
     print("livekit-server version 0.0.0-standin")
@@ -51,19 +57,34 @@ if len(sys.argv) != 3 or sys.argv[1] != "--config":
     sys.exit("usage: livekit-server --config FILE")
 text = open(sys.argv[2]).read()
 port = int(re.search(r"^port: (\d+)$", text, re.M).group(1))
-keys = re.findall(r"^  (\w+): \S+$", text.split("\nkeys:\n", 1)[1], re.M)
-print(f"stand-in livekit-server: config {sys.argv[2]}, port {port}, keys {' '.join(keys)}", flush=True)
+((key, secret),) = re.findall(r"^  (\w+): (\S+)$", text.split("\nkeys:\n", 1)[1], re.M)
+print(f"stand-in livekit-server: config {sys.argv[2]}, port {port}, keys {key}", flush=True)
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.end_headers()
-        self.wfile.write(b"OK")
+async def ok(request):
+    return web.Response(text="OK")
 
 
-http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+async def main():
+    dispatch = LiveKitDispatch(key, secret)
+    app = web.Application()
+    app.router.add_get("/", ok)
+    app.router.add_get("/agent", dispatch.agent)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    said = 0
+    while True:
+        await asyncio.sleep(0.5)
+        for reason in dispatch.refused[said:]:
+            print(f"refused a worker: {reason}", flush=True)
+        said = len(dispatch.refused)
+        if dispatch.registered.is_set():
+            dispatch.registered.clear()
+            print(f"worker registered: {[w.registration.agent_name for w in dispatch.workers]}", flush=True)
+
+
+asyncio.run(main())
 '''
 
 # What must be the same after a second run: files, packages, settings (with the time each was
@@ -313,6 +334,29 @@ def test_the_admin_settings_hold_the_livekit_server(lxc: Lxc):
     )
 
 
+def test_the_voice_bridge_registers_with_livekit_through_caddy(lxc: Lxc):
+    """The URL, key and secret agree end to end: the bridge signs its token with Sudo's settings,
+    reaches LiveKit through Caddy at the public name, and the server checks the token with the
+    key pair of its own config."""
+    # This machine's DNS and trust, as an operator with TLS=internal gives them to the host.
+    lxc.sh("echo '127.0.0.1 sudo.test voice.test' >> /etc/hosts")
+    lxc.sh(
+        "cp /var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+        " /usr/local/share/ca-certificates/caddy-local.crt && update-ca-certificates >/dev/null 2>&1"
+    )
+    lxc.sh("systemctl restart sudo-voice-bridge.service")
+    url = f"wss://voice.test:{lxc.https}"
+    lxc.wait(
+        lambda: (
+            f"registered with LiveKit at {url}"
+            in lxc.sh("systemctl show -p StatusText --value sudo-voice-bridge")
+        ),
+        120,
+        "the voice bridge to register with LiveKit",
+    )
+    assert "worker registered: ['sudo-voice']" in lxc.sh("journalctl -u livekit-server --no-pager")
+
+
 def test_the_admin_logs_in_with_the_generated_password(lxc: Lxc):
     assert lxc.sh("stat -c '%a %U' /root/sudo-admin-password") == "600 root"
     password = lxc.sh("cat /root/sudo-admin-password")
@@ -368,8 +412,45 @@ def test_the_provisioner_runs_the_tagged_image(lxc: Lxc):
     assert environment == f"SUDO_RUNTIME_IMAGE={lxc.tag}", "and none of upstream's root-start settings"
 
 
+# A newer build of the same packages, as dpkg sees an upgrade: the same files, a higher version.
+NEWER = """
+set -e
+rm -rf /root/newer && mkdir /root/newer && cd /root/newer
+for deb in /debs/sudo-*.deb; do
+    old=$(dpkg-deb -f "$deb" Version)
+    dir=$(basename "$deb" .deb)
+    dpkg-deb -R "$deb" "$dir"
+    sed -i -e "s/^Version: .*/Version: $old+up1/" -e "s/(= $old)/(= $old+up1)/g" "$dir/DEBIAN/control"
+    dpkg-deb --root-owner-group -Zgzip -z1 -b "$dir" "$dir+up1.deb" >/dev/null
+    rm -rf "$dir"
+done
+"""
+
+
+def test_an_upgrade_is_the_same_command_with_newer_packages(lxc: Lxc):
+    kept = (
+        "cd / && sha256sum etc/livekit/livekit.yaml etc/sudo/credentials/* root/sudo-admin-password"
+        " etc/caddy/Caddyfile"
+    )
+    before = lxc.sh(kept), lxc.sh("/opt/venvs/sudo/bin/sudoctl settings list")
+    api_pid = lxc.sh("systemctl show -p MainPID --value sudo-api.service")
+    lxc.sh(NEWER)
+    lxc.sh("sed -i 's|^SUDO_DEBS=.*|SUDO_DEBS=/root/newer|' /root/sudo-bootstrap.conf")
+    code, out = lxc.bootstrap()
+    lxc.outputs.append(out)
+    assert code == 0, out
+    assert re.search(r"installed sudo-api=0.1.0\+up1 sudo-core=0.1.0\+up1 ", out), out
+    assert lxc.sh("dpkg-query -W -f '${Version}' sudo-core sudo-api") == "0.1.0+up10.1.0+up1"
+    assert (lxc.sh(kept), lxc.sh("/opt/venvs/sudo/bin/sudoctl settings list")) == before
+    lxc.wait(lambda: lxc.state("sudo-api.service") == "active", 60, "sudo-api after the upgrade")
+    assert lxc.sh("systemctl show -p MainPID --value sudo-api.service") != api_pid, "restarted on upgrade"
+    code, out = lxc.bootstrap()
+    lxc.outputs.append(out)
+    assert code == 0 and out.rstrip().endswith("bootstrap: done, nothing changed"), out
+
+
 def test_no_secret_is_printed(lxc: Lxc):
-    assert len(lxc.outputs) == 2
+    assert len(lxc.outputs) == 4
     for name, value in lxc.secret_values().items():
         assert len(value) >= 20, name
         for out in lxc.outputs:
