@@ -52,7 +52,13 @@ async def serve(settings: config.Settings) -> int:
         pairing=pairing_limiter(api),
         codes=code_limiter(api),
     )
-    runner = web.AppRunner(build_app(services), handle_signals=False, access_log=None, shutdown_timeout=5)
+    runner = web.AppRunner(
+        build_app(services),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5,
+        keepalive_timeout=api.idle_timeout_sec,
+    )
     await runner.setup()
     await web.TCPSite(runner, *host_port(api.listen)).start()
     metrics_runner = await start_metrics(api.metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -47,6 +48,28 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
+@web.middleware
+async def whole_body(request: web.Request, handler) -> web.StreamResponse:
+    """Read a request's whole body before its handler, within `api.client_timeout_sec` (and the
+    app's size limit): a client that sends it slower is cut off with 408 instead of holding a
+    handler, and what it sent reaches no handler."""
+    if request.can_read_body:
+        try:
+            async with asyncio.timeout(request.app[SERVICES].settings.api.client_timeout_sec):
+                await request.read()
+        except TimeoutError:
+            # Answered, then the connection closed at once: the rest is not waited for.
+            response = web.json_response({"error": "the request's body came too slowly"}, status=408)
+            response.force_close()
+            response.headers.update(SECURITY_HEADERS)
+            await response.prepare(request)
+            await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+            return response
+    return await handler(request)
+
+
 def reason(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
         return f"{request.path} is not an API endpoint"
@@ -62,7 +85,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def build_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[errors, whole_body], client_max_size=256 * 1024)
     app[SERVICES] = services
     app.add_routes([web.get("/healthz", healthz), *api.routes(), *pages.routes()])
     return app

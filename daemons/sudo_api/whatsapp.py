@@ -109,11 +109,12 @@ async def webhook_form(
     """The form of a Twilio webhook whose X-Twilio-Signature is right; WebhookRejected otherwise."""
     if (request.content_length or 0) > WEBHOOK_MAX:
         raise WebhookRejected(413, "a Twilio webhook is a small form")
-    raw = bytearray()
-    async for chunk in request.content.iter_chunked(8192):
-        raw += chunk
-        if len(raw) > WEBHOOK_MAX:
-            raise WebhookRejected(413, "a Twilio webhook is a small form")
+    try:
+        raw = await request.read()  # read already, bounded in time and size (app.whole_body)
+    except web.HTTPRequestEntityTooLarge:
+        raise WebhookRejected(413, "a Twilio webhook is a small form") from None
+    if len(raw) > WEBHOOK_MAX:
+        raise WebhookRejected(413, "a Twilio webhook is a small form")
     signature = request.headers.get("X-Twilio-Signature", "")
     if not auth_token:
         raise WebhookRejected(403, "WhatsApp is not set up: no Twilio auth token to check signatures with")

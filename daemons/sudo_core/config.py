@@ -60,6 +60,10 @@ class ProvisionerSettings:
     health_timeout_sec: float = 120.0
     """One deadline for a new runtime to answer GET /health with 200 (seconds)."""
 
+    client_timeout_sec: float = 60.0
+    """Longest a client may leave a request unfinished: its headers, its JSON body, or a pause in a
+    volume upload; then it is cut off, so a stalled client holds no handler (nor the idle exit)."""
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:
@@ -217,6 +221,14 @@ class ApiSettings:
 
     shutdown_grace_sec: float = 30.0
     """On SIGTERM, how long replies in progress may take to finish (seconds)."""
+
+    client_timeout_sec: float = 30.0
+    """Longest a client may take to send a request's body (seconds); a slower one gets 408 and is
+    cut off, so slow clients hold no handler."""
+
+    idle_timeout_sec: float = 75.0
+    """A connection with no complete request for this long is closed (seconds): idle keep-alives,
+    and headers sent too slowly."""
 
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     """Peers whose X-Forwarded-For/Proto/Host are believed (Caddy): the client's address for the

@@ -81,7 +81,10 @@ async def serve(settings: config.Settings, bind: bool) -> int:
     summary = await manager.reconcile()
 
     activity = Activity()
-    runner = web.AppRunner(build_app(manager, activity, notifier), handle_signals=False)
+    timeout = settings.provisioner.client_timeout_sec
+    runner = web.AppRunner(
+        build_app(manager, activity, notifier, timeout), handle_signals=False, keepalive_timeout=timeout
+    )
     await runner.setup()
     await web.SockSite(runner, sock).start()
     ready = f"serving; adopted {summary['adopted']}, removed {len(summary['removed'])}"

@@ -50,6 +50,15 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     activity = request.app[ACTIVITY]
     activity.in_flight += 1
     try:
+        # A body is read whole before the handler, within the client timeout, so a client that
+        # stalls is cut off rather than holding a handler and the idle exit forever. A volume
+        # upload is streamed by its handler, with the same limit on each pause.
+        if request.can_read_body and request.match_info.route.handler is not put_volume:
+            try:
+                async with asyncio.timeout(request.app[CLIENT_TIMEOUT]):
+                    await request.read()
+            except TimeoutError:
+                return await cut_off(request, error(408, "the request's body came too slowly"))
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -70,6 +79,16 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     finally:
         activity.in_flight -= 1
         activity.last_change = time.monotonic()
+
+
+async def cut_off(request: web.Request, response: web.Response) -> web.Response:
+    """Answer, then close the connection at once: the rest of a stalled body is not waited for."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # after what is written has gone
+    return response
 
 
 async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
@@ -162,7 +181,14 @@ async def put_volume(request: web.Request) -> web.Response:
     await manager.family(family)
     with tempfile.TemporaryFile() as spool:
         size = 0
-        async for chunk in request.content.iter_chunked(1 << 20):
+        while True:
+            try:
+                async with asyncio.timeout(request.app[CLIENT_TIMEOUT]):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                return await cut_off(request, error(408, "the volume stopped coming: nothing was changed"))
+            if not chunk:
+                break
             await asyncio.to_thread(spool.write, chunk)
             size += len(chunk)
         problem = await asyncio.to_thread(volume_tar_problem, spool)
@@ -187,6 +213,7 @@ async def reconcile(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MANAGER].reconcile())
 
 
+CLIENT_TIMEOUT = web.AppKey("client_timeout", float)
 RESTARTING = web.AppKey("restarting", asyncio.Lock)
 NOTIFIER = web.AppKey("notifier", Notifier)
 
@@ -220,8 +247,11 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(manager: RuntimeManager, activity: Activity, notifier: Notifier) -> web.Application:
+def build_app(
+    manager: RuntimeManager, activity: Activity, notifier: Notifier, client_timeout: float = 60.0
+) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=64 * 1024)
+    app[CLIENT_TIMEOUT] = client_timeout
     app[MANAGER] = manager
     app[ACTIVITY] = activity
     app[NOTIFIER] = notifier
