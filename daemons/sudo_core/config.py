@@ -142,6 +142,10 @@ class GatewaySettings:
     request_timeout_sec: float = 600.0
     """Longest an upstream LLM response may take in all (seconds)."""
 
+    idle_timeout_sec: float = 75.0
+    """A family's connection with no complete request for this long is closed (seconds): idle
+    keep-alives, and headers sent too slowly."""
+
 
 @dataclass(frozen=True)
 class LLMSettings:

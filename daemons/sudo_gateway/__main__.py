@@ -36,7 +36,13 @@ async def serve(settings: config.Settings) -> int:
     notifier = Notifier()
     db = Database(settings.core.database_path)
     gateway = Gateway(settings, db, host_secret(settings.core.state_dir))
-    runners = [web.AppRunner(build_app(gateway), handle_signals=False)]
+    # The family containers are untrusted: a connection that sends no whole request in this
+    # long is closed (aiohttp's runner would keep one an hour), so stalling ones cannot pile up.
+    runners = [
+        web.AppRunner(
+            build_app(gateway), handle_signals=False, keepalive_timeout=settings.gateway.idle_timeout_sec
+        )
+    ]
     await runners[0].setup()
     host, port = settings.runtime.host_address, settings.gateway.port
     await web.SockSite(runners[0], bind_freely(host, port)).start()

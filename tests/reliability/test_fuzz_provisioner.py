@@ -35,6 +35,7 @@ BODIES = [
     b"", b"{", b"null", b"[]", b"1e999", b'"x"', b'{"idle_sec": "x"}', b'{"idle_sec": true}',
     b'{"idle_sec": -0.5}', b'{"idle_sec": 1e400}', b'{"idle_sec": null, "x": 1}', b'{"idle_sec": [1]}',
     b"\xff\xfe\x00", b'{"idle_sec": 1' + b"0" * 5000 + b"}", "{\"ü\": \"\\ud800\"}".encode(),
+    b"[" * 60000, b'{"idle_sec": ' + b"[" * 30000 + b"]" * 30000 + b"}",
 ]  # fmt: skip
 
 
