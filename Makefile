@@ -13,7 +13,7 @@ export HERMES_IMAGE SYSTEMD_IMAGE E2E_IMAGE
 DEV_ENV := SUDO_CORE_STATE_DIR=$(CURDIR)/var SUDO_PROVISIONER_SOCKET=$(CURDIR)/var/provisioner.sock \
 	SUDO_RUNTIME_IMAGE=$(HERMES_IMAGE) SUDO_API_LISTEN=127.0.0.1:8600 SUDO_API_SECURE_COOKIES=false
 
-.PHONY: deps venv hermes-image systemd-image e2e-image deb deb-edge e2e run test lint bench clean
+.PHONY: deps venv hermes-image systemd-image e2e-image deb deb-edge e2e run test lint bench reliability clean
 
 deps:
 	@missing=""; \
@@ -77,6 +77,11 @@ lint: venv
 
 test: venv hermes-image systemd-image e2e-image deb lint
 	$(BIN)/python -m pytest -q
+
+# make reliability: tests/reliability at full size (make test runs it bounded); figures in
+# $SUDO_RELIABILITY_REPORT (default: /tmp/sudo-reliability.json) and at the end of the output
+reliability: venv hermes-image
+	SUDO_RELIABILITY=full $(BIN)/python -m pytest -q tests/reliability
 
 bench: venv hermes-image
 	@command -v wrk >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
