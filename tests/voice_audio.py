@@ -1,8 +1,9 @@
 """Audio in and out of a voice session without a LiveKit room, for tests and benchmarks.
 
-`RecordingInput` plays a recording into the session as a microphone would (20 ms frames, paced
-in real time, then silence); `CapturedOutput` is a speaker that records what the agent says and
-when each reply's first audio arrived. Speech is synthesized with espeak-ng, as the issue asks.
+`RecordingInput` plays a recording into the session as a microphone in a quiet room would (20 ms
+frames, paced in real time, then the room's silence); `CapturedOutput` is a speaker that records
+what the agent says and when each reply's first audio arrived. Speech is synthesized with
+espeak-ng, as the issue asks.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from livekit import rtc
 from livekit.agents.voice import io
 
 RATE = 16000
 FRAME = RATE // 50  # 20 ms
+ROOM_NOISE_DBFS = -60.0
+"""The noise floor a microphone hears in a quiet room. Digital silence around speech makes
+pocketsphinx's result hinge on exactly where the VAD cut the utterance; a real room never is."""
 
 
 def spoken(text: str, voice: str = "en-us+m3", words_per_minute: int = 160) -> bytes:
@@ -59,6 +64,7 @@ class RecordingInput(io.AudioInput):
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._pending = b""
         self._next_at: float | None = None
+        self._noise = np.random.default_rng(0)
         self.speech_ended_at: list[float] = []
         """Monotonic times at which each played recording's speech ended (its trailing silence began)."""
 
@@ -83,8 +89,10 @@ class RecordingInput(io.AudioInput):
                 continue
             self._pending += chunk
         data, self._pending = self._pending[: 2 * FRAME], self._pending[2 * FRAME :]
-        data = data.ljust(2 * FRAME, b"\0")
-        return rtc.AudioFrame(data, RATE, 1, FRAME)
+        samples = np.frombuffer(data.ljust(2 * FRAME, b"\0"), dtype=np.int16) + self._noise.normal(
+            0, 32768 * 10 ** (ROOM_NOISE_DBFS / 20), FRAME
+        )
+        return rtc.AudioFrame(np.clip(samples, -32768, 32767).astype(np.int16).tobytes(), RATE, 1, FRAME)
 
 
 @dataclass

@@ -83,6 +83,13 @@ async def conversation(api: Stack, http, request) -> AsyncIterator[Conversation]
             await session.llm.aclose()  # type: ignore[union-attr]
 
 
+def answer(said: str) -> str:
+    """What the agent answered in a reply. The family's runtime is woken as the session starts,
+    as the bridge does; on a busy machine the first reply can come late enough for the bridge to
+    say it is still thinking first, which is right, and not what these tests are about."""
+    return said.removeprefix(hermes.STILL_THINKING)
+
+
 def gateway_url(api: Stack) -> str:
     return f"http://{api.settings.runtime.host_address}:{api.settings.gateway.port}/v1"
 
@@ -119,8 +126,9 @@ async def test_a_spoken_question_reaches_the_familys_agent_and_its_answer_is_spo
     asked = [r["last_user"] for r in completions_since(api, since)]
     assert any("weather tomorrow" in text for text in asked), asked
     transcript = next(t for t in asked if "weather tomorrow" in t)
-    # And its answer came out of the speaker, as long as espeak-ng takes to say it.
-    assert said == [f"stub says: {transcript}"]
+    # And its answer came out of the speaker, as long as espeak-ng takes to say it (after the
+    # bridge's "still thinking", on a machine so busy that the first reply took that long).
+    assert [answer(text) for text in said] == [f"stub says: {transcript}"]
     reply = conversation.speaker.replies[0]
     expected = spoken_seconds(await espeak_wav(said[0], OFFLINE.espeak_voice))
     heard = len(reply.pcm) / 2 / reply.sample_rate
@@ -176,10 +184,11 @@ async def test_an_unreachable_agent_is_said_out_loud(api: Stack, conversation: C
         api.start_provisioner()
     assert said == [hermes.UNREACHABLE]
     assert len(conversation.speaker.replies[0].pcm) > 0
-    # And once the host is back, the conversation goes on.
+    # And once the host is back, the conversation goes on (waking the agent may take long
+    # enough for a "still thinking").
     await conversation.say(QUESTION)
     said = await conversation.finished()
-    assert said[-1].startswith("stub says:")
+    assert answer(said[-1]).startswith("stub says:")
 
 
 async def test_speaking_over_the_agent_interrupts_it(api: Stack, conversation: Conversation):
@@ -214,7 +223,7 @@ async def test_by_default_speech_goes_through_the_gateway_to_the_admins_provider
     transcript = f"voice note {heard['sha12']} {heard['bytes']} bytes"
     # ...the agent answered what the provider heard...
     assert any(r.get("last_user") == transcript for r in requests if r["path"] == "/v1/chat/completions")
-    assert said == [f"stub says: {transcript}"]
+    assert [answer(text) for text in said] == [f"stub says: {transcript}"]
     # ...and the provider spoke the answer, which the speaker played.
     spoken_requests = [r for r in requests if r["path"] == "/v1/audio/speech"]
     assert spoken_requests and all(r["authorization"] == f"Bearer {api.llm_key}" for r in spoken_requests)
