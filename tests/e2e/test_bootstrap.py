@@ -9,10 +9,13 @@ equivalent, and only that:
 - the Hermes image: the locally built one (HERMES_IMAGE=sudo-hermes:0.19.0 is present, so it is
   not pulled), tagged under a name of this test's own, as upstream's would be;
 - livekit-server: a stand-in executable (LIVEKIT_BINARY) that reads the config it is given,
-  says which port and key it found, and answers on that port as livekit-server does ("OK");
-- TLS: Caddy's own CA (TLS=internal), on free ports, since no certificate authority is reachable.
+  says which port and key it found, answers "OK" on that port as livekit-server does, and
+  speaks LiveKit's worker protocol there (tests/livekit_stub.py) with the config's key pair;
+- TLS: Caddy's own CA (TLS=internal), on free ports, since no certificate authority is reachable;
+  for the voice bridge, the public names resolve to 127.0.0.1 and that CA is trusted.
 Caddy itself comes from Debian's apt, as on a real host. The machine has sudo.toml written
-first, with ports and a runtime network of its own (it shares the host's network).
+first, with ports and a runtime network of its own (it shares the host's network). The packages
+come from dist/ (SUDO_E2E_DEBS names another directory).
 """
 
 from __future__ import annotations
@@ -169,6 +172,8 @@ def lxc() -> Iterator[Lxc]:
             "/etc/sudo/sudo.toml",
             f"""[runtime]
 network = "{network}"
+# No family is started here: leave the real host's firewall alone.
+host_firewall = false
 subnet = "10.217.{secrets.randbelow(250)}.0/24"
 [gateway]
 port = {free_port()}
@@ -354,7 +359,11 @@ def test_the_voice_bridge_registers_with_livekit_through_caddy(lxc: Lxc):
         120,
         "the voice bridge to register with LiveKit",
     )
-    assert "worker registered: ['sudo-voice']" in lxc.sh("journalctl -u livekit-server --no-pager")
+    lxc.wait(
+        lambda: "worker registered: ['sudo-voice']" in lxc.sh("journalctl -u livekit-server --no-pager"),
+        10,
+        "the stand-in to log the registration",
+    )
 
 
 def test_the_admin_logs_in_with_the_generated_password(lxc: Lxc):
@@ -421,7 +430,7 @@ for deb in /debs/sudo-*.deb; do
     dir=$(basename "$deb" .deb)
     dpkg-deb -R "$deb" "$dir"
     sed -i -e "s/^Version: .*/Version: $old+up1/" -e "s/(= $old)/(= $old+up1)/g" "$dir/DEBIAN/control"
-    dpkg-deb --root-owner-group -Zgzip -z1 -b "$dir" "$dir+up1.deb" >/dev/null
+    dpkg-deb --root-owner-group -Znone -b "$dir" "$dir+up1.deb" >/dev/null
     rm -rf "$dir"
 done
 """
