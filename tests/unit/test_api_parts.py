@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sudo_api import admin
-from sudo_api.accounts import Accounts, InvalidInput, LoginLimiter
+from sudo_api.accounts import Accounts, InvalidInput, Limiter, LoginLimiter
 from sudo_api.chat import ChatStore
 from sudo_api.devices import Devices, PairingError
 from sudo_core.config import ApiSettings
@@ -43,6 +43,24 @@ def test_login_limiter_counts_per_account_and_per_address():
     limiter.failed("a@example.org", "10.0.0.1")
     limiter.failed("b@example.org", "10.0.0.1")
     assert limiter.retry_after("c@example.org", "10.0.0.1") > 0  # the address does not
+
+
+def test_limiter_counts_each_kind_and_forgets_what_its_window_forgot():
+    limiter = Limiter(0.2, family=2, address=3)
+    for _ in range(2):
+        limiter.count(family="f1", address="a1")
+    assert limiter.retry_after(family="f1", address="a2") > 0  # the family's limit
+    assert limiter.retry_after(family="f2", address="a1") == 0
+    limiter.count(family="f2", address="a1")
+    assert limiter.retry_after(family="f3", address="a1") > 0  # the address's limit
+    # Guessing at ever new keys takes no lasting memory: expired keys are swept as keys grow.
+    for i in range(1500):
+        limiter.count(family=f"guess-{i}")
+    time.sleep(0.25)
+    for i in range(1000):
+        limiter.count(family=f"later-{i}")
+    assert len(limiter._events) < 1500
+    assert limiter.retry_after(family="f1") == 0
 
 
 async def test_passwords_are_hashed_and_checked(db: Database):
