@@ -1,15 +1,13 @@
 """Fixtures: one real control plane (provisioner + gateway + LLM stand-in) for the session.
 
-They live in tests/control_plane.py, shared with tests/reliability; test modules here import
-the helpers from `conftest` or from `control_plane`."""
+They live in tests/control_plane.py, shared with tests/reliability; test modules import the
+helpers from `control_plane` (every suite's conftest is a module named `conftest`, so which one
+`from conftest import` finds depends on what else runs)."""
 
-from control_plane import (  # noqa: F401 (fixtures, and helpers the test modules import from here)
-    Family,
+from control_plane import (  # noqa: F401 (the fixtures)
     api,
-    chat,
     fresh_settings,
     http,
     provisioner,
-    sign_up,
     stack,
 )

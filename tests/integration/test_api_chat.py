@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
-from conftest import Family, sign_up
+from control_plane import Family, sign_up
 from stack import Notifications, Stack
 
 from sudo_core.families import runtime_name

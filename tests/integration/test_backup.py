@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import Family, sign_up
+from control_plane import Family, sign_up
 from stack import BIN, Stack
 from test_api_chat import wait_status
 

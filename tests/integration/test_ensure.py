@@ -7,7 +7,7 @@ import asyncio
 import time
 
 import aiohttp
-from conftest import chat
+from control_plane import chat
 from stack import Stack
 
 from sudo_core.families import runtime_name, volume_name

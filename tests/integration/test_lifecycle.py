@@ -7,7 +7,7 @@ import contextlib
 import subprocess
 import time
 
-from conftest import chat
+from control_plane import chat
 from stack import BIN, Stack
 
 from sudo_core.families import runtime_name, volume_name

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import sign_up
+from control_plane import sign_up
 from livekit.agents import AgentSession
 from stack import Stack
 from voice_audio import CapturedOutput, RecordingInput, spoken, wait_until

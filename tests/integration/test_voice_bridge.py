@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import sign_up
+from control_plane import sign_up
 from livekit_stub import LiveKitDispatch
 from stack import BIN, Notifications, Stack, free_port
 

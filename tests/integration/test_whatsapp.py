@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Family, sign_up
+from control_plane import Family, sign_up
 from stack import Stack
 from test_api_access import admin_session
 from twilio_stub import sign
