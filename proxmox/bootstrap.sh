@@ -175,10 +175,13 @@ step "Sudo packages"
 if [ -n "${cfg[SUDO_DEBS]}" ]; then
     debs=()
     stale=()
+    declare -A seen=()
     for deb in "${cfg[SUDO_DEBS]}"/sudo-*.deb; do
         pkg=$(dpkg-deb -f "$deb" Package)
         version=$(dpkg-deb -f "$deb" Version)
         [ "$pkg" != sudo-edge ] || continue # the home device's package, not the server's
+        [ -z "${seen[$pkg]:-}" ] || die "${cfg[SUDO_DEBS]} holds $pkg twice (${seen[$pkg]} and $version): keep only one version there"
+        seen[$pkg]=$version
         debs+=("$deb")
         if [ "$(dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null || true)" != "install ok installed $version" ]; then
             stale+=("$pkg=$version")

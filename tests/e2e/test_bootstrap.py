@@ -232,6 +232,12 @@ def test_bad_settings_stop_it_before_anything_changes(lxc: Lxc):
         lxc.sh(f"(cat /root/sudo-bootstrap.conf; echo {shlex.quote(line)}) > /root/bad.conf")
         code, out = lxc.bootstrap("/root/bad.conf")
         assert code == 1 and says in out, out
+    # One package twice in SUDO_DEBS: refused before apt is asked anything.
+    lxc.sh("mkdir /root/two && cp /debs/sudo-*.deb /root/two/")
+    lxc.sh("cp /debs/sudo-server_*.deb /root/two/sudo-server_0.deb")
+    lxc.sh("(cat /root/sudo-bootstrap.conf; echo SUDO_DEBS=/root/two) > /root/bad.conf")
+    code, out = lxc.bootstrap("/root/bad.conf")
+    assert code == 1 and "holds sudo-server twice (0.1.0 and 0.1.0): keep only one version there" in out, out
     code, out = lxc.bootstrap("/root/missing.conf")
     assert code == 1 and "no such file: copy proxmox/bootstrap.conf.example there" in out
     assert lxc.sh("dpkg-query -W sudo-core 2>&1 || true").startswith("dpkg-query: no packages found")
