@@ -93,7 +93,7 @@ async def cut_off(request: web.Request, response: web.Response) -> web.Response:
 
 async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
     """The JSON object body (empty body = {}), refusing anything unexpected."""
-    if not request.can_read_body:
+    if not request.body_exists:  # not can_read_body: the middleware has already read it
         return {}
     try:
         body = await request.json()
