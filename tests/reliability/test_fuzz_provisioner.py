@@ -112,8 +112,8 @@ def exchange(path: Path, raw: bytes, half_close: bool = False, timeout: float = 
     status = parts[1]
     if status.startswith("4") and not raw.startswith(b"HEAD ") and b"\r\n\r\n" in answer:
         # our errors are JSON with a message (aiohttp's own, for unparseable requests, are text)
-        body = answer.split(b"\r\n\r\n", 1)[1]
-        if b"Content-Type: application/json" in answer and not _json_error(body):
+        head, body = answer.split(b"\r\n\r\n", 1)
+        if b"Content-Type: application/json" in head and not _json_error(body):
             return f"{status} without an error message"
     return status
 
