@@ -12,6 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -127,8 +128,11 @@ async def test_slow_clients_are_cut_off_and_others_served(stack: Stack, impatien
     silent = (b"", b"")
     kinds = [slow_body, slow_headers, silent]
     clients = [kinds[i % 3] for i in range(size(30, 300))]
-    with unchanged(database):
-        pending = asyncio.gather(*(asyncio.to_thread(dribble, address, h, t, 30) for h, t in clients))
+    loop = asyncio.get_running_loop()
+    with unchanged(database), ThreadPoolExecutor(max_workers=len(clients)) as pool:  # all at once
+        pending = asyncio.gather(
+            *(loop.run_in_executor(pool, dribble, address, h, t, 30) for h, t in clients)
+        )
         # Meanwhile everyone else is served as usual.
         async with aiohttp.ClientSession() as http:
             for _ in range(5):
