@@ -138,7 +138,7 @@ def check_csrf(request: web.Request, session: Session, token: str) -> None:
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+    except (ValueError, RecursionError, LookupError):  # nested too deep; a charset Python lacks
         fail(400, "the body must be JSON")
     if not isinstance(body, dict):
         fail(400, "the body must be a JSON object")

@@ -55,7 +55,11 @@ async def page_session(request: web.Request, *, family: bool = True, admin: bool
 
 
 async def form(request: web.Request, session: Session | None = None) -> dict[str, str]:
-    data = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    try:
+        posted = await request.post()
+    except (ValueError, LookupError):  # not decodable, or in a charset Python lacks
+        raise web.HTTPBadRequest(text="the form could not be read") from None
+    data = {k: v for k, v in posted.items() if isinstance(v, str)}
     if session is not None:
         check_csrf(request, session, data.get("csrf", ""))
     return data

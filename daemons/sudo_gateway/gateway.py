@@ -129,7 +129,7 @@ class Gateway:
             return openai_error(401, "invalid gateway key", "authentication_error")
         try:
             body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
+        except (ValueError, RecursionError, LookupError):  # nested too deep; a charset Python lacks
             body = None
         if not isinstance(body, dict):
             return openai_error(400, "the body must be a JSON object")
@@ -198,7 +198,7 @@ class Gateway:
             return openai_error(401, "invalid gateway key", "authentication_error")
         try:
             body = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to parse
+        except (ValueError, RecursionError, LookupError):  # nested too deep; a charset Python lacks
             body = None
         text = body.get("input") if isinstance(body, dict) else None
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_SPEECH_INPUT:
@@ -232,7 +232,7 @@ class Gateway:
                 str(body["to"]).removeprefix("whatsapp:"),
                 str(body["body"]),
             )
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (ValueError, KeyError, TypeError, RecursionError, LookupError):
             return json_error(400, "expected JSON with id, to and body")
         if not (0 < len(message_id) <= 100 and E164.match(to) and 0 < len(text) <= twilio.BODY_MAX):
             return json_error(

@@ -97,7 +97,8 @@ async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
         return {}
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
+    # RecursionError: nested too deep; LookupError: a charset Python lacks
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, LookupError):
         raise web.HTTPBadRequest(text="body must be JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")

@@ -69,6 +69,38 @@ async def test_oversized_bodies_are_refused(api: Stack, http, figures):
     assert api.processes["api"].poll() is None
 
 
+async def test_bodies_in_unknown_or_wrong_charsets_are_refused(api: Stack, stack: Stack, http, figures):
+    family = await sign_up(http, api.api_url, "Charset")
+    cases = [
+        ("application/json; charset=no-such-charset", b'{"text": "hi"}'),
+        ("application/json; charset=utf-16", b'{"text": "hi"}'),  # not UTF-16
+        ("application/json; charset=utf-8", b'{"text": "\xff\xfe"}'),
+        ("application/x-www-form-urlencoded; charset=no-such-charset", b"text=hi"),
+    ]
+    with unchanged(api.settings.core.database_path):
+        for content_type, body in cases:
+            headers = family.headers | {"Content-Type": content_type}
+            async with http.post(f"{api.api_url}/v1/chat/messages", data=body, headers=headers) as resp:
+                figures.tried(resp.status)
+                assert resp.status == 400, (content_type, resp.status, await resp.text())
+        # The pages' forms likewise.
+        headers = {"Content-Type": "application/x-www-form-urlencoded; charset=no-such-charset"}
+        async with http.post(f"{api.api_url}/login", data=b"email=x", headers=headers) as resp:
+            figures.tried(resp.status)
+            assert resp.status == 400
+    # The provisioner's JSON bodies likewise.
+    connector = aiohttp.UnixConnector(path=str(stack.socket))
+    async with aiohttp.ClientSession(connector=connector) as raw:
+        for content_type, _ in cases[:3]:
+            url = "http://p/v1/runtimes/evict-idle"
+            async with raw.post(
+                url, data=b'{"idle_sec": 1e9}', headers={"Content-Type": content_type}
+            ) as resp:
+                figures.tried(resp.status)
+                assert resp.status in (200, 400), (content_type, resp.status, await resp.text())
+                assert resp.status == 400 or content_type.endswith("utf-8")
+
+
 @pytest.fixture(scope="module")
 def impatient(stack: Stack) -> Iterator[tuple[str, Path]]:
     """A second sudo-api, with a database of its own and short client timeouts, so slow clients
