@@ -116,6 +116,13 @@ async def remove_runtimes(settings: config.Settings) -> set[uuid.UUID] | None:
         print(f"sudo-provisioner: cannot use the Docker engine: {exc}", file=sys.stderr)
         return None
     print(f"sudo-provisioner: removed {len(runtimes)} family runtime(s); their data stays until purge")
+    if settings.runtime.host_firewall:  # the host's firewall rules for the network go with its runtimes
+        try:
+            await backend.unguard_host((await backend.image(settings.runtime.image)).id)
+        except docker.errors.DockerException as exc:
+            print(
+                f"sudo-provisioner: the host's firewall rules for the runtimes stay: {exc}", file=sys.stderr
+            )
     return {r.owner for r in runtimes if r.owner}
 
 

@@ -177,6 +177,18 @@ class DockerBackend:
 
         await self._run(guard)
 
+    async def unguard_host(self, image: str) -> None:
+        """Remove the host's firewall rules for the runtime network (when its runtimes go)."""
+
+        def unguard() -> None:
+            try:
+                bridge = bridge_of(self._client, self.settings.network)
+            except docker.errors.NotFound:
+                return
+            guard_host(self._client, image, bridge, self.settings.host_address, None)
+
+        await self._run(unguard)
+
     async def image(self, ref: str) -> Image:
         info = await self._run(self._client.api.inspect_image, ref)
         entrypoint = info.get("Config", {}).get("Entrypoint") or ()

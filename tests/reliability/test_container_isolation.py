@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
-from stack import Stack
+from stack import BIN, Stack, wait_for
+
+from sudo_provisioner.docker_backend import bridge_of
 
 PROBE = r"""
 import json, os, socket, stat, sys
@@ -99,3 +103,35 @@ async def test_a_family_container_reaches_the_gateway_and_nothing_else(stack: St
                     assert resp.status == 200
     for family in (a.id, b.id):
         await provisioner.stop(family)
+
+
+def host_rules() -> str:
+    """This host's iptables rules (the tests run as root, as `make test` does)."""
+    return subprocess.run(["iptables", "-w", "10", "-S"], capture_output=True, text=True, check=True).stdout
+
+
+def test_the_firewall_comes_with_the_provisioner_and_goes_with_remove_all(tmp_path: Path):
+    other = Stack(tmp_path / "other")
+    try:
+        other.start_provisioner()
+        # The provisioner makes the network, then the rules for its bridge, as it starts.
+        wait_for(lambda: other.docker.networks.list(names=[other.network]), 60, "the runtime network")
+        chain = f"SUDO-{bridge_of(other.docker, other.network)}"
+        wait_for(lambda: f"-j {chain}" in host_rules(), 60, "the provisioner's firewall rules")
+        port = other.settings.gateway.port
+        assert (
+            f"-A {chain} -d {other.settings.runtime.host_address}/32 -p tcp -m tcp --dport {port} -j ACCEPT"
+            in (host_rules())
+        )
+        other.stop("provisioner")
+        removed = subprocess.run(
+            [str(BIN / "sudo-provisioner"), "--remove-all"],
+            env=other.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert removed.returncode == 0, removed.stderr
+        assert chain not in host_rules()  # what apt remove runs: the host is left as it was
+    finally:
+        other.close()
