@@ -235,10 +235,12 @@ class Stack:
     def containers(self) -> list:
         return self.docker.containers.list(all=True, filters={"label": f"sudo.scope={self.network}"})
 
-    def llm_requests(self) -> list[dict]:
+    def llm_requests(self, path: str | None = "/v1/chat/completions") -> list[dict]:
+        """What the LLM stand-in received at `path` (its chat completions unless told; None: all)."""
         if not self.llm_log.exists():
             return []
-        return [json.loads(line) for line in self.llm_log.read_text().splitlines() if line]
+        requests = [json.loads(line) for line in self.llm_log.read_text().splitlines() if line]
+        return [r for r in requests if path is None or r.get("path") == path]
 
     def close(self) -> None:
         for name in list(self.processes):

@@ -308,7 +308,7 @@ async def test_voice_notes_are_transcribed_and_unsupported_media_answered(api: S
 
     transcript = f"voice note {hashlib.sha256(voice).hexdigest()[:12]} {len(voice)} bytes"
     await until(lambda: asked(api, transcript), 180, "the transcript reaching the agent")
-    stt = [r for r in api.llm_requests() if r.get("path") == "/v1/audio/transcriptions"]
+    stt = api.llm_requests("/v1/audio/transcriptions")
     assert stt and stt[-1]["authorization"] == f"Bearer {api.llm_key}"  # the host's key, not the family's
     notices = await until(
         lambda: [m for m in sent_to(api, number) if "not mp4 files" in m["body"]], 30, "the notice"
