@@ -488,13 +488,24 @@ class Conversations:
                 self._settled.set()
 
     async def _deliver(self, family: uuid.UUID, chat_url: str, headers: dict[str, str]) -> None:
-        """Give the agent the family's messages in order, each once its previous one is answered."""
+        """Give the agent the family's messages in order, each once its previous one is answered.
+
+        A message already in flight when this connection began is handed over once more: a
+        sudo-api killed between marking it delivered and the agent taking it left it in flight
+        with an agent that never heard of it (and that keeps its boot id, so nothing else would
+        deliver it again). The plugin drops an id it already has, so this is safe.
+        """
         wake = self._wake.setdefault(family, asyncio.Event())
+        handed: set[str] = set()
         while True:
             wake.clear()
             message, claimed = await self.db.aio(self.store.next_to_deliver, family)
             if message is None:
                 await wake.wait()
+                continue
+            if not claimed and message.id not in handed:
+                if await self._hand_over(chat_url, headers, family, message, claimed=False):
+                    handed.add(message.id)
                 continue
             if not claimed:  # in flight: wait for its answer, or give up on it in time
                 left = message.updated_at + self.settings.reply_timeout_sec - time.time()
@@ -504,26 +515,41 @@ class Conversations:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), left)
                 continue
-            body = {"id": message.id, "text": message.text, "sender": message.sender}
-            try:
-                async with self._http.post(
-                    f"{chat_url}/messages",
-                    json=body,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=30),
-                ) as resp:
-                    if resp.status == 503:  # Hermes is still starting
+            handed.add(message.id)
+            await self._hand_over(chat_url, headers, family, message, claimed=True)
+
+    async def _hand_over(
+        self, chat_url: str, headers: dict[str, str], family: uuid.UUID, message: Message, claimed: bool
+    ) -> bool:
+        """POST one message to the plugin; whether it took it (or refused it for good).
+
+        A message claimed for this hand-over that did not get through goes back to the queue,
+        its attempt undone; one handed over again stays in flight, for the next try.
+        """
+        body = {"id": message.id, "text": message.text, "sender": message.sender}
+        try:
+            async with self._http.post(
+                f"{chat_url}/messages",
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as resp:
+                if resp.status == 503:  # Hermes is still starting
+                    if claimed:
                         await self.db.aio(self.store.unmark_delivered, message.id)
-                        await asyncio.sleep(0.3)
-                    elif resp.status >= 400:
-                        detail = (await resp.json(content_type=None) or {}).get("error", resp.reason)
-                        await self._fail(
-                            family, message.id, f"the assistant refused the message: {detail}", "refused"
-                        )
-            except BaseException:
+                    await asyncio.sleep(0.3)
+                    return False
+                if resp.status >= 400:
+                    detail = (await resp.json(content_type=None) or {}).get("error", resp.reason)
+                    await self._fail(
+                        family, message.id, f"the assistant refused the message: {detail}", "refused"
+                    )
+                return True
+        except BaseException:
+            if claimed:
                 # The plugin ignores a message id it already has, so giving it again is safe.
                 await asyncio.shield(self.db.aio(self.store.unmark_delivered, message.id))
-                raise
+            raise
 
     async def _fail(self, family: uuid.UUID, message_id: str, error: str, reason: str) -> None:
         await self.db.aio(self.store.set_status, message_id, "failed", error)
