@@ -51,6 +51,7 @@ REPLY_SECONDS = Histogram(
     "From a family's message being stored to its agent's turn ending with an answer",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
+REVIVED = Counter("sudo_api_runtimes_revived_total", "Runtimes that died on their own, revived")
 RUNTIMES = Gauge("sudo_api_runtimes_running", "Family runtimes running, as last listed by the provisioner")
 
 
@@ -303,6 +304,8 @@ class Conversations:
         self._channels: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wake: dict[uuid.UUID, asyncio.Event] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._revived: dict[uuid.UUID, float] = {}
+        self._revivals: set[asyncio.Task[None]] = set()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         self.closing = False
         self._settled = asyncio.Event()
@@ -321,7 +324,7 @@ class Conversations:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
-        tasks = [t for t in [self._watcher, *self._channels.values()] if t]
+        tasks = [t for t in [self._watcher, *self._channels.values(), *self._revivals] if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -364,20 +367,45 @@ class Conversations:
     # Channels
 
     async def _watch(self) -> None:
-        """Follow every running runtime, so proactive messages are stored with no page open."""
+        """Follow every running runtime, so proactive messages are stored with no page open; and
+        have a runtime that died on its own revived, since its agent may owe replies (a WhatsApp
+        message it had taken, a reminder) that no message of the family's would wake it for."""
         while True:
             try:
                 runtimes = await self.provisioner.list()
                 RUNTIMES.set(sum(r.get("state") == "running" for r in runtimes))
                 for runtime in runtimes:
                     owner = runtime.get("user_id")
-                    if owner and runtime.get("state") == "running":
-                        family = uuid.UUID(owner)
+                    if not owner:
+                        continue
+                    family = uuid.UUID(owner)
+                    if runtime.get("state") == "running":
                         if family not in self._channels or self._channels[family].done():
                             self._channels[family] = asyncio.create_task(self._channel(family))
+                    elif runtime.get("state") in ("exited", "dead"):
+                        self._revive(family)
             except (ProvisionerError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot list runtimes: %s", exc)
             await asyncio.sleep(self.settings.watch_interval_sec)
+
+    def _revive(self, family: uuid.UUID) -> None:
+        """Ask the provisioner to revive a dead runtime, at most once per ensure_interval_sec."""
+        now = time.monotonic()
+        if now - self._revived.get(family, -1e9) < self.settings.ensure_interval_sec:
+            return
+        self._revived[family] = now
+
+        async def revive() -> None:
+            try:
+                if (await self.provisioner.revive(family)).get("revived"):
+                    REVIVED.inc()
+                    log.info("revived the dead runtime of %s", family)
+            except (ProvisionerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("cannot revive the runtime of %s: %s", family, exc)
+
+        task = asyncio.create_task(revive(), name=f"revive-{family}")
+        self._revivals.add(task)
+        task.add_done_callback(self._revivals.discard)
 
     async def _channel(self, family: uuid.UUID) -> None:
         backoff = 0.5
