@@ -420,29 +420,33 @@ class Conversations:
                         return
                 await self._follow(family, runtime)
                 backoff = 0.5
+                continue
             except ProvisionerError as exc:
                 if not pending:
                     return  # no runtime and nothing to say: nothing to follow
-                reason = exc.body.get("error", str(exc))
-                log.error("cannot wake the assistant of %s: %s", family, reason)
-                for message in await self.db.aio(
-                    self.store.fail_open, family, f"could not wake the assistant: {reason}"
-                ):
-                    FAILED.labels("wake").inc()
-                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
-                self.hub.publish(family, {"type": "status", "state": "failed", "detail": reason})
-                return
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                if pending and time.time() - pending[0].created_at > self.settings.reply_timeout_sec:
-                    # Never silently waiting forever: say so, and let the family retry.
-                    reason = f"could not reach the assistant: {exc}"
-                    for message in await self.db.aio(self.store.fail_open, family, reason):
-                        FAILED.labels("unreachable").inc()
+                if exc.status != 503:
+                    reason = exc.body.get("error", str(exc))
+                    log.error("cannot wake the assistant of %s: %s", family, reason)
+                    for message in await self.db.aio(
+                        self.store.fail_open, family, f"could not wake the assistant: {reason}"
+                    ):
+                        FAILED.labels("wake").inc()
                         self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                    self.hub.publish(family, {"type": "status", "state": "failed", "detail": reason})
                     return
-                log.info("lost the agent of %s (%s); reconnecting in %.1f s", family, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                lost: Exception = exc  # 503: the Docker engine is away (restarting): wait for it
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                lost = exc
+            if pending and time.time() - pending[0].created_at > self.settings.reply_timeout_sec:
+                # Never silently waiting forever: say so, and let the family retry.
+                reason = f"could not reach the assistant: {lost}"
+                for message in await self.db.aio(self.store.fail_open, family, reason):
+                    FAILED.labels("unreachable").inc()
+                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                return
+            log.info("lost the agent of %s (%s); reconnecting in %.1f s", family, lost, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
 
     async def _wake_runtime(self, family: uuid.UUID) -> dict[str, Any]:
         ensure = asyncio.ensure_future(self.provisioner.ensure(family))
