@@ -12,6 +12,9 @@ Its answer is "stub says: <the last user message>"; a user message containing `[
 makes it wait N seconds first, to hold a request in flight; `[drip:S]` makes it wait S seconds
 between streamed words, so a reply is seen being written. Spoken messages cannot carry those
 marks: `POST /_stub/delay {"seconds": N}` makes every answer wait N seconds until set back to 0.
+`POST /_stub/look-for {"texts": [...]}` makes each completion entry list, as `found`, those texts
+that appear anywhere in the request's messages, the system prompt included (where Hermes puts
+the agent's memory), without logging the prompt itself.
 
 It also transcribes speech as OpenAI does: `POST /v1/audio/transcriptions`, multipart fields
 `file` and `model`, optional `response_format` (`json`, the default, gives `{"text": ...}`;
@@ -71,6 +74,7 @@ def openai_error(status: int, message: str, code: str | None, param: str | None 
 
 def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
     delay = {"seconds": 0.0}
+    wanted: list[str] = []
 
     def record(entry: dict) -> None:
         with log_path.open("a") as f:
@@ -102,6 +106,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
                 "last_user": text,
                 # the conversation the agent sent along: what it remembers of the family
                 "user_messages": [str(m.get("content")) for m in messages if m.get("role") == "user"],
+                "found": [t for t in wanted if any(t in str(m.get("content")) for m in messages)],
                 "at": time.time(),
             }
         )
@@ -224,12 +229,17 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         delay["seconds"] = float((await request.json())["seconds"])
         return web.json_response(delay)
 
+    async def look_for(request: web.Request) -> web.Response:
+        wanted[:] = [str(t) for t in (await request.json())["texts"]]
+        return web.json_response({"texts": wanted})
+
     app = web.Application(client_max_size=32 * 1024 * 1024)  # OpenAI takes audio files up to 25 MB
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_post("/v1/audio/speech", speech)
     app.router.add_post("/_stub/delay", set_delay)
+    app.router.add_post("/_stub/look-for", look_for)
     return app
 
 
