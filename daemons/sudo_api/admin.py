@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from sudo_core.db import Database
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
@@ -144,6 +146,7 @@ class FleetRestart:
 
     async def _run(self) -> None:
         failed: list[dict[str, str]] = []
+        finished = False
         try:
             async for event in self.provisioner.restart_all():
                 if event["event"] == "start":
@@ -152,8 +155,13 @@ class FleetRestart:
                     self.progress["done"] = event["done"]
                     if event["event"] == "failed":
                         failed.append({"user_id": event["user_id"], "error": event["error"]})
+                finished = finished or event["event"] == "done"
+            if not finished:  # the provisioner died midway, its stream cut short between events
+                raise ProvisionerError(502, {"error": "the provisioner stopped before the restart finished"})
             self.progress |= {"state": "done" if not failed else "failed", "failed": failed}
-        except (ProvisionerError, OSError) as exc:
+        except (ProvisionerError, aiohttp.ClientError, OSError, ValueError) as exc:
+            # A provisioner killed midway cuts the stream (ClientPayloadError, or a JSON line cut
+            # in half): the page must say the restart failed, never show it running forever.
             log.error("restart-all failed: %s", exc)
             self.progress |= {"state": "failed", "error": str(exc), "failed": failed}
         self.progress["finished_at"] = time.time()

@@ -51,6 +51,7 @@ REPLY_SECONDS = Histogram(
     "From a family's message being stored to its agent's turn ending with an answer",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
+REVIVED = Counter("sudo_api_runtimes_revived_total", "Runtimes that died on their own, revived")
 RUNTIMES = Gauge("sudo_api_runtimes_running", "Family runtimes running, as last listed by the provisioner")
 
 
@@ -303,6 +304,8 @@ class Conversations:
         self._channels: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._wake: dict[uuid.UUID, asyncio.Event] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._revived: dict[uuid.UUID, float] = {}
+        self._revivals: set[asyncio.Task[None]] = set()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         self.closing = False
         self._settled = asyncio.Event()
@@ -321,7 +324,7 @@ class Conversations:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), deadline - time.monotonic())
-        tasks = [t for t in [self._watcher, *self._channels.values()] if t]
+        tasks = [t for t in [self._watcher, *self._channels.values(), *self._revivals] if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -364,20 +367,45 @@ class Conversations:
     # Channels
 
     async def _watch(self) -> None:
-        """Follow every running runtime, so proactive messages are stored with no page open."""
+        """Follow every running runtime, so proactive messages are stored with no page open; and
+        have a runtime that died on its own revived, since its agent may owe replies (a WhatsApp
+        message it had taken, a reminder) that no message of the family's would wake it for."""
         while True:
             try:
                 runtimes = await self.provisioner.list()
                 RUNTIMES.set(sum(r.get("state") == "running" for r in runtimes))
                 for runtime in runtimes:
                     owner = runtime.get("user_id")
-                    if owner and runtime.get("state") == "running":
-                        family = uuid.UUID(owner)
+                    if not owner:
+                        continue
+                    family = uuid.UUID(owner)
+                    if runtime.get("state") == "running":
                         if family not in self._channels or self._channels[family].done():
                             self._channels[family] = asyncio.create_task(self._channel(family))
+                    elif runtime.get("state") in ("exited", "dead"):
+                        self._revive(family)
             except (ProvisionerError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot list runtimes: %s", exc)
             await asyncio.sleep(self.settings.watch_interval_sec)
+
+    def _revive(self, family: uuid.UUID) -> None:
+        """Ask the provisioner to revive a dead runtime, at most once per ensure_interval_sec."""
+        now = time.monotonic()
+        if now - self._revived.get(family, -1e9) < self.settings.ensure_interval_sec:
+            return
+        self._revived[family] = now
+
+        async def revive() -> None:
+            try:
+                if (await self.provisioner.revive(family)).get("revived"):
+                    REVIVED.inc()
+                    log.info("revived the dead runtime of %s", family)
+            except (ProvisionerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("cannot revive the runtime of %s: %s", family, exc)
+
+        task = asyncio.create_task(revive(), name=f"revive-{family}")
+        self._revivals.add(task)
+        task.add_done_callback(self._revivals.discard)
 
     async def _channel(self, family: uuid.UUID) -> None:
         backoff = 0.5
@@ -392,29 +420,33 @@ class Conversations:
                         return
                 await self._follow(family, runtime)
                 backoff = 0.5
+                continue
             except ProvisionerError as exc:
                 if not pending:
                     return  # no runtime and nothing to say: nothing to follow
-                reason = exc.body.get("error", str(exc))
-                log.error("cannot wake the assistant of %s: %s", family, reason)
-                for message in await self.db.aio(
-                    self.store.fail_open, family, f"could not wake the assistant: {reason}"
-                ):
-                    FAILED.labels("wake").inc()
-                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
-                self.hub.publish(family, {"type": "status", "state": "failed", "detail": reason})
-                return
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                if pending and time.time() - pending[0].created_at > self.settings.reply_timeout_sec:
-                    # Never silently waiting forever: say so, and let the family retry.
-                    reason = f"could not reach the assistant: {exc}"
-                    for message in await self.db.aio(self.store.fail_open, family, reason):
-                        FAILED.labels("unreachable").inc()
+                if exc.status != 503:
+                    reason = exc.body.get("error", str(exc))
+                    log.error("cannot wake the assistant of %s: %s", family, reason)
+                    for message in await self.db.aio(
+                        self.store.fail_open, family, f"could not wake the assistant: {reason}"
+                    ):
+                        FAILED.labels("wake").inc()
                         self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                    self.hub.publish(family, {"type": "status", "state": "failed", "detail": reason})
                     return
-                log.info("lost the agent of %s (%s); reconnecting in %.1f s", family, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                lost: Exception = exc  # 503: the Docker engine is away (restarting): wait for it
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                lost = exc
+            if pending and time.time() - pending[0].created_at > self.settings.reply_timeout_sec:
+                # Never silently waiting forever: say so, and let the family retry.
+                reason = f"could not reach the assistant: {lost}"
+                for message in await self.db.aio(self.store.fail_open, family, reason):
+                    FAILED.labels("unreachable").inc()
+                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                return
+            log.info("lost the agent of %s (%s); reconnecting in %.1f s", family, lost, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
 
     async def _wake_runtime(self, family: uuid.UUID) -> dict[str, Any]:
         ensure = asyncio.ensure_future(self.provisioner.ensure(family))
@@ -488,13 +520,24 @@ class Conversations:
                 self._settled.set()
 
     async def _deliver(self, family: uuid.UUID, chat_url: str, headers: dict[str, str]) -> None:
-        """Give the agent the family's messages in order, each once its previous one is answered."""
+        """Give the agent the family's messages in order, each once its previous one is answered.
+
+        A message already in flight when this connection began is handed over once more: a
+        sudo-api killed between marking it delivered and the agent taking it left it in flight
+        with an agent that never heard of it (and that keeps its boot id, so nothing else would
+        deliver it again). The plugin drops an id it already has, so this is safe.
+        """
         wake = self._wake.setdefault(family, asyncio.Event())
+        handed: set[str] = set()
         while True:
             wake.clear()
             message, claimed = await self.db.aio(self.store.next_to_deliver, family)
             if message is None:
                 await wake.wait()
+                continue
+            if not claimed and message.id not in handed:
+                if await self._hand_over(chat_url, headers, family, message, claimed=False):
+                    handed.add(message.id)
                 continue
             if not claimed:  # in flight: wait for its answer, or give up on it in time
                 left = message.updated_at + self.settings.reply_timeout_sec - time.time()
@@ -504,26 +547,41 @@ class Conversations:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), left)
                 continue
-            body = {"id": message.id, "text": message.text, "sender": message.sender}
-            try:
-                async with self._http.post(
-                    f"{chat_url}/messages",
-                    json=body,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=30),
-                ) as resp:
-                    if resp.status == 503:  # Hermes is still starting
+            handed.add(message.id)
+            await self._hand_over(chat_url, headers, family, message, claimed=True)
+
+    async def _hand_over(
+        self, chat_url: str, headers: dict[str, str], family: uuid.UUID, message: Message, claimed: bool
+    ) -> bool:
+        """POST one message to the plugin; whether it took it (or refused it for good).
+
+        A message claimed for this hand-over that did not get through goes back to the queue,
+        its attempt undone; one handed over again stays in flight, for the next try.
+        """
+        body = {"id": message.id, "text": message.text, "sender": message.sender}
+        try:
+            async with self._http.post(
+                f"{chat_url}/messages",
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as resp:
+                if resp.status == 503:  # Hermes is still starting
+                    if claimed:
                         await self.db.aio(self.store.unmark_delivered, message.id)
-                        await asyncio.sleep(0.3)
-                    elif resp.status >= 400:
-                        detail = (await resp.json(content_type=None) or {}).get("error", resp.reason)
-                        await self._fail(
-                            family, message.id, f"the assistant refused the message: {detail}", "refused"
-                        )
-            except BaseException:
+                    await asyncio.sleep(0.3)
+                    return False
+                if resp.status >= 400:
+                    detail = (await resp.json(content_type=None) or {}).get("error", resp.reason)
+                    await self._fail(
+                        family, message.id, f"the assistant refused the message: {detail}", "refused"
+                    )
+                return True
+        except BaseException:
+            if claimed:
                 # The plugin ignores a message id it already has, so giving it again is safe.
                 await asyncio.shield(self.db.aio(self.store.unmark_delivered, message.id))
-                raise
+            raise
 
     async def _fail(self, family: uuid.UUID, message_id: str, error: str, reason: str) -> None:
         await self.db.aio(self.store.set_status, message_id, "failed", error)

@@ -282,10 +282,14 @@ class WhatsApp:
                 for message in pending:
                     await self._deliver(family, runtime["whatsapp_url"], message)
                 backoff = 0.5
+                continue
             except ProvisionerError as exc:
-                reason = exc.body.get("error", str(exc))
-                log.error("cannot wake the assistant of %s for WhatsApp: %s", family, reason)
-                await self._give_up(family, pending, f"could not wake the assistant: {reason}")
+                if exc.status != 503:
+                    reason = exc.body.get("error", str(exc))
+                    log.error("cannot wake the assistant of %s for WhatsApp: %s", family, reason)
+                    await self._give_up(family, pending, f"could not wake the assistant: {reason}")
+                    continue
+                lost: Exception = exc  # 503: the Docker engine is away (restarting): wait for it
             except (
                 aiohttp.ClientError,
                 twilio.TwilioError,
@@ -294,12 +298,13 @@ class WhatsApp:
                 ValueError,
                 KeyError,
             ) as exc:
-                if time.time() - pending[0]["received_at"] > self.settings.reply_timeout_sec:
-                    await self._give_up(family, pending[:1], f"could not reach the assistant: {exc}")
-                    continue
-                log.info("WhatsApp for %s: %s; again in %.1f s", family, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                lost = exc
+            if time.time() - pending[0]["received_at"] > self.settings.reply_timeout_sec:
+                await self._give_up(family, pending[:1], f"could not reach the assistant: {lost}")
+                continue
+            log.info("WhatsApp for %s: %s; again in %.1f s", family, lost, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
     async def _deliver(self, family: uuid.UUID, url: str, message: dict[str, Any]) -> None:
         media, notices = await self._media(message["media"])

@@ -68,6 +68,10 @@ class ProvisionerClient:
     async def ensure(self, family: uuid.UUID) -> dict[str, Any]:
         return await self._call("POST", f"/v1/runtimes/{family}/ensure")
 
+    async def revive(self, family: uuid.UUID) -> dict[str, Any]:
+        """Recreate the runtime if it died on its own; {"revived": bool}."""
+        return await self._call("POST", f"/v1/runtimes/{family}/revive")
+
     async def get(self, family: uuid.UUID) -> dict[str, Any]:
         return await self._call("GET", f"/v1/runtimes/{family}")
 

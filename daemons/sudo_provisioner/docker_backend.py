@@ -20,6 +20,7 @@ from typing import IO, Any, TypeVar
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from sudo_core.config import RuntimeSettings
 from sudo_core.families import RUNTIME_PREFIX, volume_name
@@ -55,6 +56,10 @@ ipt -A "$chain" -p tcp -j REJECT --reject-with tcp-reset
 ipt -A "$chain" -j DROP
 ipt -C INPUT -i "$bridge" -j "$chain" 2>/dev/null || ipt -I INPUT 1 -i "$bridge" -j "$chain"
 """
+
+
+class EngineUnreachable(docker.errors.DockerException):
+    """The Docker engine does not answer (stopped, restarting): a moment's problem, not a bad request."""
 
 
 class HostGuardFailed(RuntimeError):
@@ -129,7 +134,10 @@ class DockerBackend:
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except requests.exceptions.ConnectionError as exc:  # the SDK's transport, not a Docker answer
+            raise EngineUnreachable(f"cannot reach the Docker engine: {exc}") from exc
 
     # Host setup
 

@@ -40,6 +40,7 @@ SPAWN_SECONDS = Histogram(
 )
 ENSURE_SECONDS = Histogram("sudo_provisioner_ensure_seconds", "Ensure latency", ["path"])
 EVICTIONS = Counter("sudo_provisioner_evictions_total", "Runtimes evicted for idleness")
+REVIVALS = Counter("sudo_provisioner_revivals_total", "Runtimes recreated after they died on their own")
 REMOVALS = Counter("sudo_provisioner_orphans_removed_total", "Containers removed by reconcile")
 RUNNING = Gauge("sudo_provisioner_runtimes_running", "Running runtimes at the last listing")
 
@@ -230,6 +231,28 @@ class RuntimeManager:
                 return isinstance(body, dict) and body.get("status") == "ok"
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
+
+    # revive
+
+    async def revive(self, family_id: uuid.UUID) -> dict[str, bool]:
+        """Recreate a runtime that died on its own (crashed, OOM-killed, killed, the engine
+        restarted): its agent may owe replies it had taken, which the plugins' journals hand to
+        the next process. Only a container still there and not running qualifies: one the
+        provisioner stops is removed under the same lock, so a stop or an eviction is never
+        undone. A family idle past runtime.idle_sec only has the dead container removed."""
+        family = await self.family(family_id)
+        async with self._lock(family_id):
+            spec = await self._desired(family)
+            runtime = await self.backend.get(spec.name)
+            if runtime is None or runtime.state in ("running", "paused"):  # gone, fine, or held on purpose
+                return {"revived": False}
+            await self._retire(runtime, spec.config_hash)
+            if time.time() - (family.last_active_at or 0) > self.settings.runtime.idle_sec:
+                return {"revived": False}
+            await self._spawn(spec)
+        REVIVALS.inc()
+        log.info(f"revived {spec.name}", extra=fields(family=family_id))
+        return {"revived": True}
 
     # stop
 

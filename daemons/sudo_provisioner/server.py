@@ -126,6 +126,10 @@ async def ensure(request: web.Request) -> web.Response:
     )
 
 
+async def revive(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MANAGER].revive(family_id(request)))
+
+
 async def list_runtimes(request: web.Request) -> web.Response:
     stats = request.query.get("stats") == "true"
     return web.json_response({"runtimes": await request.app[MANAGER].list(stats=stats)})
@@ -266,6 +270,7 @@ def build_app(
     app.router.add_get("/v1/runtimes/{user_id}", get_runtime)
     app.router.add_delete("/v1/runtimes/{user_id}", stop_runtime)
     app.router.add_post("/v1/runtimes/{user_id}/ensure", ensure)
+    app.router.add_post("/v1/runtimes/{user_id}/revive", revive)
     app.router.add_get("/v1/runtimes/{user_id}/volume", get_volume)
     app.router.add_put("/v1/runtimes/{user_id}/volume", put_volume)
     return app

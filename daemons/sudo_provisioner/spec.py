@@ -103,11 +103,21 @@ def build_spec(
         "auxiliary": {"title_generation": {"enabled": False}},
         # No pip installs inside a family's container (it has no internet either).
         "security": {"allow_lazy_installs": False},
+        # sudo-api, and the WhatsApp plugin's journal, give the next agent process what a stop cut
+        # off, under its id. At start Hermes would also resume an interrupted session on its own,
+        # with a turn of its own ("the session was restored") racing that redelivery, which then
+        # finds the session busy. Its restart-loop breaker, tripped at the first such start, keeps
+        # it from resuming (the next message still carries Hermes's note of the interruption).
+        "gateway": {"restart_loop_guard": {"max_restarts": 1}},
     }
     if "sudo_chat" in plugins.names:
         hermes_config["platforms"]["sudo_chat"] = {
             "enabled": True,
             "extra": {"host": "0.0.0.0", "port": rt.chat_port, "key": api_key},
+            # Stopped mid-turn (a stale config recreated, restart-all), Hermes would tell the
+            # chat "Gateway shutting down" as the answer to the family's message; sudo-api
+            # delivers that message again to the next agent process instead, which answers it.
+            "gateway_restart_notification": False,
         }
         hermes_config["platform_toolsets"]["sudo_chat"] = list(rt.toolsets)
         # Token streaming as drafts (live in the page, never stored) then one final message.
@@ -139,6 +149,9 @@ def build_spec(
                 "gateway": gateway.removesuffix("/v1"),
                 "gateway_key": llm_key_for(secret, family.id),
             },
+            # As for sudo_chat: the plugin's journal hands an interrupted message to the next
+            # process, so no "Gateway shutting down" goes to the family's phone.
+            "gateway_restart_notification": False,
         }
         hermes_config["platform_toolsets"]["twilio_whatsapp"] = list(rt.toolsets)
         hermes_config.setdefault("display", {"platforms": {}})["platforms"]["twilio_whatsapp"] = {

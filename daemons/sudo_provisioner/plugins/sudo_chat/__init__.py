@@ -4,7 +4,7 @@ Runs inside the family's container (Hermes's own Python). sudo-api, on the host,
 only client; it authenticates with the family's API key. Protocol:
 
     POST /messages            {"id", "text", "sender"}   -> 202 accepted | 200 duplicate
-                                                         | 503 still starting (try again)
+                                                         | 503 starting or stopping (try again)
     POST /deliver             {"text"}  a proactive message from another Hermes process in the
                                         container (`hermes cron run`), through the live adapter
     GET  /events?after=<seq>  NDJSON, never ends:
@@ -107,6 +107,8 @@ class SudoChatAdapter(BasePlatformAdapter):
         self._outbox_lock = asyncio.Lock()
         self._boot = uuid.uuid4().hex
         self._seen: set[str] = set()
+        self._replied: set[str] = set()
+        """Turns in progress that already wrote a message."""
         self._turn: str | None = None
         self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         self._runner: web.AppRunner | None = None
@@ -149,6 +151,8 @@ class SudoChatAdapter(BasePlatformAdapter):
 
     async def _record_message(self, text: str, reply_to: str | None) -> str:
         message_id = uuid.uuid4().hex
+        if reply_to:
+            self._replied.add(reply_to)
         await self._record(
             {"type": "message", "id": message_id, "reply_to": reply_to, "text": text, "at": time.time()}
         )
@@ -172,9 +176,19 @@ class SudoChatAdapter(BasePlatformAdapter):
         self._publish({"type": "turn_started", "reply_to": event.message_id})
 
     async def on_processing_complete(self, event: MessageEvent, outcome: Any) -> None:
-        await self._record(
-            {"type": "turn_done", "reply_to": event.message_id, "outcome": getattr(outcome, "value", outcome)}
-        )
+        if self._runner_stopping() and event.message_id not in self._replied:
+            # Cut off by the stop (Hermes interrupts a turn in progress at once, and calls that a
+            # success): no turn_done, so sudo-api hands the message to the next agent process.
+            logger.info("[sudo_chat] turn of %s cut off by the stop; it is delivered again", event.message_id)
+        else:
+            await self._record(
+                {
+                    "type": "turn_done",
+                    "reply_to": event.message_id,
+                    "outcome": getattr(outcome, "value", outcome),
+                }
+            )
+        self._replied.discard(event.message_id)
         if self._turn == event.message_id:
             self._turn = None
 
@@ -194,10 +208,11 @@ class SudoChatAdapter(BasePlatformAdapter):
             return web.json_response({"error": "expected JSON with id and text"}, status=400)
         if not text.strip() or len(text) > MAX_TEXT:
             return web.json_response({"error": f"text must be 1 to {MAX_TEXT} characters"}, status=400)
-        if self._runner_starting():
-            # Hermes would queue it and report the turn finished before it ran: refuse instead,
-            # and sudo-api delivers again in a moment.
-            return web.json_response({"error": "the agent is still starting"}, status=503)
+        if self._runner_starting() or self._runner_stopping():
+            # Starting, Hermes would queue it and report the turn finished before it ran;
+            # stopping, it would answer "not accepting new work": refuse instead, and sudo-api
+            # delivers again in a moment (to the next agent process, if this one is going).
+            return web.json_response({"error": "the agent is starting or stopping"}, status=503)
         if message_id in self._seen or message_id in self._outbox.answered:
             return web.json_response({"status": "duplicate", "boot": self._boot})
         self._seen.add(message_id)
@@ -256,6 +271,11 @@ class SudoChatAdapter(BasePlatformAdapter):
         """
         runner = getattr(self._message_handler, "__self__", None)
         return bool(getattr(runner, "_startup_restore_in_progress", False))
+
+    def _runner_stopping(self) -> bool:
+        """Whether Hermes's gateway is draining to stop (SIGTERM: recreated, evicted, restarted)."""
+        runner = getattr(self._message_handler, "__self__", None)
+        return bool(getattr(runner, "_draining", False) or getattr(runner, "_external_drain_active", False))
 
     @staticmethod
     async def _write(response: web.StreamResponse, event: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ Inbound: sudo-api validates Twilio's webhook, keeps the message in its inbox, an
 
     POST /inbound  {"id": MessageSid, "from": "+E164", "name", "text",
                     "media": [{"type": "image/jpeg", "data": base64}]}
-                   -> 202 accepted | 200 duplicate | 503 still starting (try again)
+                   -> 202 accepted | 200 duplicate | 503 starting or stopping (try again)
     POST /deliver  {"chat_id": "+E164", "text"}  a proactive message from another Hermes
                    process in the container (`hermes cron run`), through the live adapter
 
@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import contextlib
 import hmac
 import json
 import logging
@@ -56,6 +58,8 @@ MAX_REQUEST = 24 * 1024 * 1024
 """sudo-api sends media up to 16 MiB, base64-encoded."""
 REPLAYS = 3
 """Times a message is handed to Hermes in all before it is answered with an apology."""
+TURN_WAIT_SEC = 900.0
+"""A turn Hermes never reports finished holds its number's next message no longer than this."""
 SEEN_KEEP = 1000
 COMPACT_AFTER = 2000
 MEDIA_KEEP_SEC = 30 * 86400
@@ -168,6 +172,15 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         self._lock = asyncio.Lock()
         self._outbound_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._waiting: dict[str, collections.deque[dict[str, Any]]] = {}
+        """Per number, the accepted messages not yet handed to Hermes, in order."""
+        self._turns: dict[str, asyncio.Task[None]] = {}
+        self._current: dict[str, str] = {}
+        """Per number, the id of the message Hermes is answering."""
+        self._replied: set[str] = set()
+        """Messages being answered whose turn already sent something."""
+        self._turn_ends: dict[str, asyncio.Future[asyncio.Task[Any] | None]] = {}
+        """Per message id handed over, the task of Hermes's turn, once it reports the turn done."""
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -200,9 +213,10 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         return True
 
     async def disconnect(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._turns.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -217,6 +231,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         self, chat_id: str, content: str, reply_to: str | None = None, metadata: Any = None
     ) -> SendResult:
         ids = []
+        if turn := self._current.get(chat_id):
+            self._replied.add(turn)
         async with self._lock:
             for part in self.truncate_message(self.format_message(content), BODY_MAX):
                 if not part.strip():
@@ -231,9 +247,19 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         return {"name": chat_id, "type": "dm", "chat_id": chat_id}
 
     async def on_processing_complete(self, event: MessageEvent, outcome: Any) -> None:
-        if event.message_id in self._journal.inbound:
+        if self._runner_stopping() and event.message_id not in self._replied:
+            # Cut off by the stop (Hermes interrupts a turn in progress at once): left in the
+            # journal, so the next process hands it to Hermes again.
+            logger.info(
+                "[%s] turn of %s cut off by the stop; it is handed over again", NAME, event.message_id
+            )
+        elif event.message_id in self._journal.inbound:
             async with self._lock:
                 await asyncio.to_thread(self._journal.append, {"type": "done", "id": event.message_id})
+        self._replied.discard(event.message_id or "")
+        ended = self._turn_ends.get(event.message_id or "")
+        if ended is not None and not ended.done():
+            ended.set_result(asyncio.current_task())  # the hook runs in the turn's own task
 
     # sudo-api's side
 
@@ -259,10 +285,11 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
             )
         if not text.strip() and not media:
             return web.json_response({"error": "the message is empty"}, status=400)
-        if self._runner_starting():
-            # Hermes would queue it behind its restore pass and report nothing: refuse instead,
-            # and sudo-api delivers again in a moment.
-            return web.json_response({"error": "the agent is still starting"}, status=503)
+        if self._runner_starting() or self._runner_stopping():
+            # Starting, Hermes would queue it behind its restore pass and report nothing;
+            # stopping, it would answer "not accepting new work": refuse instead, and sudo-api
+            # delivers again in a moment (to the next agent process, if this one is going).
+            return web.json_response({"error": "the agent is starting or stopping"}, status=503)
         async with self._lock:
             if self._journal.knows(message_id):
                 return web.json_response({"status": "duplicate"})
@@ -276,7 +303,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
                 "media": files,
             }
             entry = await asyncio.to_thread(self._journal.append, entry)
-        await self.handle_message(self._event(entry))
+        self._take_turn(entry)
         return web.json_response({"status": "accepted"}, status=202)
 
     async def _post_deliver(self, request: web.Request) -> web.Response:
@@ -295,6 +322,37 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         return web.json_response({"message_id": result.message_id})
 
     # Inbound, to Hermes
+
+    def _take_turn(self, entry: dict[str, Any]) -> None:
+        """Queue a message for its number's next turn."""
+        number = entry["from"]
+        self._waiting.setdefault(number, collections.deque()).append(entry)
+        task = self._turns.get(number)
+        if task is None or task.done():
+            self._turns[number] = asyncio.create_task(self._hand_over(number))
+
+    async def _hand_over(self, number: str) -> None:
+        """Hand Hermes this number's messages one at a time, each once the one before is finished.
+
+        Given a message while it answers another, Hermes interrupts the answer in progress, or
+        (queueing) merges the waiting messages into one turn and reports only the first of them
+        finished, so the others would be handed over again after a restart. One at a time, each
+        message is its own turn, marked done when that turn ends.
+        """
+        waiting = self._waiting[number]
+        while waiting:
+            entry = waiting.popleft()
+            ended = self._turn_ends[entry["id"]] = asyncio.get_running_loop().create_future()
+            self._current[number] = entry["id"]
+            try:
+                await self.handle_message(self._event(entry))
+                with contextlib.suppress(TimeoutError):
+                    turn = await asyncio.wait_for(ended, TURN_WAIT_SEC)
+                    if turn is not None:  # its cleanup after the hook frees the session
+                        await asyncio.wait({turn}, timeout=TURN_WAIT_SEC)
+            finally:
+                self._turn_ends.pop(entry["id"], None)
+                self._current.pop(number, None)
 
     def _save_media(self, message_id: str, media: list[tuple[str, bytes]]) -> list[dict[str, str]]:
         """Write the files where Hermes's vision and transcription read them; old ones go."""
@@ -347,7 +405,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
                     await asyncio.to_thread(self._journal.append, {"type": "retry", "id": entry["id"]})
             if entry["id"] in self._journal.inbound:
                 logger.info("[%s] handing %s to the agent again after a restart", NAME, entry["id"])
-                await self.handle_message(self._event(entry))
+                self._take_turn(entry)
             else:
                 await self.send(entry["from"], APOLOGY)
 
@@ -358,6 +416,11 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         """
         runner = getattr(self._message_handler, "__self__", None)
         return bool(getattr(runner, "_startup_restore_in_progress", False))
+
+    def _runner_stopping(self) -> bool:
+        """Whether Hermes's gateway is draining to stop (SIGTERM: recreated, evicted, restarted)."""
+        runner = getattr(self._message_handler, "__self__", None)
+        return bool(getattr(runner, "_draining", False) or getattr(runner, "_external_drain_active", False))
 
     # Outbound, to the gateway
 
