@@ -146,6 +146,11 @@ class GatewaySettings:
     """A family's connection with no complete request for this long is closed (seconds): idle
     keep-alives, and headers sent too slowly."""
 
+    family_in_flight: int = 8
+    """Requests one family may have in the gateway at once, from its key checked to the last
+    byte of the answer (bodies sent slowly included); more are answered 429, and Hermes retries.
+    One family's agent can then never hold every connection or the provider's whole quota."""
+
 
 @dataclass(frozen=True)
 class LLMSettings:

@@ -17,6 +17,8 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -41,11 +43,13 @@ IN_FLIGHT = Gauge("sudo_gateway_in_flight", "LLM requests in flight")
 TRANSCRIPTIONS = Counter("sudo_gateway_transcriptions_total", "Speech-to-text requests", ["status"])
 WHATSAPP = Counter("sudo_gateway_whatsapp_messages_total", "WhatsApp messages from agents", ["result"])
 SPEECHES = Counter("sudo_gateway_speeches_total", "Text-to-speech requests", ["status"])
+REFUSED_BUSY = Counter("sudo_gateway_family_busy_total", "Refused: the family had too many in flight")
 SPEECH_MODELS = {"stt": "whisper-1", "tts": "tts-1"}
 """The speech models asked for when the admin named none."""
 MAX_SPEECH_INPUT = 4096
 """Characters of text one speech request may carry (OpenAI's own limit)."""
 E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Gateway:
         self.db = db
         self._secret = secret
         self._known: dict[uuid.UUID, float] = {}  # family -> until when its existence is cached
+        self._in_flight: Tally[uuid.UUID] = Tally()
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.gateway.request_timeout_sec, sock_connect=10),
             auto_decompress=False,
@@ -109,6 +114,26 @@ class Gateway:
                 return None  # a deleted family's key stops working
             self._known[family] = time.monotonic() + 30
         return family
+
+    @web.middleware
+    async def limit_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """At most gateway.family_in_flight requests of one family at once, from its key
+        checked to the answer's last byte; a bad key is left to the handler to refuse."""
+        family = await self.authenticate(request)
+        if family is None:
+            return await handler(request)
+        if self._in_flight[family] >= self.settings.gateway.family_in_flight:
+            REFUSED_BUSY.inc()
+            response = openai_error(429, "too many requests of this family at once", "rate_limit_error")
+            response.headers["Retry-After"] = "1"
+            return response
+        self._in_flight[family] += 1
+        try:
+            return await handler(request)
+        finally:
+            self._in_flight[family] -= 1
+            if not self._in_flight[family]:
+                del self._in_flight[family]
 
     async def models(self, request: web.Request) -> web.Response:
         if await self.authenticate(request) is None:
@@ -307,7 +332,8 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def build_app(gateway: Gateway) -> web.Application:
-    app = web.Application(client_max_size=24 * 1024 * 1024)  # a 16 MiB voice note, multipart
+    # client_max_size: a 16 MiB voice note, multipart
+    app = web.Application(client_max_size=24 * 1024 * 1024, middlewares=[gateway.limit_in_flight])
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
     app.router.add_post("/v1/audio/transcriptions", gateway.transcriptions)
     app.router.add_post("/v1/audio/speech", gateway.speech)

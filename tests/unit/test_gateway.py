@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import json
@@ -133,6 +134,41 @@ async def test_a_provider_breaking_off_mid_answer_breaks_the_stream(gateway):
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()  # never a short answer that looks complete
+    finally:
+        await server.close()
+
+
+async def test_one_family_holds_at_most_its_share_of_requests_at_once(gateway):
+    """A family's agent cannot hold every connection: past gateway.family_in_flight requests in
+    flight it is told 429 (retry in a second), while another family is served as ever."""
+    release, arrived = asyncio.Event(), asyncio.Queue()
+
+    async def thinking(request: web.Request) -> web.Response:
+        arrived.put_nowait(request)
+        await release.wait()
+        return web.json_response({"choices": [{"message": {"content": "done"}}]})
+
+    client, db = gateway
+    cap = Settings().gateway.family_in_flight
+    server = await upstream_server(thinking)
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        busy, other = auth(db, "Busy"), auth(db, "Other")
+        held = [
+            asyncio.create_task(client.post("/v1/chat/completions", json=BODY, headers=busy))
+            for _ in range(cap)
+        ]
+        for _ in range(cap):
+            await arrived.get()
+        refused = await client.post("/v1/chat/completions", json=BODY, headers=busy)
+        assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+        assert (await refused.json())["error"]["type"] == "rate_limit_error"
+        served = asyncio.create_task(client.post("/v1/chat/completions", json=BODY, headers=other))
+        await arrived.get()  # the other family's request reached the provider
+        release.set()
+        assert [r.status for r in await asyncio.gather(*held, served)] == [200] * (cap + 1)
+        again = await client.post("/v1/chat/completions", json=BODY, headers=busy)
+        assert again.status == 200  # the places come back with the answers
     finally:
         await server.close()
 
