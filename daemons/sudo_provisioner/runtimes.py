@@ -141,7 +141,7 @@ class RuntimeManager:
             if runtime and runtime.running and runtime.config_hash == spec.config_hash:
                 if runtime.container_id not in self._healthy:
                     path = "adopt"
-                    await self._wait_healthy(runtime)
+                    runtime = await self._adopt(runtime, spec)
             else:
                 path = "cold"
                 if runtime is not None:
@@ -150,6 +150,18 @@ class RuntimeManager:
             await self.db.aio(self.db.touch_family, family.id)
         ENSURE_SECONDS.labels(path).observe(time.monotonic() - started)
         return runtime
+
+    async def _adopt(self, runtime: Runtime, spec: RuntimeSpec) -> Runtime:
+        """Vouch for a running container this process did not start, or replace it. One that
+        dies during the check (an earlier provisioner was stopping it when it was killed, or it
+        crashed) or never answers is not a failed spawn: the family gets a fresh one."""
+        try:
+            await self._wait_healthy(runtime)
+            return runtime
+        except SpawnFailed as exc:
+            log.info(f"recreating {runtime.name}: adopted, but {exc}", extra=fields(runtime=runtime.name))
+            await self._remove(runtime, graceful=False)
+            return await self._spawn(spec)
 
     async def _remove(self, runtime: Runtime, graceful: bool = True) -> None:
         """Remove a container, and forget that this process saw it healthy."""

@@ -139,6 +139,23 @@ async def test_restarted_provisioner_adopts_its_runtimes(stack: Stack, provision
     assert runtime["state"] == "running"
 
 
+async def test_a_runtime_on_its_way_out_when_the_provisioner_restarts_is_replaced(stack: Stack, provisioner):
+    """A provisioner killed while it stopped a runtime (restart-all, eviction) leaves it running
+    for the seconds Hermes takes to shut down; the next provisioner's ensure sees it die during
+    its first health check and spawns a fresh one, rather than failing the family's message."""
+    family = stack.new_family("Leaving")
+    await provisioner.ensure(family.id)
+    old = stack.container(family.id)
+    stack.stop("provisioner", sig=9)
+    old.kill(signal="SIGTERM")  # the stop the dead provisioner had begun
+    stack.start_provisioner()
+    assert stack.container(family.id).status == "running"  # still shutting down
+    runtime = await provisioner.ensure(family.id)
+    new = stack.container(family.id)
+    assert new.id != old.id and new.status == "running" and runtime["state"] == "running"
+    assert f"recreating {old.name}: adopted, but" in stack.log_of("provisioner")
+
+
 async def test_provisioner_killed_mid_spawn_leaves_one_runtime(stack: Stack, provisioner):
     family = stack.new_family("Interrupted")
     pending = asyncio.create_task(provisioner.ensure(family.id))
