@@ -127,6 +127,35 @@ async def test_a_message_is_answered_after_the_agent_dies_mid_reply(api: Stack, 
     assert len(asked_doomed) >= 2  # asked again by the new agent process, answered once
 
 
+async def test_a_reply_stored_before_its_agent_died_is_not_stored_again(api: Stack, http, provisioner):
+    """The agent killed after its reply reached sudo-api and before it marked the turn done:
+    the next agent process answers the message again, under the same reply id (the message's
+    id and the reply's place in the turn), so the family still sees one answer."""
+    family = await sign_up(http, api.api_url, "Noether")
+    family_id = uuid.UUID(family.id)
+    await wait_status(family, await family.send("warm up"), "answered", 180)
+    await provisioner.stop(family_id)
+    # What the killed agent left: the message handed over, its reply stored, no turn done.
+    message_id, now = uuid.uuid4().hex, time.time()
+    rows = [
+        (message_id, "user", "Emmy", "replayed words", "delivered", None, 1),
+        (f"{message_id}.0", "assistant", "assistant", "stub says: replayed words", "final", message_id, 0),
+    ]
+    for row in rows:
+        await api.db.aio(
+            api.db.execute,
+            "INSERT INTO messages (id, family_id, role, sender, text, status, reply_to, attempts,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row[0], family.id, *row[1:], now, now),
+        )
+    status, body = await family.call("POST", "/v1/runtime/ensure")
+    assert status == 200, body
+    history = await wait_status(family, message_id, "answered", 180)
+    assert any("replayed words" in r["last_user"] for r in api.llm_requests()), "not answered again"
+    replies = [m for m in history["messages"] if m["reply_to"] == message_id]
+    assert [r["id"] for r in replies] == [f"{message_id}.0"]
+
+
 async def test_sigterm_finishes_the_reply_in_progress(api: Stack, http, tmp_path):
     api.stop("api")
     notes = Notifications(tmp_path / "notify")

@@ -19,7 +19,7 @@ from stack import Stack
 from test_api_access import admin_session
 from twilio_stub import sign
 
-from sudo_core.families import api_key_for
+from sudo_core.families import api_key_for, llm_key_for, volume_name
 
 SENDER = "+14155550100"
 
@@ -190,6 +190,53 @@ async def test_a_restart_between_acknowledgement_and_delivery_loses_nothing(api:
     await until(lambda: len(sent_to(api, number)) == 2, 120, "the answer from the new container")
     await asyncio.sleep(3)
     assert [m["body"][:26] for m in sent_to(api, number)][1:] == ["stub says: doomed [slow:8]"]
+
+
+async def test_a_reply_sent_before_its_agent_died_is_not_sent_again(api: Stack, http, twilio, provisioner):
+    """The agent killed after its reply left through the gateway and before it marked the
+    message done: the next agent process answers it again, under the same part ids (the
+    message's id and the part's place in the turn), which the gateway has already sent."""
+    number = "+447700900209"
+    family = await linked_family(api, http, "Noether", number)
+    family_id = uuid.UUID(family.id)
+    assert (await webhook(http, api, twilio, message(number, "warm up")))[0] == 200  # opens the window
+    await until(lambda: sent_to(api, number), 180, "the first reply")
+    await provisioner.stop(family_id)
+    # What the killed agent left: the message in its journal, not done...
+    sid = "SM" + uuid.uuid4().hex
+    entry = {"type": "in", "id": sid, "from": number, "name": "Emmy", "text": "replayed words", "media": []}
+    api.docker.containers.run(
+        api.settings.runtime.image,
+        ["-c", 'printf "%s\\n" "$0" >> /opt/data/twilio_whatsapp/journal.jsonl', json.dumps(entry)],
+        entrypoint=["sh"],
+        user="10000:10000",
+        volumes={volume_name(family_id): {"bind": "/opt/data", "mode": "rw"}},
+        network_mode="none",
+        labels={"sudo.scope": api.network},
+        remove=True,
+    )
+    # ...and its reply, already taken by the gateway, as the plugin sends it.
+    gateway = f"http://{api.settings.runtime.host_address}:{api.settings.gateway.port}"
+    key = llm_key_for(api.secret.encode(), family_id)
+    reply = {"id": f"{sid}.0", "to": number, "body": "stub says: replayed words"}
+    async with http.post(
+        f"{gateway}/v1/whatsapp/messages", json=reply, headers={"Authorization": f"Bearer {key}"}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+    status, body = await family.call("POST", "/v1/runtime/ensure")
+    assert status == 200, body
+
+    def journal() -> str:
+        return (
+            api.container(family_id)
+            .exec_run(["cat", "/opt/data/twilio_whatsapp/journal.jsonl"])
+            .output.decode()
+        )
+
+    await until(lambda: f'"type": "done", "id": "{sid}"' in journal(), 180, "the message answered again")
+    await asyncio.sleep(3)  # for a second send to show
+    assert asked(api, "replayed words") >= 1
+    assert [m["body"] for m in sent_to(api, number) if "replayed words" in m["body"]] == [reply["body"]]
 
 
 async def test_long_replies_split_and_twilio_errors_are_retried(api: Stack, http, twilio):

@@ -42,6 +42,8 @@ from gateway.platforms.base import BasePlatformAdapter, MessageEvent, MessageTyp
 logger = logging.getLogger(__name__)
 
 NAME = "sudo_chat"
+TURN_END_SEC = 10.0
+"""Longest a message waits for the previous turn's cleanup before it is handed over anyway."""
 CHAT_ID = "family"
 PING_SEC = 15.0
 COMPACT_AFTER = 500
@@ -107,7 +109,10 @@ class SudoChatAdapter(BasePlatformAdapter):
         self._outbox_lock = asyncio.Lock()
         self._boot = uuid.uuid4().hex
         self._seen: set[str] = set()
-        self._replied: set[str] = set()
+        self._replied: dict[str, int] = {}
+        """Per message being answered, how many replies its turn has written so far."""
+        self._last_turn: asyncio.Task[Any] | None = None
+        """The task of the turn that last ended (on_processing_complete runs in it)."""
         """Turns in progress that already wrote a message."""
         self._turn: str | None = None
         self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -150,9 +155,15 @@ class SudoChatAdapter(BasePlatformAdapter):
         return SendResult(success=True, message_id=await self._record_message(content, self._turn))
 
     async def _record_message(self, text: str, reply_to: str | None) -> str:
-        message_id = uuid.uuid4().hex
+        """A reply's id is its message's id and its place in the turn: a turn answered again
+        by the next agent process (this one was killed after replying, before its turn_done)
+        writes the same ids, which sudo-api already has, so the family never sees it twice."""
         if reply_to:
-            self._replied.add(reply_to)
+            n = self._replied.get(reply_to, 0)
+            self._replied[reply_to] = n + 1
+            message_id = f"{reply_to}.{n}"
+        else:
+            message_id = uuid.uuid4().hex
         await self._record(
             {"type": "message", "id": message_id, "reply_to": reply_to, "text": text, "at": time.time()}
         )
@@ -188,9 +199,10 @@ class SudoChatAdapter(BasePlatformAdapter):
                     "outcome": getattr(outcome, "value", outcome),
                 }
             )
-        self._replied.discard(event.message_id)
+        self._replied.pop(event.message_id, None)
         if self._turn == event.message_id:
             self._turn = None
+        self._last_turn = asyncio.current_task()
 
     # sudo-api's side
 
@@ -223,7 +235,16 @@ class SudoChatAdapter(BasePlatformAdapter):
         event = MessageEvent(
             text=text, message_type=MessageType.TEXT, source=source, raw_message=body, message_id=message_id
         )
-        await self.handle_message(event)
+        if self._last_turn is not None and not self._last_turn.done():
+            # sudo-api sends the next message on turn_done, which this hook writes before Hermes
+            # frees the session: handed over in between, Hermes takes the message for an
+            # interruption of a turn that is over, and never answers it. Wait for the turn to end.
+            await asyncio.wait({self._last_turn}, timeout=TURN_END_SEC)
+        try:
+            await self.handle_message(event)
+        except BaseException:
+            self._seen.discard(message_id)  # not taken: the next hand-over must not be a duplicate
+            raise
         return web.json_response({"status": "accepted", "boot": self._boot}, status=202)
 
     async def _deliver(self, request: web.Request) -> web.Response:
@@ -261,6 +282,8 @@ class SudoChatAdapter(BasePlatformAdapter):
                     event = {"type": "ping"}
                 if event.get("seq", replayed + 1) > replayed:
                     await self._write(response, event)
+        except ConnectionResetError:  # sudo-api went (restarted, reconnecting): it reads again
+            return response
         finally:
             self._listeners.discard(queue)
 

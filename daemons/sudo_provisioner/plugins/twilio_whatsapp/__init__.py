@@ -177,8 +177,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         self._turns: dict[str, asyncio.Task[None]] = {}
         self._current: dict[str, str] = {}
         """Per number, the id of the message Hermes is answering."""
-        self._replied: set[str] = set()
-        """Messages being answered whose turn already sent something."""
+        self._replied: dict[str, int] = {}
+        """Per message being answered, how many parts its turn has sent so far."""
         self._turn_ends: dict[str, asyncio.Future[asyncio.Task[Any] | None]] = {}
         """Per message id handed over, the task of Hermes's turn, once it reports the turn done."""
         self._runner: web.AppRunner | None = None
@@ -230,14 +230,23 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
     async def send(
         self, chat_id: str, content: str, reply_to: str | None = None, metadata: Any = None
     ) -> SendResult:
+        """Journal the message's parts for the send loop. A reply's id is the id of the message it
+        answers and its place in the turn: a turn answered again after a restart (this process
+        was killed after sending, before its done) sends the same ids, which the gateway has
+        already sent, so the family never gets the answer twice."""
         ids = []
-        if turn := self._current.get(chat_id):
-            self._replied.add(turn)
+        turn = self._current.get(chat_id)
         async with self._lock:
             for part in self.truncate_message(self.format_message(content), BODY_MAX):
                 if not part.strip():
                     continue
-                entry = {"type": "out", "id": uuid.uuid4().hex, "to": chat_id, "text": part}
+                if turn:
+                    n = self._replied.get(turn, 0)
+                    self._replied[turn] = n + 1
+                    part_id = f"{turn}.{n}"
+                else:
+                    part_id = uuid.uuid4().hex
+                entry = {"type": "out", "id": part_id, "to": chat_id, "text": part}
                 await asyncio.to_thread(self._journal.append, entry)
                 ids.append(entry["id"])
         self._outbound_ready.set()
@@ -256,7 +265,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         elif event.message_id in self._journal.inbound:
             async with self._lock:
                 await asyncio.to_thread(self._journal.append, {"type": "done", "id": event.message_id})
-        self._replied.discard(event.message_id or "")
+        self._replied.pop(event.message_id or "", None)
         ended = self._turn_ends.get(event.message_id or "")
         if ended is not None and not ended.done():
             ended.set_result(asyncio.current_task())  # the hook runs in the turn's own task
