@@ -72,6 +72,9 @@ class Accounts:
     def __init__(self, db: Database, session_days: float) -> None:
         self.db = db
         self.session_sec = session_days * 86400
+        self._hashing = asyncio.Semaphore(2)
+        """argon2id takes 64 MiB a hash: a burst of sign-ups and logins hashes two at a time,
+        not one per thread of the pool, so sudo-api's memory does not follow the burst."""
 
     # Sign-up and login (async: hashing runs off both the event loop and the database thread)
 
@@ -83,7 +86,8 @@ class Accounts:
         family_name = clean_name(family_name, "the family name") if family_name is not None else None
         if len(password) < PASSWORD_MIN or len(password) > 1024:
             raise InvalidInput(f"the password must be at least {PASSWORD_MIN} characters")
-        hashed = await asyncio.to_thread(_hasher.hash, password)
+        async with self._hashing:
+            hashed = await asyncio.to_thread(_hasher.hash, password)
         return await self.db.aio(self._create, email, hashed, display_name, family_name, is_admin)
 
     def _create(
@@ -114,7 +118,8 @@ class Accounts:
         # Hash even for an unknown email, so timing does not tell which emails have accounts.
         stored = row["password_hash"] if row else _DUMMY_HASH
         try:
-            await asyncio.to_thread(_hasher.verify, stored, password[:1024])
+            async with self._hashing:
+                await asyncio.to_thread(_hasher.verify, stored, password[:1024])
         except argon2.exceptions.VerificationError:
             return None
         return _account(row) if row else None

@@ -4,6 +4,7 @@ never from the request, so one family cannot name another's chat, devices or run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -181,7 +182,8 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    with svc.chat.hub.listen(family) as queue:
+    with svc.chat.hub.listen(family) as queue, contextlib.suppress(ConnectionResetError):
+        # The page closed: the next write (a ping at the latest) ends the stream quietly.
         await response.write(b"retry: 2000\n\n")
         while True:
             try:
@@ -190,6 +192,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
                 await response.write(b": ping\n\n")
                 continue
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
+    return response
 
 
 # Runtime

@@ -189,7 +189,7 @@ class Devices:
         except Exception as exc:  # fire and forget: the next beat tries again
             ENSURES.labels("failed").inc()
             self._ensured.pop(family, None)
-            log.warning("heartbeat ensure of %s failed: %s", family, exc)
+            log.warning("heartbeat ensure of %s failed: %r", family, exc)
         finally:
             self._ensuring.discard(family)
 
