@@ -139,9 +139,17 @@ def _status(messages: list[dict[str, Any]], message_id: str) -> str | None:
 
 
 async def history(family: Family) -> list[dict[str, Any]]:
-    status, body = await family.call("GET", "/v1/chat/messages?limit=500")
-    assert status == 200, body
-    return body["messages"]
+    """The family's whole chat history, page by page (a family chatting for minutes has more
+    than one page)."""
+    messages: list[dict[str, Any]] = []
+    before = ""
+    while True:
+        status, body = await family.call("GET", f"/v1/chat/messages?limit=500{before}")
+        assert status == 200, body
+        messages = body["messages"] + messages
+        if not body["more"]:
+            return messages
+        before = f"&before={body['messages'][0]['n']}"
 
 
 async def answered(family: Family, text: str, within: float = 180) -> float:
