@@ -232,6 +232,20 @@ class Stack:
         except docker.errors.NotFound:
             return None
 
+    def on_volume(self, family: uuid.UUID, script: str, *args: str, mode: str = "ro") -> bytes:
+        """Run a shell script on the family's data volume (at /opt/data) as the agent's user, in
+        a throwaway container of the runtime image with no network; its output."""
+        return self.docker.containers.run(
+            self.settings.runtime.image,
+            ["-c", script, *args],
+            entrypoint=["sh"],
+            user="10000:10000",
+            volumes={volume_name(family): {"bind": "/opt/data", "mode": mode}},
+            network_mode="none",
+            labels={"sudo.scope": self.network},
+            remove=True,
+        )
+
     def containers(self) -> list:
         return self.docker.containers.list(all=True, filters={"label": f"sudo.scope={self.network}"})
 

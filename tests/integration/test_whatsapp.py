@@ -19,7 +19,7 @@ from stack import Stack
 from test_api_access import admin_session
 from twilio_stub import sign
 
-from sudo_core.families import api_key_for, llm_key_for, volume_name
+from sudo_core.families import api_key_for, llm_key_for
 
 SENDER = "+14155550100"
 
@@ -205,16 +205,8 @@ async def test_a_reply_sent_before_its_agent_died_is_not_sent_again(api: Stack, 
     # What the killed agent left: the message in its journal, not done...
     sid = "SM" + uuid.uuid4().hex
     entry = {"type": "in", "id": sid, "from": number, "name": "Emmy", "text": "replayed words", "media": []}
-    api.docker.containers.run(
-        api.settings.runtime.image,
-        ["-c", 'printf "%s\\n" "$0" >> /opt/data/twilio_whatsapp/journal.jsonl', json.dumps(entry)],
-        entrypoint=["sh"],
-        user="10000:10000",
-        volumes={volume_name(family_id): {"bind": "/opt/data", "mode": "rw"}},
-        network_mode="none",
-        labels={"sudo.scope": api.network},
-        remove=True,
-    )
+    path = "/opt/data/twilio_whatsapp/journal.jsonl"
+    api.on_volume(family_id, 'printf "%s\\n" "$0" >> "$1"', json.dumps(entry), path, mode="rw")
     # ...and its reply, already taken by the gateway, as the plugin sends it.
     gateway = f"http://{api.settings.runtime.host_address}:{api.settings.gateway.port}"
     key = llm_key_for(api.secret.encode(), family_id)
@@ -227,11 +219,7 @@ async def test_a_reply_sent_before_its_agent_died_is_not_sent_again(api: Stack, 
     assert status == 200, body
 
     def journal() -> str:
-        return (
-            api.container(family_id)
-            .exec_run(["cat", "/opt/data/twilio_whatsapp/journal.jsonl"])
-            .output.decode()
-        )
+        return api.container(family_id).exec_run(["cat", path]).output.decode()
 
     await until(lambda: f'"type": "done", "id": "{sid}"' in journal(), 180, "the message answered again")
     await asyncio.sleep(3)  # for a second send to show

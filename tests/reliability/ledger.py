@@ -27,7 +27,7 @@ from twilio_stub import sign
 
 from sudo_api.accounts import token_hash
 from sudo_api.devices import TOKEN_PREFIX
-from sudo_core.families import RUNTIME_PREFIX, volume_name
+from sudo_core.families import RUNTIME_PREFIX
 
 SENDER = "+14155550100"
 """The Twilio stand-in's WhatsApp sender."""
@@ -327,16 +327,7 @@ def remember(stack: Stack, family: uuid.UUID, entry: str) -> None:
 def memory_of(stack: Stack, family: uuid.UUID) -> str:
     """The family's agent memory file, read from its volume (whether or not a runtime runs)."""
     try:
-        output = stack.docker.containers.run(
-            stack.settings.runtime.image,
-            ["/opt/data/memories/MEMORY.md"],
-            entrypoint=["cat"],
-            user="10000:10000",
-            volumes={volume_name(family): {"bind": "/opt/data", "mode": "ro"}},
-            network_mode="none",
-            labels={"sudo.scope": stack.network},
-            remove=True,
-        )
+        output = stack.on_volume(family, "cat /opt/data/memories/MEMORY.md")
     except docker.errors.ContainerError as exc:
         return f"(unreadable: {exc})"
     return output.decode(errors="replace")
