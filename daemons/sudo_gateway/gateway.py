@@ -116,10 +116,11 @@ class Gateway:
         return family
 
     @web.middleware
-    async def limit_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """At most gateway.family_in_flight requests of one family at once, from its key
-        checked to the answer's last byte; a bad key is left to the handler to refuse."""
-        family = await self.authenticate(request)
+    async def admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authenticate the family (its id on `request["family"]`, None for a bad key, which
+        each handler refuses in its own API's shape), and let at most gateway.family_in_flight
+        requests of one family in at once, from its key checked to the answer's last byte."""
+        family = request["family"] = await self.authenticate(request)
         if family is None:
             return await handler(request)
         if self._in_flight[family] >= self.settings.gateway.family_in_flight:
@@ -136,7 +137,7 @@ class Gateway:
                 del self._in_flight[family]
 
     async def models(self, request: web.Request) -> web.Response:
-        if await self.authenticate(request) is None:
+        if request["family"] is None:
             return openai_error(401, "invalid gateway key", "authentication_error")
         upstream = await self.db.aio(self.upstream)
         model = {"id": upstream.model or "default", "object": "model", "owned_by": "sudo"}
@@ -148,7 +149,7 @@ class Gateway:
         return web.json_response(model)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        family = await self.authenticate(request)
+        family = request["family"]
         if family is None:
             REQUESTS.labels("401").inc()
             return openai_error(401, "invalid gateway key", "authentication_error")
@@ -184,7 +185,7 @@ class Gateway:
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's `POST /v1/audio/transcriptions`: a voice note, multipart, to the provider."""
-        if await self.authenticate(request) is None:
+        if request["family"] is None:
             TRANSCRIPTIONS.labels("401").inc()
             return openai_error(401, "invalid gateway key", "authentication_error")
         upstream = await self.db.aio(self.speech_upstream, "stt")
@@ -218,7 +219,7 @@ class Gateway:
     async def speech(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's `POST /v1/audio/speech`: text to audio, for the voice bridge speaking a
         family's answer (it presents that family's key)."""
-        if await self.authenticate(request) is None:
+        if request["family"] is None:
             SPEECHES.labels("401").inc()
             return openai_error(401, "invalid gateway key", "authentication_error")
         try:
@@ -247,7 +248,7 @@ class Gateway:
         201 sent to Twilio, 202 held (outside the window, no template), 200 already handled,
         429/5xx to retry later, 4xx refused for good.
         """
-        family = await self.authenticate(request)
+        family = request["family"]
         if family is None:
             return json_error(401, "invalid gateway key")
         try:
@@ -333,7 +334,7 @@ async def not_found(request: web.Request) -> web.Response:
 
 def build_app(gateway: Gateway) -> web.Application:
     # client_max_size: a 16 MiB voice note, multipart
-    app = web.Application(client_max_size=24 * 1024 * 1024, middlewares=[gateway.limit_in_flight])
+    app = web.Application(client_max_size=24 * 1024 * 1024, middlewares=[gateway.admit])
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
     app.router.add_post("/v1/audio/transcriptions", gateway.transcriptions)
     app.router.add_post("/v1/audio/speech", gateway.speech)
