@@ -59,6 +59,17 @@ class ChatUnavailable(RuntimeError):
     """sudo-api is shutting down and takes no new messages."""
 
 
+def runtimes_http(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+    """A client for the family runtimes, with no cap on connections at once.
+
+    Every running runtime's event stream stays open (one per family), so aiohttp's default
+    pool of 100 left the 101st family's messages waiting for a connection that never freed;
+    what bounds the connections is the number of runtimes, each with one stream and one
+    request at a time.
+    """
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
+
+
 @dataclass(frozen=True)
 class Message:
     id: str
@@ -306,7 +317,7 @@ class Conversations:
         self._watcher: asyncio.Task[None] | None = None
         self._revived: dict[uuid.UUID, float] = {}
         self._revivals: set[asyncio.Task[None]] = set()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        self._http = runtimes_http(aiohttp.ClientTimeout(total=None, sock_connect=5))
         self.closing = False
         self._settled = asyncio.Event()
         """Set whenever a delivered message gets its answer or fails."""

@@ -40,6 +40,7 @@ from sudo_core.families import api_key_for
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 from sudo_core.whatsapp import OutboundStore, deliver
 
+from .chat import runtimes_http
 from .numbers import E164
 
 log = logging.getLogger("sudo-api.whatsapp")
@@ -205,7 +206,7 @@ class WhatsApp:
         self._channels: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pruned_at = 0.0
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120, sock_connect=10))
+        self._http = runtimes_http(aiohttp.ClientTimeout(total=120, sock_connect=10))
 
     async def start(self) -> None:
         for family in await self.db.aio(self.inbox.families_with_open):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from sudo_api import admin
 from sudo_api.accounts import Accounts, InvalidInput, Limiter, LoginLimiter
-from sudo_api.chat import ChatStore
+from sudo_api.chat import ChatStore, runtimes_http
 from sudo_api.devices import Devices, PairingError
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database
@@ -170,3 +173,36 @@ def test_chat_store_recovers_from_agent_restarts(db: Database):
 
     # An outbox behind our cursor was recreated (a purged volume): read it from the start.
     assert store.new_agent_process(family, "b4", 0, max_attempts=3)[2] == 0
+
+
+async def test_the_runtimes_client_reaches_a_family_while_every_other_family_streams():
+    """sudo-api keeps one event stream open per running runtime: the 101st family's message
+    must not wait for one of them to close (aiohttp's default pool holds 100)."""
+    closing = asyncio.Event()
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"type": "hello"}\n')
+        await closing.wait()  # a stream that lasts, as sudo_chat's
+        return response
+
+    app = web.Application()
+    app.router.add_get("/events", events)
+    app.router.add_post("/messages", lambda _: web.json_response({"status": "accepted"}, status=202))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    http = runtimes_http(aiohttp.ClientTimeout(total=None, sock_connect=5))
+    streams = [await http.get(f"{url}/events") for _ in range(100)]
+    try:
+        async with http.post(f"{url}/messages", json={}, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            assert resp.status == 202
+    finally:
+        closing.set()
+        for stream in streams:
+            stream.close()
+        await http.close()
+        await runner.cleanup()

@@ -113,7 +113,6 @@ class SudoChatAdapter(BasePlatformAdapter):
         """Per message being answered, how many replies its turn has written so far."""
         self._last_turn: asyncio.Task[Any] | None = None
         """The task of the turn that last ended (on_processing_complete runs in it)."""
-        """Turns in progress that already wrote a message."""
         self._turn: str | None = None
         self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         self._runner: web.AppRunner | None = None
