@@ -44,8 +44,10 @@ class ProvisionerClient:
     def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
         self._session = aiohttp.ClientSession(
             # A connection per request: the provisioner exits when idle and restarts at any
-            # time, so a pooled connection would often be one it already closed.
-            connector=aiohttp.UnixConnector(path=str(socket_path), force_close=True),
+            # time, so a pooled connection would often be one it already closed. No cap on
+            # them (aiohttp's default is 100): an ensure may wait minutes for a spawn slot, and
+            # a hundred of them must not hold back a quick call; the provisioner queues spawns.
+            connector=aiohttp.UnixConnector(path=str(socket_path), force_close=True, limit=0),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 

@@ -76,6 +76,10 @@ class Gateway:
         self._known: dict[uuid.UUID, float] = {}  # family -> until when its existence is cached
         self._in_flight: Tally[uuid.UUID] = Tally()
         self._http = aiohttp.ClientSession(
+            # No cap on connections to the provider (aiohttp's default is 100, each held for a
+            # whole streamed answer): gateway.family_in_flight bounds them per family, and a
+            # provider past its quota answers 429 itself, which Hermes retries.
+            connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=settings.gateway.request_timeout_sec, sock_connect=10),
             auto_decompress=False,
         )

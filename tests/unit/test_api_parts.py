@@ -206,3 +206,33 @@ async def test_the_runtimes_client_reaches_a_family_while_every_other_family_str
             stream.close()
         await http.close()
         await runner.cleanup()
+
+
+async def test_a_hundred_slow_ensures_hold_back_no_quick_call(tmp_path: Path):
+    """An ensure may wait minutes for a spawn slot (100 devices beat at once after a host
+    restart): the provisioner client must still get a quick call through at once."""
+    release, arrived = asyncio.Event(), asyncio.Queue()
+
+    async def ensure(request: web.Request) -> web.Response:
+        arrived.put_nowait(request)
+        await release.wait()
+        return web.json_response({"family_id": request.match_info["family"], "state": "running"})
+
+    app = web.Application()
+    app.router.add_post("/v1/runtimes/{family}/ensure", ensure)
+    app.router.add_get("/v1/runtimes", lambda _: web.json_response({"runtimes": []}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.UnixSite(runner, str(tmp_path / "provisioner.sock"))
+    await site.start()
+    try:
+        async with ProvisionerClient(tmp_path / "provisioner.sock", timeout=10) as provisioner:
+            ensures = [asyncio.create_task(provisioner.ensure(uuid.uuid4())) for _ in range(100)]
+            for _ in range(100):
+                await asyncio.wait_for(arrived.get(), 10)
+            assert await provisioner.list() == []
+            release.set()
+            assert all(r["state"] == "running" for r in await asyncio.gather(*ensures))
+    finally:
+        release.set()
+        await runner.cleanup()

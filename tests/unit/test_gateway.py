@@ -173,6 +173,40 @@ async def test_one_family_holds_at_most_its_share_of_requests_at_once(gateway):
         await server.close()
 
 
+async def test_a_hundred_answers_in_progress_hold_back_no_other_family(gateway):
+    """Every answer holds a connection to the provider while it streams: the 101st family's
+    request must reach the provider at once, not wait for one of them (aiohttp's pool holds 100)."""
+    release, arrived = asyncio.Event(), asyncio.Queue()
+
+    async def thinking(request: web.Request) -> web.Response:
+        arrived.put_nowait(request)
+        await release.wait()
+        return web.json_response({"choices": [{"message": {"content": "done"}}]})
+
+    client, db = gateway
+    server = await upstream_server(thinking)
+    # The families' side has no cap either: it stands for 101 agents, not one client.
+    families = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    url = str(client.make_url("/v1/chat/completions"))
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        keys = [auth(db, f"F{i}") for i in range(101)]
+        held = [asyncio.create_task(families.post(url, json=BODY, headers=key)) for key in keys[:100]]
+        for _ in range(100):
+            await asyncio.wait_for(arrived.get(), 10)
+        last = asyncio.create_task(families.post(url, json=BODY, headers=keys[100]))
+        await asyncio.wait_for(arrived.get(), 10)  # the 101st is at the provider
+        release.set()
+        responses = await asyncio.gather(*held, last)
+        assert [r.status for r in responses] == [200] * 101
+        for response in responses:
+            response.release()
+    finally:
+        release.set()
+        await families.close()
+        await server.close()
+
+
 async def test_compressed_answers_pass_through_intact(gateway):
     async def gzipped(request: web.Request) -> web.Response:
         body = gzip.compress(json.dumps({"choices": [{"message": {"content": "hello"}}]}).encode())
