@@ -108,7 +108,10 @@ def build_spec(
         # with a turn of its own ("the session was restored") racing that redelivery, which then
         # finds the session busy. Its restart-loop breaker, tripped at the first such start, keeps
         # it from resuming (the next message still carries Hermes's note of the interruption).
-        "gateway": {"restart_loop_guard": {"max_restarts": 1}},
+        # Its delivery ledger is off for the same reason: both plugins journal a reply before
+        # Hermes hears it was sent, and a turn cut off before then is answered again under the
+        # same ids; the ledger would send its copy at start as a new message, a duplicate.
+        "gateway": {"restart_loop_guard": {"max_restarts": 1}, "delivery_ledger": False},
     }
     if "sudo_chat" in plugins.names:
         hermes_config["platforms"]["sudo_chat"] = {

@@ -68,6 +68,16 @@ async def test_runtime_is_hardened(stack: Stack, provisioner):
     assert code != 0, "the root filesystem must be read-only"
 
 
+async def test_hermes_leaves_recovery_to_sudo(stack: Stack, provisioner):
+    """Hermes reads the config Sudo wrote and keeps no delivery ledger of its own, whose
+    replay at start would send a reply the plugins already journaled a second time."""
+    family = stack.new_family("Recovery")
+    await provisioner.ensure(family.id)
+    probe = "from gateway.delivery_ledger import ledger_enabled; print(ledger_enabled())"
+    code, out = stack.container(family.id).exec_run(["python3", "-c", probe])
+    assert (code, out.decode().strip()) == (0, "False")
+
+
 async def test_concurrent_ensures_share_one_spawn_per_family(stack: Stack, provisioner):
     families = [stack.new_family(f"Crowd {i}") for i in range(10)]
     calls = [provisioner.ensure(families[i % 10].id) for i in range(50)]

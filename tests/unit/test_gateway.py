@@ -118,6 +118,18 @@ async def upstream_server(handler, path: str = "/v1/chat/completions") -> TestSe
     return server
 
 
+async def thinking_upstream() -> tuple[TestServer, asyncio.Event, asyncio.Queue]:
+    """A provider that answers nothing until `release` is set; `arrived` gets each request."""
+    release, arrived = asyncio.Event(), asyncio.Queue()
+
+    async def thinking(request: web.Request) -> web.Response:
+        arrived.put_nowait(request)
+        await release.wait()
+        return web.json_response({"choices": [{"message": {"content": "done"}}]})
+
+    return await upstream_server(thinking), release, arrived
+
+
 async def test_a_provider_breaking_off_mid_answer_breaks_the_stream(gateway):
     async def half_answer(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -141,16 +153,9 @@ async def test_a_provider_breaking_off_mid_answer_breaks_the_stream(gateway):
 async def test_one_family_holds_at_most_its_share_of_requests_at_once(gateway):
     """A family's agent cannot hold every connection: past gateway.family_in_flight requests in
     flight it is told 429 (retry in a second), while another family is served as ever."""
-    release, arrived = asyncio.Event(), asyncio.Queue()
-
-    async def thinking(request: web.Request) -> web.Response:
-        arrived.put_nowait(request)
-        await release.wait()
-        return web.json_response({"choices": [{"message": {"content": "done"}}]})
-
     client, db = gateway
+    server, release, arrived = await thinking_upstream()
     cap = Settings().gateway.family_in_flight
-    server = await upstream_server(thinking)
     try:
         db.set_setting("llm.base_url", str(server.make_url("/v1")))
         busy, other = auth(db, "Busy"), auth(db, "Other")
@@ -176,15 +181,8 @@ async def test_one_family_holds_at_most_its_share_of_requests_at_once(gateway):
 async def test_a_hundred_answers_in_progress_hold_back_no_other_family(gateway):
     """Every answer holds a connection to the provider while it streams: the 101st family's
     request must reach the provider at once, not wait for one of them (aiohttp's pool holds 100)."""
-    release, arrived = asyncio.Event(), asyncio.Queue()
-
-    async def thinking(request: web.Request) -> web.Response:
-        arrived.put_nowait(request)
-        await release.wait()
-        return web.json_response({"choices": [{"message": {"content": "done"}}]})
-
     client, db = gateway
-    server = await upstream_server(thinking)
+    server, release, arrived = await thinking_upstream()
     # The families' side has no cap either: it stands for 101 agents, not one client.
     families = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     url = str(client.make_url("/v1/chat/completions"))
