@@ -52,6 +52,14 @@ class Conversation:
         await wait_until(lambda: len(self.speaker.replies) > replies, within, "the agent's answer")
         return self.speaker.replies[replies].first_audio_at - self.mic.speech_ended_at[-1]
 
+    def heard(self) -> list[str]:
+        """What speech-to-text made of each thing said to the agent."""
+        return [
+            item.text_content or ""
+            for item in self.session.history.items
+            if item.type == "message" and item.role == "user"
+        ]
+
     async def finished(self) -> list[str]:
         """Wait for the agent to finish speaking; what it said, each reply a string."""
         await wait_until(lambda: self.session.agent_state == "listening", 60, "the agent to finish")
@@ -122,10 +130,13 @@ async def test_a_spoken_question_reaches_the_familys_agent_and_its_answer_is_spo
     latency = await conversation.say(QUESTION)
     said = await conversation.finished()
 
-    # The agent heard the words: Hermes passed pocketsphinx's transcript on to the LLM.
+    # The agent heard the words: Hermes passed pocketsphinx's transcript on to the LLM as it was.
+    # (Pocketsphinx may mishear a word of espeak-ng's voice: seen once in CI, "what is new to
+    # tomorrow"; most of the question must come through.)
+    [transcript] = conversation.heard()
+    assert len(set(transcript.split()) & set(QUESTION.split())) >= 3, transcript
     asked = [r["last_user"] for r in completions_since(api, since)]
-    assert any("weather tomorrow" in text for text in asked), asked
-    transcript = next(t for t in asked if "weather tomorrow" in t)
+    assert transcript in asked, (transcript, asked)
     # And its answer came out of the speaker, as long as espeak-ng takes to say it (after the
     # bridge's "still thinking", on a machine so busy that the first reply took that long).
     assert [answer(text) for text in said] == [f"stub says: {transcript}"]
