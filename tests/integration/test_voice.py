@@ -52,22 +52,22 @@ class Conversation:
         await wait_until(lambda: len(self.speaker.replies) > replies, within, "the agent's answer")
         return self.speaker.replies[replies].first_audio_at - self.mic.speech_ended_at[-1]
 
-    def heard(self) -> list[str]:
-        """What speech-to-text made of each thing said to the agent."""
+    def messages(self, role: str) -> list[str]:
+        """The session's messages of `role`, each a string."""
         return [
             item.text_content or ""
             for item in self.session.history.items
-            if item.type == "message" and item.role == "user"
+            if item.type == "message" and item.role == role
         ]
+
+    def heard(self) -> list[str]:
+        """What speech-to-text made of each thing said to the agent."""
+        return self.messages("user")
 
     async def finished(self) -> list[str]:
         """Wait for the agent to finish speaking; what it said, each reply a string."""
         await wait_until(lambda: self.session.agent_state == "listening", 60, "the agent to finish")
-        return [
-            item.text_content or ""
-            for item in self.session.history.items
-            if item.type == "message" and item.role == "assistant"
-        ]
+        return self.messages("assistant")
 
 
 @pytest.fixture
