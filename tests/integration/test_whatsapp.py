@@ -4,6 +4,7 @@ container, the LLM stand-in answering, replies through the gateway to the Twilio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
@@ -357,3 +358,76 @@ async def test_voice_notes_are_transcribed_and_unsupported_media_answered(api: S
     ] == 200
     await until(lambda: [m for m in sent_to(api, number) if "too large" in m["body"]], 60, "the size notice")
     await until(lambda: any(transcript in m["body"] for m in sent_to(api, number)), 60, "the reply")
+
+
+async def test_messages_a_stop_cut_off_are_answered_once_in_order(api: Stack, http, twilio, provisioner):
+    """The agent stopped (SIGTERM, as a recreate or the engine's restart does) while it answers
+    one message and holds the next: the next agent process answers both, in order, before a
+    message that reaches it the moment it takes messages; each once, and nothing of Hermes's
+    stop reaches the family.
+
+    The LLM stand-in holds the first answer ([slow:4]), so the stop cuts that turn. Stopping,
+    Hermes answers any message handed to it with "not accepting new work": the held message was
+    lost so. And its session keeps the cut turn's words, unanswered, and merges them into the
+    next turn it runs: a newer message handed to the next process first was answered together
+    with the cut one, whose own replay then answered it again (issue 17's duplicate)."""
+    number = "+447700900210"
+    family = await linked_family(api, http, "Meitner", number)
+    family_id = uuid.UUID(family.id)
+    assert (await webhook(http, api, twilio, message(number, "warm up")))[0] == 200  # opens the window
+    await until(lambda: sent_to(api, number), 180, "the first reply")
+    cut, held = message(number, "cut off [slow:4]"), message(number, "held behind it")
+    assert (await webhook(http, api, twilio, cut))[0] == 200
+    await until(lambda: asked(api, "cut off"), 60, "the agent asking the LLM")
+    assert (await webhook(http, api, twilio, held))[0] == 200
+    await until(lambda: inbox_status(api, held) == "delivered", 30, "the held message in the agent's hands")
+    stopped = api.container(family_id)
+    await asyncio.to_thread(stopped.stop, timeout=10)
+
+    newer = {"id": "SM" + uuid.uuid4().hex, "from": number, "name": "Lise", "text": "newer words"}
+    ensured = asyncio.create_task(provisioner.ensure(family_id))
+    await at_its_first_moment(api, family_id, stopped.id, newer)
+    await ensured
+    said = ("cut off", "held behind it", "newer words")
+    with contextlib.suppress(TimeoutError):  # what came is checked below
+        await until(lambda: all(any(w in m["body"] for m in sent_to(api, number)) for w in said), 90, "")
+    await asyncio.sleep(3)  # for a second answer to show
+    bodies = [m["body"] for m in sent_to(api, number)][1:]
+    assert all(b.startswith("stub says: ") for b in bodies), bodies  # no notice of Hermes's stop
+    assert [sum(w in b for b in bodies) for w in said] == [1, 1, 1], bodies
+    answered_at = [next(n for n, b in enumerate(bodies) if w in b) for w in said]
+    assert answered_at == sorted(answered_at), bodies  # in the order the family wrote
+
+
+def inbox_status(api: Stack, form: dict[str, str]) -> str | None:
+    row = api.db.query_one("SELECT status FROM whatsapp_inbox WHERE sid = ?", (form["MessageSid"],))
+    return row["status"] if row else None
+
+
+async def at_its_first_moment(api: Stack, family: uuid.UUID, stopped: str, body: dict) -> None:
+    """Hand a message straight to the next agent process's twilio_whatsapp listener, again and
+    again until it takes it (as sudo-api does, without its half-second pause): it arrives the
+    moment that process takes messages."""
+    headers = {"Authorization": f"Bearer {api.api_key(family)}"}
+    url = None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            url = url or await asyncio.to_thread(whatsapp_listener, api, family, stopped)
+            if url is not None:
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):  # not listening yet
+                    async with session.post(url, json=body, headers=headers) as resp:
+                        if resp.status == 202:
+                            return
+                        assert resp.status == 503, await resp.text()  # Hermes is starting
+            await asyncio.sleep(0.005)
+    raise TimeoutError("the next agent process never took the message")
+
+
+def whatsapp_listener(api: Stack, family: uuid.UUID, stopped: str) -> str | None:
+    """The /inbound URL of the family's container once it is another than `stopped`."""
+    container = api.container(family)
+    if container is None or container.id == stopped:
+        return None
+    address = container.attrs["NetworkSettings"]["Networks"].get(api.network, {}).get("IPAddress")
+    return f"http://{address}:{api.settings.runtime.whatsapp_port}/inbound" if address else None

@@ -20,6 +20,10 @@ so a reply or a cron message written while sudo-api is down is read when it reco
 (`after` is the last seq it stored). A message id is handled once per process; after a
 restart sudo-api delivers again whatever got no `turn_done`, which is what makes a reply
 that died with the container come back rather than vanish.
+
+Stopping (SIGTERM), Hermes answers a message handed to it with "not accepting new work": so
+none is handed over once the stop began, and no reply of a turn is written during the stop.
+That turn gets no `turn_done`, and the next process answers its message under the same ids.
 """
 
 from __future__ import annotations
@@ -151,6 +155,13 @@ class SudoChatAdapter(BasePlatformAdapter):
     async def send(
         self, chat_id: str, content: str, reply_to: str | None = None, metadata: Any = None
     ) -> SendResult:
+        if self._turn and self._runner_stopping():
+            # Perhaps Hermes's "not accepting new work", as the answer to a message handed over
+            # as the stop began. Without this reply the turn gets no turn_done (see
+            # on_processing_complete): sudo-api delivers the message to the next process.
+            self._replied.pop(self._turn, None)
+            logger.info("[sudo_chat] reply to %s held back by the stop; it is delivered again", self._turn)
+            return SendResult(success=False, error="the agent is stopping; its next process answers")
         return SendResult(success=True, message_id=await self._record_message(content, self._turn))
 
     async def _record_message(self, text: str, reply_to: str | None) -> str:
@@ -219,10 +230,16 @@ class SudoChatAdapter(BasePlatformAdapter):
             return web.json_response({"error": "expected JSON with id and text"}, status=400)
         if not text.strip() or len(text) > MAX_TEXT:
             return web.json_response({"error": f"text must be 1 to {MAX_TEXT} characters"}, status=400)
+        if self._last_turn is not None and not self._last_turn.done():
+            # sudo-api sends the next message on turn_done, which this hook writes before Hermes
+            # frees the session: handed over in between, Hermes takes the message for an
+            # interruption of a turn that is over, and never answers it. Wait for the turn to end.
+            await asyncio.wait({self._last_turn}, timeout=TURN_END_SEC)
         if self._runner_starting() or self._runner_stopping():
             # Starting, Hermes would queue it and report the turn finished before it ran;
             # stopping, it would answer "not accepting new work": refuse instead, and sudo-api
             # delivers again in a moment (to the next agent process, if this one is going).
+            # Checked after the wait, since a stop can begin during it.
             return web.json_response({"error": "the agent is starting or stopping"}, status=503)
         if message_id in self._seen or message_id in self._outbox.answered:
             return web.json_response({"status": "duplicate", "boot": self._boot})
@@ -234,11 +251,6 @@ class SudoChatAdapter(BasePlatformAdapter):
         event = MessageEvent(
             text=text, message_type=MessageType.TEXT, source=source, raw_message=body, message_id=message_id
         )
-        if self._last_turn is not None and not self._last_turn.done():
-            # sudo-api sends the next message on turn_done, which this hook writes before Hermes
-            # frees the session: handed over in between, Hermes takes the message for an
-            # interruption of a turn that is over, and never answers it. Wait for the turn to end.
-            await asyncio.wait({self._last_turn}, timeout=TURN_END_SEC)
         try:
             await self.handle_message(event)
         except BaseException:

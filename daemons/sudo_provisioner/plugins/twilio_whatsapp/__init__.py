@@ -22,6 +22,16 @@ Both directions go through an fsynced journal on the family's volume first. A me
 agent accepted but never finished (the container died) is handed to Hermes again at the next
 start, up to REPLAYS times; a reply written but not yet taken by the gateway is sent after a
 restart, under the same id, so the gateway sends it once.
+
+A stop (SIGTERM: recreated, evicted, the engine restarting) cuts the turn in progress, and two
+things Hermes does then must not reach the family:
+- Stopping, Hermes answers any message handed to it with "not accepting new work". So nothing
+  is handed over once the stop began, and no reply of a turn is sent during the stop: the
+  message stays owed, and the next process answers it under the same reply ids.
+- Hermes's session keeps the words of the cut turn, unanswered, and merges them into the next
+  turn it runs. So the next process hands its predecessor's messages over before any new one
+  of the same number: the cut words are answered once, by their own replay, never again as
+  part of a newer message's answer.
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ MAX_REQUEST = 24 * 1024 * 1024
 """sudo-api sends media up to 16 MiB, base64-encoded."""
 REPLAYS = 3
 """Times a message is handed to Hermes in all before it is answered with an apology."""
+START_WAIT_SEC = 300.0
+"""Longest the first hand-over waits for Hermes to finish starting."""
 TURN_WAIT_SEC = 900.0
 """A turn Hermes never reports finished holds its number's next message no longer than this."""
 SEEN_KEEP = 1000
@@ -202,12 +214,12 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         app.router.add_post("/inbound", self._post_inbound)
         app.router.add_post("/deliver", self._post_deliver)
         app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, sock_connect=10))
+        self._tasks = [asyncio.create_task(self._send_loop())]
+        await self._resume()  # first in their numbers' queues, before anything new can arrive
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, sock_connect=10))
-        unanswered = list(self._journal.inbound.values())  # the previous process's, not new ones
-        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._resume(unanswered))]
         self._mark_connected()
         logger.info("[%s] listening on %s:%d", NAME, self._host, self._port)
         return True
@@ -234,8 +246,19 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         answers and its place in the turn: a turn answered again after a restart (this process
         was killed after sending, before its done) sends the same ids, which the gateway has
         already sent, so the family never gets the answer twice."""
-        ids = []
         turn = self._current.get(chat_id)
+        if turn and self._runner_stopping():
+            # Hermes stopping writes "not accepting new work" as the answer to a message handed
+            # over as the stop began; a turn's reply is never sent from here on. Without it the
+            # turn is not done (see on_processing_complete): the next process answers it.
+            self._replied.pop(turn, None)
+            logger.info("[%s] reply to %s held back by the stop; the next process answers it", NAME, turn)
+            return SendResult(success=False, error="the agent is stopping; its next process answers")
+        return SendResult(success=True, message_id=await self._journal_reply(chat_id, content, turn))
+
+    async def _journal_reply(self, chat_id: str, content: str, turn: str | None) -> str | None:
+        """Journal a message's parts for the send loop; the id of its first part."""
+        ids = []
         async with self._lock:
             for part in self.truncate_message(self.format_message(content), BODY_MAX):
                 if not part.strip():
@@ -250,7 +273,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
                 await asyncio.to_thread(self._journal.append, entry)
                 ids.append(entry["id"])
         self._outbound_ready.set()
-        return SendResult(success=True, message_id=ids[0] if ids else None)
+        return ids[0] if ids else None
 
     async def get_chat_info(self, chat_id: str) -> dict[str, Any]:
         return {"name": chat_id, "type": "dm", "chat_id": chat_id}
@@ -327,8 +350,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
             return web.json_response(
                 {"error": "chat_id must be a number in E.164 form, text non-empty"}, status=400
             )
-        result = await self.send(chat_id, text)
-        return web.json_response({"message_id": result.message_id})
+        # Proactive: never part of the number's turn in progress, and sent even during a stop.
+        return web.json_response({"message_id": await self._journal_reply(chat_id, text, None)})
 
     # Inbound, to Hermes
 
@@ -349,7 +372,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         message is its own turn, marked done when that turn ends.
         """
         waiting = self._waiting[number]
-        while waiting:
+        await self._started()
+        while waiting and not self._runner_stopping():  # stopping: the rest stays owed
             entry = waiting.popleft()
             ended = self._turn_ends[entry["id"]] = asyncio.get_running_loop().create_future()
             self._current[number] = entry["id"]
@@ -400,23 +424,27 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
             media_types=types,
         )
 
-    async def _resume(self, unanswered: list[dict[str, Any]]) -> None:
-        """Hand Hermes again what the previous process accepted and never answered."""
-        deadline = time.monotonic() + 300
-        while self._runner_starting() and time.monotonic() < deadline:  # noqa: ASYNC110 (Hermes's flag)
-            await asyncio.sleep(0.2)
-        for entry in unanswered:
-            async with self._lock:
-                if entry["tries"] >= REPLAYS:
-                    logger.error("[%s] giving up on %s after %d tries", NAME, entry["id"], entry["tries"])
+    async def _resume(self) -> None:
+        """Queue again what the previous process accepted and never answered (the journal holds
+        no new message yet: the listener is not up)."""
+        for entry in list(self._journal.inbound.values()):
+            if entry["tries"] >= REPLAYS:
+                logger.error("[%s] giving up on %s after %d tries", NAME, entry["id"], entry["tries"])
+                async with self._lock:
                     await asyncio.to_thread(self._journal.append, {"type": "done", "id": entry["id"]})
-                else:
-                    await asyncio.to_thread(self._journal.append, {"type": "retry", "id": entry["id"]})
-            if entry["id"] in self._journal.inbound:
-                logger.info("[%s] handing %s to the agent again after a restart", NAME, entry["id"])
-                self._take_turn(entry)
-            else:
-                await self.send(entry["from"], APOLOGY)
+                await self._journal_reply(entry["from"], APOLOGY, None)
+                continue
+            async with self._lock:
+                await asyncio.to_thread(self._journal.append, {"type": "retry", "id": entry["id"]})
+            logger.info("[%s] handing %s to the agent again after a restart", NAME, entry["id"])
+            self._take_turn(entry)
+
+    async def _started(self) -> None:
+        """Until Hermes has finished starting: before, it would queue a message behind its
+        restore pass and report nothing of it."""
+        deadline = time.monotonic() + START_WAIT_SEC
+        while self._runner_starting() and time.monotonic() < deadline:  # noqa: ASYNC110 (Hermes's flag)
+            await asyncio.sleep(0.1)
 
     def _runner_starting(self) -> bool:
         """Whether Hermes's gateway is still restoring sessions from before its restart.
