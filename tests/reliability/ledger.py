@@ -114,6 +114,10 @@ class ChatLedger:
             mine = next((m for m in messages if m["id"] == s.id), {})
             status = mine.get("status")
             replies = [m for m in messages if m["reply_to"] == s.id]
+            # The stand-in echoes the words it answers: words of this message in an answer to
+            # another one mean the agent answered it there too (Hermes merges a cut turn's
+            # words into the next turn it runs).
+            echoes = [m for m in messages if m["role"] == "assistant" and s.text in m["text"]]
             if status == "answered" and replies:
                 outcome.answered += 1
             else:
@@ -121,9 +125,11 @@ class ChatLedger:
                 outcome.problems.append(
                     f"{s.text!r} of {s.family.id}: {status} ({mine.get('error')}), {len(replies)} replies"
                 )
-            if len(replies) > 1:
+            if len(replies) > 1 or len(echoes) > 1:
                 outcome.duplicated += 1
-                outcome.problems.append(f"{s.text!r} answered {len(replies)} times")
+                outcome.problems.append(
+                    f"{s.text!r} answered {len(replies)} times, its words in {len(echoes)} answers"
+                )
             if replies and not (
                 replies[0]["text"].startswith("stub says: ") and s.text in replies[0]["text"]
             ):

@@ -156,9 +156,11 @@ class SudoChatAdapter(BasePlatformAdapter):
         self, chat_id: str, content: str, reply_to: str | None = None, metadata: Any = None
     ) -> SendResult:
         if self._turn and self._runner_stopping():
-            # Perhaps Hermes's "not accepting new work", as the answer to a message handed over
-            # as the stop began. Without this reply the turn gets no turn_done (see
-            # on_processing_complete): sudo-api delivers the message to the next process.
+            # Stopping, Hermes answers a message handed over as the stop began with "not
+            # accepting new work", so no reply of a turn is written during the stop. The turn
+            # then gets no turn_done (see on_processing_complete) and sudo-api delivers its
+            # message to the next process. One that finished just as the stop began is run
+            # again, under the same ids: one answer still.
             self._replied.pop(self._turn, None)
             logger.info("[sudo_chat] reply to %s held back by the stop; it is delivered again", self._turn)
             return SendResult(success=False, error="the agent is stopping; its next process answers")

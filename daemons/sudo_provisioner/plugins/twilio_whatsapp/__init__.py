@@ -248,9 +248,10 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         already sent, so the family never gets the answer twice."""
         turn = self._current.get(chat_id)
         if turn and self._runner_stopping():
-            # Hermes stopping writes "not accepting new work" as the answer to a message handed
-            # over as the stop began; a turn's reply is never sent from here on. Without it the
-            # turn is not done (see on_processing_complete): the next process answers it.
+            # Stopping, Hermes answers a message handed over as the stop began with "not
+            # accepting new work", so no reply of a turn leaves during the stop. The turn is then
+            # not done (see on_processing_complete) and the next process answers it, under the
+            # same ids. One that finished just as the stop began is run again: one answer still.
             self._replied.pop(turn, None)
             logger.info("[%s] reply to %s held back by the stop; the next process answers it", NAME, turn)
             return SendResult(success=False, error="the agent is stopping; its next process answers")
