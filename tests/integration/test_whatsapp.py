@@ -366,7 +366,7 @@ async def test_messages_a_stop_cut_off_are_answered_once_in_order(api: Stack, ht
     message that reaches it the moment it takes messages; each once, and nothing of Hermes's
     stop reaches the family.
 
-    The LLM stand-in holds the first answer ([slow:4]), so the stop cuts that turn. Stopping,
+    The LLM stand-in holds the first answer ([slow:6]), so the stop cuts that turn. Stopping,
     Hermes answers any message handed to it with "not accepting new work": the held message was
     lost so. And its session keeps the cut turn's words, unanswered, and merges them into the
     next turn it runs: a newer message handed to the next process first was answered together
@@ -376,7 +376,7 @@ async def test_messages_a_stop_cut_off_are_answered_once_in_order(api: Stack, ht
     family_id = uuid.UUID(family.id)
     assert (await webhook(http, api, twilio, message(number, "warm up")))[0] == 200  # opens the window
     await until(lambda: sent_to(api, number), 180, "the first reply")
-    cut, held = message(number, "cut off [slow:4]"), message(number, "held behind it")
+    cut, held = message(number, "cut off [slow:6]"), message(number, "held behind it")
     assert (await webhook(http, api, twilio, cut))[0] == 200
     await until(lambda: asked(api, "cut off"), 60, "the agent asking the LLM")
     assert (await webhook(http, api, twilio, held))[0] == 200
