@@ -211,18 +211,16 @@ class Devices:
                 log.exception("writing heartbeats failed; keeping them for the next flush")
 
     async def flush(self) -> None:
-        beats, active = self._beats, self._active
+        """Write the beats held in memory; each stays there until it is written, so a device
+        is never shown offline while its beat is on its way to the database."""
+        beats, active = dict(self._beats), dict(self._active)
         if not beats and not active:
             return
-        self._beats, self._active = {}, {}
-        try:
-            await self.db.aio(self._write, beats, active)
-        except BaseException:
-            for device, at in beats.items():
-                self._beats[device] = max(at, self._beats.get(device, 0))
-            for family, at in active.items():
-                self._active[family] = max(at, self._active.get(family, 0))
-            raise
+        await self.db.aio(self._write, beats, active)
+        for held, written in ((self._beats, beats), (self._active, active)):
+            for key, at in written.items():
+                if held.get(key) == at:  # not beaten again meanwhile
+                    del held[key]
 
     def _write(self, beats: dict[uuid.UUID, float], active: dict[uuid.UUID, float]) -> None:
         with self.db.transaction():

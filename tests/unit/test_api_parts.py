@@ -124,7 +124,12 @@ async def test_heartbeats_are_coalesced_into_one_write(db: Database, tmp_path: P
         assert await devices.authenticate("sd_dev_forged") is None
         # Nothing written yet: 1,000 beats are held in memory...
         assert all(r["last_seen_at"] is None for r in db.query("SELECT last_seen_at FROM devices"))
-        await devices.flush()  # ...and written in one transaction
+        # ...and written in one transaction, during which every device still shows online.
+        busy = asyncio.create_task(db.aio(time.sleep, 0.5))  # the database thread, busy a while
+        flushing = asyncio.create_task(devices.flush())
+        await asyncio.sleep(0.1)
+        assert all(devices.online(d) for d in devices.list(families[0].id)), "offline while flushing"
+        await asyncio.gather(busy, flushing)
         rows = db.query("SELECT last_seen_at FROM devices")
         assert len(rows) == 20 and all(r["last_seen_at"] >= before for r in rows)
         assert all(db.get_family(f.id).last_active_at >= before for f in families)
