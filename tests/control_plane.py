@@ -74,6 +74,7 @@ class Family:
     def __init__(self, http: aiohttp.ClientSession, base: str, token: str, account: dict) -> None:
         self.http, self.base, self.token, self.account = http, base, token, account
         self.id = account["user_id"]
+        self.member_id = account["id"]
 
     @property
     def headers(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ import sys
 from aiohttp import web
 
 from sudo_core import config, logs
+from sudo_core.accounts import Accounts
 from sudo_core.credentials import SERVICE_TOKEN, host_secret, read_credential
 from sudo_core.db import Database
 from sudo_core.logs import fields
@@ -16,12 +17,12 @@ from sudo_core.metrics import host_port, start_metrics
 from sudo_core.provisioner_client import ProvisionerClient
 from sudo_core.systemd import Notifier
 
-from .accounts import Accounts, LoginLimiter
-from .admin import FleetRestart
 from .app import build_app
 from .chat import Conversations
 from .context import Services, code_limiter, pairing_limiter
 from .devices import Devices
+from .fleet import FleetRestart
+from .limits import LoginLimiter
 from .numbers import Numbers
 from .whatsapp import WhatsApp
 

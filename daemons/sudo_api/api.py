@@ -14,12 +14,12 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from sudo_core import twilio
+from sudo_core import host_settings, twilio
+from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
 
-from . import admin, host_units, numbers, voice, whatsapp
-from .accounts import Account, InvalidInput
+from . import host_units, numbers, voice, whatsapp
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
@@ -45,10 +45,19 @@ def account_json(account: Account) -> dict[str, Any]:
     return {
         "id": str(account.id),
         "email": account.email,
+        "username": account.username,
         "name": account.display_name,
         "user_id": str(account.family_id) if account.family_id else None,
+        "role": account.role,
         "is_admin": account.is_admin,
     }
+
+
+def new_session(request: web.Request, account: Account) -> Any:
+    """Open a session for the account, noting the client for the account's list of sessions."""
+    svc = services(request)
+    agent = request.headers.get("User-Agent", "")
+    return svc.db.aio(svc.accounts.open_session, account.id, agent, client_address(request))
 
 
 def client_address(request: web.Request) -> str:
@@ -89,16 +98,15 @@ async def signup(request: web.Request) -> web.Response:
         )
     except InvalidInput as exc:
         fail(400, str(exc))
-    token = await svc.db.aio(svc.accounts.open_session, account.id)
+    token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)}, status=201)
 
 
 async def login(request: web.Request) -> web.Response:
-    svc = services(request)
     body = await json_body(request)
-    email, password = text_field(body, "email", 320), str(body.get("password") or "")
-    account = await attempt_login(request, email, password)
-    token = await svc.db.aio(svc.accounts.open_session, account.id)
+    login = text_field(body, "login" if "login" in body else "email", 320)
+    account = await attempt_login(request, login, str(body.get("password") or ""))
+    token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)})
 
 
@@ -116,7 +124,7 @@ async def attempt_login(request: web.Request, email: str, password: str) -> Acco
     account = await svc.accounts.check_password(email, password)
     if account is None:
         svc.limiter.failed(email, address)
-        fail(401, "wrong email or password")
+        fail(401, "wrong email, username or password")
     svc.limiter.succeeded(email)
     return account
 
@@ -131,14 +139,189 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     session = await require_session(request)
+    svc = services(request)
+    if request.method == "PATCH":
+        body = await json_body(request)
+        name = text_field(body, "name", 200) if "name" in body else None
+        email = text_field(body, "email", 320) if "email" in body else None
+        account = await svc.db.aio(svc.accounts.update_profile, session.account, name, email)
+        return web.json_response({"account": account_json(account)})
     return web.json_response({"account": account_json(session.account)})
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """The current password is required; every other session of the account ends."""
+    session = await require_session(request)
+    body = await json_body(request)
+    await services(request).accounts.change_password(
+        session, str(body.get("current") or ""), str(body.get("password") or "")
+    )
+    return web.Response(status=204)
+
+
+def session_json(info: Any) -> dict[str, Any]:
+    return asdict(info)
+
+
+async def my_sessions(request: web.Request) -> web.Response:
+    """The account's sessions; DELETE logs out every other one."""
+    session = await require_session(request)
+    svc = services(request)
+    if request.method == "DELETE":
+        ended = await svc.db.aio(svc.accounts.close_sessions, session)
+        return web.json_response({"ended": ended})
+    infos = await svc.db.aio(svc.accounts.sessions_of, session)
+    return web.json_response({"sessions": [session_json(i) for i in infos]})
+
+
+async def my_session_end(request: web.Request) -> web.Response:
+    session = await require_session(request)
+    svc = services(request)
+    await svc.db.aio(svc.accounts.close_sessions, session, request.match_info["session_id"])
+    return web.Response(status=204)
+
+
+async def leave_family(request: web.Request) -> web.Response:
+    session, family = await require_family(request)
+    svc = services(request)
+    await svc.db.aio(svc.members.leave, session.account)
+    svc.chat.hub.disconnect(family, session.account.id)
+    return web.Response(status=204)
+
+
+async def reset_password(request: web.Request) -> web.Response:
+    """Set a new password with a reset link's token; the link is then used up."""
+    body = await json_body(request)
+    svc = services(request)
+    account = await svc.accounts.reset_password(
+        text_field(body, "token", 100), str(body.get("password") or "")
+    )
+    token = await new_session(request, account)
+    return web.json_response({"token": token, "account": account_json(account)})
+
+
+async def join(request: web.Request) -> web.Response:
+    """Take an invitation: join its family (or, an admin's invitation, sign up a new one)."""
+    body = await json_body(request)
+    svc = services(request)
+    account = await svc.members.join(
+        text_field(body, "token", 100),
+        text_field(body, "email", 320),
+        str(body.get("password") or ""),
+        text_field(body, "name", 200),
+        str(body["family_name"]) if isinstance(body.get("family_name"), str) else None,
+    )
+    token = await new_session(request, account)
+    return web.json_response({"token": token, "account": account_json(account)}, status=201)
+
+
+# The family: members, invitations, roles
+
+
+def member_json(account: Account) -> dict[str, Any]:
+    return {
+        "id": str(account.id),
+        "name": account.display_name,
+        "role": account.role,
+        "email": account.email,
+        "username": account.username,
+    }
+
+
+def invitation_json(invitation: Any, token: str | None = None, base: str = "") -> dict[str, Any]:
+    shown = {
+        "id": invitation.id,
+        "role": invitation.role,
+        "created_at": invitation.created_at,
+        "expires_at": invitation.expires_at,
+    }
+    return shown | ({"token": token, "url": f"{base}/join/{token}"} if token else {})
+
+
+def public_base(request: web.Request) -> str:
+    """This site's address as the caller reached it, for links to hand to someone else."""
+    return f"{request.headers.get('X-Forwarded-Proto', request.scheme)}://{request.host}"
+
+
+async def family_view(request: web.Request) -> web.Response:
+    session, family_id = await require_family(request)
+    svc = services(request)
+    family = await svc.db.aio(svc.db.get_family, family_id)
+    members = await svc.db.aio(svc.members.list, family_id)
+    invitations = await svc.db.aio(svc.members.invitations, family_id) if session.account.is_parent else []
+    return web.json_response(
+        {
+            "family": {"id": str(family_id), "name": family.name if family else ""},
+            "members": [member_json(m) for m in members],
+            "invitations": [invitation_json(i) for i in invitations],
+        }
+    )
+
+
+async def invite(request: web.Request) -> web.Response:
+    session, _ = await require_family(request, parent=True)
+    svc = services(request)
+    invitation, token = await svc.db.aio(svc.members.invite, session.account)
+    return web.json_response(
+        {"invitation": invitation_json(invitation, token, public_base(request))}, status=201
+    )
+
+
+async def invitation_revoke(request: web.Request) -> web.Response:
+    session, _ = await require_family(request, parent=True)
+    svc = services(request)
+    await svc.db.aio(svc.members.revoke, session.account, request.match_info["invitation_id"])
+    return web.Response(status=204)
+
+
+async def add_child(request: web.Request) -> web.Response:
+    session, _ = await require_family(request, parent=True)
+    body = await json_body(request)
+    child = await services(request).members.add_child(
+        session.account,
+        text_field(body, "username", 64),
+        str(body.get("password") or ""),
+        text_field(body, "name", 200),
+    )
+    return web.json_response({"member": member_json(child)}, status=201)
+
+
+async def member_change(request: web.Request) -> web.Response:
+    """PATCH: the owner changes a member's role; DELETE: the owner removes them, at once."""
+    session, family = await require_family(request, parent=True)
+    svc = services(request)
+    member_id = request.match_info["member_id"]
+    if request.method == "DELETE":
+        removed = await svc.db.aio(svc.members.remove, session.account, member_id)
+        svc.chat.hub.disconnect(family, removed.id)
+        return web.Response(status=204)
+    role = text_field(await json_body(request), "role", 20)
+    member = await svc.db.aio(svc.members.set_role, session.account, member_id, role)
+    return web.json_response({"member": member_json(member)})
+
+
+async def transfer_ownership(request: web.Request) -> web.Response:
+    session, _ = await require_family(request, parent=True)
+    svc = services(request)
+    member = await svc.db.aio(
+        svc.members.transfer_ownership, session.account, request.match_info["member_id"]
+    )
+    return web.json_response({"member": member_json(member)})
+
+
+async def member_reset(request: web.Request) -> web.Response:
+    """A parent's one-time link (valid an hour) for a member who forgot their password."""
+    session, _ = await require_family(request, parent=True)
+    svc = services(request)
+    token = await svc.db.aio(svc.members.issue_reset, session.account, request.match_info["member_id"])
+    return web.json_response({"token": token, "url": f"{public_base(request)}/reset/{token}"}, status=201)
 
 
 # Chat
 
 
 async def chat_history(request: web.Request) -> web.Response:
-    _, family = await require_family(request)
+    session, family = await require_family(request)
     try:
         limit = int(request.query.get("limit", "50"))
         before = int(request.query["before"]) if "before" in request.query else None
@@ -147,7 +330,7 @@ async def chat_history(request: web.Request) -> web.Response:
     if not 1 <= limit <= 500:
         fail(400, "limit must be between 1 and 500")
     svc = services(request)
-    messages = await svc.db.aio(svc.chat.store.history, family, before, limit + 1)
+    messages = await svc.db.aio(svc.chat.store.history, family, session.account.id, before, limit + 1)
     more = len(messages) > limit
     return web.json_response({"messages": [m.to_json() for m in messages[-limit:]], "more": more})
 
@@ -157,16 +340,20 @@ async def chat_send(request: web.Request) -> web.Response:
     body = await json_body(request)
     text = text_field(body, "text", MESSAGE_MAX)
     try:
-        message = await services(request).chat.send(family, text, session.account.display_name)
+        message = await services(request).chat.send(
+            family, session.account.id, text, session.account.display_name
+        )
     except ChatUnavailable as exc:
         fail(503, str(exc))
     return web.json_response({"message": message.to_json()}, status=202)
 
 
 async def chat_retry(request: web.Request) -> web.Response:
-    _, family = await require_family(request)
+    session, family = await require_family(request)
     try:
-        message = await services(request).chat.retry(family, request.match_info["message_id"])
+        message = await services(request).chat.retry(
+            family, session.account.id, request.match_info["message_id"]
+        )
     except ChatUnavailable as exc:
         fail(503, str(exc))
     if message is None:
@@ -175,14 +362,15 @@ async def chat_retry(request: web.Request) -> web.Response:
 
 
 async def chat_stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: stored messages as they change, drafts as the agent writes, status."""
-    _, family = await require_family(request)
+    """Server-sent events on the member's thread: stored messages as they change, drafts as the
+    agent writes, status. It ends when the member is removed."""
+    session, family = await require_family(request)
     svc = services(request)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    with svc.chat.hub.listen(family) as queue, contextlib.suppress(ConnectionResetError):
+    with svc.chat.hub.listen(family, session.account.id) as queue, contextlib.suppress(ConnectionResetError):
         # The page closed: the next write (a ping at the latest) ends the stream quietly.
         await response.write(b"retry: 2000\n\n")
         while True:
@@ -191,6 +379,8 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await response.write(b": ping\n\n")
                 continue
+            if event["type"] == svc.chat.hub.CLOSED:
+                break
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
     return response
 
@@ -236,7 +426,7 @@ async def pairing_status(request: web.Request) -> web.Response:
 
 
 async def pairing_complete(request: web.Request) -> web.Response:
-    _, family = await require_family(request)
+    _, family = await require_family(request, parent=True)
     body = await json_body(request)
     device = await complete_pairing(request, family, text_field(body, "code", 20))
     return web.json_response({"device": device_json(services(request).devices, device)}, status=201)
@@ -274,7 +464,7 @@ async def devices_list(request: web.Request) -> web.Response:
 
 
 async def device_revoke(request: web.Request) -> web.Response:
-    _, family = await require_family(request)
+    _, family = await require_family(request, parent=True)
     try:
         device_id = uuid.UUID(request.match_info["device_id"])
     except ValueError:
@@ -309,14 +499,16 @@ async def whatsapp_list(request: web.Request) -> web.Response:
 
 
 async def whatsapp_add(request: web.Request) -> web.Response:
-    """Record the number and send it a code over WhatsApp; the family types the code back."""
-    _, family = await require_family(request)
+    """Record the member's number and send it a code over WhatsApp; they type the code back."""
+    session, family = await require_family(request)
     svc = services(request)
-    record = await link_number(svc, family, text_field(await json_body(request), "number", 40))
+    record = await link_number(
+        svc, family, session.account.id, text_field(await json_body(request), "number", 40)
+    )
     return web.json_response({"number": record.to_json()}, status=201)
 
 
-async def link_number(svc: Any, family: uuid.UUID, text: str) -> numbers.Number:
+async def link_number(svc: Any, family: uuid.UUID, member: uuid.UUID, text: str) -> numbers.Number:
     """Shared by the API and the page: errors become ApiError with the right status."""
     try:
         number = numbers.clean_number(text)
@@ -324,7 +516,7 @@ async def link_number(svc: Any, family: uuid.UUID, text: str) -> numbers.Number:
         if wait > 0:
             too_many(wait, "this number was sent too many codes")
         existed = any(n.number == number for n in await svc.db.aio(svc.numbers.list, family))
-        record, code = await svc.db.aio(svc.numbers.start, family, number)
+        record, code = await svc.db.aio(svc.numbers.start, family, member, number)
     except numbers.NumberError as exc:
         fail(400, str(exc))
     svc.codes.count(number=number)
@@ -335,17 +527,19 @@ async def link_number(svc: Any, family: uuid.UUID, text: str) -> numbers.Number:
         )
     except twilio.TwilioError as exc:
         if not existed:
-            await svc.db.aio(svc.numbers.remove, family, record.id)
+            await svc.db.aio(svc.numbers.remove, family, record.id, member)
         fail(503 if isinstance(exc, twilio.TwilioNotConfigured) else 502, str(exc))
     return record
 
 
 async def whatsapp_verify(request: web.Request) -> web.Response:
-    _, family = await require_family(request)
+    session, family = await require_family(request)
     svc = services(request)
     code = text_field(await json_body(request), "code", 12)
     try:
-        record = await svc.db.aio(svc.numbers.verify, family, request.match_info["number_id"], code)
+        record = await svc.db.aio(
+            svc.numbers.verify, family, session.account.id, request.match_info["number_id"], code
+        )
     except LookupError as exc:
         fail(404, str(exc))
     except numbers.NumberError as exc:
@@ -354,9 +548,11 @@ async def whatsapp_verify(request: web.Request) -> web.Response:
 
 
 async def whatsapp_remove(request: web.Request) -> web.Response:
-    _, family = await require_family(request)
+    """A member unlinks their own number; a parent, any of the family's."""
+    session, family = await require_family(request)
     svc = services(request)
-    if not await svc.db.aio(svc.numbers.remove, family, request.match_info["number_id"]):
+    owner = None if session.account.is_parent else session.account.id
+    if not await svc.db.aio(svc.numbers.remove, family, request.match_info["number_id"], owner):
         fail(404, "no number of yours with this id")
     return web.Response(status=204)
 
@@ -461,20 +657,22 @@ async def admin_settings(request: web.Request) -> web.Response:
     svc = services(request)
     if request.method == "PUT":
         try:
-            clean = admin.validate(await json_body(request))
-        except admin.InvalidSetting as exc:
+            clean = host_settings.validate(await json_body(request))
+        except host_settings.InvalidSetting as exc:
             fail(400, str(exc))
-        changed = await svc.db.aio(admin.store, svc.db, clean)
-        restarting = any(admin.FIELDS[k].restart for k in changed) and svc.fleet.start("settings changed")
+        changed = await svc.db.aio(host_settings.store, svc.db, clean)
+        restarting = any(host_settings.FIELDS[k].restart for k in changed) and svc.fleet.start(
+            "settings changed"
+        )
         log.info("admin changed settings: %s", ", ".join(changed) or "nothing")
         return web.json_response(
             {
-                "settings": await svc.db.aio(admin.current, svc.db),
+                "settings": await svc.db.aio(host_settings.current, svc.db),
                 "changed": changed,
                 "restarting": restarting,
             }
         )
-    return web.json_response({"settings": await svc.db.aio(admin.current, svc.db)})
+    return web.json_response({"settings": await svc.db.aio(host_settings.current, svc.db)})
 
 
 async def admin_restart_all(request: web.Request) -> web.Response:
@@ -543,6 +741,22 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/auth/login", login),
         web.post("/v1/auth/logout", logout),
         web.get("/v1/me", me),
+        web.patch("/v1/me", me),
+        web.post("/v1/me/password", change_password),
+        web.get("/v1/me/sessions", my_sessions),
+        web.delete("/v1/me/sessions", my_sessions),
+        web.delete("/v1/me/sessions/{session_id}", my_session_end),
+        web.post("/v1/me/leave", leave_family),
+        web.post("/v1/auth/join", join),
+        web.post("/v1/auth/reset", reset_password),
+        web.get("/v1/family", family_view),
+        web.post("/v1/family/invitations", invite),
+        web.delete("/v1/family/invitations/{invitation_id}", invitation_revoke),
+        web.post("/v1/family/children", add_child),
+        web.patch("/v1/family/members/{member_id}", member_change),
+        web.delete("/v1/family/members/{member_id}", member_change),
+        web.post("/v1/family/members/{member_id}/owner", transfer_ownership),
+        web.post("/v1/family/members/{member_id}/reset", member_reset),
         web.get("/v1/chat/messages", chat_history),
         web.post("/v1/chat/messages", chat_send),
         web.post("/v1/chat/messages/{message_id}/retry", chat_retry),

@@ -8,8 +8,10 @@ import logging
 from aiohttp import web
 from prometheus_client import Counter
 
+from sudo_core.accounts import AccountError
+
 from . import api, pages
-from .context import SERVICES, Services
+from .context import SERVICES, Services, status_of
 
 log = logging.getLogger("sudo-api")
 
@@ -34,6 +36,12 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
             exc.headers.update(SECURITY_HEADERS)
             raise
         response = web.json_response({"error": reason(request, exc)}, status=exc.status)
+    except AccountError as exc:  # a use case refused: the caller's mistake, said plainly
+        response = (
+            web.json_response({"error": str(exc)}, status=status_of(exc))
+            if api_call
+            else web.Response(status=status_of(exc), text=str(exc))
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         text = "internal error; it has been logged"

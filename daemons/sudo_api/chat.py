@@ -1,11 +1,13 @@
-"""The family's conversation with its agent, and the guarantee that nothing said is lost.
+"""The members' conversations with their family's agent, and the guarantee that nothing said is lost.
 
-A message is stored (status `queued`) before sudo-api answers the sender. A channel per family
-then wakes the runtime through the provisioner, delivers the family's messages one at a time
-to the sudo_chat plugin in its container (`delivered`), and follows the plugin's event stream:
-drafts go live to open pages, final replies and proactive messages are stored with the cursor
-of the plugin's durable outbox in one transaction, and the end of the agent's turn marks the
-message `answered`.
+Each member has their own thread (`messages.account_id`), which only they read; all threads go
+to the family's one agent, where each is its own Hermes session (the plugin's chat id is the
+member's account id). A message is stored (status `queued`) before sudo-api answers the
+sender. A channel per family then wakes the runtime through the provisioner, delivers the
+family's messages one at a time to the sudo_chat plugin in its container (`delivered`), and
+follows the plugin's event stream: drafts go live to the thread's open pages, final replies
+and proactive messages are stored with the cursor of the plugin's durable outbox in one
+transaction, and the end of the agent's turn marks the message `answered`.
 
 Recovery follows from the stored state alone:
 - sudo-api restarts: queued messages are delivered, delivered ones wait for their reply, which
@@ -31,6 +33,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
 
+from sudo_core.accounts import speaker_label
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database
 from sudo_core.families import api_key_for
@@ -74,6 +77,8 @@ def runtimes_http(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
 class Message:
     id: str
     n: int
+    account_id: str | None
+    """The member whose thread it is in."""
     role: str
     sender: str
     text: str
@@ -91,6 +96,7 @@ def _message(row: Any) -> Message:
     return Message(
         row["id"],
         row["n"],
+        row["account_id"],
         row["role"],
         row["sender"],
         row["text"],
@@ -108,13 +114,13 @@ class ChatStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add_user_message(self, family: uuid.UUID, text: str, sender: str) -> Message:
+    def add_user_message(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
         now = time.time()
         message_id = uuid.uuid4().hex
         self.db.execute(
-            "INSERT INTO messages (id, family_id, role, sender, text, status, created_at, updated_at)"
-            " VALUES (?, ?, 'user', ?, ?, 'queued', ?, ?)",
-            (message_id, str(family), sender, text, now, now),
+            "INSERT INTO messages (id, family_id, account_id, role, sender, text, status, created_at,"
+            " updated_at) VALUES (?, ?, ?, 'user', ?, ?, 'queued', ?, ?)",
+            (message_id, str(family), str(member), sender, text, now, now),
         )
         self.db.touch_family(family, now)  # a family talking is a family active: no reaping
         return self.get(family, message_id)  # type: ignore[return-value]
@@ -125,10 +131,11 @@ class ChatStore:
         )
         return _message(row) if row else None
 
-    def history(self, family: uuid.UUID, before: int | None, limit: int) -> list[Message]:
+    def history(self, family: uuid.UUID, member: uuid.UUID, before: int | None, limit: int) -> list[Message]:
+        """A member's own thread."""
         rows = self.db.query(
-            "SELECT * FROM messages WHERE family_id = ? AND n < ? ORDER BY n DESC LIMIT ?",
-            (str(family), before if before is not None else 2**62, limit),
+            "SELECT * FROM messages WHERE family_id = ? AND account_id = ? AND n < ? ORDER BY n DESC LIMIT ?",
+            (str(family), str(member), before if before is not None else 2**62, limit),
         )
         return [_message(r) for r in reversed(rows)]
 
@@ -180,13 +187,34 @@ class ChatStore:
             self.set_status(message.id, "failed", error)
         return [self.get(family, m.id) for m in failed]  # type: ignore[misc]
 
-    def retry(self, family: uuid.UUID, message_id: str) -> Message | None:
+    def retry(self, family: uuid.UUID, member: uuid.UUID, message_id: str) -> Message | None:
         cur = self.db.execute(
             "UPDATE messages SET status = 'queued', error = NULL, attempts = 0, updated_at = ?"
-            " WHERE id = ? AND family_id = ? AND role = 'user' AND status = 'failed'",
-            (time.time(), message_id, str(family)),
+            " WHERE id = ? AND family_id = ? AND account_id = ? AND role = 'user' AND status = 'failed'",
+            (time.time(), message_id, str(family), str(member)),
         )
         return self.get(family, message_id) if cur.rowcount else None
+
+    def speaker(self, member: str | None) -> tuple[str, str] | None:
+        """The name and role of a thread's member, as the agent is told them; None once removed."""
+        row = self.db.query_one("SELECT display_name, role FROM accounts WHERE id = ?", (member,))
+        return (row["display_name"], row["role"]) if row else None
+
+    def thread_of(self, family: uuid.UUID, message_id: str | None, chat: Any = None) -> str | None:
+        """Whose thread an agent's event belongs in: the message it answers decides; a message of
+        its own (a reminder) goes to the member its chat names, else to the family's owner. None:
+        the member is gone (removed while their turn ran)."""
+        if message_id:
+            row = self.db.query_one(
+                "SELECT account_id FROM messages WHERE id = ? AND family_id = ?", (message_id, str(family))
+            )
+            return row["account_id"] if row else None
+        row = self.db.query_one(
+            "SELECT id FROM accounts WHERE family_id = ? AND (id = ? OR role = 'owner')"
+            " ORDER BY id = ? DESC LIMIT 1",
+            (str(family), str(chat), str(chat)),
+        )
+        return row["id"] if row else None
 
     # The plugin's outbox
 
@@ -236,11 +264,13 @@ class ChatStore:
         changed: list[str] = []
         with self.db.transaction():
             kind, now = event["type"], time.time()
-            if kind == "message":
+            thread = self.thread_of(family, event.get("reply_to"), event.get("chat"))
+            if kind == "message" and thread:
                 cur = self.db.execute(
-                    "INSERT OR IGNORE INTO messages (id, family_id, role, sender, text, status, reply_to,"
-                    " created_at, updated_at) VALUES (?, ?, 'assistant', 'assistant', ?, 'final', ?, ?, ?)",
-                    (event["id"], str(family), str(event["text"]), event.get("reply_to"), now, now),
+                    "INSERT OR IGNORE INTO messages (id, family_id, account_id, role, sender, text, status,"
+                    " reply_to, created_at, updated_at)"
+                    " VALUES (?, ?, ?, 'assistant', 'assistant', ?, 'final', ?, ?, ?)",
+                    (event["id"], str(family), thread, str(event["text"]), event.get("reply_to"), now, now),
                 )
                 if cur.rowcount:
                     changed.append(event["id"])
@@ -275,31 +305,46 @@ class ChatStore:
 
 
 class Hub:
-    """Live events for the pages and API streams open on each family's chat."""
+    """Live events for the pages and API streams open on the members' threads."""
+
+    CLOSED = "closed"
+    """The event that ends a stream: its member was removed."""
 
     def __init__(self) -> None:
-        self._listeners: dict[uuid.UUID, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._listeners: dict[uuid.UUID, dict[asyncio.Queue[dict[str, Any]], str]] = {}
 
     @contextlib.contextmanager
-    def listen(self, family: uuid.UUID):
+    def listen(self, family: uuid.UUID, member: uuid.UUID):
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._listeners.setdefault(family, set()).add(queue)
+        self._listeners.setdefault(family, {})[queue] = str(member)
         try:
             yield queue
         finally:
-            listeners = self._listeners.get(family, set())
-            listeners.discard(queue)
+            listeners = self._listeners.get(family, {})
+            listeners.pop(queue, None)
             if not listeners:
                 self._listeners.pop(family, None)
 
-    def publish(self, family: uuid.UUID, event: dict[str, Any]) -> None:
-        for queue in list(self._listeners.get(family, ())):
+    def publish(self, family: uuid.UUID, event: dict[str, Any], thread: str | None = None) -> None:
+        """To the streams of the member whose thread it is; None: to every member (the agent
+        waking, or failing to)."""
+        for queue, member in list(self._listeners.get(family, {}).items()):
+            if thread is not None and member != thread:
+                continue
             if queue.full():
                 # A listener this far behind reloads the history instead of holding memory.
                 while not queue.empty():
                     queue.get_nowait()
                 event = {"type": "reset"}
             queue.put_nowait(event)
+
+    def disconnect(self, family: uuid.UUID, member: uuid.UUID) -> None:
+        """End the member's open streams (they were removed): each reads CLOSED next."""
+        for queue, listener in list(self._listeners.get(family, {}).items()):
+            if listener == str(member):
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait({"type": self.CLOSED})
 
 
 class Conversations:
@@ -317,6 +362,8 @@ class Conversations:
         self._watcher: asyncio.Task[None] | None = None
         self._revived: dict[uuid.UUID, float] = {}
         self._revivals: set[asyncio.Task[None]] = set()
+        self._threads: dict[str | None, str | None] = {}
+        """Whose thread each message being answered is in, for its drafts."""
         self._http = runtimes_http(aiohttp.ClientTimeout(total=None, sock_connect=5))
         self.closing = False
         self._settled = asyncio.Event()
@@ -350,23 +397,27 @@ class Conversations:
 
     # What the API calls
 
-    async def send(self, family: uuid.UUID, text: str, sender: str) -> Message:
+    async def send(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
         if self.closing:
             raise ChatUnavailable("sudo-api is restarting; send again in a moment")
-        message = await self.db.aio(self.store.add_user_message, family, text, sender)
+        message = await self.db.aio(self.store.add_user_message, family, member, text, sender)
         MESSAGES.labels("user").inc()
-        self.hub.publish(family, {"type": "message", "message": message.to_json()})
+        self._show(family, message)
         self.kick(family)
         return message
 
-    async def retry(self, family: uuid.UUID, message_id: str) -> Message | None:
+    async def retry(self, family: uuid.UUID, member: uuid.UUID, message_id: str) -> Message | None:
         if self.closing:
             raise ChatUnavailable("sudo-api is restarting; retry in a moment")
-        message = await self.db.aio(self.store.retry, family, message_id)
+        message = await self.db.aio(self.store.retry, family, member, message_id)
         if message:
-            self.hub.publish(family, {"type": "message", "message": message.to_json()})
+            self._show(family, message)
             self.kick(family)
         return message
+
+    def _show(self, family: uuid.UUID, message: Message) -> None:
+        """A stored message, new or changed, to the streams open on its thread."""
+        self.hub.publish(family, {"type": "message", "message": message.to_json()}, message.account_id)
 
     def kick(self, family: uuid.UUID) -> None:
         """Make sure a channel serves this family, and wake it if it is waiting."""
@@ -442,7 +493,7 @@ class Conversations:
                         self.store.fail_open, family, f"could not wake the assistant: {reason}"
                     ):
                         FAILED.labels("wake").inc()
-                        self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                        self._show(family, message)
                     self.hub.publish(family, {"type": "status", "state": "failed", "detail": reason})
                     return
                 lost: Exception = exc  # 503: the Docker engine is away (restarting): wait for it
@@ -453,7 +504,7 @@ class Conversations:
                 reason = f"could not reach the assistant: {lost}"
                 for message in await self.db.aio(self.store.fail_open, family, reason):
                     FAILED.labels("unreachable").inc()
-                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                    self._show(family, message)
                 return
             log.info("lost the agent of %s (%s); reconnecting in %.1f s", family, lost, backoff)
             await asyncio.sleep(backoff)
@@ -492,7 +543,7 @@ class Conversations:
                 REDELIVERED.inc(len(requeued))
                 FAILED.labels("restarts").inc(len(failed))
                 for message in failed:
-                    self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                    self._show(family, message)
                 if cursor != seq:
                     return  # the outbox was recreated: read it again from the start
             deliverer = asyncio.create_task(self._deliver(family, runtime["chat_url"], headers))
@@ -509,14 +560,22 @@ class Conversations:
 
     async def _on_event(self, family: uuid.UUID, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "draft":
-            self.hub.publish(
-                family, {"type": "draft", "reply_to": event.get("reply_to"), "text": event["text"]}
-            )
-        elif kind == "turn_started":
-            self.hub.publish(
-                family, {"type": "status", "state": "thinking", "reply_to": event.get("reply_to")}
-            )
+        if kind in ("draft", "turn_started"):
+            reply_to = event.get("reply_to")
+            thread = self._threads.get(reply_to) if reply_to else None
+            if thread is None and reply_to:
+                thread = await self.db.aio(self.store.thread_of, family, reply_to)
+                self._threads[reply_to] = thread
+            if thread is None:
+                return  # a draft of nobody's turn (a reminder being written): nothing to show
+            if kind == "draft":
+                self.hub.publish(
+                    family, {"type": "draft", "reply_to": reply_to, "text": event["text"]}, thread
+                )
+            else:
+                self.hub.publish(
+                    family, {"type": "status", "state": "thinking", "reply_to": reply_to}, thread
+                )
         elif "seq" in event:
             for message in await self.db.aio(self.store.apply, family, event):
                 if message.role == "assistant" and kind == "message":
@@ -525,8 +584,9 @@ class Conversations:
                     FAILED.labels("agent").inc()
                 elif message.status == "answered":
                     REPLY_SECONDS.observe(message.updated_at - message.created_at)
-                self.hub.publish(family, {"type": "message", "message": message.to_json()})
+                self._show(family, message)
             if kind == "turn_done":
+                self._threads.pop(event.get("reply_to"), None)
                 self._wake.setdefault(family, asyncio.Event()).set()
                 self._settled.set()
 
@@ -569,7 +629,16 @@ class Conversations:
         A message claimed for this hand-over that did not get through goes back to the queue,
         its attempt undone; one handed over again stays in flight, for the next try.
         """
-        body = {"id": message.id, "text": message.text, "sender": message.sender}
+        speaker = await self.db.aio(self.store.speaker, message.account_id)
+        if speaker is None:  # the member was removed meanwhile: their thread went with them
+            return True
+        self._threads[message.id] = message.account_id
+        body = {
+            "id": message.id,
+            "text": message.text,
+            "chat": message.account_id,
+            "sender": speaker_label(*speaker),
+        }
         try:
             async with self._http.post(
                 f"{chat_url}/messages",
@@ -600,4 +669,4 @@ class Conversations:
         self._settled.set()
         message = await self.db.aio(self.store.get, family, message_id)
         if message:
-            self.hub.publish(family, {"type": "message", "message": message.to_json()})
+            self._show(family, message)

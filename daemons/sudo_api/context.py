@@ -11,14 +11,25 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from sudo_core.accounts import (
+    AccountError,
+    Accounts,
+    Conflict,
+    FamilyDisabled,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    Session,
+)
 from sudo_core.config import ApiSettings, Settings
 from sudo_core.db import Database
+from sudo_core.members import Members
 from sudo_core.provisioner_client import ProvisionerClient
 
-from .accounts import Accounts, Limiter, LoginLimiter, Session
-from .admin import FleetRestart
 from .chat import Conversations
 from .devices import Devices
+from .fleet import FleetRestart
+from .limits import Limiter, LoginLimiter
 from .numbers import Numbers
 from .whatsapp import WhatsApp
 
@@ -45,6 +56,10 @@ class Services:
     codes: Limiter = field(default_factory=lambda: code_limiter(ApiSettings()))
     """WhatsApp link codes sent per number."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    members: Members = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.members = Members(self.accounts)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run without waiting, keeping a reference so the task is not collected midway."""
@@ -115,11 +130,29 @@ async def require_session(request: web.Request) -> Session:
     return session
 
 
-async def require_family(request: web.Request) -> tuple[Session, uuid.UUID]:
+async def require_family(request: web.Request, *, parent: bool = False) -> tuple[Session, uuid.UUID]:
+    """A member of an enabled family; `parent`: its owner or an adult (not a child)."""
     session = await require_session(request)
     if session.account.family_id is None:
         fail(403, "this account belongs to no family")
+    if session.account.family_disabled:
+        raise FamilyDisabled()
+    if parent and not session.account.is_parent:
+        fail(403, "only the family's parents (its owner and adults) can do this")
     return session, session.account.family_id
+
+
+STATUS_OF: dict[type[AccountError], int] = {
+    InvalidInput: 400,
+    NotAllowed: 403,
+    NotFound: 404,
+    Conflict: 409,
+}
+
+
+def status_of(error: AccountError) -> int:
+    """The HTTP status of a domain error, for /v1 and the pages alike."""
+    return next((code for kind, code in STATUS_OF.items() if isinstance(error, kind)), 400)
 
 
 async def require_admin(request: web.Request) -> Session:

@@ -23,11 +23,10 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from sudo_core.accounts import clean_name, token_hash
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database
 from sudo_core.provisioner_client import ProvisionerClient
-
-from .accounts import clean_name, token_hash
 
 log = logging.getLogger("sudo-api.devices")
 

@@ -1,7 +1,8 @@
 """WhatsApp numbers linked to a family, each proven by a code sent to it.
 
-A family adds a number; a six-digit code goes to that number over WhatsApp; the number is
-linked once the code comes back. A verified number belongs to one family only: that is how an
+A member adds their number; a six-digit code goes to that number over WhatsApp; the number is
+linked once the code comes back, and belongs to that member (what they write reaches the agent
+as theirs). A verified number belongs to one family only: that is how an
 inbound WhatsApp message finds its family. Only the code's hash is stored, it expires, and it
 allows a few attempts.
 """
@@ -36,6 +37,8 @@ class Number:
     number: str
     verified: bool
     created_at: float
+    member_id: str | None
+    member_name: str | None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +56,20 @@ def _hash(code: str) -> str:
 
 
 def _number(row: sqlite3.Row) -> Number:
-    return Number(row["id"], row["number"], row["verified_at"] is not None, row["created_at"])
+    return Number(
+        row["id"],
+        row["number"],
+        row["verified_at"] is not None,
+        row["created_at"],
+        row["account_id"],
+        row["member_name"],
+    )
+
+
+NUMBER_ROWS = (
+    "SELECT n.*, a.display_name AS member_name FROM whatsapp_numbers n"
+    " LEFT JOIN accounts a ON a.id = n.account_id"
+)
 
 
 class Numbers:
@@ -63,13 +79,11 @@ class Numbers:
         self.db = db
 
     def list(self, family: uuid.UUID) -> list[Number]:
-        rows = self.db.query(
-            "SELECT * FROM whatsapp_numbers WHERE family_id = ? ORDER BY created_at", (str(family),)
-        )
+        rows = self.db.query(f"{NUMBER_ROWS} WHERE n.family_id = ? ORDER BY n.created_at", (str(family),))
         return [_number(r) for r in rows]
 
-    def start(self, family: uuid.UUID, number: str) -> tuple[Number, str]:
-        """Record the number as unverified with a fresh code; returns the code to send."""
+    def start(self, family: uuid.UUID, member: uuid.UUID, number: str) -> tuple[Number, str]:
+        """Record the member's number as unverified with a fresh code; returns the code to send."""
         code = f"{secrets.randbelow(10**6):06d}"
         now = time.time()
         with self.db.transaction():
@@ -86,28 +100,30 @@ class Numbers:
                 "SELECT count(*) FROM whatsapp_numbers WHERE family_id = ?", (str(family),)
             )[0]
             row = self.db.query_one(
-                "SELECT id FROM whatsapp_numbers WHERE family_id = ? AND number = ?", (str(family), number)
+                "SELECT id, account_id FROM whatsapp_numbers WHERE family_id = ? AND number = ?",
+                (str(family), number),
             )
+            if row is not None and row["account_id"] != str(member):
+                raise NumberError("another member of your family is linking this number")
             if row is None and count >= PER_FAMILY:
                 raise NumberError(f"a family links at most {PER_FAMILY} numbers")
             number_id = row["id"] if row else uuid.uuid4().hex
             self.db.execute(
-                "INSERT INTO whatsapp_numbers (id, family_id, number, code_hash, code_expires_at, attempts,"
-                " created_at) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT(id) DO UPDATE SET"
+                "INSERT INTO whatsapp_numbers (id, family_id, account_id, number, code_hash, code_expires_at,"
+                " attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT(id) DO UPDATE SET"
                 " code_hash = excluded.code_hash, code_expires_at = excluded.code_expires_at, attempts = 0",
-                (number_id, str(family), number, _hash(code), now + CODE_TTL_SEC, now),
+                (number_id, str(family), str(member), number, _hash(code), now + CODE_TTL_SEC, now),
             )
         return self.get(family, number_id), code  # type: ignore[return-value]
 
     def get(self, family: uuid.UUID, number_id: str) -> Number | None:
-        row = self.db.query_one(
-            "SELECT * FROM whatsapp_numbers WHERE id = ? AND family_id = ?", (number_id, str(family))
-        )
+        row = self.db.query_one(f"{NUMBER_ROWS} WHERE n.id = ? AND n.family_id = ?", (number_id, str(family)))
         return _number(row) if row else None
 
-    def verify(self, family: uuid.UUID, number_id: str, code: str) -> Number:
+    def verify(self, family: uuid.UUID, member: uuid.UUID, number_id: str, code: str) -> Number:
         row = self.db.query_one(
-            "SELECT * FROM whatsapp_numbers WHERE id = ? AND family_id = ?", (number_id, str(family))
+            f"{NUMBER_ROWS} WHERE n.id = ? AND n.family_id = ? AND n.account_id = ?",
+            (number_id, str(family), str(member)),
         )
         if row is None:
             raise LookupError("no number of yours with this id")
@@ -133,8 +149,10 @@ class Numbers:
             raise NumberError("this number was just linked to another family") from None
         return self.get(family, number_id)  # type: ignore[return-value]
 
-    def remove(self, family: uuid.UUID, number_id: str) -> bool:
+    def remove(self, family: uuid.UUID, number_id: str, member: uuid.UUID | None) -> bool:
+        """Unlink a number: the member's own, or (member None: a parent) any of the family's."""
         cur = self.db.execute(
-            "DELETE FROM whatsapp_numbers WHERE id = ? AND family_id = ?", (number_id, str(family))
+            "DELETE FROM whatsapp_numbers WHERE id = ? AND family_id = ? AND (? IS NULL OR account_id = ?)",
+            (number_id, str(family), str(member) if member else None, str(member) if member else None),
         )
         return cur.rowcount > 0

@@ -16,8 +16,9 @@ from typing import Any, NoReturn
 import jinja2
 from aiohttp import web
 
-from . import admin
-from .accounts import InvalidInput, Session
+from sudo_core import host_settings
+from sudo_core.accounts import AccountError, InvalidInput, NotAllowed, Session
+
 from .api import attempt_login, complete_pairing, fleet_view, link_number
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import SESSION_COOKIE, ApiError, check_csrf, load_session, services
@@ -170,12 +171,12 @@ async def chat(request: web.Request) -> web.Response:
             error = f"a message is 1 to {MESSAGE_MAX} characters"
         else:
             try:
-                await svc.chat.send(family, text, session.account.display_name)
+                await svc.chat.send(family, session.account.id, text, session.account.display_name)
             except ChatUnavailable as exc:
                 error = str(exc)
             else:
                 raise web.HTTPSeeOther("/chat")
-    messages = await svc.db.aio(svc.chat.store.history, family, None, HISTORY_ON_PAGE + 1)
+    messages = await svc.db.aio(svc.chat.store.history, family, session.account.id, None, HISTORY_ON_PAGE + 1)
     more = len(messages) > HISTORY_ON_PAGE
     return render(
         "chat.html",
@@ -199,6 +200,10 @@ async def integrations(request: web.Request) -> web.Response:
     if request.method == "POST":
         data = await form(request, session)
         try:
+            if data.get("action") in ("pair", "revoke") and not session.account.is_parent:
+                raise NotAllowed(
+                    "only the family's parents (its owner and adults) can pair or revoke devices"
+                )
             if data.get("action") == "pair":
                 device = await complete_pairing(request, family, data.get("code", ""))
                 message = f"{device.name} is paired."
@@ -208,17 +213,22 @@ async def integrations(request: web.Request) -> web.Response:
                 else:
                     message = "Device revoked."
             elif data.get("action") == "add-number":
-                record = await link_number(svc, family, data.get("number", ""))
+                record = await link_number(svc, family, session.account.id, data.get("number", ""))
                 message = f"A code was sent to {record.number} on WhatsApp: enter it below."
             elif data.get("action") == "verify-number":
                 record = await svc.db.aio(
-                    svc.numbers.verify, family, data.get("number_id", ""), data.get("code", "")
+                    svc.numbers.verify,
+                    family,
+                    session.account.id,
+                    data.get("number_id", ""),
+                    data.get("code", ""),
                 )
                 message = f"{record.number} is linked."
             elif data.get("action") == "remove-number":
-                await svc.db.aio(svc.numbers.remove, family, data.get("number_id", ""))
+                owner = None if session.account.is_parent else session.account.id
+                await svc.db.aio(svc.numbers.remove, family, data.get("number_id", ""), owner)
                 message = "Number removed."
-        except (PairingError, NumberError) as exc:
+        except (PairingError, NumberError, AccountError) as exc:
             error = str(exc)
         except ApiError as exc:
             error = exc.message
@@ -253,20 +263,22 @@ async def admin_settings(request: web.Request) -> web.Response:
             message = "Restarting every runtime." if started else "A restart is already running."
         else:
             try:
-                clean = admin.validate({k: v for k, v in data.items() if k in admin.FIELDS})
-                changed = await svc.db.aio(admin.store, svc.db, clean)
-            except admin.InvalidSetting as exc:
+                clean = host_settings.validate({k: v for k, v in data.items() if k in host_settings.FIELDS})
+                changed = await svc.db.aio(host_settings.store, svc.db, clean)
+            except host_settings.InvalidSetting as exc:
                 error = str(exc)
             else:
                 message = "Saved." if changed else "Nothing changed."
-                if any(admin.FIELDS[k].restart for k in changed) and svc.fleet.start("settings changed"):
+                if any(host_settings.FIELDS[k].restart for k in changed) and svc.fleet.start(
+                    "settings changed"
+                ):
                     message += " The model changed: every runtime is being recreated."
     return render(
         "admin_settings.html",
         session,
         status=400 if error else 200,
-        fields=admin.FIELDS,
-        values=await svc.db.aio(admin.current, svc.db),
+        fields=host_settings.FIELDS,
+        values=await svc.db.aio(host_settings.current, svc.db),
         progress=svc.fleet.progress,
         message=message,
         error=error,

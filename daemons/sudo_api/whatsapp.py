@@ -34,6 +34,7 @@ from prometheus_client import Counter
 from twilio.request_validator import RequestValidator
 
 from sudo_core import twilio
+from sudo_core.accounts import speaker_label
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database
 from sudo_core.families import api_key_for
@@ -157,8 +158,13 @@ class Inbox:
         return cur.rowcount > 0
 
     def open(self, family: uuid.UUID) -> list[dict[str, Any]]:
+        """The messages not yet handed over, each with the member whose number sent it (None: the
+        number was unlinked since, its member removed)."""
         rows = self.db.query(
-            "SELECT * FROM whatsapp_inbox WHERE family_id = ? AND status = 'received' ORDER BY received_at",
+            "SELECT i.*, a.display_name AS member_name, a.role AS member_role FROM whatsapp_inbox i"
+            " LEFT JOIN whatsapp_numbers n ON n.number = i.number AND n.family_id = i.family_id"
+            " AND n.verified_at IS NOT NULL LEFT JOIN accounts a ON a.id = n.account_id"
+            " WHERE i.family_id = ? AND i.status = 'received' ORDER BY i.received_at",
             (str(family),),
         )
         return [dict(r) | {"media": json.loads(r["media"])} for r in rows]
@@ -308,6 +314,10 @@ class WhatsApp:
             backoff = min(backoff * 2, 30.0)
 
     async def _deliver(self, family: uuid.UUID, url: str, message: dict[str, Any]) -> None:
+        if message["member_name"] is None:
+            await self.db.aio(self.inbox.mark, message["sid"], "failed", "the number is no longer linked")
+            DELIVERED.labels("unlinked").inc()
+            return
         media, notices = await self._media(message["media"])
         for notice in notices:
             self._background(self.notify(family, message["number"], notice))
@@ -318,7 +328,7 @@ class WhatsApp:
         body = {
             "id": message["sid"],
             "from": message["number"],
-            "name": message["profile_name"],
+            "name": speaker_label(message["member_name"], message["member_role"]),
             "text": message["body"],
             "media": media,
         }

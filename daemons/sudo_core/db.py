@@ -160,6 +160,75 @@ MIGRATIONS: tuple[str, ...] = (
         replied_at REAL NOT NULL
     );
     """,
+    """
+    -- A family is its members: accounts get a role (owner, adult, child) and children log in by
+    -- username, so email may be NULL. SQLite cannot relax NOT NULL in place: the table is
+    -- rebuilt (foreign keys are off during migrations). Each family's oldest account owns it.
+    CREATE TABLE accounts_new (
+        id TEXT PRIMARY KEY,
+        email TEXT UNIQUE COLLATE NOCASE,  -- NULL for a child added with a username
+        username TEXT UNIQUE COLLATE NOCASE,
+        password_hash TEXT NOT NULL,       -- argon2id, PHC string
+        display_name TEXT NOT NULL,
+        family_id TEXT REFERENCES families(id) ON DELETE CASCADE,  -- NULL for an admin-only account
+        role TEXT CHECK (role IN ('owner', 'adult', 'child')),     -- NULL exactly when no family
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        CHECK (email IS NOT NULL OR username IS NOT NULL),
+        CHECK ((family_id IS NULL) = (role IS NULL))
+    );
+    INSERT INTO accounts_new (id, email, username, password_hash, display_name, family_id, role,
+                              is_admin, created_at)
+        SELECT a.id, a.email, NULL, a.password_hash, a.display_name, a.family_id,
+               CASE WHEN a.family_id IS NULL THEN NULL
+                    WHEN a.id = (SELECT b.id FROM accounts b WHERE b.family_id = a.family_id
+                                 ORDER BY b.created_at, b.id LIMIT 1) THEN 'owner'
+                    ELSE 'adult' END,
+               a.is_admin, a.created_at
+        FROM accounts a;
+    DROP TABLE accounts;
+    ALTER TABLE accounts_new RENAME TO accounts;
+    CREATE INDEX accounts_family ON accounts(family_id);
+    -- One owner per family.
+    CREATE UNIQUE INDEX accounts_owner ON accounts(family_id) WHERE role = 'owner';
+    ALTER TABLE families ADD COLUMN disabled_at REAL;
+    ALTER TABLE sessions ADD COLUMN last_seen_at REAL;
+    ALTER TABLE sessions ADD COLUMN user_agent TEXT;
+    ALTER TABLE sessions ADD COLUMN address TEXT;
+    CREATE INDEX sessions_account ON sessions(account_id);
+    -- Each member has their own thread with the family's agent; the old history is the owner's.
+    ALTER TABLE messages ADD COLUMN account_id TEXT REFERENCES accounts(id) ON DELETE CASCADE;
+    UPDATE messages SET account_id =
+        (SELECT id FROM accounts WHERE accounts.family_id = messages.family_id AND role = 'owner');
+    CREATE INDEX messages_thread ON messages(family_id, account_id, n);
+    -- A WhatsApp number belongs to the member who linked it.
+    ALTER TABLE whatsapp_numbers ADD COLUMN account_id TEXT REFERENCES accounts(id) ON DELETE CASCADE;
+    UPDATE whatsapp_numbers SET account_id =
+        (SELECT id FROM accounts WHERE accounts.family_id = whatsapp_numbers.family_id AND role = 'owner');
+    -- Invitations by link: single use, expiring, revocable. family_id NULL: the admin invites
+    -- someone to sign up a new family (sign-up mode `invite`).
+    CREATE TABLE invitations (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,   -- sha256 of the link's token
+        family_id TEXT REFERENCES families(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('owner', 'adult')),
+        created_by TEXT REFERENCES accounts(id) ON DELETE SET NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        revoked_at REAL
+    );
+    CREATE INDEX invitations_family ON invitations(family_id);
+    -- Password reset links: single use, valid an hour.
+    CREATE TABLE password_resets (
+        token_hash TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        issued_by TEXT,                    -- the member who issued it; NULL: the host's admin
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    );
+    """,
 )
 
 
@@ -169,6 +238,7 @@ class Family:
     name: str
     created_at: float
     last_active_at: float | None
+    disabled_at: float | None = None
 
 
 class Database:
@@ -292,17 +362,24 @@ class Database:
 
 
 def _family(row: sqlite3.Row) -> Family:
-    return Family(uuid.UUID(row["id"]), row["name"], row["created_at"], row["last_active_at"])
+    return Family(
+        uuid.UUID(row["id"]), row["name"], row["created_at"], row["last_active_at"], row["disabled_at"]
+    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Apply the migrations this database has not seen, each in its own transaction."""
+    """Apply the migrations this database has not seen, each in its own transaction.
+
+    Foreign keys are off meanwhile (SQLite's way to rebuild a table: dropping the old one must
+    not cascade), and checked before each commit.
+    """
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > len(MIGRATIONS):
         raise RuntimeError(
             f"database schema version {current} is newer than this software knows "
             f"({len(MIGRATIONS)}): upgrade sudo before using this database"
         )
+    conn.execute("PRAGMA foreign_keys=OFF")
     for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -312,11 +389,15 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 continue
             for statement in _statements(script):
                 conn.execute(statement)
+            broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+            if broken:
+                raise RuntimeError(f"migration {version} breaks a foreign key: {tuple(broken)}")
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _statements(script: str) -> list[str]:

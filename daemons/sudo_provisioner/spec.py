@@ -66,6 +66,15 @@ class RuntimeSpec:
     config_hash: str
 
 
+def family_phrase(name: str) -> str:
+    """The family's name as it reads in a sentence: "the Smith family", "The Newcomers",
+    "the Garcia Family" (a name that says "family" or starts with "the" is used as written)."""
+    lower = name.lower()
+    if lower.startswith("the "):
+        return name
+    return f"the {name}" if lower.endswith("family") else f"the {name} family"
+
+
 def build_spec(
     settings: Settings,
     family: Family,
@@ -172,8 +181,13 @@ def build_spec(
         }
     identity = (
         f"{IDENTITY_MARKER}\n"
-        f"You are the family assistant of the {family.name} family on Sudo "
-        f"(account {family.id}). Everyone who talks to you here is a member of this family."
+        f"You are the family assistant of {family_phrase(family.name)} on Sudo (account {family.id}). "
+        "Everyone who talks to you here is a member of this family. Each message's user label "
+        "gives the member's name and, in brackets, the role Sudo vouches for: [adult] or [child]. "
+        "Every member has their own conversation with you; your memory is the whole family's. "
+        "When the speaker is a [child], answer for their age: simple words, warmth, and nothing "
+        "unsuitable for a child. A voice turn comes from the home device, shared by the family: "
+        "its speaker is someone at home."
     )
     volume = volume_name(family.id)
     tmpfs = {"/tmp": "rw,nosuid,nodev,size=256m", "/run": "rw,nosuid,nodev,size=16m"}

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
-from sudo_api import admin
-from sudo_api.accounts import Accounts, InvalidInput
-from sudo_core import config
+from sudo_core import config, host_settings
+from sudo_core.accounts import AccountError, Accounts
 from sudo_core.db import Database
 from sudo_core.families import BadFamilyId, parse_family_id
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
@@ -49,7 +48,7 @@ async def create_admin(settings: config.Settings, args: argparse.Namespace) -> i
         account = await Accounts(db, settings.api.session_days).sign_up(
             args.email, password, args.name, None, is_admin=True
         )
-    except InvalidInput as exc:
+    except AccountError as exc:
         print(f"sudoctl: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -78,20 +77,20 @@ def admin_settings(settings: config.Settings, args: argparse.Namespace) -> int:
     db = Database(settings.core.database_path)
     try:
         if args.action == "list":
-            for key, value in admin.current(db).items():
+            for key, value in host_settings.current(db).items():
                 shown = ("set" if value["set"] else "not set") if isinstance(value, dict) else value
                 print(f"{key} = {shown}")
             return 0
         value = sys.stdin.readline().rstrip("\n")
         try:
-            changed = admin.store(db, admin.validate({args.key: value}))
-        except admin.InvalidSetting as exc:
+            changed = host_settings.store(db, host_settings.validate({args.key: value}))
+        except host_settings.InvalidSetting as exc:
             print(f"sudoctl: {exc}", file=sys.stderr)
             return 2
     finally:
         db.close()
     print(f"{args.key} {'changed' if changed else 'unchanged'}")
-    if changed and admin.FIELDS[args.key].restart:
+    if changed and host_settings.FIELDS[args.key].restart:
         print("the runtimes carry it: run `sudoctl restart-all` to recreate them")
     return 0
 
@@ -192,7 +191,7 @@ def main() -> None:
         description="Set one admin setting to the first line read from stdin; an empty line clears it "
         "(a secret keeps its value). The value is checked as /admin/settings checks it, and never printed.",
     )
-    one.add_argument("key", choices=sorted(admin.FIELDS), metavar="KEY", help="e.g. livekit.url")
+    one.add_argument("key", choices=sorted(host_settings.FIELDS), metavar="KEY", help="e.g. livekit.url")
     args = parser.parse_args()
     try:
         settings = config.load()

@@ -196,6 +196,22 @@ def check_rows(rows: Any, family: uuid.UUID) -> dict[str, Any]:
             isinstance(r, dict) and r.get("family_id") == str(family) for r in table_rows
         ):
             raise ValueError(f"family.json: {table} are not all rows of family {family}")
+    return with_members(rows)
+
+
+def with_members(rows: dict[str, Any]) -> dict[str, Any]:
+    """A backup from before families had members (accounts without a role) read as the database
+    migration reads such a database: the oldest account owns the family, the others are adults,
+    and the history and numbers are the owner's."""
+    accounts = sorted(rows["accounts"], key=lambda a: (a.get("created_at") or 0, a.get("id")))
+    if not accounts or all("role" in a for a in accounts):
+        return rows
+    for n, account in enumerate(accounts):
+        account.setdefault("role", "owner" if n == 0 else "adult")
+    owner = next(a["id"] for a in accounts if a["role"] == "owner")
+    for table in ("messages", "whatsapp_numbers"):
+        for row in rows[table]:
+            row.setdefault("account_id", owner)
     return rows
 
 

@@ -125,7 +125,7 @@ async def heartbeats(stack: Stack, tmp: Path) -> None:
         await asyncio.gather(*(client.stop(f.id) for f in families))
 
 
-async def sign_up(http: aiohttp.ClientSession, base: str, name: str) -> tuple[str, str]:
+async def sign_up(http: aiohttp.ClientSession, base: str, name: str) -> tuple[str, str, str]:
     body = {
         "email": f"{uuid.uuid4().hex[:8]}@example.org",
         "password": "a long password",
@@ -134,7 +134,7 @@ async def sign_up(http: aiohttp.ClientSession, base: str, name: str) -> tuple[st
     }
     async with http.post(f"{base}/v1/auth/signup", json=body) as resp:
         data = await resp.json()
-    return data["token"], data["account"]["user_id"]
+    return data["token"], data["account"]["user_id"], data["account"]["id"]
 
 
 async def first_token_via_api(
@@ -188,7 +188,7 @@ async def first_token_direct(
 async def chat_latency(stack: Stack, rounds: int = 80) -> None:
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        token, family = await sign_up(http, stack.api_url, "Latency")
+        token, family, _ = await sign_up(http, stack.api_url, "Latency")
         async with ProvisionerClient(stack.socket) as client:
             runtime = await client.ensure(uuid.UUID(family))
         key = api_key_for(stack.secret.encode(), uuid.UUID(family))
@@ -210,14 +210,16 @@ async def chat_latency(stack: Stack, rounds: int = 80) -> None:
 
 async def page_ttfb(stack: Stack, rounds: int = 50) -> None:
     async with aiohttp.ClientSession() as http:
-        full_token, full_family = await sign_up(http, stack.api_url, "Talkative")
-        empty_token, _ = await sign_up(http, stack.api_url, "Quiet")
+        full_token, full_family, member = await sign_up(http, stack.api_url, "Talkative")
+        empty_token, _, _ = await sign_up(http, stack.api_url, "Quiet")
         store = ChatStore(stack.db)
 
         def fill() -> None:
             with stack.db.transaction():
                 for n in range(1000):
-                    message = store.add_user_message(uuid.UUID(full_family), f"message {n} " * 8, "Talkative")
+                    message = store.add_user_message(
+                        uuid.UUID(full_family), uuid.UUID(member), f"message {n} " * 8, "Talkative"
+                    )
                     store.set_status(message.id, "answered")
 
         await stack.db.aio(fill)

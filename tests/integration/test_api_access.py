@@ -51,7 +51,7 @@ async def test_bad_signups_change_nothing(api: Stack, http):
     async with http.post(
         f"{api.api_url}/v1/auth/signup", json=good | {"email": taken.account["email"].upper()}
     ) as resp:
-        assert resp.status == 400 and "already exists" in (await resp.json())["error"]
+        assert resp.status == 409 and "already exists" in (await resp.json())["error"]
     assert len(await api.db.aio(api.db.list_families)) == before + 1
 
 
@@ -150,7 +150,9 @@ async def test_one_family_cannot_reach_another(api: Stack, http, provisioner):
 
     device_id, device_token = await pair(http, api, alice, "Alice's Pi")
     store = ChatStore(api.db)
-    message = await api.db.aio(store.add_user_message, uuid.UUID(alice.id), "alice's secret", "Alice")
+    message = await api.db.aio(
+        store.add_user_message, uuid.UUID(alice.id), uuid.UUID(alice.member_id), "alice's secret", "Alice"
+    )
     await api.db.aio(store.set_status, message.id, "failed", "test")
     row = {"id": message.id}
 

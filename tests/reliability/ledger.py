@@ -25,8 +25,8 @@ from control_plane import Family
 from stack import Stack
 from twilio_stub import sign
 
-from sudo_api.accounts import token_hash
 from sudo_api.devices import TOKEN_PREFIX
+from sudo_core.accounts import token_hash
 from sudo_core.families import RUNTIME_PREFIX
 
 SENDER = "+14155550100"

@@ -145,12 +145,13 @@ async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> 
     family = uuid.UUID(roles.a.id)
     store = ChatStore(api.db)
     secret_text = f"a's secret {secrets.token_hex(6)}"
-    message = await api.db.aio(store.add_user_message, family, secret_text, "A")
+    member = uuid.UUID(roles.a.member_id)
+    message = await api.db.aio(store.add_user_message, family, member, secret_text, "A")
     await api.db.aio(store.set_status, message.id, "failed", "test")
     spare, _ = await pair(http, api, roles.a, "Spare Pi")
     numbers = Numbers(api.db)
-    number, _ = await api.db.aio(numbers.start, family, "+447700900201")
-    number2, _ = await api.db.aio(numbers.start, family, "+447700900202")
+    number, _ = await api.db.aio(numbers.start, family, member, "+447700900201")
+    number2, _ = await api.db.aio(numbers.start, family, member, "+447700900202")
     for key, value in (("livekit.url", "wss://voice.example"), ("livekit.api_key", "APIk")):
         await api.db.aio(api.db.set_setting, key, value)
     await api.db.aio(api.db.set_setting, "livekit.api_secret", secrets.token_hex(32))

@@ -11,10 +11,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sudo_api import admin
-from sudo_api.accounts import Accounts, InvalidInput, Limiter, LoginLimiter
 from sudo_api.chat import ChatStore, runtimes_http
 from sudo_api.devices import Devices, PairingError
+from sudo_api.limits import Limiter, LoginLimiter
+from sudo_core import host_settings
+from sudo_core.accounts import Accounts, Conflict
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database
 from sudo_core.provisioner_client import ProvisionerClient
@@ -74,7 +75,7 @@ async def test_passwords_are_hashed_and_checked(db: Database):
     assert await accounts.check_password("a@example.org", "a long password") == account
     assert await accounts.check_password("a@example.org", "wrong password") is None
     assert await accounts.check_password("nobody@example.org", "a long password") is None
-    with pytest.raises(InvalidInput):
+    with pytest.raises(Conflict):
         await accounts.sign_up("a@example.org", "another password", "Bob", "Smith")
     token = await db.aio(accounts.open_session, account.id)
     session = await db.aio(accounts.session, token)
@@ -84,21 +85,24 @@ async def test_passwords_are_hashed_and_checked(db: Database):
 
 
 def test_admin_settings_all_or_nothing_and_secrets_write_only(db: Database):
-    changed = admin.store(
-        db, admin.validate({"llm.base_url": "https://p.example/v1/", "llm.api_key": "sk-1"})
+    changed = host_settings.store(
+        db, host_settings.validate({"llm.base_url": "https://p.example/v1/", "llm.api_key": "sk-1"})
     )
     assert sorted(changed) == ["llm.api_key", "llm.base_url"]
-    view = admin.current(db)
+    view = host_settings.current(db)
     assert view["llm.base_url"] == "https://p.example/v1"
     assert view["llm.api_key"] == {"set": True}  # never sent back
-    with pytest.raises(admin.InvalidSetting, match="LLM provider URL"):
-        admin.validate({"llm.model": "new-model", "llm.base_url": "ftp:/nope"})
-    with pytest.raises(admin.InvalidSetting, match="unknown"):
-        admin.validate({"llm.nope": "x"})
-    with pytest.raises(admin.InvalidSetting, match=r"E\.164"):
-        admin.validate({"twilio.whatsapp_from": "12345"})
-    assert admin.current(db)["llm.model"] == ""  # the bad batch stored nothing
-    assert admin.store(db, admin.validate({"llm.api_key": ""})) == []  # empty keeps the secret
+    with pytest.raises(host_settings.InvalidSetting, match="LLM provider URL"):
+        host_settings.validate({"llm.model": "new-model", "llm.base_url": "ftp:/nope"})
+    with pytest.raises(host_settings.InvalidSetting, match="unknown"):
+        host_settings.validate({"llm.nope": "x"})
+    with pytest.raises(host_settings.InvalidSetting, match=r"E\.164"):
+        host_settings.validate({"twilio.whatsapp_from": "12345"})
+    assert host_settings.current(db)["llm.model"] == ""  # the bad batch stored nothing
+    # an empty secret keeps the stored one
+    assert (
+        host_settings.store(db, host_settings.validate({"llm.api_key": ""})) == []
+    )  # empty keeps the secret
     assert db.get_settings("llm.")["llm.api_key"] == "sk-1"
 
 
@@ -142,12 +146,13 @@ async def test_heartbeats_are_coalesced_into_one_write(db: Database, tmp_path: P
 def test_chat_store_recovers_from_agent_restarts(db: Database):
     store = ChatStore(db)
     family = db.create_family("Lovelace").id
-    first = store.add_user_message(family, "hi", "Ada")
+    ada = Accounts(db, 1).create("not a real hash", "Ada", family, "owner", email="ada@example.org").id
+    first = store.add_user_message(family, ada, "hi", "Ada")
     assert db.get_family(family).last_active_at is not None  # talking is activity: no reaping
     message, claimed = store.next_to_deliver(family)
     assert (message.id, claimed) == (first.id, True)
     assert store.next_to_deliver(family)[1] is False  # in flight: nothing else goes meanwhile
-    second = store.add_user_message(family, "are you there?", "Ada")
+    second = store.add_user_message(family, ada, "are you there?", "Ada")
 
     # The agent restarts twice without answering: delivered again; the third time it fails.
     for boot in ("b1", "b2"):
@@ -168,13 +173,14 @@ def test_chat_store_recovers_from_agent_restarts(db: Database):
     assert store.cursor(family) == ("b3", 2)
 
     # A turn that ends in failure with nothing said fails the message; retry queues it again.
-    third = store.add_user_message(family, "and now?", "Ada")
+    third = store.add_user_message(family, ada, "and now?", "Ada")
     store.next_to_deliver(family)
     failed = store.apply(family, {"seq": 3, "type": "turn_done", "reply_to": third.id, "outcome": "failure"})
     assert [m.status for m in failed] == ["failed"]
-    assert store.retry(family, third.id).status == "queued"
-    assert store.retry(family, third.id) is None  # only a failed message can be retried
-    assert store.retry(db.create_family("Other").id, first.id) is None  # and only by its family
+    assert store.retry(family, ada, third.id).status == "queued"
+    assert store.retry(family, ada, third.id) is None  # only a failed message can be retried
+    assert store.retry(db.create_family("Other").id, ada, first.id) is None  # and only by its family
+    assert store.retry(family, uuid.uuid4(), first.id) is None  # and only in its member's thread
 
     # An outbox behind our cursor was recreated (a purged volume): read it from the start.
     assert store.new_agent_process(family, "b4", 0, max_attempts=3)[2] == 0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from test_cli import run
 
-from sudo_api import admin
-from sudo_api.accounts import Accounts
+from sudo_core import host_settings
+from sudo_core.accounts import Accounts
 from sudo_core.db import Database
 
 
@@ -38,7 +38,7 @@ def test_settings_set_reads_the_value_from_stdin_and_never_prints_it(tmp_path: P
     lines = listed.stdout.splitlines()
     assert "livekit.api_secret = set" in lines and "llm.api_key = not set" in lines
     assert "livekit.url = wss://voice.example.org" in lines
-    assert len(lines) == len(admin.FIELDS)
+    assert len(lines) == len(host_settings.FIELDS)
     for result in (made, again, url, listed):
         assert secret not in result.stdout + result.stderr
 

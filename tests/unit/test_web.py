@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from sudo_api.accounts import Accounts, LoginLimiter
-from sudo_api.admin import FleetRestart
 from sudo_api.app import build_app
 from sudo_api.chat import Conversations
 from sudo_api.context import Services
 from sudo_api.devices import Devices
+from sudo_api.fleet import FleetRestart
+from sudo_api.limits import LoginLimiter
 from sudo_api.numbers import Numbers
 from sudo_api.whatsapp import WhatsApp
+from sudo_core.accounts import Accounts
 from sudo_core.config import Settings
 from sudo_core.db import Database
 from sudo_core.provisioner_client import ProvisionerClient

@@ -1,15 +1,17 @@
 """sudo_chat: the family's web chat as a Hermes platform.
 
 Runs inside the family's container (Hermes's own Python). sudo-api, on the host, is the
-only client; it authenticates with the family's API key. Protocol:
+only client; it authenticates with the family's API key. Each member has their own thread:
+its chat id is the member's account id, so Hermes keeps a session per member, and `sender`
+says who speaks (name and role). Protocol:
 
-    POST /messages            {"id", "text", "sender"}   -> 202 accepted | 200 duplicate
+    POST /messages            {"id", "text", "chat", "sender"}  -> 202 accepted | 200 duplicate
                                                          | 503 starting or stopping (try again)
-    POST /deliver             {"text"}  a proactive message from another Hermes process in the
-                                        container (`hermes cron run`), through the live adapter
+    POST /deliver             {"text", "chat"?}  a proactive message from another Hermes process
+                                        in the container (`hermes cron run`), through the live adapter
     GET  /events?after=<seq>  NDJSON, never ends:
         {"type": "hello", "boot", "seq"}                first line: this process and its last seq
-        {"seq", "type": "message", "id", "reply_to", "text", "at"}   durable
+        {"seq", "type": "message", "id", "reply_to", "chat", "text", "at"}   durable
         {"seq", "type": "edit", "id", "text"}                        durable
         {"seq", "type": "turn_done", "reply_to", "outcome"}          durable
         {"type": "turn_started" | "draft", "reply_to", "text"?}      live only
@@ -49,6 +51,7 @@ NAME = "sudo_chat"
 TURN_END_SEC = 10.0
 """Longest a message waits for the previous turn's cleanup before it is handed over anyway."""
 CHAT_ID = "family"
+"""The chat of a message that names none (the home channel: sudo-api puts it in the owner's thread)."""
 PING_SEC = 15.0
 COMPACT_AFTER = 500
 """Entries sudo-api has acknowledged before the outbox file is rewritten without them."""
@@ -164,9 +167,9 @@ class SudoChatAdapter(BasePlatformAdapter):
             self._replied.pop(self._turn, None)
             logger.info("[sudo_chat] reply to %s held back by the stop; it is delivered again", self._turn)
             return SendResult(success=False, error="the agent is stopping; its next process answers")
-        return SendResult(success=True, message_id=await self._record_message(content, self._turn))
+        return SendResult(success=True, message_id=await self._record_message(content, self._turn, chat_id))
 
-    async def _record_message(self, text: str, reply_to: str | None) -> str:
+    async def _record_message(self, text: str, reply_to: str | None, chat: str) -> str:
         """A reply's id is its message's id and its place in the turn: a turn answered again
         by the next agent process (this one was killed after replying, before its turn_done)
         writes the same ids, which sudo-api already has, so the family never sees it twice."""
@@ -177,7 +180,14 @@ class SudoChatAdapter(BasePlatformAdapter):
         else:
             message_id = uuid.uuid4().hex
         await self._record(
-            {"type": "message", "id": message_id, "reply_to": reply_to, "text": text, "at": time.time()}
+            {
+                "type": "message",
+                "id": message_id,
+                "reply_to": reply_to,
+                "chat": chat,
+                "text": text,
+                "at": time.time(),
+            }
         )
         return message_id
 
@@ -192,7 +202,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         return SendResult(success=True)
 
     async def get_chat_info(self, chat_id: str) -> dict[str, Any]:
-        return {"name": "Family chat", "type": "dm", "chat_id": chat_id}
+        return {"name": "Sudo chat", "type": "dm", "chat_id": chat_id}
 
     async def on_processing_start(self, event: MessageEvent) -> None:
         self._turn = event.message_id
@@ -246,9 +256,9 @@ class SudoChatAdapter(BasePlatformAdapter):
         if message_id in self._seen or message_id in self._outbox.answered:
             return web.json_response({"status": "duplicate", "boot": self._boot})
         self._seen.add(message_id)
-        sender = str(body.get("sender") or "family")
+        chat, sender = str(body.get("chat") or CHAT_ID), str(body.get("sender") or "someone in the family")
         source = self.build_source(
-            chat_id=CHAT_ID, chat_name="Family chat", chat_type="dm", user_id=CHAT_ID, user_name=sender
+            chat_id=chat, chat_name=sender, chat_type="dm", user_id=chat, user_name=sender
         )
         event = MessageEvent(
             text=text, message_type=MessageType.TEXT, source=source, raw_message=body, message_id=message_id
@@ -264,10 +274,11 @@ class SudoChatAdapter(BasePlatformAdapter):
         if not self._authorized(request):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
-            text = str((await request.json())["text"])
-        except (ValueError, KeyError, TypeError):
+            body = await request.json()
+            text, chat = str(body["text"]), str(body.get("chat") or CHAT_ID)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return web.json_response({"error": "expected JSON with text"}, status=400)
-        return web.json_response({"message_id": await self._record_message(text, None)})
+        return web.json_response({"message_id": await self._record_message(text, None, chat)})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
@@ -339,7 +350,7 @@ async def _send_from_elsewhere(config: Any, chat_id: str, text: str, **_: Any) -
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-            session.post(url, json={"text": text}, headers=headers) as resp,
+            session.post(url, json={"text": text, "chat": chat_id}, headers=headers) as resp,
         ):
             body = await resp.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -359,8 +370,9 @@ def register(ctx: Any) -> None:
         cron_deliver_env_var="SUDO_CHAT_HOME_CHANNEL",
         standalone_sender_fn=_send_from_elsewhere,
         platform_hint=(
-            "You are talking with the family in Sudo's web chat. Markdown renders; keep answers "
-            "conversational."
+            "You are talking with one member of the family in their own thread of Sudo's web chat; "
+            "the user label gives their name and, in brackets, their role. Markdown renders; keep "
+            "answers conversational."
         ),
         emoji="💬",
     )
