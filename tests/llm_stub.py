@@ -106,6 +106,17 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
                 "last_user": text,
                 # the conversation the agent sent along: what it remembers of the family
                 "user_messages": [str(m.get("content")) for m in messages if m.get("role") == "user"],
+                # who the agent was told is speaking: Hermes writes it into the system prompt
+                "speaker": next(
+                    (
+                        line
+                        for m in messages
+                        if m.get("role") == "system"
+                        for line in str(m.get("content")).splitlines()
+                        if line.startswith("**User:**")
+                    ),
+                    None,
+                ),
                 "found": [t for t in wanted if any(t in str(m.get("content")) for m in messages)],
                 "at": time.time(),
             }

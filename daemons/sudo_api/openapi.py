@@ -12,17 +12,52 @@ ACCOUNT = {
     "type": "object",
     "properties": {
         "id": {"type": "string", "format": "uuid"},
-        "email": {"type": "string"},
+        "email": {"type": ["string", "null"]},
+        "username": {"type": ["string", "null"], "description": "a child's login"},
         "name": {"type": "string"},
         "user_id": {"type": ["string", "null"], "format": "uuid", "description": "the family"},
+        "role": {"enum": ["owner", "adult", "child", None]},
         "is_admin": {"type": "boolean"},
+    },
+}
+MEMBER = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "role": {"enum": ["owner", "adult", "child"]},
+        "email": {"type": ["string", "null"]},
+        "username": {"type": ["string", "null"]},
+    },
+}
+INVITATION = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "role": {"enum": ["owner", "adult"]},
+        "created_at": {"type": "number"},
+        "expires_at": {"type": "number"},
+        "token": {"type": "string", "description": "only when created"},
+        "url": {"type": "string", "description": "only when created: the link to hand over"},
+    },
+}
+SESSION = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "created_at": {"type": "number"},
+        "last_seen_at": {"type": "number"},
+        "user_agent": {"type": "string"},
+        "address": {"type": "string"},
+        "current": {"type": "boolean"},
     },
 }
 MESSAGE = {
     "type": "object",
     "properties": {
         "id": {"type": "string"},
-        "n": {"type": "integer", "description": "position in the family's history"},
+        "n": {"type": "integer", "description": "position in the history"},
+        "account_id": {"type": ["string", "null"], "description": "the member whose thread it is in"},
         "role": {"enum": ["user", "assistant"]},
         "sender": {"type": "string"},
         "text": {"type": "string"},
@@ -50,6 +85,8 @@ NUMBER = {
         "number": {"type": "string", "description": "E.164"},
         "verified": {"type": "boolean"},
         "created_at": {"type": "number"},
+        "member_id": {"type": ["string", "null"], "description": "the member who linked it"},
+        "member_name": {"type": ["string", "null"]},
     },
 }
 
@@ -59,6 +96,7 @@ def _obj(**props: Any) -> dict[str, Any]:
 
 
 STRING = {"type": "string"}
+INTEGER = {"type": "integer"}
 
 # (method, path, summary, security, request body schema or None, success status, success schema)
 ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any]]] = [
@@ -74,14 +112,148 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "post",
         "/v1/auth/login",
-        "Log in (rate-limited)",
+        "Log in with an email or a child's username (rate-limited)",
         "none",
-        _obj(email=STRING, password=STRING),
+        _obj(login=STRING, password=STRING),
         200,
         _obj(token=STRING, account=ACCOUNT),
     ),
     ("post", "/v1/auth/logout", "End this session", "session", None, 204, {}),
     ("get", "/v1/me", "The caller's account", "session", None, 200, _obj(account=ACCOUNT)),
+    (
+        "patch",
+        "/v1/me",
+        "Change the caller's name and/or email",
+        "session",
+        {"type": "object", "properties": {"name": STRING, "email": STRING}},
+        200,
+        _obj(account=ACCOUNT),
+    ),
+    (
+        "post",
+        "/v1/me/password",
+        "Change the password (the current one is required); every other session ends",
+        "session",
+        _obj(current=STRING, password=STRING),
+        204,
+        {},
+    ),
+    (
+        "get",
+        "/v1/me/sessions",
+        "The caller's sessions",
+        "session",
+        None,
+        200,
+        _obj(sessions={"type": "array", "items": SESSION}),
+    ),
+    ("delete", "/v1/me/sessions", "Log out every other session", "session", None, 200, _obj(ended=INTEGER)),
+    ("delete", "/v1/me/sessions/{session_id}", "Log out one session", "session", None, 204, {}),
+    ("post", "/v1/me/leave", "Leave the family (not the owner)", "session", None, 204, {}),
+    (
+        "post",
+        "/v1/auth/join",
+        "Take an invitation: join its family, or (an admin's) create a new family",
+        "none",
+        {
+            "type": "object",
+            "required": ["token", "email", "password", "name"],
+            "properties": {
+                "token": STRING,
+                "email": STRING,
+                "password": STRING,
+                "name": STRING,
+                "family_name": STRING,
+            },
+        },
+        201,
+        _obj(token=STRING, account=ACCOUNT),
+    ),
+    (
+        "post",
+        "/v1/auth/reset",
+        "Set a new password with a reset link's token (single use, valid an hour)",
+        "none",
+        _obj(token=STRING, password=STRING),
+        200,
+        _obj(token=STRING, account=ACCOUNT),
+    ),
+    (
+        "get",
+        "/v1/family",
+        "The family, its members and (for parents) its pending invitations",
+        "session",
+        None,
+        200,
+        _obj(
+            family={"type": "object"},
+            members={"type": "array", "items": MEMBER},
+            invitations={"type": "array", "items": INVITATION},
+        ),
+    ),
+    (
+        "post",
+        "/v1/family/invitations",
+        "Invite someone to join as an adult: a link valid 7 days (parents)",
+        "session",
+        None,
+        201,
+        _obj(invitation=INVITATION),
+    ),
+    (
+        "delete",
+        "/v1/family/invitations/{invitation_id}",
+        "Revoke an invitation (parents)",
+        "session",
+        None,
+        204,
+        {},
+    ),
+    (
+        "post",
+        "/v1/family/children",
+        "Add a child who logs in with a username (parents)",
+        "session",
+        _obj(username=STRING, password=STRING, name=STRING),
+        201,
+        _obj(member=MEMBER),
+    ),
+    (
+        "patch",
+        "/v1/family/members/{member_id}",
+        "Change a member's role to adult or child (owner)",
+        "session",
+        _obj(role={"enum": ["adult", "child"]}),
+        200,
+        _obj(member=MEMBER),
+    ),
+    (
+        "delete",
+        "/v1/family/members/{member_id}",
+        "Remove a member at once: sessions, streams and numbers end (owner)",
+        "session",
+        None,
+        204,
+        {},
+    ),
+    (
+        "post",
+        "/v1/family/members/{member_id}/owner",
+        "Hand ownership to an adult (owner)",
+        "session",
+        None,
+        200,
+        _obj(member=MEMBER),
+    ),
+    (
+        "post",
+        "/v1/family/members/{member_id}/reset",
+        "A one-time password reset link for a member, valid an hour (parents)",
+        "session",
+        None,
+        201,
+        _obj(token=STRING, url=STRING),
+    ),
     (
         "get",
         "/v1/chat/messages",

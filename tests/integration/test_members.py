@@ -1,0 +1,154 @@
+"""A family is its members: each with their own login and thread with the family's one agent, in a
+real Hermes container, which is told who is speaking; the owner's removal of a member is at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import aiohttp
+from control_plane import Family, sign_up
+from stack import Stack
+from test_api_chat import events, wait_status
+
+PASSWORD = "correct horse battery"
+
+
+async def log_in(http: aiohttp.ClientSession, base: str, login: str) -> Family:
+    async with http.post(f"{base}/v1/auth/login", json={"login": login, "password": PASSWORD}) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    return Family(http, base, body["token"], body["account"])
+
+
+async def invite_adult(owner: Family, name: str) -> Family:
+    status, body = await owner.call("POST", "/v1/family/invitations")
+    assert status == 201, body
+    token = body["invitation"]["token"]
+    assert body["invitation"]["url"].endswith(f"/join/{token}")
+    email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.org"
+    joining = {"token": token, "email": email, "password": PASSWORD, "name": name}
+    async with owner.http.post(f"{owner.base}/v1/auth/join", json=joining) as resp:
+        joined = await resp.json()
+        assert resp.status == 201, joined
+    async with owner.http.post(f"{owner.base}/v1/auth/join", json=joining | {"email": "x" + email}) as resp:
+        assert resp.status == 404, "an invitation is single use"
+        assert "used" in (await resp.json())["error"]
+    return Family(owner.http, owner.base, joined["token"], joined["account"] | {"email": email})
+
+
+async def add_child(parent: Family, name: str) -> Family:
+    username = f"{name.lower()}{uuid.uuid4().hex[:4]}"
+    body = {"username": username, "password": PASSWORD, "name": name}
+    status, created = await parent.call("POST", "/v1/family/children", json=body)
+    assert status == 201 and created["member"]["role"] == "child", created
+    return await log_in(parent.http, parent.base, username)
+
+
+def speakers_seen(api: Stack) -> list[str]:
+    """Who the agent was told is speaking, turn by turn, as the LLM stand-in received it."""
+    return [r["speaker"] for r in api.llm_requests() if r.get("speaker")]
+
+
+async def test_members_talk_at_once_each_in_their_own_thread(api: Stack, http):
+    owner = await sign_up(http, api.api_url, "Ada")
+    adult = await invite_adult(owner, "Bea")
+    child = await add_child(owner, "Cy")
+    assert {adult.id, child.id} == {owner.id}, "all three are members of one family"
+    assert (adult.account["role"], child.account["role"]) == ("adult", "child")
+
+    members = (owner, adult, child)
+    sent = await asyncio.gather(*(m.send(f"hello from {m.account['name']}") for m in members))
+    for member, message_id in zip(members, sent, strict=True):
+        await wait_status(member, message_id, "answered")
+
+    # Each thread holds its own member's words and their answers, and nobody else's.
+    for member in members:
+        status, body = await member.call("GET", "/v1/chat/messages?limit=500")
+        assert status == 200
+        texts = [m["text"] for m in body["messages"]]
+        mine = f"hello from {member.account['name']}"
+        assert texts[0] == mine and any(mine in t for t in texts[1:]), texts
+        others = [n for n in ("Ada", "Bea", "Cy") if n != member.account["name"]]
+        assert not any(f"hello from {n}" in t for t in texts for n in others), texts
+        assert {m["account_id"] for m in body["messages"]} == {member.member_id}
+    # A message of another thread cannot be retried (or even found) by its id.
+    status, _ = await adult.call("POST", f"/v1/chat/messages/{sent[0]}/retry")
+    assert status == 404
+
+    # The agent was told who spoke, and what Sudo vouches their role is.
+    seen = speakers_seen(api)
+    for label in ('"Ada [adult]"', '"Bea [adult]"', '"Cy [child]"'):
+        assert any(label in line for line in seen), (label, seen)
+
+    # A child runs nothing: no invitations, no children, no pairing, no settings of others.
+    for method, path, body in (
+        ("POST", "/v1/family/invitations", None),
+        ("POST", "/v1/family/children", {"username": "dd", "password": PASSWORD, "name": "D"}),
+        ("POST", "/v1/devices/pairing/complete", {"code": "ABCDEF"}),
+        ("DELETE", f"/v1/family/members/{adult.member_id}", None),
+        ("POST", f"/v1/family/members/{adult.member_id}/reset", None),
+    ):
+        status, answer = await child.call(method, path, json=body)
+        assert status == 403 and answer["error"], (path, status, answer)
+    # An adult invites, but only the owner removes or changes roles.
+    status, answer = await adult.call("DELETE", f"/v1/family/members/{child.member_id}")
+    assert status == 403 and "owner" in answer["error"]
+
+
+async def test_a_removed_member_is_cut_off_at_once(api: Stack, http):
+    owner = await sign_up(http, api.api_url, "Dora")
+    adult = await invite_adult(owner, "Eli")
+    first = await adult.send("remember me")
+    await wait_status(adult, first, "answered")
+
+    stream_events: list[dict] = []
+
+    async def follow() -> None:
+        async for event in events(adult):
+            stream_events.append(event)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)
+    status, _ = await owner.call("DELETE", f"/v1/family/members/{adult.member_id}")
+    assert status == 204
+    await asyncio.wait_for(follower, 10)  # the open stream ends: the server closed it
+    assert all(e["type"] != "message" for e in stream_events)
+
+    status, body = await adult.call("GET", "/v1/chat/messages")
+    assert status == 401, body
+    status, body = await owner.call("GET", "/v1/family")
+    assert [m["name"] for m in body["members"]] == ["Dora"]
+    rows = await api.db.aio(
+        api.db.query_one, "SELECT count(*) FROM messages WHERE account_id = ?", (adult.member_id,)
+    )
+    assert rows[0] == 0, "the removed member's thread went with them"
+    # The owner's own thread is untouched.
+    mine = await owner.send("still here")
+    await wait_status(owner, mine, "answered")
+
+
+async def test_errors_a_member_can_provoke_are_clear(api: Stack, http):
+    owner = await sign_up(http, api.api_url, "Flo")
+    cases = [
+        ("POST", "/v1/family/children", {"username": "A!", "password": PASSWORD, "name": "x"}, 400),
+        ("POST", "/v1/family/children", {"username": "kid", "password": "short", "name": "x"}, 400),
+        ("PATCH", f"/v1/family/members/{owner.member_id}", {"role": "child"}, 400),
+        ("PATCH", f"/v1/family/members/{uuid.uuid4()}", {"role": "adult"}, 404),
+        ("DELETE", "/v1/family/members/not-a-uuid", None, 404),
+        ("DELETE", f"/v1/family/members/{owner.member_id}", None, 400),
+        ("DELETE", "/v1/family/invitations/nope", None, 404),
+        ("POST", "/v1/me/leave", None, 400),
+        ("POST", "/v1/me/password", {"current": "wrong password!", "password": PASSWORD + "2"}, 400),
+        ("DELETE", "/v1/me/sessions/0123456789abcdef", None, 404),
+        ("PATCH", "/v1/me", {"email": "not an email"}, 400),
+    ]
+    for method, path, body, want in cases:
+        status, answer = await owner.call(method, path, json=body)
+        assert status == want and answer.get("error"), (method, path, status, answer)
+    for body in ({"token": "nope", "password": PASSWORD}, {"token": "x"}):
+        async with http.post(f"{api.api_url}/v1/auth/reset", json=body) as resp:
+            assert resp.status in (400, 404) and (await resp.json())["error"]
+    async with http.post(f"{api.api_url}/v1/auth/join", data=json.dumps({"token": 1})) as resp:
+        assert resp.status == 400
