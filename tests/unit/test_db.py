@@ -76,3 +76,47 @@ async def test_aio_runs_on_the_database_thread(db: Database):
     names = await db.aio(lambda: threading.current_thread().name)
     assert names.startswith("sqlite")
     assert (await db.aio(db.get_family, family.id)).name == "Async"
+
+
+def test_a_database_from_before_members_opens_and_its_accounts_own_their_families(tmp_path: Path):
+    """A database at schema 3 (one account per family, one history per family) migrates: each
+    family's oldest account becomes its owner, the others adults; the history and the WhatsApp
+    numbers become the owner's; sessions stay valid."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:3]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 3")
+    conn.executescript(
+        """
+        INSERT INTO families (id, name, created_at) VALUES ('f1', 'The Olds', 1), ('f2', 'Lone', 1);
+        INSERT INTO accounts (id, email, password_hash, display_name, family_id, is_admin, created_at)
+        VALUES ('a1', 'first@example.org', 'h', 'First', 'f1', 0, 1),
+               ('a2', 'second@example.org', 'h', 'Second', 'f1', 0, 2),
+               ('a3', 'lone@example.org', 'h', 'Lone', 'f2', 0, 1),
+               ('admin', 'root@example.org', 'h', 'Root', NULL, 1, 0);
+        INSERT INTO sessions (token_hash, account_id, csrf, created_at, expires_at)
+        VALUES ('t1', 'a1', 'c', 1, 9e12);
+        INSERT INTO messages (id, family_id, role, sender, text, status, created_at, updated_at)
+        VALUES ('m1', 'f1', 'user', 'First', 'hello', 'answered', 1, 1);
+        INSERT INTO whatsapp_numbers (id, family_id, number, verified_at, created_at)
+        VALUES ('n1', 'f1', '+447700900123', 1, 1);
+        """
+    )
+    conn.commit()
+    conn.close()
+
+    db = Database(path)
+    try:
+        roles = {r["id"]: r["role"] for r in db.query("SELECT id, role FROM accounts")}
+        assert roles == {"a1": "owner", "a2": "adult", "a3": "owner", "admin": None}
+        assert db.query_one("SELECT account_id FROM messages WHERE id = 'm1'")[0] == "a1"
+        assert db.query_one("SELECT account_id FROM whatsapp_numbers WHERE id = 'n1'")[0] == "a1"
+        assert db.query_one("SELECT account_id FROM sessions WHERE token_hash = 't1'")[0] == "a1"
+        assert db.query("PRAGMA foreign_key_check") == []
+        assert db.query_one("PRAGMA foreign_keys")[0] == 1, "foreign keys are back on after migrating"
+        # Removing the owner takes their sessions with it: the rebuilt table's keys hold.
+        db.execute("DELETE FROM accounts WHERE id = 'a1'")
+        assert db.query_one("SELECT count(*) FROM sessions")[0] == 0
+    finally:
+        db.close()
