@@ -41,7 +41,7 @@ async def serve(settings: config.Settings) -> int:
         settings=settings,
         db=db,
         provisioner=provisioner,
-        accounts=Accounts(db, api.session_days),
+        accounts=Accounts(db, api.session_days, api.signup),
         limiter=LoginLimiter(api.login_attempts, api.login_attempts_per_address, api.login_window_sec),
         chat=Conversations(db, provisioner, secret, api),
         devices=Devices(db, provisioner, api),

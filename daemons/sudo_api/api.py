@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from sudo_core import host_settings, twilio
+from sudo_core import family_admin, host_settings, twilio
 from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
@@ -89,15 +89,12 @@ def too_many(wait: float, what: str) -> NoReturn:
 async def signup(request: web.Request) -> web.Response:
     svc = services(request)
     body = await json_body(request)
-    try:
-        account = await svc.accounts.sign_up(
-            text_field(body, "email", 320),
-            str(body.get("password") or ""),
-            text_field(body, "name", 200),
-            text_field(body, "family_name", 200),
-        )
-    except InvalidInput as exc:
-        fail(400, str(exc))
+    account = await svc.accounts.sign_up(
+        text_field(body, "email", 320),
+        str(body.get("password") or ""),
+        text_field(body, "name", 200),
+        text_field(body, "family_name", 200),
+    )
     token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)}, status=201)
 
@@ -256,6 +253,25 @@ async def family_view(request: web.Request) -> web.Response:
             "invitations": [invitation_json(i) for i in invitations],
         }
     )
+
+
+async def family_delete(request: web.Request) -> web.Response:
+    """The owner deletes the family, typing its name to confirm: irreversible."""
+    session, family = await require_family(request, parent=True)
+    if session.account.role != "owner":
+        fail(403, "only the family's owner can delete it")
+    await forget_family(services(request), family, text_field(await json_body(request), "name", 200))
+    return web.Response(status=204)
+
+
+async def forget_family(svc: Any, family: uuid.UUID, confirm_name: str | None = None) -> None:
+    """Delete a family and drop what this process holds of it: device tokens, open streams."""
+    try:
+        await family_admin.delete(svc.db, svc.provisioner, family, confirm_name)
+    except ProvisionerError as exc:
+        fail(502, f"could not remove the family's agent: {exc.body.get('error', exc)}; try again")
+    svc.devices.forget_family(family)
+    svc.chat.hub.disconnect(family)
 
 
 async def invite(request: web.Request) -> web.Response:
@@ -683,6 +699,66 @@ async def admin_restart_all(request: web.Request) -> web.Response:
     return web.json_response({"progress": fleet.progress}, status=202 if request.method == "POST" else 200)
 
 
+def family_id_of(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["user_id"])
+    except ValueError:
+        fail(400, "user id must be a UUID")
+
+
+async def admin_family(request: web.Request) -> web.Response:
+    """DELETE: the admin deletes a family (irreversible)."""
+    await require_admin(request)
+    await forget_family(services(request), family_id_of(request))
+    return web.Response(status=204)
+
+
+async def admin_family_disabled(request: web.Request) -> web.Response:
+    """POST .../disable stops the family's agent and tells its members; .../enable undoes it."""
+    await require_admin(request)
+    svc = services(request)
+    disabled = request.path.endswith("/disable")
+    try:
+        await family_admin.set_disabled(svc.db, svc.provisioner, family_id_of(request), disabled)
+    except ProvisionerError as exc:
+        fail(502, f"disabled, but the agent could not be stopped: {exc.body.get('error', exc)}")
+    return web.json_response({"disabled": disabled})
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    """A one-time reset link for any account, for the admin to hand over."""
+    await require_admin(request)
+    svc = services(request)
+    try:
+        account = await svc.db.aio(svc.accounts.get, uuid.UUID(request.match_info["account_id"]))
+    except ValueError:
+        account = None
+    if account is None:
+        fail(404, "no account with this id")
+    token = await svc.db.aio(svc.accounts.issue_reset, account.id, None)
+    return web.json_response({"token": token, "url": f"{public_base(request)}/reset/{token}"}, status=201)
+
+
+async def admin_invitations(request: web.Request) -> web.Response:
+    """The admin's invitations to sign up a new family (sign-up mode `invite`): POST issues one."""
+    await require_admin(request)
+    svc = services(request)
+    if request.method == "POST":
+        invitation, token = await svc.db.aio(svc.members.invite, None)
+        return web.json_response(
+            {"invitation": invitation_json(invitation, token, public_base(request))}, status=201
+        )
+    invitations = await svc.db.aio(svc.members.invitations, None)
+    return web.json_response({"invitations": [invitation_json(i) for i in invitations]})
+
+
+async def admin_invitation_revoke(request: web.Request) -> web.Response:
+    await require_admin(request)
+    svc = services(request)
+    await svc.db.aio(svc.members.revoke, None, request.match_info["invitation_id"])
+    return web.Response(status=204)
+
+
 async def admin_fleet(request: web.Request) -> web.Response:
     await require_admin(request)
     return web.json_response(await fleet_view(services(request)))
@@ -691,6 +767,7 @@ async def admin_fleet(request: web.Request) -> web.Response:
 async def fleet_view(svc: Any) -> dict[str, Any]:
     """Each family's runtime, activity and memory, and the host's units."""
     families = {str(f.id): f for f in await svc.db.aio(svc.db.list_families)}
+    members = await svc.db.aio(svc.db.member_counts)
     try:
         runtimes = await svc.provisioner.list(stats=True)
         runtime_error = None
@@ -702,6 +779,8 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
             "user_id": family_id,
             "name": family.name,
             "last_active_at": family.last_active_at,
+            "members": members.get(family.id, 0),
+            "disabled": family.disabled_at is not None,
             "state": by_family.get(family_id, {}).get("state", "stopped"),
             "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),
         }
@@ -750,6 +829,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/auth/join", join),
         web.post("/v1/auth/reset", reset_password),
         web.get("/v1/family", family_view),
+        web.delete("/v1/family", family_delete),
         web.post("/v1/family/invitations", invite),
         web.delete("/v1/family/invitations/{invitation_id}", invitation_revoke),
         web.post("/v1/family/children", add_child),
@@ -783,5 +863,12 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/admin/restart-all", admin_restart_all),
         web.post("/v1/admin/restart-all", admin_restart_all),
         web.get("/v1/admin/fleet", admin_fleet),
+        web.delete("/v1/admin/families/{user_id}", admin_family),
+        web.post("/v1/admin/families/{user_id}/disable", admin_family_disabled),
+        web.post("/v1/admin/families/{user_id}/enable", admin_family_disabled),
+        web.post("/v1/admin/accounts/{account_id}/reset", admin_reset),
+        web.get("/v1/admin/invitations", admin_invitations),
+        web.post("/v1/admin/invitations", admin_invitations),
+        web.delete("/v1/admin/invitations/{invitation_id}", admin_invitation_revoke),
         web.get("/v1/openapi.json", openapi),
     ]

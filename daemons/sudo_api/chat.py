@@ -338,10 +338,11 @@ class Hub:
                 event = {"type": "reset"}
             queue.put_nowait(event)
 
-    def disconnect(self, family: uuid.UUID, member: uuid.UUID) -> None:
-        """End the member's open streams (they were removed): each reads CLOSED next."""
+    def disconnect(self, family: uuid.UUID, member: uuid.UUID | None = None) -> None:
+        """End the member's open streams (they were removed), or (None) every member's (the
+        family was deleted): each reads CLOSED next."""
         for queue, listener in list(self._listeners.get(family, {}).items()):
-            if listener == str(member):
+            if member is None or listener == str(member):
                 while not queue.empty():
                     queue.get_nowait()
                 queue.put_nowait({"type": self.CLOSED})

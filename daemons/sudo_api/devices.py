@@ -140,9 +140,18 @@ class Devices:
             (str(device_id), str(family)),
         )
         if cur.rowcount:
-            self._owners = {h: o for h, o in self._owners.items() if o[0] != device_id}
-            self._beats.pop(device_id, None)
+            self._forget({device_id})
         return cur.rowcount > 0
+
+    def forget_family(self, family: uuid.UUID) -> None:
+        """The family was deleted: its devices' tokens stop working at once."""
+        gone = {device for device, of_family in self._owners.values() if of_family == family}
+        self._forget(gone)
+
+    def _forget(self, devices: set[uuid.UUID]) -> None:
+        self._owners = {h: o for h, o in self._owners.items() if o[0] not in devices}
+        for device in devices:
+            self._beats.pop(device, None)
 
     def online(self, device: Device, now: float | None = None) -> bool:
         seen = device.last_seen_at
@@ -215,18 +224,25 @@ class Devices:
         beats, active = dict(self._beats), dict(self._active)
         if not beats and not active:
             return
-        await self.db.aio(self._write, beats, active)
+        gone = await self.db.aio(self._write, beats, active)
+        # A device whose row is gone was deleted with its family (maybe by sudoctl, elsewhere).
+        self._forget(gone)
         for held, written in ((self._beats, beats), (self._active, active)):
             for key, at in written.items():
                 if held.get(key) == at:  # not beaten again meanwhile
                     del held[key]
 
-    def _write(self, beats: dict[uuid.UUID, float], active: dict[uuid.UUID, float]) -> None:
+    def _write(self, beats: dict[uuid.UUID, float], active: dict[uuid.UUID, float]) -> set[uuid.UUID]:
+        """Write the beats; returns the devices that no longer exist."""
+        gone = set()
         with self.db.transaction():
             for device, at in beats.items():
-                self.db.execute(
+                cur = self.db.execute(
                     "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
                     (at, str(device)),
                 )
+                if not cur.rowcount:
+                    gone.add(device)
             for family, at in active.items():
                 self.db.touch_family(family, at)
+        return gone

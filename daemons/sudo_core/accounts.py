@@ -167,9 +167,11 @@ def account_of(row) -> Account:
 class Accounts:
     """Account, session and reset-link storage; the synchronous methods run on the database thread."""
 
-    def __init__(self, db: Database, session_days: float) -> None:
+    def __init__(self, db: Database, session_days: float, signup: str = "open") -> None:
         self.db = db
         self.session_sec = session_days * 86400
+        self.signup = signup
+        """api.signup: who may create a family (open, invite, closed)."""
         self._hashing = asyncio.Semaphore(2)
         """argon2id takes 64 MiB a hash: a burst of sign-ups and logins hashes two at a time,
         not one per thread of the pool, so sudo-api's memory does not follow the burst."""
@@ -194,7 +196,13 @@ class Accounts:
     async def sign_up(
         self, email: str, password: str, display_name: str, family_name: str | None, is_admin: bool = False
     ) -> Account:
-        """A new family with its owner, or (no family name) the host's admin."""
+        """A new family with its owner (if sign-up is open), or (no family name) the host's admin."""
+        if family_name is not None and self.signup != "open":
+            raise NotAllowed(
+                "new families join this host by invitation: ask its admin for a link"
+                if self.signup == "invite"
+                else "this host takes no new families"
+            )
         email = clean_email(email)
         display_name = clean_name(display_name, "your name")
         family_name = clean_name(family_name, "the family name") if family_name is not None else None

@@ -164,6 +164,9 @@ class LLMSettings:
     """The model's context window (tokens), told to Hermes so it never probes the internet for it."""
 
 
+SIGNUP_MODES = ("open", "invite", "closed")
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     listen: str = "127.0.0.1:8600"
@@ -242,6 +245,15 @@ class ApiSettings:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     """Peers whose X-Forwarded-For/Proto/Host are believed (Caddy): the client's address for the
     rate limits, and the public URL Twilio signs."""
+
+    signup: str = "open"
+    """Who may create a family: `open` (anyone, at /signup), `invite` (whoever holds an
+    invitation the admin issued from /admin or `sudoctl invite`) or `closed` (nobody). Members
+    join existing families by their parents' invitations in every mode."""
+
+    def __post_init__(self) -> None:
+        if self.signup not in SIGNUP_MODES:
+            raise ConfigError(f"api.signup: {self.signup!r} is not one of {', '.join(SIGNUP_MODES)}")
 
     stranger_reply_sec: float = 86400.0
     """Least time between two "link this number first" replies to one unknown number (seconds)."""

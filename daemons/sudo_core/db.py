@@ -311,6 +311,12 @@ class Database:
     def list_families(self) -> list[Family]:
         return [_family(r) for r in self._conn.execute("SELECT * FROM families ORDER BY created_at")]
 
+    def member_counts(self) -> dict[uuid.UUID, int]:
+        rows = self._conn.execute(
+            "SELECT family_id, count(*) FROM accounts WHERE family_id IS NOT NULL GROUP BY family_id"
+        )
+        return {uuid.UUID(r[0]): r[1] for r in rows}
+
     def delete_family(self, family_id: uuid.UUID) -> bool:
         cur = self._conn.execute("DELETE FROM families WHERE id = ?", (str(family_id),))
         return cur.rowcount > 0

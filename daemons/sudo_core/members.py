@@ -154,6 +154,8 @@ class Members:
         invitation = await self.db.aio(self.invitation, token)
         email, name = clean_email(email), clean_name(name, "your name")
         if invitation.family_id is None:
+            if self.accounts.signup == "closed":
+                raise NotAllowed("this host takes no new families")
             family_name = clean_name(family_name or "", "the family name")
         hashed = await self.accounts.hash_password(password)
         return await self.db.aio(self._join, token, email, hashed, name, family_name)

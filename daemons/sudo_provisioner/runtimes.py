@@ -51,6 +51,10 @@ class FamilyNotFound(LookupError):
     pass
 
 
+class FamilyDisabled(PermissionError):
+    """The host's admin disabled the family: its agent does not run."""
+
+
 class SpawnFailed(RuntimeError):
     def __init__(self, message: str, logs: str = "") -> None:
         super().__init__(message)
@@ -124,6 +128,8 @@ class RuntimeManager:
     async def ensure(self, family_id: uuid.UUID) -> Runtime:
         """Spawn if needed and wait until healthy; concurrent callers share one attempt."""
         family = await self.family(family_id)
+        if family.disabled_at is not None:
+            raise FamilyDisabled(f"family {family_id} is disabled: its agent does not run")
         task = self._ensuring.get(family_id)
         if task is None:
             task = asyncio.create_task(self._ensure(family))
@@ -251,7 +257,8 @@ class RuntimeManager:
         restarted): its agent may owe replies it had taken, which the plugins' journals hand to
         the next process. Only a container still there and not running qualifies: one the
         provisioner stops is removed under the same lock, so a stop or an eviction is never
-        undone. A family idle past runtime.idle_sec only has the dead container removed."""
+        undone. A family idle past runtime.idle_sec, or disabled, only has the dead container
+        removed."""
         family = await self.family(family_id)
         async with self._lock(family_id):
             spec = await self._desired(family)
@@ -259,7 +266,8 @@ class RuntimeManager:
             if runtime is None or runtime.state in ("running", "paused"):  # gone, fine, or held on purpose
                 return {"revived": False}
             await self._retire(runtime, spec.config_hash)
-            if time.time() - (family.last_active_at or 0) > self.settings.runtime.idle_sec:
+            idle = time.time() - (family.last_active_at or 0) > self.settings.runtime.idle_sec
+            if idle or family.disabled_at is not None:
                 return {"revived": False}
             await self._spawn(spec)
         REVIVALS.inc()
@@ -362,7 +370,8 @@ class RuntimeManager:
                 family = await self.db.aio(self.db.get_family, runtime.owner)
                 if family is None:
                     continue  # an orphan: reconcile removes it
-                idle = (family.last_active_at or 0) <= cutoff
+                # A disabled family's agent goes too (it may have been woken as it was disabled).
+                idle = (family.last_active_at or 0) <= cutoff or family.disabled_at is not None
                 if not idle or await self.db.aio(self.db.has_active_lease, family.id):
                     kept += 1
                     continue

@@ -20,7 +20,7 @@ from sudo_core.metrics import metrics
 from sudo_core.provisioner_client import volume_tar_problem
 from sudo_core.systemd import Notifier
 
-from .runtimes import FamilyNotFound, RuntimeManager, SpawnFailed
+from .runtimes import FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,6 +68,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(400, str(exc))
     except FamilyNotFound as exc:
         return error(404, str(exc))
+    except FamilyDisabled as exc:
+        return error(403, str(exc))
     except SpawnFailed as exc:
         return error(502, str(exc), logs=exc.logs)
     except docker.errors.DockerException as exc:

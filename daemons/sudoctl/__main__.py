@@ -8,14 +8,16 @@ import getpass
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
 
-from sudo_core import config, host_settings
+from sudo_core import config, family_admin, host_settings
 from sudo_core.accounts import AccountError, Accounts
 from sudo_core.db import Database
 from sudo_core.families import BadFamilyId, parse_family_id
+from sudo_core.members import Members
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
 from .backup import BackupError, backup, restore
@@ -33,11 +35,62 @@ def families(settings: config.Settings, args: argparse.Namespace) -> int:
             family = db.create_family(args.name)
             print(family.id)
         else:
+            members = db.member_counts()
             for f in db.list_families():
-                print(f"{f.id}  {f.name:<24} last active {ago(f.last_active_at)}")
+                state = "  DISABLED" if f.disabled_at else ""
+                print(
+                    f"{f.id}  {f.name:<24} {members.get(f.id, 0)} member(s), "
+                    f"last active {ago(f.last_active_at)}{state}"
+                )
     finally:
         db.close()
     return 0
+
+
+async def family_state(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Disable, enable or delete a family, as /admin does."""
+    family = parse_family_id(args.family)
+    if args.action == "delete" and not args.yes:
+        print("sudoctl: deleting a family cannot be undone: add --yes to delete it", file=sys.stderr)
+        return 2
+    db = Database(settings.core.database_path)
+    try:
+        async with ProvisionerClient(settings.provisioner.socket) as provisioner:
+            if args.action == "delete":
+                gone = await family_admin.delete(db, provisioner, family)
+                print(f"deleted {gone.name} ({family}): its runtime, volume, members and devices")
+            else:
+                await family_admin.set_disabled(db, provisioner, family, args.action == "disable")
+                print(f"{args.action}d {family}")
+    except AccountError as exc:
+        print(f"sudoctl: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    return 0
+
+
+def links(settings: config.Settings, args: argparse.Namespace) -> int:
+    """An invitation to sign up a new family, or a password reset link for an account."""
+    db = Database(settings.core.database_path)
+    try:
+        if args.command == "invite":
+            _, token = Members(Accounts(db, settings.api.session_days)).invite(None)
+            print(f"{args.url.rstrip('/')}/join/{token}")
+            print("valid 7 days, once: whoever opens it creates a family", file=sys.stderr)
+            return 0
+        row = db.query_one(
+            "SELECT id FROM accounts WHERE email = ? OR username = ?", (args.login, args.login.lower())
+        )
+        if row is None:
+            print(f"sudoctl: no account {args.login}", file=sys.stderr)
+            return 1
+        token = Accounts(db, settings.api.session_days).issue_reset(uuid.UUID(row["id"]), None)
+        print(f"{args.url.rstrip('/')}/reset/{token}")
+        print(f"valid an hour, once: it sets a new password for {args.login}", file=sys.stderr)
+        return 0
+    finally:
+        db.close()
 
 
 async def create_admin(settings: config.Settings, args: argparse.Namespace) -> int:
@@ -140,11 +193,26 @@ def backup_or_restore(settings: config.Settings, args: argparse.Namespace) -> in
 def main() -> None:
     parser = argparse.ArgumentParser(prog="sudoctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    fam = sub.add_parser("families", help="list or add families")
+    fam = sub.add_parser("families", help="list, add, disable, enable or delete families")
     fam_sub = fam.add_subparsers(dest="action")
     fam_sub.add_parser("list")
     add = fam_sub.add_parser("add")
     add.add_argument("name")
+    for action, text in (
+        ("disable", "stop a family's agent and tell its members it is disabled"),
+        ("enable", "enable a disabled family again"),
+        ("delete", "delete a family and everything of it: runtime, volume, members, devices"),
+    ):
+        one_family = fam_sub.add_parser(action, help=text)
+        one_family.add_argument("family", help="the family's id (a UUID)")
+        if action == "delete":
+            one_family.add_argument("--yes", action="store_true", help="yes, irreversibly")
+    url_help = "this site's public address, e.g. https://sudo.example.org"
+    inv = sub.add_parser("invite", help="print a link that lets someone sign up a new family")
+    inv.add_argument("--url", default="", help=url_help)
+    reset = sub.add_parser("reset-link", help="print a one-time link that sets an account's password")
+    reset.add_argument("login", help="the account's email, or a child's username")
+    reset.add_argument("--url", default="", help=url_help)
     sub.add_parser("runtimes", help="list family runtimes")
     for name, text in (("ensure", "start a family's runtime"), ("stop", "stop a family's runtime")):
         p = sub.add_parser(name, help=text)
@@ -195,8 +263,12 @@ def main() -> None:
     args = parser.parse_args()
     try:
         settings = config.load()
+        if args.command == "families" and args.action in ("disable", "enable", "delete"):
+            sys.exit(asyncio.run(family_state(settings, args)))
         if args.command == "families":
             sys.exit(families(settings, args))
+        if args.command in ("invite", "reset-link"):
+            sys.exit(links(settings, args))
         if args.command == "create-admin":
             sys.exit(asyncio.run(create_admin(settings, args)))
         if args.command == "admins":

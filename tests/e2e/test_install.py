@@ -153,12 +153,14 @@ model = "e2e-model"
 
 @pytest.fixture(scope="module")
 def family(host: Host) -> str:
-    """A family signed up on the installed system; its API token."""
-    signed = host.call(
-        "POST",
-        "/v1/auth/signup",
-        body={"email": "e2e@example.org", "password": "a long password", "name": "Eve", "family_name": "E2E"},
-    )
+    """A family signed up on the installed system, by the admin's invitation (the packages'
+    sign-up mode is `invite`); its API token."""
+    body = {"email": "e2e@example.org", "password": "a long password", "name": "Eve", "family_name": "E2E"}
+    refused = host.call("POST", "/v1/auth/signup", body=body)
+    assert "invitation" in refused["error"], refused
+    link = host.sh("sudoctl invite --url https://sudo.example 2>/dev/null")
+    assert link.startswith("https://sudo.example/join/"), link
+    signed = host.call("POST", "/v1/auth/join", body=body | {"token": link.rsplit("/", 1)[1]})
     return signed["token"]
 
 

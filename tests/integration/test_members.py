@@ -8,7 +8,7 @@ import json
 import uuid
 
 import aiohttp
-from control_plane import Family, sign_up
+from control_plane import Family, admin_session, pair, sign_up
 from stack import Stack
 from test_api_chat import events, wait_status
 
@@ -152,3 +152,89 @@ async def test_errors_a_member_can_provoke_are_clear(api: Stack, http):
             assert resp.status in (400, 404) and (await resp.json())["error"]
     async with http.post(f"{api.api_url}/v1/auth/join", data=json.dumps({"token": 1})) as resp:
         assert resp.status == 400
+
+
+def rows_of(api: Stack, family: str, members: list[str]) -> dict[str, int]:
+    """Every row of the database that belongs to the family or one of its members, by table."""
+    found = {}
+    for (table,) in api.db.query("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        columns = {c["name"] for c in api.db.query(f"PRAGMA table_info({table})")}
+        clauses, params = [], []
+        if "family_id" in columns:
+            clauses.append("family_id = ?")
+            params.append(family)
+        if "account_id" in columns:
+            clauses.append(f"account_id IN ({','.join('?' * len(members))})")
+            params += members
+        if table == "families":
+            clauses, params = ["id = ?"], [family]
+        if table == "accounts":
+            clauses.append(f"id IN ({','.join('?' * len(members))})")
+            params += members
+        if clauses:
+            count = api.db.query_one(
+                f"SELECT count(*) FROM {table} WHERE {' OR '.join(clauses)}", tuple(params)
+            )
+            if count[0]:
+                found[table] = count[0]
+    return found
+
+
+async def test_a_deleted_family_leaves_nothing_and_the_others_are_untouched(api: Stack, http):
+    owner = await sign_up(http, api.api_url, "Gus")
+    adult = await invite_adult(owner, "Hal")
+    child = await add_child(owner, "Ivy")
+    other = await sign_up(http, api.api_url, "Other")
+    _, device_token = await pair(http, api, owner, "Kitchen Pi")
+    for member in (owner, child, other):
+        await wait_status(member, await member.send(f"hi from {member.account['name']}"), "answered")
+    members = [owner.member_id, adult.member_id, child.member_id]
+    assert (await api.db.aio(rows_of, api, owner.id, members))["messages"] >= 4
+    assert api.container(uuid.UUID(owner.id)) is not None
+
+    status, body = await owner.call("DELETE", "/v1/family", json={"name": "not the name"})
+    assert status == 400 and "Gus" in body["error"], body
+    status, body = await adult.call("DELETE", "/v1/family", json={"name": "Gus"})
+    assert status == 403, "only the owner deletes the family"
+    status, body = await owner.call("DELETE", "/v1/family", json={"name": " gus "})
+    assert status == 204, body
+
+    assert api.container(uuid.UUID(owner.id)) is None
+    volume = f"hermes-user-{uuid.UUID(owner.id).hex}-data"
+    assert not api.docker.volumes.list(filters={"name": volume}), "its data volume is gone"
+    assert await api.db.aio(rows_of, api, owner.id, members) == {}, "no row of it remains"
+    for member in (owner, adult, child):
+        status, _ = await member.call("GET", "/v1/me")
+        assert status == 401, "every session of it ended"
+    async with http.post(
+        f"{api.api_url}/v1/devices/heartbeat", headers={"Authorization": f"Bearer {device_token}"}
+    ) as resp:
+        assert resp.status == 401, "its device's token is revoked"
+
+    # The other family is untouched: still running, its history whole, still answered.
+    assert api.container(uuid.UUID(other.id)).status == "running"
+    status, body = await other.call("GET", "/v1/chat/messages")
+    assert len(body["messages"]) >= 2
+    await wait_status(other, await other.send("still there?"), "answered")
+
+
+async def test_a_disabled_family_is_told_so_and_its_agent_stays_stopped(api: Stack, http):
+    family = await sign_up(http, api.api_url, "Jo")
+    await wait_status(family, await family.send("before"), "answered")
+    admin = await admin_session(api, http)
+
+    async with http.post(f"{api.api_url}/v1/admin/families/{family.id}/disable", headers=admin) as resp:
+        assert resp.status == 200, await resp.text()
+    assert api.container(uuid.UUID(family.id)) is None, "its agent stopped"
+    for method, path in (("GET", "/v1/chat/messages"), ("POST", "/v1/runtime/ensure"), ("GET", "/v1/family")):
+        status, body = await family.call(method, path)
+        assert status == 403 and body["error"] == "this family is disabled: ask the host's admin", body
+    async with http.get(f"{api.api_url}/chat", headers=family.headers) as resp:
+        assert resp.status == 403 and "disabled" in await resp.text()
+    async with http.get(f"{api.api_url}/v1/admin/fleet", headers=admin) as resp:
+        listed = next(f for f in (await resp.json())["families"] if f["user_id"] == family.id)
+        assert listed["disabled"] and listed["members"] == 1
+
+    async with http.post(f"{api.api_url}/v1/admin/families/{family.id}/enable", headers=admin) as resp:
+        assert resp.status == 200
+    await wait_status(family, await family.send("after"), "answered")
