@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from sudo_core import family_admin, host_settings, twilio
-from sudo_core.accounts import Account, InvalidInput
+from sudo_core.accounts import Account, InvalidInput, NotFound, code_token
 from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
 
@@ -193,6 +193,47 @@ async def reset_password(request: web.Request) -> web.Response:
     account = await svc.accounts.reset_password(
         text_field(body, "token", 100), str(body.get("password") or "")
     )
+    token = await new_session(request, account)
+    return web.json_response({"token": token, "account": account_json(account)})
+
+
+async def whatsapp_reset(request: web.Request) -> web.Response:
+    """A forgotten password, by a member's verified WhatsApp number: without `code`, a six-digit
+    code is sent there; with `code` and `password`, the password is set. Whether the number is
+    linked is never told; sends and wrong codes are limited per number."""
+    body = await json_body(request)
+    svc = services(request)
+    try:
+        number = numbers.clean_number(text_field(body, "number", 40))
+    except numbers.NumberError as exc:
+        fail(400, str(exc))
+    member = await svc.db.aio(svc.numbers.member_of, number)
+    if "code" not in body:
+        wait = svc.codes.retry_after(number=number)
+        if wait > 0:
+            too_many(wait, "this number was sent too many codes")
+        svc.codes.count(number=number)
+        if member is not None:
+            code = await svc.db.aio(svc.accounts.issue_code, member)
+            settings = await svc.db.aio(svc.db.get_settings, "twilio.")
+            text = f"Your Sudo password reset code is {code}. If you did not ask for it, ignore this."
+            try:
+                await twilio.send_whatsapp(settings, number, text)
+            except twilio.TwilioError as exc:
+                fail(503 if isinstance(exc, twilio.TwilioNotConfigured) else 502, str(exc))
+        return web.json_response(
+            {"sent": "if this number is linked to an account, a code is on its way"}, status=202
+        )
+    wait = svc.codes.retry_after(guess=number)
+    if wait > 0:
+        too_many(wait, "too many wrong codes for this number")
+    code, password = text_field(body, "code", 12), str(body.get("password") or "")
+    try:
+        account = await svc.accounts.reset_password(code_token(member or uuid.uuid4(), code), password)
+    except NotFound:
+        svc.codes.count(guess=number)
+        fail(400, "wrong or expired code: ask for a new one")
+    svc.codes.forget("guess", number)
     token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)})
 
@@ -828,6 +869,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/me/leave", leave_family),
         web.post("/v1/auth/join", join),
         web.post("/v1/auth/reset", reset_password),
+        web.post("/v1/auth/reset/whatsapp", whatsapp_reset),
         web.get("/v1/family", family_view),
         web.delete("/v1/family", family_delete),
         web.post("/v1/family/invitations", invite),

@@ -34,6 +34,8 @@ from .numbers import Numbers
 from .whatsapp import WhatsApp
 
 SESSION_COOKIE = "sudo_session"
+RESET_CODE_GUESSES = 5
+"""Wrong password reset codes allowed per number within api.whatsapp_code_window_sec."""
 
 
 @dataclass
@@ -54,7 +56,8 @@ class Services:
     pairing: Limiter = field(default_factory=lambda: pairing_limiter(ApiSettings()))
     """Wrong pairing codes per family and per address, pairings started per address."""
     codes: Limiter = field(default_factory=lambda: code_limiter(ApiSettings()))
-    """WhatsApp link codes sent per number."""
+    """WhatsApp codes (to link a number, to reset a password) sent per number, and wrong reset
+    codes typed per number."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     members: Members = field(init=False)
 
@@ -78,7 +81,9 @@ def pairing_limiter(api: ApiSettings) -> Limiter:
 
 
 def code_limiter(api: ApiSettings) -> Limiter:
-    return Limiter(api.whatsapp_code_window_sec, number=api.whatsapp_codes_per_number)
+    return Limiter(
+        api.whatsapp_code_window_sec, number=api.whatsapp_codes_per_number, guess=RESET_CODE_GUESSES
+    )
 
 
 SERVICES = web.AppKey("services", Services)

@@ -149,6 +149,13 @@ class Numbers:
             raise NumberError("this number was just linked to another family") from None
         return self.get(family, number_id)  # type: ignore[return-value]
 
+    def member_of(self, number: str) -> uuid.UUID | None:
+        """The member whose verified number this is."""
+        row = self.db.query_one(
+            "SELECT account_id FROM whatsapp_numbers WHERE number = ? AND verified_at IS NOT NULL", (number,)
+        )
+        return uuid.UUID(row["account_id"]) if row and row["account_id"] else None
+
     def remove(self, family: uuid.UUID, number_id: str, member: uuid.UUID | None) -> bool:
         """Unlink a number: the member's own, or (member None: a parent) any of the family's."""
         cur = self.db.execute(

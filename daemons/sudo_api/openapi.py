@@ -179,6 +179,20 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         _obj(token=STRING, account=ACCOUNT),
     ),
     (
+        "post",
+        "/v1/auth/reset/whatsapp",
+        "A forgotten password: without code, a code goes to the member's WhatsApp number; with code "
+        "and password, the password is set (rate-limited per number)",
+        "none",
+        {
+            "type": "object",
+            "required": ["number"],
+            "properties": {"number": STRING, "code": STRING, "password": STRING},
+        },
+        200,
+        _obj(token=STRING, account=ACCOUNT),
+    ),
+    (
         "get",
         "/v1/family",
         "The family, its members and (for parents) its pending invitations",
@@ -572,6 +586,10 @@ UNAVAILABLE = {
     },
     ("delete", "/v1/admin/families/{user_id}"): {"502": "the family's agent could not be removed"},
     ("post", "/v1/admin/families/{user_id}/disable"): {"502": "disabled, but the agent could not be stopped"},
+    ("post", "/v1/auth/reset/whatsapp"): {
+        "502": "Twilio refused or could not be reached",
+        "503": "WhatsApp is not set up (an admin sets the Twilio account)",
+    },
     ("post", "/v1/voice/token"): {"503": "voice is not set up (an admin sets the LiveKit server)"},
     ("post", "/v1/service/runtimes/{user_id}"): {"502": "the agent could not be started"},
     ("get", "/v1/service/livekit"): {"503": "voice is not set up (an admin sets the LiveKit server)"},

@@ -31,6 +31,8 @@ PASSWORD_MIN = 10
 PASSWORD_MAX = 1024
 NAME_MAX = 80
 RESET_TTL_SEC = 3600
+CODE_TTL_SEC = 600
+"""A reset code sent over WhatsApp is valid ten minutes."""
 SEEN_EVERY_SEC = 60.0
 """A session's last use is written at most this often: a request is not a database write."""
 
@@ -144,6 +146,12 @@ def speaker_label(name: str, role: str | None) -> str:
     brackets, last (brackets are taken out of the name, so no name can fake a role)."""
     name = " ".join(name.replace("[", "(").replace("]", ")").split())
     return f"{name} [{'child' if role == CHILD else 'adult'}]"
+
+
+def code_token(account_id: uuid.UUID, code: str) -> str:
+    """What a WhatsApp reset code stands for: a reset token bound to its account (a code alone is
+    six digits, shared by many accounts)."""
+    return f"{account_id}:{code.strip()}"
 
 
 ACCOUNT_COLUMNS = "a.*, f.disabled_at AS family_disabled_at"
@@ -390,20 +398,28 @@ class Accounts:
 
     def issue_reset(self, account_id: uuid.UUID, issued_by: uuid.UUID | None) -> str:
         """A one-time token to set a new password; `issued_by` None is the host's admin."""
-        token, now = secrets.token_urlsafe(32), time.time()
+        token = secrets.token_urlsafe(32)
+        self._store_reset(token, account_id, str(issued_by) if issued_by else None, RESET_TTL_SEC)
+        return token
+
+    def issue_code(self, account_id: uuid.UUID) -> str:
+        """A six-digit reset code to send to the account's WhatsApp number; it replaces any
+        earlier code. Use it with `code_token`."""
+        code = f"{secrets.randbelow(10**6):06d}"
+        self.db.execute(
+            "DELETE FROM password_resets WHERE account_id = ? AND issued_by = 'whatsapp'", (str(account_id),)
+        )
+        self._store_reset(code_token(account_id, code), account_id, "whatsapp", CODE_TTL_SEC)
+        return code
+
+    def _store_reset(self, token: str, account_id: uuid.UUID, issued_by: str | None, ttl: float) -> None:
+        now = time.time()
         self.db.execute("DELETE FROM password_resets WHERE expires_at < ?", (now,))
         self.db.execute(
             "INSERT INTO password_resets (token_hash, account_id, issued_by, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?)",
-            (
-                token_hash(token),
-                str(account_id),
-                str(issued_by) if issued_by else None,
-                now,
-                now + RESET_TTL_SEC,
-            ),
+            (token_hash(token), str(account_id), issued_by, now, now + ttl),
         )
-        return token
 
     def reset_target(self, token: str) -> Account:
         """Whose password a reset link sets, while it is valid."""

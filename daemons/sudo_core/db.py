@@ -223,7 +223,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE password_resets (
         token_hash TEXT PRIMARY KEY,
         account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-        issued_by TEXT,                    -- the member who issued it; NULL: the host's admin
+        issued_by TEXT,                    -- a member's id; 'whatsapp': a code sent there; NULL: the admin
         created_at REAL NOT NULL,
         expires_at REAL NOT NULL,
         used_at REAL

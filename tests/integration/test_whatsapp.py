@@ -37,14 +37,14 @@ async def twilio(api: Stack, fresh_settings) -> dict[str, str]:
 
 
 async def linked_family(api: Stack, http: aiohttp.ClientSession, name: str, number: str) -> Family:
-    """A family with a verified number (linking by code is tested in test_api_access)."""
+    """A family whose owner has a verified number (linking by code is tested in test_api_access)."""
     family = await sign_up(http, api.api_url, name)
     now = time.time()
     await api.db.aio(
         api.db.execute,
-        "INSERT INTO whatsapp_numbers (id, family_id, number, created_at, verified_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (uuid.uuid4().hex, family.id, number, now, now),
+        "INSERT INTO whatsapp_numbers (id, family_id, account_id, number, created_at, verified_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (uuid.uuid4().hex, family.id, family.member_id, number, now, now),
     )
     return family
 
@@ -431,3 +431,39 @@ def whatsapp_listener(api: Stack, family: uuid.UUID, stopped: str) -> str | None
         return None
     address = container.attrs["NetworkSettings"]["Networks"].get(api.network, {}).get("IPAddress")
     return f"http://{address}:{api.settings.runtime.whatsapp_port}/inbound" if address else None
+
+
+async def test_a_forgotten_password_is_reset_by_a_code_sent_on_whatsapp(api: Stack, http, twilio):
+    """The code goes through the Twilio stand-in to the member's verified number only; a wrong
+    code costs a guess, the right one sets the password once; whether a number is linked is
+    never told."""
+    number = "+447700900777"
+    family = await linked_family(api, http, "Reset", number)
+    url = f"{api.api_url}/v1/auth/reset/whatsapp"
+    for who in (number, "+447700900778"):  # linked, and not: the same answer
+        async with http.post(url, json={"number": who}) as resp:
+            assert resp.status == 202 and "if this number is linked" in (await resp.json())["sent"]
+    codes = [m["body"] for m in await until(lambda: sent_to(api, number), 10, "the code sent")]
+    assert sent_to(api, "+447700900778") == [], "nothing goes to a number no member linked"
+    code = next(word.rstrip(".") for word in codes[-1].split() if word.rstrip(".").isdigit())
+
+    new = "a brand new password"
+    async with http.post(url, json={"number": number, "code": "000000", "password": new}) as resp:
+        assert resp.status == 400 and "wrong or expired code" in (await resp.json())["error"]
+    async with http.post(url, json={"number": number, "code": code, "password": "short"}) as resp:
+        assert resp.status == 400 and "at least" in (await resp.json())["error"]  # the code stays
+    async with http.post(url, json={"number": number, "code": code, "password": new}) as resp:
+        assert resp.status == 200, await resp.text()
+    async with http.post(url, json={"number": number, "code": code, "password": new + "!"}) as resp:
+        assert resp.status == 400, "a code works once"
+    status, _ = await family.call("GET", "/v1/me")
+    assert status == 401, "a reset password ends the sessions the old one opened"
+    login = {"login": family.account["email"], "password": new}
+    async with http.post(f"{api.api_url}/v1/auth/login", json=login) as resp:
+        assert resp.status == 200
+    # Guessing is bounded per number: after five wrong codes, even the right one waits.
+    for _ in range(5):
+        async with http.post(url, json={"number": number, "code": "111111", "password": new}) as resp:
+            assert resp.status == 400
+    async with http.post(url, json={"number": number, "code": "111111", "password": new}) as resp:
+        assert resp.status == 429 and "Retry-After" in resp.headers

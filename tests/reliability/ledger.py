@@ -273,13 +273,13 @@ class WhatsAppLedger:
 
 
 async def link_number(stack: Stack, family: Family, number: str) -> None:
-    """A verified WhatsApp number for the family (linking by code is tested elsewhere)."""
+    """A verified WhatsApp number of the family's owner (linking by code is tested elsewhere)."""
     now = time.time()
     await stack.db.aio(
         stack.db.execute,
-        "INSERT INTO whatsapp_numbers (id, family_id, number, created_at, verified_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (uuid.uuid4().hex, family.id, number, now, now),
+        "INSERT INTO whatsapp_numbers (id, family_id, account_id, number, created_at, verified_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (uuid.uuid4().hex, family.id, family.member_id, number, now, now),
     )
 
 
