@@ -15,6 +15,9 @@ from stack import BIN, Stack
 
 from sudo_core.provisioner_client import ProvisionerClient
 
+PASSWORD = "correct horse battery"
+"""Every test account's password."""
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -94,7 +97,7 @@ class Family:
 
 async def sign_up(http: aiohttp.ClientSession, base: str, name: str) -> Family:
     email = f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.org"
-    body = {"email": email, "password": "correct horse battery", "name": name, "family_name": name}
+    body = {"email": email, "password": PASSWORD, "name": name, "family_name": name}
     async with http.post(f"{base}/v1/auth/signup", json=body) as resp:
         data = await resp.json()
         assert resp.status == 201, data
@@ -125,15 +128,39 @@ async def admin_session(api: Stack, http) -> dict[str, str]:
     made = await asyncio.to_thread(
         subprocess.run,
         [str(BIN / "sudoctl"), "create-admin", "--email", email, "--password-stdin"],
-        input="correct horse battery\n",
+        input=PASSWORD + "\n",
         env=api.env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert made.returncode == 0, made.stderr
-    async with http.post(
-        f"{api.api_url}/v1/auth/login", json={"email": email, "password": "correct horse battery"}
-    ) as resp:
+    async with http.post(f"{api.api_url}/v1/auth/login", json={"email": email, "password": PASSWORD}) as resp:
         assert resp.status == 200
         return {"Authorization": f"Bearer {(await resp.json())['token']}"}
+
+
+async def join(owner: Family, name: str) -> Family:
+    """An adult who joined the owner's family by invitation."""
+    status, body = await owner.call("POST", "/v1/family/invitations")
+    assert status == 201, body
+    email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.org"
+    joining = {"token": body["invitation"]["token"], "email": email, "password": PASSWORD, "name": name}
+    async with owner.http.post(f"{owner.base}/v1/auth/join", json=joining) as resp:
+        joined = await resp.json()
+        assert resp.status == 201, joined
+    return Family(owner.http, owner.base, joined["token"], joined["account"] | {"email": email})
+
+
+async def add_child(owner: Family, name: str) -> Family:
+    """A child the owner added, logged in with their username."""
+    username = f"{name.lower()}{uuid.uuid4().hex[:6]}"
+    body = {"username": username, "password": PASSWORD, "name": name}
+    status, created = await owner.call("POST", "/v1/family/children", json=body)
+    assert status == 201, created
+    async with owner.http.post(
+        f"{owner.base}/v1/auth/login", json={"login": username, "password": PASSWORD}
+    ) as resp:
+        logged = await resp.json()
+        assert resp.status == 200, logged
+    return Family(owner.http, owner.base, logged["token"], logged["account"] | {"email": username})

@@ -631,7 +631,8 @@ class Conversations:
         its attempt undone; one handed over again stays in flight, for the next try.
         """
         speaker = await self.db.aio(self.store.speaker, message.account_id)
-        if speaker is None:  # the member was removed meanwhile: their thread went with them
+        if speaker is None:  # the member was removed meanwhile (their thread went with them)
+            await self._fail(family, message.id, "its sender is no longer a member of the family", "removed")
             return True
         self._threads[message.id] = message.account_id
         body = {

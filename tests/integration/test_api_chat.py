@@ -144,9 +144,9 @@ async def test_a_reply_stored_before_its_agent_died_is_not_stored_again(api: Sta
     for row in rows:
         await api.db.aio(
             api.db.execute,
-            "INSERT INTO messages (id, family_id, role, sender, text, status, reply_to, attempts,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row[0], family.id, *row[1:], now, now),
+            "INSERT INTO messages (id, family_id, account_id, role, sender, text, status, reply_to,"
+            " attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row[0], family.id, family.member_id, *row[1:], now, now),
         )
     status, body = await family.call("POST", "/v1/runtime/ensure")
     assert status == 200, body

@@ -7,43 +7,17 @@ import asyncio
 import json
 import uuid
 
-import aiohttp
-from control_plane import Family, admin_session, pair, sign_up
+from control_plane import PASSWORD, Family, add_child, admin_session, join, pair, sign_up
 from stack import Stack
 from test_api_chat import events, wait_status
 
-PASSWORD = "correct horse battery"
-
-
-async def log_in(http: aiohttp.ClientSession, base: str, login: str) -> Family:
-    async with http.post(f"{base}/v1/auth/login", json={"login": login, "password": PASSWORD}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-    return Family(http, base, body["token"], body["account"])
-
 
 async def invite_adult(owner: Family, name: str) -> Family:
-    status, body = await owner.call("POST", "/v1/family/invitations")
-    assert status == 201, body
-    token = body["invitation"]["token"]
-    assert body["invitation"]["url"].endswith(f"/join/{token}")
-    email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.org"
-    joining = {"token": token, "email": email, "password": PASSWORD, "name": name}
-    async with owner.http.post(f"{owner.base}/v1/auth/join", json=joining) as resp:
-        joined = await resp.json()
-        assert resp.status == 201, joined
-    async with owner.http.post(f"{owner.base}/v1/auth/join", json=joining | {"email": "x" + email}) as resp:
-        assert resp.status == 404, "an invitation is single use"
-        assert "used" in (await resp.json())["error"]
-    return Family(owner.http, owner.base, joined["token"], joined["account"] | {"email": email})
-
-
-async def add_child(parent: Family, name: str) -> Family:
-    username = f"{name.lower()}{uuid.uuid4().hex[:4]}"
-    body = {"username": username, "password": PASSWORD, "name": name}
-    status, created = await parent.call("POST", "/v1/family/children", json=body)
-    assert status == 201 and created["member"]["role"] == "child", created
-    return await log_in(parent.http, parent.base, username)
+    """An adult who joined by the owner's invitation, which then cannot be used again."""
+    adult = await join(owner, name)
+    _, body = await owner.call("GET", "/v1/family")
+    assert [m["name"] for m in body["members"]][-1] == name and body["invitations"] == [], body
+    return adult
 
 
 def speakers_seen(api: Stack) -> list[str]:
@@ -147,6 +121,23 @@ async def test_errors_a_member_can_provoke_are_clear(api: Stack, http):
     for method, path, body, want in cases:
         status, answer = await owner.call(method, path, json=body)
         assert status == want and answer.get("error"), (method, path, status, answer)
+    # An invitation works once, and not once revoked.
+    _, made = await owner.call("POST", "/v1/family/invitations")
+    joining = {
+        "token": made["invitation"]["token"],
+        "email": "gil@example.org",
+        "password": PASSWORD,
+        "name": "Gil",
+    }
+    for want in (201, 404):
+        async with http.post(f"{api.api_url}/v1/auth/join", json=joining) as resp:
+            assert resp.status == want, await resp.text()
+    _, made = await owner.call("POST", "/v1/family/invitations")
+    status, _ = await owner.call("DELETE", f"/v1/family/invitations/{made['invitation']['id']}")
+    assert status == 204
+    joining |= {"token": made["invitation"]["token"], "email": "hap@example.org"}
+    async with http.post(f"{api.api_url}/v1/auth/join", json=joining) as resp:
+        assert resp.status == 404 and "revoked" in (await resp.json())["error"]
     for body in ({"token": "nope", "password": PASSWORD}, {"token": "x"}):
         async with http.post(f"{api.api_url}/v1/auth/reset", json=body) as resp:
             assert resp.status in (400, 404) and (await resp.json())["error"]

@@ -23,10 +23,12 @@ import aiohttp
 import pytest
 from control_plane import (  # noqa: F401 (fixtures)
     Family,
+    add_child,
     admin_session,
     api,
     fresh_settings,
     http,
+    join,
     pair,
     provisioner,
     sign_up,
@@ -98,9 +100,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @dataclass
 class Roles:
-    """Two families, a paired device of the first, an admin and the voice bridge's service token."""
+    """Family A's owner, an adult and a child of A, a member A's owner removed, a member of a
+    family the admin disabled, family B's owner, a paired device of A, the admin and the voice
+    bridge's service token."""
 
     a: Family
+    adult: Family
+    child: Family
+    removed: Family
+    disabled: Family
     b: Family
     device_id: str
     device_token: str
@@ -111,6 +119,10 @@ class Roles:
         return {
             "anonymous": {},
             "family_a": self.a.headers,
+            "adult_a": self.adult.headers,
+            "child_a": self.child.headers,
+            "removed_a": self.removed.headers,
+            "disabled_c": self.disabled.headers,
             "family_b": self.b.headers,
             "device_a": {"Authorization": f"Bearer {self.device_token}"},
             "admin": self.admin,
@@ -118,7 +130,18 @@ class Roles:
         }[role]
 
 
-ROLES = ("anonymous", "family_a", "family_b", "device_a", "admin", "service")
+ROLES = (
+    "anonymous",
+    "family_a",
+    "adult_a",
+    "child_a",
+    "removed_a",
+    "disabled_c",
+    "family_b",
+    "device_a",
+    "admin",
+    "service",
+)
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +150,17 @@ async def roles(stack: Stack) -> AsyncIterator[Roles]:  # noqa: F811 (the import
         stack.start_api()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         a = await sign_up(session, stack.api_url, "Ashdown")
+        adult, child, removed = await join(a, "Avery"), await add_child(a, "Alfie"), await join(a, "Ada")
+        status, body = await a.call("DELETE", f"/v1/family/members/{removed.member_id}")
+        assert status == 204, body
+        c = await sign_up(session, stack.api_url, "Cowley")
         b = await sign_up(session, stack.api_url, "Brackley")
         device_id, token = await pair(session, stack, a, "Ashdown Pi")
         admin = await admin_session(stack, session)
-        yield Roles(a, b, device_id, token, admin, {"Authorization": f"Bearer {stack.service_token}"})
+        async with session.post(f"{stack.api_url}/v1/admin/families/{c.id}/disable", headers=admin) as resp:
+            assert resp.status == 200, await resp.text()
+        service = {"Authorization": f"Bearer {stack.service_token}"}
+        yield Roles(a, adult, child, removed, c, b, device_id, token, admin, service)
 
 
 # The database, compared before and after requests that were refused.
@@ -138,6 +168,7 @@ async def roles(stack: Stack) -> AsyncIterator[Roles]:  # noqa: F811 (the import
 VOLATILE = {
     "families": {"last_active_at"},
     "devices": {"last_seen_at"},
+    "sessions": {"last_seen_at"},  # written at most once a minute as a session is used
     "leases": {"*"},  # requests in flight: come and go with every ensure
 }
 """Columns that change without any request changing state (activity, heartbeats, leases)."""

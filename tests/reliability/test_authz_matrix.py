@@ -1,16 +1,20 @@
 """The authorization matrix: every route the app serves, as every role, against an explicit table.
 
-Roles: anonymous, family A, family B, a paired device of A, the admin (a family-less account)
-and the voice bridge's service token. Requests name A's own things (its messages, devices,
-numbers, room, family id) wherever a route takes one, so every "404" of family B below is B being
-refused A's resource. The table is written out here, not derived from the code under test, and
-the routes it covers must be exactly the app's router and the OpenAPI document, so a new endpoint
-cannot go untested.
+Roles: anonymous; family A's owner, an adult and a child of A, and a member A's owner removed;
+a member of family C, which the admin disabled; family B's owner; a paired device of A; the admin
+(a family-less account) and the voice bridge's service token. Requests name A's own things (its
+owner's messages, its devices, numbers, room, family id, a spare child) wherever a route takes
+one, so every "404" of family B below is B being refused A's resource, and every 404 of A's
+adult or child is a member refused what is another member's. The table is written out here, not
+derived from the code under test, and the routes it covers must be exactly the app's router and
+the OpenAPI document, so a new endpoint cannot go untested.
 
 A request that would change state for an allowed caller is, where possible, one the route then
 refuses for its content (a 400 past the authorization check), so the matrix has few side effects;
-the destructive rows (revoking a device, unlinking a number) run A last, after every other role
-tried the same resource while it existed.
+the destructive rows (revoking a device, unlinking a number, removing a member) run A's owner
+last, after every other role tried the same resource while it existed (A's adult, a parent too,
+goes just before: it takes the resource, and the owner then finds it gone). Leaving the family
+is the last row: the adult and the child leave.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import ROLES, Roles
+from control_plane import PASSWORD, add_child
 from stack import Stack
 
 from sudo_api.app import build_app
@@ -31,88 +36,161 @@ from sudo_api.numbers import Numbers
 Expected = dict[str, int | tuple[int, ...]]
 
 
-def expect(anonymous, family_a, family_b, device_a, admin, service) -> Expected:
+def expect(
+    anonymous, owner_a, adult_a, child_a, removed_a, disabled_c, b, device_a, admin, service
+) -> Expected:
     """A row's statuses, in the order of the columns below."""
-    return dict(zip(ROLES, (anonymous, family_a, family_b, device_a, admin, service), strict=True))
+    statuses = (anonymous, owner_a, adult_a, child_a, removed_a, disabled_c, b, device_a, admin, service)
+    return dict(zip(ROLES, statuses, strict=True))
 
 
 BAD_SIGNUP = {"email": "not-an-email", "password": "x", "name": "", "family_name": ""}
 WRONG_LOGIN = {"email": "nobody-{role}@example.org", "password": "wrong password!"}
 """{role}: one account per role, so the per-account login limit never decides a row."""
 TWILIO_FORM = {"MessageSid": "SM" + "0" * 32, "From": "whatsapp:+447700900111", "Body": "hi"}
+JOIN = {"token": "no-such-token", "email": "joiner-{role}@example.org", "password": PASSWORD, "name": "J"}
+BAD_CHILD = {"username": "No Spaces!", "password": PASSWORD, "name": "Kid"}
+DISABLED = 403
+"""What a member of the disabled family gets from every family route: "this family is disabled"."""
 
 # (method, route as the router names it, request, expected status by role)
 # The request's path parameters name A's things: {spare_device} is a second device of A,
-# {message} a failed message of A, {number} and {number2} two of A's (unverified) numbers.
+# {message} a failed message of A's owner, {number} and {number2} two of the owner's (unverified)
+# numbers, {spare_child} a child of A, {child} A's child role, {nobody} an id that is no one's.
 # fmt: off
 MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
-    #                                                                 anon  A    B    devA admin svc
-    ("POST", "/v1/auth/signup", {"json": BAD_SIGNUP}, expect(400, 400, 400, 400, 400, 400)),
-    ("POST", "/v1/auth/login", {"json": WRONG_LOGIN}, expect(401, 401, 401, 401, 401, 401)),
-    ("POST", "/v1/auth/logout", {"fresh_session": True}, expect(401, 204, 204, 401, 204, 401)),
-    ("GET", "/v1/me", {}, expect(401, 200, 200, 401, 200, 401)),
-    ("GET", "/v1/chat/messages", {}, expect(401, 200, 200, 401, 403, 401)),
-    ("POST", "/v1/chat/messages", {"json": {"text": ""}}, expect(401, 400, 400, 401, 403, 401)),
+    # columns: anon, A's owner, adult, child, removed from A, disabled C, B, device of A, admin, service
+    ("POST", "/v1/auth/signup", {"json": BAD_SIGNUP},
+     expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
+    ("POST", "/v1/auth/login", {"json": WRONG_LOGIN},
+     expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 401)),
+    ("POST", "/v1/auth/logout", {"fresh_session": True},
+     expect(401, 204, 204, 204, 401, 204, 204, 401, 204, 401)),
+    ("POST", "/v1/auth/join", {"json": JOIN}, expect(404, 404, 404, 404, 404, 404, 404, 404, 404, 404)),
+    ("POST", "/v1/auth/reset", {"json": {"token": "no-such-token", "password": PASSWORD}},
+     expect(404, 404, 404, 404, 404, 404, 404, 404, 404, 404)),
+    ("POST", "/v1/auth/reset/whatsapp", {"json": {"number": "12345"}},
+     expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
+    ("GET", "/v1/me", {}, expect(401, 200, 200, 200, 401, 200, 200, 401, 200, 401)),
+    ("PATCH", "/v1/me", {"json": {"email": "not an email"}},
+     expect(401, 400, 400, 400, 401, 400, 400, 401, 400, 401)),
+    ("POST", "/v1/me/password", {"json": {"current": "wrong password!", "password": PASSWORD}},
+     expect(401, 400, 400, 400, 401, 400, 400, 401, 400, 401)),
+    ("GET", "/v1/me/sessions", {}, expect(401, 200, 200, 200, 401, 200, 200, 401, 200, 401)),
+    ("DELETE", "/v1/me/sessions", {}, expect(401, 200, 200, 200, 401, 200, 200, 401, 200, 401)),
+    ("DELETE", "/v1/me/sessions/{session_id}", {"path": {"session_id": "no_session"}},
+     expect(401, 404, 404, 404, 401, 404, 404, 401, 404, 401)),
+    ("GET", "/v1/family", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("DELETE", "/v1/family", {"json": {"name": "not the family's name"}},
+     expect(401, 400, 403, 403, 401, DISABLED, 400, 401, 403, 401)),
+    ("POST", "/v1/family/invitations", {}, expect(401, 201, 201, 403, 401, DISABLED, 201, 401, 403, 401)),
+    ("DELETE", "/v1/family/invitations/{invitation_id}", {"path": {"invitation_id": "nobody"}},
+     expect(401, 404, 404, 403, 401, DISABLED, 404, 401, 403, 401)),
+    ("POST", "/v1/family/children", {"json": BAD_CHILD},
+     expect(401, 400, 400, 403, 401, DISABLED, 400, 401, 403, 401)),
+    ("PATCH", "/v1/family/members/{member_id}",
+     {"path": {"member_id": "spare_child"}, "json": {"role": "king"}},
+     expect(401, 400, 403, 403, 401, DISABLED, 404, 401, 403, 401)),
+    ("POST", "/v1/family/members/{member_id}/owner", {"path": {"member_id": "spare_child"}},
+     expect(401, 400, 403, 403, 401, DISABLED, 404, 401, 403, 401)),  # a child cannot own
+    ("POST", "/v1/family/members/{member_id}/reset", {"path": {"member_id": "spare_child"}},
+     expect(401, 201, 201, 403, 401, DISABLED, 404, 401, 403, 401)),
+    ("DELETE", "/v1/family/members/{member_id}", {"path": {"member_id": "spare_child"}},
+     expect(401, 204, 403, 403, 401, DISABLED, 404, 401, 403, 401)),
+    ("GET", "/v1/chat/messages", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("POST", "/v1/chat/messages", {"json": {"text": ""}},
+     expect(401, 400, 400, 400, 401, DISABLED, 400, 401, 403, 401)),
     ("POST", "/v1/chat/messages/{message_id}/retry", {"path": {"message_id": "message"}},
-     expect(401, 202, 404, 401, 403, 401)),
-    ("GET", "/v1/chat/stream", {"stream": True}, expect(401, 200, 200, 401, 403, 401)),
-    ("POST", "/v1/admin/restart-all", {}, expect(401, 403, 403, 401, (202, 409), 401)),
-    ("POST", "/v1/runtime/ensure", {}, expect(401, 200, 200, 401, 403, 401)),
-    ("POST", "/v1/devices/pairing", {"json": {"name": ""}}, expect(400, 400, 400, 400, 400, 400)),
-    ("GET", "/v1/devices/pairing", {}, expect(401, 401, 401, 200, 401, 401)),
+     expect(401, 202, 404, 404, 401, DISABLED, 404, 401, 403, 401)),
+    ("GET", "/v1/chat/stream", {"stream": True},
+     expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("POST", "/v1/admin/restart-all", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, (202, 409), 401)),
+    ("POST", "/v1/runtime/ensure", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("POST", "/v1/devices/pairing", {"json": {"name": ""}},
+     expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
+    ("GET", "/v1/devices/pairing", {}, expect(401, 401, 401, 401, 401, 401, 401, 200, 401, 401)),
     ("POST", "/v1/devices/pairing/complete", {"json": {"code": "ZZZZZZ"}},
-     expect(401, 400, 400, 401, 403, 401)),
-    ("GET", "/v1/devices", {}, expect(401, 200, 200, 401, 403, 401)),
+     expect(401, 400, 400, 403, 401, DISABLED, 400, 401, 403, 401)),
+    ("GET", "/v1/devices", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
     ("DELETE", "/v1/devices/{device_id}", {"path": {"device_id": "spare_device"}},
-     expect(401, 204, 404, 401, 403, 401)),
-    ("POST", "/v1/devices/heartbeat", {}, expect(401, 401, 401, 200, 401, 401)),
-    ("GET", "/v1/whatsapp/numbers", {}, expect(401, 200, 200, 401, 403, 401)),
+     expect(401, 404, 204, 403, 401, DISABLED, 404, 401, 403, 401)),
+    ("POST", "/v1/devices/heartbeat", {}, expect(401, 401, 401, 401, 401, 401, 401, 200, 401, 401)),
+    ("GET", "/v1/whatsapp/numbers", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
     ("POST", "/v1/whatsapp/numbers", {"json": {"number": "12345"}},
-     expect(401, 400, 400, 401, 403, 401)),
+     expect(401, 400, 400, 400, 401, DISABLED, 400, 401, 403, 401)),
     ("POST", "/v1/whatsapp/numbers/{number_id}/verify",
      {"path": {"number_id": "number"}, "json": {"code": "000000"}},
-     expect(401, 400, 404, 401, 403, 401)),
+     expect(401, 400, 404, 404, 401, DISABLED, 404, 401, 403, 401)),
     ("DELETE", "/v1/whatsapp/numbers/{number_id}", {"path": {"number_id": "number2"}},
-     expect(401, 204, 404, 401, 403, 401)),
+     expect(401, 404, 204, 404, 401, DISABLED, 404, 401, 403, 401)),
     # Twilio's webhooks answer to Twilio's signature alone: no token of ours opens them.
-    ("POST", "/v1/whatsapp/inbound", {"data": TWILIO_FORM}, expect(403, 403, 403, 403, 403, 403)),
+    ("POST", "/v1/whatsapp/inbound", {"data": TWILIO_FORM},
+     expect(403, 403, 403, 403, 403, 403, 403, 403, 403, 403)),
     ("POST", "/v1/whatsapp/status", {"data": {"MessageSid": "SM1", "MessageStatus": "read"}},
-     expect(403, 403, 403, 403, 403, 403)),
-    ("POST", "/v1/voice/token", {}, expect(401, 401, 401, 200, 401, 401)),
+     expect(403, 403, 403, 403, 403, 403, 403, 403, 403, 403)),
+    ("POST", "/v1/voice/token", {}, expect(401, 401, 401, 401, 401, 401, 401, 200, 401, 401)),
     ("GET", "/v1/service/rooms/{room}", {"path": {"room": "room"}},
-     expect(401, 401, 401, 401, 401, 200)),
+     expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 200)),
     ("POST", "/v1/service/runtimes/{user_id}", {"path": {"user_id": "family"}},
-     expect(401, 401, 401, 401, 401, 200)),
-    ("GET", "/v1/service/livekit", {}, expect(401, 401, 401, 401, 401, 200)),
-    ("GET", "/v1/admin/settings", {}, expect(401, 403, 403, 401, 200, 401)),
-    ("PUT", "/v1/admin/settings", {"json": {"no.such": "x"}}, expect(401, 403, 403, 401, 400, 401)),
-    ("GET", "/v1/admin/restart-all", {}, expect(401, 403, 403, 401, 200, 401)),
-    ("GET", "/v1/admin/fleet", {}, expect(401, 403, 403, 401, 200, 401)),
-    ("GET", "/v1/openapi.json", {}, expect(200, 200, 200, 200, 200, 200)),
+     expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 200)),
+    ("GET", "/v1/service/livekit", {}, expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 200)),
+    ("GET", "/v1/admin/settings", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
+    ("PUT", "/v1/admin/settings", {"json": {"no.such": "x"}},
+     expect(401, 403, 403, 403, 401, 403, 403, 401, 400, 401)),
+    ("GET", "/v1/admin/restart-all", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
+    ("GET", "/v1/admin/fleet", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
+    ("DELETE", "/v1/admin/families/{user_id}", {"path": {"user_id": "nobody_uuid"}},
+     expect(401, 403, 403, 403, 401, 403, 403, 401, 404, 401)),
+    ("POST", "/v1/admin/families/{user_id}/disable", {"path": {"user_id": "nobody_uuid"}},
+     expect(401, 403, 403, 403, 401, 403, 403, 401, 404, 401)),
+    ("POST", "/v1/admin/families/{user_id}/enable", {"path": {"user_id": "nobody_uuid"}},
+     expect(401, 403, 403, 403, 401, 403, 403, 401, 404, 401)),
+    ("POST", "/v1/admin/accounts/{account_id}/reset", {"path": {"account_id": "nobody_uuid"}},
+     expect(401, 403, 403, 403, 401, 403, 403, 401, 404, 401)),
+    ("GET", "/v1/admin/invitations", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
+    ("POST", "/v1/admin/invitations", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 201, 401)),
+    ("DELETE", "/v1/admin/invitations/{invitation_id}", {"path": {"invitation_id": "nobody"}},
+     expect(401, 403, 403, 403, 401, 403, 403, 401, 404, 401)),
+    ("GET", "/v1/openapi.json", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     # The pages. 303 is a redirect: to /login for no session (a device or service token is none),
     # to /admin for the family-less admin; POSTs without the form's CSRF token are refused.
-    ("GET", "/", {}, expect(303, 303, 303, 303, 303, 303)),
-    ("GET", "/healthz", {}, expect(200, 200, 200, 200, 200, 200)),
-    ("GET", "/static", {"url": "/static/sudo.css"}, expect(200, 200, 200, 200, 200, 200)),
-    ("GET", "/signup", {}, expect(200, 200, 200, 200, 200, 200)),
-    ("POST", "/signup", {"data": {"email": "x"}}, expect(400, 400, 400, 400, 400, 400)),
-    ("GET", "/login", {}, expect(200, 200, 200, 200, 200, 200)),
-    ("POST", "/login", {"data": WRONG_LOGIN}, expect(401, 401, 401, 401, 401, 401)),
-    ("GET", "/setup", {}, expect(404, 404, 404, 404, 404, 404)),  # an admin exists
-    ("POST", "/setup", {"data": {"email": "x"}}, expect(404, 404, 404, 404, 404, 404)),
-    ("GET", "/chat", {}, expect(303, 200, 200, 303, 303, 303)),
-    ("POST", "/chat", {"data": {"text": "forged"}}, expect(303, 403, 403, 303, 303, 303)),
-    ("GET", "/integrations", {}, expect(303, 200, 200, 303, 303, 303)),
+    ("GET", "/", {}, expect(303, 303, 303, 303, 303, 303, 303, 303, 303, 303)),
+    ("GET", "/healthz", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/static", {"url": "/static/sudo.css"}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/signup", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("POST", "/signup", {"data": {"email": "x"}}, expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
+    ("GET", "/login", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("POST", "/login", {"data": WRONG_LOGIN}, expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 401)),
+    ("GET", "/setup", {}, expect(404, 404, 404, 404, 404, 404, 404, 404, 404, 404)),  # an admin exists
+    ("POST", "/setup", {"data": {"email": "x"}}, expect(404, 404, 404, 404, 404, 404, 404, 404, 404, 404)),
+    ("GET", "/chat", {}, expect(303, 200, 200, 200, 303, DISABLED, 200, 303, 303, 303)),
+    ("POST", "/chat", {"data": {"text": "forged"}}, expect(303, 403, 403, 403, 303, 403, 403, 303, 303, 303)),
+    ("GET", "/integrations", {}, expect(303, 200, 200, 200, 303, DISABLED, 200, 303, 303, 303)),
     ("POST", "/integrations", {"data": {"action": "pair", "code": "ZZZZZZ"}},
-     expect(303, 403, 403, 303, 303, 303)),
-    ("GET", "/admin", {}, expect(303, 403, 403, 303, 200, 303)),
-    ("GET", "/admin/settings", {}, expect(303, 403, 403, 303, 200, 303)),
-    ("POST", "/admin/settings", {"data": {"llm.model": "forged"}}, expect(303, 403, 403, 303, 403, 303)),
-    ("POST", "/logout", {}, expect(303, 403, 403, 303, 403, 303)),
+     expect(303, 403, 403, 403, 303, 403, 403, 303, 303, 303)),
+    ("GET", "/admin", {}, expect(303, 403, 403, 403, 303, 403, 403, 303, 200, 303)),
+    ("GET", "/admin/settings", {}, expect(303, 403, 403, 403, 303, 403, 403, 303, 200, 303)),
+    ("POST", "/admin/settings", {"data": {"llm.model": "forged"}},
+     expect(303, 403, 403, 403, 303, 403, 403, 303, 403, 303)),
+    ("POST", "/logout", {}, expect(303, 403, 403, 403, 303, 403, 403, 303, 403, 303)),
+    # Last: the adult and the child leave (the owner cannot; the disabled family is refused).
+    ("POST", "/v1/me/leave", {}, expect(401, 400, 204, 204, 401, DISABLED, 400, 401, 403, 401)),
 ]
 # fmt: on
-ORDER = ("anonymous", "family_b", "device_a", "admin", "service", "family_a")
-"""A last: a destructive row meets every other role while A's resource still exists."""
+ORDER = (
+    "anonymous",
+    "family_b",
+    "device_a",
+    "admin",
+    "service",
+    "removed_a",
+    "disabled_c",
+    "child_a",
+    "adult_a",
+    "family_a",
+)
+"""A's owner last: a destructive row meets every other role while A's resource still exists (A's
+adult, a parent too, just before: it takes what a parent may take)."""
 
 
 def served_routes() -> set[tuple[str, str]]:
@@ -163,6 +241,10 @@ async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> 
         "number2": number2.id,
         "room": f"room_{family}",
         "family": str(family),
+        "spare_child": (await add_child(roles.a, "Spare")).member_id,
+        "no_session": "0123456789abcdef",
+        "nobody": "no-such-id",
+        "nobody_uuid": str(uuid.uuid4()),
     }
 
 
@@ -170,8 +252,8 @@ def _for(body: dict[str, str], role: str) -> dict[str, str]:
     return {k: v.replace("{role}", role) if isinstance(v, str) else v for k, v in body.items()}
 
 
-async def fresh_token(http: aiohttp.ClientSession, api: Stack, email: str) -> dict[str, str]:
-    body = {"email": email, "password": "correct horse battery"}
+async def fresh_token(http: aiohttp.ClientSession, api: Stack, login: str) -> dict[str, str]:
+    body = {"login": login, "password": PASSWORD}
     async with http.post(f"{api.api_url}/v1/auth/login", json=body) as resp:
         assert resp.status == 200
         return {"Authorization": f"Bearer {(await resp.json())['token']}"}
@@ -180,14 +262,19 @@ async def fresh_token(http: aiohttp.ClientSession, api: Stack, email: str) -> di
 @pytest.mark.usefixtures("fresh_settings")
 async def test_every_route_as_every_role(api: Stack, http, roles: Roles, things_of_a, figures, provisioner):
     admin_email = (await api.db.aio(api.db.query_one, "SELECT email FROM accounts WHERE is_admin = 1"))[0]
-    emails = {
+    logins = {
         "family_a": roles.a.account["email"],
+        "adult_a": roles.adult.account["email"],
+        "child_a": roles.child.account["email"],  # a child logs in with their username
+        "disabled_c": roles.disabled.account["email"],
         "family_b": roles.b.account["email"],
         "admin": admin_email,
     }
-    # A's things that no other role may ever be shown (the admin sees families, not their content).
-    secrets_of_a = [things_of_a[k] for k in ("secret_text", "spare_device", "number", "number2")]
-    secrets_of_a += [roles.device_id, roles.a.account["email"]]
+    # What only A's owner may be shown: their own thread. What no one outside family A may be
+    # shown (the admin sees families, not their content): its devices, numbers, members.
+    private_to_owner = [things_of_a["secret_text"]]
+    private_to_a = [things_of_a[k] for k in ("spare_device", "number", "number2")]
+    private_to_a += [roles.device_id, roles.a.account["email"]]
     wrong: list[str] = []
     for i, (method, route, request, expected) in enumerate(MATRIX):
         path = request.get("url", route)
@@ -195,8 +282,8 @@ async def test_every_route_as_every_role(api: Stack, http, roles: Roles, things_
             path = path.replace("{" + name + "}", things_of_a[thing])
         for role in ORDER:
             headers = roles.headers(role)
-            if request.get("fresh_session") and role in emails:
-                headers = await fresh_token(http, api, emails[role])
+            if request.get("fresh_session") and role in logins:
+                headers = await fresh_token(http, api, logins[role])
             # Each request from its own client address, so the rate limits never decide a row.
             headers = headers | {"X-Forwarded-For": f"192.0.2.{i}"}
             kwargs = {k: _for(request[k], role) for k in ("json", "data") if k in request}
@@ -209,10 +296,11 @@ async def test_every_route_as_every_role(api: Stack, http, roles: Roles, things_
             allowed = expected[role] if isinstance(expected[role], tuple) else (expected[role],)
             if status not in allowed:
                 wrong.append(f"{method} {path} as {role}: {status}, expected {expected[role]}: {body[:200]}")
-            if role != "family_a" and role != "device_a":
-                leaked = [s for s in secrets_of_a if s in body]
-                if leaked:
-                    wrong.append(f"{method} {path} as {role} showed A's {leaked}")
+            shown = [] if role in ("family_a", "device_a") else private_to_owner
+            shown = shown + ([] if role in ("family_a", "adult_a", "child_a", "device_a") else private_to_a)
+            leaked = [secret for secret in shown if secret in body]
+            if leaked:
+                wrong.append(f"{method} {path} as {role} showed A's {leaked}")
     figures.notes["routes"] = len(MATRIX)
     figures.notes["roles"] = len(ROLES)
     assert not wrong, "\n".join(wrong)
