@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 
 from sudo_core import host_settings
-from sudo_core.accounts import AccountError, InvalidInput, NotAllowed, Session
+from sudo_core.accounts import AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
 
 from .api import attempt_login, complete_pairing, fleet_view, link_number
 from .chat import MESSAGE_MAX, ChatUnavailable
@@ -52,6 +52,8 @@ async def page_session(request: web.Request, *, family: bool = True, admin: bool
         raise web.HTTPForbidden(text="admins only")
     if family and session.account.family_id is None:
         raise web.HTTPSeeOther("/admin")
+    if family and session.account.family_disabled:
+        raise FamilyDisabled()
     return session
 
 
