@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 VOICE_PROMPT = (
     "You are speaking out loud through the family's home speaker, not writing. Answer in a few "
-    "short spoken sentences of plain words: no markdown, lists, links, code or emoji."
+    "short spoken sentences of plain words: no markdown, lists, links, code or emoji. The home "
+    "device is shared: the speaker is someone at home, maybe a child, whose name you are not told."
 )
 STILL_THINKING = "One moment, I'm still thinking. "
 UNREACHABLE = "Sorry, I can't reach your assistant right now. Please try again in a minute."

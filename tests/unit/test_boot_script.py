@@ -6,7 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from sudo_provisioner.spec import BOOT_SCRIPT, IDENTITY_MARKER
+import pytest
+
+from sudo_provisioner.spec import BOOT_SCRIPT, IDENTITY_MARKER, family_phrase
 
 SECTION = "\u00a7"
 
@@ -60,3 +62,18 @@ def test_memory_identity_is_replaced_and_the_agents_entries_survive(tmp_path: Pa
     assert memory.read_text() == expected
     boot(tmp_path, identity="the New family")
     assert memory.read_text() == expected, "a second boot must change nothing"
+
+
+@pytest.mark.parametrize(
+    ("name", "phrase"),
+    [
+        ("Smith", "the Smith family"),
+        ("The Newcomers", "The Newcomers"),
+        ("the lees", "the lees"),
+        ("Garcia Family", "the Garcia Family"),
+        ("Ōkawa", "the Ōkawa family"),
+    ],
+)
+def test_the_identity_names_any_family_naturally(name: str, phrase: str):
+    assert family_phrase(name) == phrase
+    assert "the The" not in family_phrase(name) and "family family" not in family_phrase(name).lower()
