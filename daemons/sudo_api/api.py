@@ -8,13 +8,16 @@ import contextlib
 import hmac
 import json
 import logging
+import tempfile
+import time
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, NoReturn
 
 from aiohttp import web
 
-from sudo_core import family_admin, host_settings, twilio
+from sudo_core import family_admin, family_archive, host_settings, twilio
 from sudo_core.accounts import Account, InvalidInput, NotFound, code_token
 from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
@@ -303,6 +306,37 @@ async def family_delete(request: web.Request) -> web.Response:
         fail(403, "only the family's owner can delete it")
     await forget_family(services(request), family, text_field(await json_body(request), "name", 200))
     return web.Response(status=204)
+
+
+async def family_archive_download(request: web.Request) -> web.StreamResponse:
+    """The owner downloads everything of the family: the archive `sudoctl backup` writes (the
+    agent is stopped while its volume is copied, and wakes on the next message)."""
+    session, family = await require_family(request, parent=True)
+    if session.account.role != "owner":
+        fail(403, "only the family's owner can download its data")
+    svc = services(request)
+    with tempfile.TemporaryDirectory(prefix="sudo-archive-") as tmp:
+        out = Path(tmp) / "family.tar.gz"
+        try:
+            await family_archive.make_archive(svc.db, svc.provisioner, family, out)
+        except ProvisionerError as exc:
+            fail(502, f"could not copy the family's data: {exc.body.get('error', exc)}")
+        except family_archive.ArchiveError as exc:
+            fail(502, str(exc))
+        name = f"sudo-family-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz"
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/gzip",
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Content-Length": str(out.stat().st_size),
+            }
+        )
+        await response.prepare(request)
+        with out.open("rb") as archive:
+            while chunk := await asyncio.to_thread(archive.read, 1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
+    return response
 
 
 async def forget_family(svc: Any, family: uuid.UUID, confirm_name: str | None = None) -> None:
@@ -872,6 +906,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/auth/reset/whatsapp", whatsapp_reset),
         web.get("/v1/family", family_view),
         web.delete("/v1/family", family_delete),
+        web.get("/v1/family/archive", family_archive_download),
         web.post("/v1/family/invitations", invite),
         web.delete("/v1/family/invitations/{invitation_id}", invitation_revoke),
         web.post("/v1/family/children", add_child),

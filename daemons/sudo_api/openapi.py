@@ -215,6 +215,15 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         {},
     ),
     (
+        "get",
+        "/v1/family/archive",
+        "Download everything of the family as the archive sudoctl backup writes (owner)",
+        "session",
+        None,
+        200,
+        {},
+    ),
+    (
         "post",
         "/v1/family/invitations",
         "Invite someone to join as an adult: a link valid 7 days (parents)",
@@ -584,6 +593,7 @@ UNAVAILABLE = {
     ("delete", "/v1/family"): {
         "502": "the family's agent could not be removed: nothing was deleted, try again"
     },
+    ("get", "/v1/family/archive"): {"502": "the family's data could not be copied"},
     ("delete", "/v1/admin/families/{user_id}"): {"502": "the family's agent could not be removed"},
     ("post", "/v1/admin/families/{user_id}/disable"): {"502": "disabled, but the agent could not be stopped"},
     ("post", "/v1/auth/reset/whatsapp"): {

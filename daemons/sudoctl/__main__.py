@@ -17,10 +17,11 @@ from sudo_core import config, family_admin, host_settings
 from sudo_core.accounts import AccountError, Accounts
 from sudo_core.db import Database
 from sudo_core.families import BadFamilyId, parse_family_id
+from sudo_core.family_archive import ArchiveError
 from sudo_core.members import Members
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
-from .backup import BackupError, backup, restore
+from .backup import backup, restore
 from .status import NoSystemd, runtime_line, status
 
 
@@ -283,7 +284,7 @@ def main() -> None:
     except NoSystemd as exc:
         print(f"sudoctl: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (config.ConfigError, BadFamilyId, ValueError, ProvisionerError, BackupError) as exc:
+    except (config.ConfigError, BadFamilyId, ValueError, ProvisionerError, ArchiveError) as exc:
         sys.exit(f"sudoctl: {exc}")
     except aiohttp.ClientConnectionError as exc:
         sys.exit(f"sudoctl: cannot reach the provisioner at {settings.provisioner.socket}: {exc}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from control_plane import Family, sign_up
+from control_plane import Family, join, sign_up
 from stack import BIN, Stack
 from test_api_chat import wait_status
 
@@ -65,6 +65,33 @@ async def history(family: Family) -> list[dict]:
 
 def family_count(stack: Stack) -> int:
     return len(stack.db.list_families())
+
+
+async def test_the_owner_downloads_the_familys_archive_and_it_restores(
+    api: Stack, fresh: Stack, http, tmp_path: Path
+):
+    """The owner's download is the archive `sudoctl backup` writes: every member and every
+    thread in it, and `sudoctl restore` takes it onto a fresh host."""
+    family = await sign_up(http, api.api_url, "Franklin")
+    adult = await join(family, "Rosalind")
+    await wait_status(adult, await adult.send("a thread of my own"), "answered", 180)
+    status, body = await adult.call("GET", "/v1/family/archive")
+    assert status == 403 and "owner" in body["error"]
+    async with http.get(f"{api.api_url}/v1/family/archive", headers=family.headers) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "application/gzip"
+        assert resp.headers["Content-Disposition"].startswith('attachment; filename="sudo-family-')
+        out = tmp_path / "franklin.tar.gz"
+        out.write_bytes(await resp.read())
+    with tarfile.open(out) as archive:
+        assert archive.getnames() == ["family.json", "volume.tar"]
+        rows = json.load(archive.extractfile("family.json"))
+    assert sorted(a["role"] for a in rows["accounts"]) == ["adult", "owner"]
+    assert {m["account_id"] for m in rows["messages"]} == {adult.member_id}
+
+    restored = await sudoctl(fresh, "restore", family.id, str(out))
+    assert restored.returncode == 0, restored.stderr
+    moved = await log_in(http, fresh, adult.account["email"])
+    assert (await history(moved))[0]["text"] == "a thread of my own"
 
 
 async def test_a_family_moves_to_a_fresh_host(api: Stack, fresh: Stack, http, tmp_path: Path):
