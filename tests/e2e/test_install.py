@@ -112,6 +112,7 @@ metrics = "127.0.0.1:{free_port()}"
 listen = "{api}"
 metrics = "127.0.0.1:{free_port()}"
 secure_cookies = false
+signup = "invite"
 [llm]
 base_url = "http://127.0.0.1:{port_file.read_text()}/v1"
 model = "e2e-model"
