@@ -18,18 +18,21 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from sudo_core import family_admin, family_archive, host_settings, twilio
-from sudo_core.accounts import Account, InvalidInput, NotFound, code_token
+from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
 
-from . import host_units, numbers, voice, whatsapp
+from . import host_units, membership, numbers, voice, whatsapp
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
     ApiError,
     bearer,
+    client_address,
     fail,
     json_body,
+    new_session,
+    public_base,
     require_admin,
     require_family,
     require_session,
@@ -54,28 +57,6 @@ def account_json(account: Account) -> dict[str, Any]:
         "role": account.role,
         "is_admin": account.is_admin,
     }
-
-
-def new_session(request: web.Request, account: Account) -> Any:
-    """Open a session for the account, noting the client for the account's list of sessions."""
-    svc = services(request)
-    agent = request.headers.get("User-Agent", "")
-    return svc.db.aio(svc.accounts.open_session, account.id, agent, client_address(request))
-
-
-def client_address(request: web.Request) -> str:
-    """The client's address for the rate limits. Behind a trusted proxy (Caddy) every request
-    comes from the proxy: then it is the last hop of X-Forwarded-For that no trusted proxy is,
-    since each proxy appends the peer it saw (what the client itself wrote comes before)."""
-    trusted = services(request).settings.api.trusted_proxies
-    address = request.remote or "unknown"
-    if whatsapp.is_trusted(address, trusted):
-        for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
-            if hop.strip():
-                address = hop.strip()
-                if not whatsapp.is_trusted(address, trusted):
-                    break
-    return address
 
 
 def too_many(wait: float, what: str) -> NoReturn:
@@ -182,10 +163,8 @@ async def my_session_end(request: web.Request) -> web.Response:
 
 
 async def leave_family(request: web.Request) -> web.Response:
-    session, family = await require_family(request)
-    svc = services(request)
-    await svc.db.aio(svc.members.leave, session.account)
-    svc.chat.hub.disconnect(family, session.account.id)
+    session, _ = await require_family(request)
+    await membership.leave(services(request), session.account)
     return web.Response(status=204)
 
 
@@ -202,41 +181,23 @@ async def reset_password(request: web.Request) -> web.Response:
 
 async def whatsapp_reset(request: web.Request) -> web.Response:
     """A forgotten password, by a member's verified WhatsApp number: without `code`, a six-digit
-    code is sent there; with `code` and `password`, the password is set. Whether the number is
-    linked is never told; sends and wrong codes are limited per number."""
+    code is sent there; with `code` and `password`, the password is set."""
     body = await json_body(request)
     svc = services(request)
+    number = text_field(body, "number", 40)
     try:
-        number = numbers.clean_number(text_field(body, "number", 40))
+        if "code" not in body:
+            await membership.send_reset_code(svc, number)
+            return web.json_response(
+                {"sent": "if this number is linked to an account, a code is on its way"}, status=202
+            )
+        account = await membership.reset_by_code(
+            svc, number, text_field(body, "code", 12), str(body.get("password") or "")
+        )
     except numbers.NumberError as exc:
         fail(400, str(exc))
-    member = await svc.db.aio(svc.numbers.member_of, number)
-    if "code" not in body:
-        wait = svc.codes.retry_after(number=number)
-        if wait > 0:
-            too_many(wait, "this number was sent too many codes")
-        svc.codes.count(number=number)
-        if member is not None:
-            code = await svc.db.aio(svc.accounts.issue_code, member)
-            settings = await svc.db.aio(svc.db.get_settings, "twilio.")
-            text = f"Your Sudo password reset code is {code}. If you did not ask for it, ignore this."
-            try:
-                await twilio.send_whatsapp(settings, number, text)
-            except twilio.TwilioError as exc:
-                fail(503 if isinstance(exc, twilio.TwilioNotConfigured) else 502, str(exc))
-        return web.json_response(
-            {"sent": "if this number is linked to an account, a code is on its way"}, status=202
-        )
-    wait = svc.codes.retry_after(guess=number)
-    if wait > 0:
-        too_many(wait, "too many wrong codes for this number")
-    code, password = text_field(body, "code", 12), str(body.get("password") or "")
-    try:
-        account = await svc.accounts.reset_password(code_token(member or uuid.uuid4(), code), password)
-    except NotFound:
-        svc.codes.count(guess=number)
-        fail(400, "wrong or expired code: ask for a new one")
-    svc.codes.forget("guess", number)
+    except membership.RateLimited as exc:
+        too_many(exc.wait, exc.what)
     token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)})
 
@@ -279,11 +240,6 @@ def invitation_json(invitation: Any, token: str | None = None, base: str = "") -
     return shown | ({"token": token, "url": f"{base}/join/{token}"} if token else {})
 
 
-def public_base(request: web.Request) -> str:
-    """This site's address as the caller reached it, for links to hand to someone else."""
-    return f"{request.headers.get('X-Forwarded-Proto', request.scheme)}://{request.host}"
-
-
 async def family_view(request: web.Request) -> web.Response:
     session, family_id = await require_family(request)
     svc = services(request)
@@ -304,7 +260,8 @@ async def family_delete(request: web.Request) -> web.Response:
     session, family = await require_family(request, parent=True)
     if session.account.role != "owner":
         fail(403, "only the family's owner can delete it")
-    await forget_family(services(request), family, text_field(await json_body(request), "name", 200))
+    name = text_field(await json_body(request), "name", 200)
+    await membership.forget_family(services(request), family, name)
     return web.Response(status=204)
 
 
@@ -339,16 +296,6 @@ async def family_archive_download(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def forget_family(svc: Any, family: uuid.UUID, confirm_name: str | None = None) -> None:
-    """Delete a family and drop what this process holds of it: device tokens, open streams."""
-    try:
-        await family_admin.delete(svc.db, svc.provisioner, family, confirm_name)
-    except ProvisionerError as exc:
-        fail(502, f"could not remove the family's agent: {exc.body.get('error', exc)}; try again")
-    svc.devices.forget_family(family)
-    svc.chat.hub.disconnect(family)
-
-
 async def invite(request: web.Request) -> web.Response:
     session, _ = await require_family(request, parent=True)
     svc = services(request)
@@ -379,12 +326,11 @@ async def add_child(request: web.Request) -> web.Response:
 
 async def member_change(request: web.Request) -> web.Response:
     """PATCH: the owner changes a member's role; DELETE: the owner removes them, at once."""
-    session, family = await require_family(request, parent=True)
+    session, _ = await require_family(request, parent=True)
     svc = services(request)
     member_id = request.match_info["member_id"]
     if request.method == "DELETE":
-        removed = await svc.db.aio(svc.members.remove, session.account, member_id)
-        svc.chat.hub.disconnect(family, removed.id)
+        await membership.remove_member(svc, session.account, member_id)
         return web.Response(status=204)
     role = text_field(await json_body(request), "role", 20)
     member = await svc.db.aio(svc.members.set_role, session.account, member_id, role)
@@ -784,7 +730,7 @@ def family_id_of(request: web.Request) -> uuid.UUID:
 async def admin_family(request: web.Request) -> web.Response:
     """DELETE: the admin deletes a family (irreversible)."""
     await require_admin(request)
-    await forget_family(services(request), family_id_of(request))
+    await membership.forget_family(services(request), family_id_of(request))
     return web.Response(status=204)
 
 

@@ -10,7 +10,7 @@ from prometheus_client import Counter
 
 from sudo_core.accounts import AccountError
 
-from . import api, pages
+from . import api, family_pages, pages
 from .context import SERVICES, Services, status_of
 
 log = logging.getLogger("sudo-api")
@@ -95,5 +95,5 @@ async def healthz(request: web.Request) -> web.Response:
 def build_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[errors, whole_body], client_max_size=256 * 1024)
     app[SERVICES] = services
-    app.add_routes([web.get("/healthz", healthz), *api.routes(), *pages.routes()])
+    app.add_routes([web.get("/healthz", healthz), *api.routes(), *pages.routes(), *family_pages.routes()])
     return app

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from sudo_core.accounts import (
+    Account,
     AccountError,
     Accounts,
     Conflict,
@@ -31,7 +32,7 @@ from .devices import Devices
 from .fleet import FleetRestart
 from .limits import Limiter, LoginLimiter
 from .numbers import Numbers
-from .whatsapp import WhatsApp
+from .whatsapp import WhatsApp, is_trusted
 
 SESSION_COOKIE = "sudo_session"
 RESET_CODE_GUESSES = 5
@@ -190,3 +191,30 @@ def text_field(body: dict[str, Any], name: str, max_len: int = 200) -> str:
     if len(value) > max_len:
         fail(400, f"{name} must be at most {max_len} characters")
     return value.strip()
+
+
+def new_session(request: web.Request, account: Account) -> Any:
+    """Open a session for the account, noting the client for the account's list of sessions."""
+    svc = services(request)
+    agent = request.headers.get("User-Agent", "")
+    return svc.db.aio(svc.accounts.open_session, account.id, agent, client_address(request))
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address for the rate limits. Behind a trusted proxy (Caddy) every request
+    comes from the proxy: then it is the last hop of X-Forwarded-For that no trusted proxy is,
+    since each proxy appends the peer it saw (what the client itself wrote comes before)."""
+    trusted = services(request).settings.api.trusted_proxies
+    address = request.remote or "unknown"
+    if is_trusted(address, trusted):
+        for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
+            if hop.strip():
+                address = hop.strip()
+                if not is_trusted(address, trusted):
+                    break
+    return address
+
+
+def public_base(request: web.Request) -> str:
+    """This site's address as the caller reached it, for links to hand to someone else."""
+    return f"{request.headers.get('X-Forwarded-Proto', request.scheme)}://{request.host}"

@@ -14,14 +14,27 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import jinja2
+import segno
 from aiohttp import web
+from markupsafe import Markup
 
-from sudo_core import host_settings
-from sudo_core.accounts import AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
+from sudo_core import family_admin, host_settings
+from sudo_core.accounts import Account, AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
+from sudo_core.provisioner_client import ProvisionerError
 
+from . import membership
 from .api import attempt_login, complete_pairing, fleet_view, link_number
 from .chat import MESSAGE_MAX, ChatUnavailable
-from .context import SESSION_COOKIE, ApiError, check_csrf, load_session, services
+from .context import (
+    SESSION_COOKIE,
+    ApiError,
+    check_csrf,
+    load_session,
+    new_session,
+    public_base,
+    services,
+    status_of,
+)
 from .devices import PairingError
 from .numbers import NumberError
 
@@ -35,6 +48,7 @@ templates = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 templates.filters["clock"] = lambda t: time.strftime("%H:%M", time.localtime(t)) if t else ""
+templates.filters["day"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
 templates.filters["mib"] = lambda b: f"{b / 2**20:.0f} MiB" if b else "-"
 
 
@@ -68,7 +82,24 @@ async def form(request: web.Request, session: Session | None = None) -> dict[str
     return data
 
 
-def start_session(request: web.Request, token: str, to: str) -> NoReturn:
+REFUSED = (AccountError, ApiError, membership.RateLimited, NumberError, PairingError)
+"""What a page's action may be refused with: shown on the page, with `page_error`'s status."""
+
+
+def page_error(exc: Exception) -> tuple[int, str]:
+    """The status and the message a page shows for a refused action."""
+    if isinstance(exc, AccountError):
+        return status_of(exc), str(exc)
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message
+    if isinstance(exc, membership.RateLimited):
+        return 429, str(exc)
+    return 400, str(exc)
+
+
+async def start_session(request: web.Request, account: Account, to: str) -> NoReturn:
+    """Log the browser in (a new session, noted with its client) and go on to `to`."""
+    token = await new_session(request, account)
     response = web.HTTPSeeOther(to)
     response.set_cookie(
         SESSION_COOKIE,
@@ -82,6 +113,19 @@ def start_session(request: web.Request, token: str, to: str) -> NoReturn:
     raise response
 
 
+def end_session(request: web.Request, to: str) -> NoReturn:
+    """Forget the browser's session cookie and go on to `to`."""
+    response = web.HTTPSeeOther(to)
+    response.del_cookie(SESSION_COOKIE, path="/")
+    raise response
+
+
+def invitation_link(request: web.Request, token: str) -> dict[str, Any]:
+    """An invitation's link and its QR code (inline SVG: nothing fetched from elsewhere)."""
+    url = f"{public_base(request)}/join/{token}"
+    return {"url": url, "qr": Markup(segno.make(url, error="m").svg_inline(scale=4, title="QR code"))}
+
+
 def safe_next(value: str | None) -> str:
     return value if value and value.startswith("/") and not value.startswith("//") else "/chat"
 
@@ -92,18 +136,19 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def signup(request: web.Request) -> web.Response:
+    """Anyone creates a family, if the host's sign-up mode is `open`; otherwise the page says how."""
     svc = services(request)
+    mode = svc.accounts.signup
     if request.method == "GET":
-        return render("signup.html", None, values={}, error=None)
+        return render("signup.html", None, mode=mode, values={}, error=None)
     data = await form(request)
     try:
         account = await svc.accounts.sign_up(
             data.get("email", ""), data.get("password", ""), data.get("name", ""), data.get("family_name", "")
         )
-    except InvalidInput as exc:
-        return render("signup.html", None, status=400, values=data, error=str(exc))
-    token = await svc.db.aio(svc.accounts.open_session, account.id)
-    start_session(request, token, "/chat")
+    except AccountError as exc:
+        return render("signup.html", None, status=status_of(exc), mode=mode, values=data, error=str(exc))
+    await start_session(request, account, "/chat")
 
 
 async def login(request: web.Request) -> web.Response:
@@ -119,17 +164,10 @@ async def login(request: web.Request) -> web.Response:
     except web.HTTPTooManyRequests as exc:
         error = f"too many failed logins: try again in {exc.headers['Retry-After']} s"
         return render("login.html", None, status=429, email=email, error=error, next=data.get("next", ""))
-    except ApiError:
-        return render(
-            "login.html",
-            None,
-            status=401,
-            email=email,
-            error="wrong email or password",
-            next=data.get("next", ""),
-        )
-    token = await svc.db.aio(svc.accounts.open_session, account.id)
-    start_session(request, token, safe_next(data.get("next")) if account.family_id else "/admin")
+    except ApiError as exc:
+        error = exc.message
+        return render("login.html", None, status=401, email=email, error=error, next=data.get("next", ""))
+    await start_session(request, account, safe_next(data.get("next")) if account.family_id else "/admin")
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -137,9 +175,7 @@ async def logout(request: web.Request) -> web.Response:
     await form(request, session)
     svc = services(request)
     await svc.db.aio(svc.accounts.close_session, request.cookies.get(SESSION_COOKIE, ""))
-    response = web.HTTPSeeOther("/login")
-    response.del_cookie(SESSION_COOKIE, path="/")
-    raise response
+    end_session(request, "/login")
 
 
 async def setup(request: web.Request) -> web.Response:
@@ -156,8 +192,7 @@ async def setup(request: web.Request) -> web.Response:
         )
     except InvalidInput as exc:
         return render("setup.html", None, status=400, values=data, error=str(exc))
-    token = await svc.db.aio(svc.accounts.open_session, account.id)
-    start_session(request, token, "/admin")
+    await start_session(request, account, "/admin")
 
 
 async def chat(request: web.Request) -> web.Response:
@@ -230,10 +265,8 @@ async def integrations(request: web.Request) -> web.Response:
                 owner = None if session.account.is_parent else session.account.id
                 await svc.db.aio(svc.numbers.remove, family, data.get("number_id", ""), owner)
                 message = "Number removed."
-        except (PairingError, NumberError, AccountError) as exc:
-            error = str(exc)
-        except ApiError as exc:
-            error = exc.message
+        except REFUSED as exc:
+            _, error = page_error(exc)
         except (ValueError, LookupError):
             error = "no such device or number"
     devices = await svc.db.aio(svc.devices.list, family)
@@ -249,9 +282,58 @@ async def integrations(request: web.Request) -> web.Response:
 
 
 async def admin_home(request: web.Request) -> web.Response:
+    """The host at a glance; the admin's actions on families, invitations and accounts."""
     session = await page_session(request, family=False, admin=True)
-    view = await fleet_view(services(request))
-    return render("admin.html", session, error=None, **view)
+    svc = services(request)
+    message = error = None
+    status = 200
+    shown: dict[str, Any] = {}
+    if request.method == "POST":
+        data = await form(request, session)
+        action = data.get("action", "")
+        try:
+            if action in ("disable", "enable", "delete"):
+                family = uuid.UUID(data.get("family_id", ""))
+                if action == "delete":
+                    await membership.forget_family(svc, family, data.get("name", ""))
+                    message = "The family is deleted."
+                else:
+                    await family_admin.set_disabled(svc.db, svc.provisioner, family, action == "disable")
+                    message = f"The family is {action}d."
+            elif action == "invite":
+                _, token = await svc.db.aio(svc.members.invite, None)
+                shown["invitation"] = invitation_link(request, token)
+                message = "Invitation made: whoever opens the link creates a family."
+            elif action == "revoke-invitation":
+                await svc.db.aio(svc.members.revoke, None, data.get("invitation_id", ""))
+                message = "Invitation revoked."
+            elif action == "reset":
+                account = await svc.db.aio(svc.accounts.by_login, data.get("login", ""))
+                if account is None:
+                    raise InvalidInput(f"no account {data.get('login', '')!r}")
+                token = await svc.db.aio(svc.accounts.issue_reset, account.id, None)
+                shown["reset"] = f"{public_base(request)}/reset/{token}"
+                message = f"Reset link for {account.login}: it works once, for an hour."
+            else:
+                raise InvalidInput("unknown action")
+        except REFUSED as exc:
+            status, error = page_error(exc)
+        except ValueError:
+            status, error = 400, "no such family"
+        except ProvisionerError as exc:
+            status, error = 502, f"done, but the agent could not be stopped: {exc.body.get('error', exc)}"
+    view = await fleet_view(svc)
+    return render(
+        "admin.html",
+        session,
+        status=status,
+        invitations=await svc.db.aio(svc.members.invitations, None),
+        signup=svc.accounts.signup,
+        shown=shown,
+        message=message,
+        error=error,
+        **view,
+    )
 
 
 async def admin_settings(request: web.Request) -> web.Response:
@@ -303,7 +385,7 @@ def routes() -> list[web.RouteDef]:
         web.route("*", "/setup", setup),
         web.route("*", "/chat", chat),
         web.route("*", "/integrations", integrations),
-        web.get("/admin", admin_home),
+        web.route("*", "/admin", admin_home),
         web.route("*", "/admin/settings", admin_settings),
         web.static("/static", HERE / "static"),
     ]

@@ -270,6 +270,14 @@ class Accounts:
         ok = await self.verify_password(row["password_hash"] if row else None, password)
         return account_of(row) if ok and row else None
 
+    def by_login(self, login: str) -> Account | None:
+        """The account whose email or username is `login` (what the admin types to reset it)."""
+        row = self.db.query_one(
+            f"SELECT {ACCOUNT_COLUMNS} FROM {ACCOUNT_FROM} WHERE a.email = ? OR a.username = ?",
+            (login.strip(), login.strip().lower()),
+        )
+        return account_of(row) if row else None
+
     def has_admin(self) -> bool:
         return self.db.query_one("SELECT 1 FROM accounts WHERE is_admin = 1") is not None
 

@@ -2,10 +2,10 @@
 
 Roles: the `owner` (who signed up), `adult`s and `child`ren. Owners and adults invite by link
 (single use, valid `INVITE_TTL_SEC`, revocable) and add children, who log in with a username.
-Only the owner changes roles, removes members and hands ownership to an adult; anyone but the
-owner may leave. Removing a member ends their sessions, unlinks their WhatsApp numbers and
-drops what was held to be sent to them, in one transaction (sudo-api also cuts their open
-chat streams). Every method runs on the database thread, except the ones that hash a password.
+Only the owner changes roles, removes members and hands ownership to an adult; an adult may
+leave (a child is removed by the owner). Removing a member ends their sessions, unlinks their
+WhatsApp numbers and drops what was held to be sent to them, in one transaction (sudo-api also
+cuts their open chat streams). Every method runs on the database thread, except the ones that hash a password.
 """
 
 from __future__ import annotations
@@ -241,6 +241,8 @@ class Members:
             raise InvalidInput(
                 "the owner cannot leave: hand ownership to an adult first, or delete the family"
             )
+        if actor.role == CHILD:
+            raise NotAllowed("a child leaves the family when its owner removes them")
         self._delete_member(actor)
 
     def _delete_member(self, member: Account) -> None:

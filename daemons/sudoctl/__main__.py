@@ -8,7 +8,6 @@ import getpass
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -80,13 +79,12 @@ def links(settings: config.Settings, args: argparse.Namespace) -> int:
             print(f"{args.url.rstrip('/')}/join/{token}")
             print("valid 7 days, once: whoever opens it creates a family", file=sys.stderr)
             return 0
-        row = db.query_one(
-            "SELECT id FROM accounts WHERE email = ? OR username = ?", (args.login, args.login.lower())
-        )
-        if row is None:
+        accounts = Accounts(db, settings.api.session_days)
+        account = accounts.by_login(args.login)
+        if account is None:
             print(f"sudoctl: no account {args.login}", file=sys.stderr)
             return 1
-        token = Accounts(db, settings.api.session_days).issue_reset(uuid.UUID(row["id"]), None)
+        token = accounts.issue_reset(account.id, None)
         print(f"{args.url.rstrip('/')}/reset/{token}")
         print(f"valid an hour, once: it sets a new password for {args.login}", file=sys.stderr)
         return 0

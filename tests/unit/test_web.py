@@ -128,7 +128,7 @@ async def test_login_form_errors_and_admin_pages_are_for_admins(client):
     cookie = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
     await Accounts(db, 1).sign_up("admin@example.org", PASSWORD, "Admin", None, is_admin=True)
     wrong = await client.post("/login", data={"email": "bo@example.org", "password": "nope nope nope"})
-    assert wrong.status == 401 and "wrong email or password" in await wrong.text()
+    assert wrong.status == 401 and "wrong email, username or password" in await wrong.text()
     assert (await client.get("/admin", headers={"Cookie": f"sudo_session={cookie}"})).status == 403
     assert (
         await client.get("/v1/admin/settings", headers={"Cookie": f"sudo_session={cookie}"})

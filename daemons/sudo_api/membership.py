@@ -1,0 +1,82 @@
+"""What the API and the pages do to members and families beyond the core's rules: whatever this
+process holds of them (open chat streams, device tokens) goes with them, and a forgotten
+password is reset by a code sent on WhatsApp. Both front ends call these, and translate the
+errors: `AccountError`s, `RateLimited`, and `ApiError(502)` when the provisioner fails."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sudo_core import family_admin, twilio
+from sudo_core.accounts import Account, InvalidInput, NotFound, code_token
+from sudo_core.provisioner_client import ProvisionerError
+
+from .context import fail
+from .numbers import clean_number
+
+
+class RateLimited(Exception):
+    """Too many attempts: the limit holds for `wait` more seconds."""
+
+    def __init__(self, what: str, wait: float) -> None:
+        self.what, self.wait = what, wait
+        super().__init__(f"{what}: try again in {int(wait) + 1} s")
+
+
+async def forget_family(svc: Any, family: uuid.UUID, confirm_name: str | None = None) -> None:
+    """Delete a family and drop what this process holds of it: device tokens, open streams."""
+    try:
+        await family_admin.delete(svc.db, svc.provisioner, family, confirm_name)
+    except ProvisionerError as exc:
+        fail(502, f"could not remove the family's agent: {exc.body.get('error', exc)}; try again")
+    svc.devices.forget_family(family)
+    svc.chat.hub.disconnect(family)
+
+
+async def remove_member(svc: Any, actor: Account, member_id: str) -> Account:
+    """The owner removes a member: the core deletes the account, and their open streams end now."""
+    removed = await svc.db.aio(svc.members.remove, actor, member_id)
+    svc.chat.hub.disconnect(removed.family_id, removed.id)
+    return removed
+
+
+async def leave(svc: Any, actor: Account) -> None:
+    await svc.db.aio(svc.members.leave, actor)
+    svc.chat.hub.disconnect(actor.family_id, actor.id)
+
+
+async def send_reset_code(svc: Any, number: str) -> None:
+    """A six-digit code to the member whose verified WhatsApp number this is. Whether the number
+    is linked is never told (the caller says the same either way); sends are limited per number."""
+    number = clean_number(number)
+    wait = svc.codes.retry_after(number=number)
+    if wait > 0:
+        raise RateLimited("this number was sent too many codes", wait)
+    svc.codes.count(number=number)
+    member = await svc.db.aio(svc.numbers.member_of, number)
+    if member is None:
+        return
+    code = await svc.db.aio(svc.accounts.issue_code, member)
+    settings = await svc.db.aio(svc.db.get_settings, "twilio.")
+    text = f"Your Sudo password reset code is {code}. If you did not ask for it, ignore this."
+    try:
+        await twilio.send_whatsapp(settings, number, text)
+    except twilio.TwilioError as exc:
+        fail(503 if isinstance(exc, twilio.TwilioNotConfigured) else 502, str(exc))
+
+
+async def reset_by_code(svc: Any, number: str, code: str, password: str) -> Account:
+    """Set a new password with the code sent to `number`; wrong codes are limited per number."""
+    number = clean_number(number)
+    wait = svc.codes.retry_after(guess=number)
+    if wait > 0:
+        raise RateLimited("too many wrong codes for this number", wait)
+    member = await svc.db.aio(svc.numbers.member_of, number)
+    try:
+        account = await svc.accounts.reset_password(code_token(member or uuid.uuid4(), code), password)
+    except NotFound:
+        svc.codes.count(guess=number)
+        raise InvalidInput("wrong or expired code: ask for a new one") from None
+    svc.codes.forget("guess", number)
+    return account
