@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from sudo_core import family_admin, family_archive, host_settings, twilio
+from sudo_core import family_archive, host_settings, twilio
 from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
@@ -737,12 +737,8 @@ async def admin_family(request: web.Request) -> web.Response:
 async def admin_family_disabled(request: web.Request) -> web.Response:
     """POST .../disable stops the family's agent and tells its members; .../enable undoes it."""
     await require_admin(request)
-    svc = services(request)
     disabled = request.path.endswith("/disable")
-    try:
-        await family_admin.set_disabled(svc.db, svc.provisioner, family_id_of(request), disabled)
-    except ProvisionerError as exc:
-        fail(502, f"disabled, but the agent could not be stopped: {exc.body.get('error', exc)}")
+    await membership.set_disabled(services(request), family_id_of(request), disabled)
     return web.json_response({"disabled": disabled})
 
 

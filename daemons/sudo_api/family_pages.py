@@ -79,10 +79,12 @@ async def family(request: web.Request) -> web.Response:
                 raise InvalidInput("unknown action")
         except REFUSED as exc:
             status, error = page_error(exc)
+    # Read again: a changed role (ownership handed over) shows at once.
+    actor = await svc.db.aio(svc.accounts.get, actor.id) or actor
     invitations = await svc.db.aio(svc.members.invitations, family_id) if actor.is_parent else []
     return render(
         "family.html",
-        session,
+        replace(session, account=actor),
         status=status,
         family=await svc.db.aio(svc.db.get_family, family_id),
         members=await svc.db.aio(svc.members.list, family_id),

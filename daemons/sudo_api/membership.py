@@ -24,14 +24,26 @@ class RateLimited(Exception):
         super().__init__(f"{what}: try again in {int(wait) + 1} s")
 
 
+def provisioner_trouble(exc: ProvisionerError | OSError) -> str:
+    return str(exc.body.get("error", exc)) if isinstance(exc, ProvisionerError) else str(exc)
+
+
 async def forget_family(svc: Any, family: uuid.UUID, confirm_name: str | None = None) -> None:
     """Delete a family and drop what this process holds of it: device tokens, open streams."""
     try:
         await family_admin.delete(svc.db, svc.provisioner, family, confirm_name)
-    except ProvisionerError as exc:
-        fail(502, f"could not remove the family's agent: {exc.body.get('error', exc)}; try again")
+    except (ProvisionerError, OSError) as exc:
+        fail(502, f"could not remove the family's agent: {provisioner_trouble(exc)}; try again")
     svc.devices.forget_family(family)
     svc.chat.hub.disconnect(family)
+
+
+async def set_disabled(svc: Any, family: uuid.UUID, disabled: bool) -> None:
+    """The admin disables a family (its agent stops, its members are refused) or enables it."""
+    try:
+        await family_admin.set_disabled(svc.db, svc.provisioner, family, disabled)
+    except (ProvisionerError, OSError) as exc:
+        fail(502, f"disabled, but the agent could not be stopped: {provisioner_trouble(exc)}")
 
 
 async def remove_member(svc: Any, actor: Account, member_id: str) -> Account:

@@ -18,9 +18,8 @@ import segno
 from aiohttp import web
 from markupsafe import Markup
 
-from sudo_core import family_admin, host_settings
+from sudo_core import host_settings
 from sudo_core.accounts import Account, AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
-from sudo_core.provisioner_client import ProvisionerError
 
 from . import membership
 from .api import attempt_login, complete_pairing, fleet_view, link_number
@@ -298,7 +297,7 @@ async def admin_home(request: web.Request) -> web.Response:
                     await membership.forget_family(svc, family, data.get("name", ""))
                     message = "The family is deleted."
                 else:
-                    await family_admin.set_disabled(svc.db, svc.provisioner, family, action == "disable")
+                    await membership.set_disabled(svc, family, action == "disable")
                     message = f"The family is {action}d."
             elif action == "invite":
                 _, token = await svc.db.aio(svc.members.invite, None)
@@ -320,8 +319,6 @@ async def admin_home(request: web.Request) -> web.Response:
             status, error = page_error(exc)
         except ValueError:
             status, error = 400, "no such family"
-        except ProvisionerError as exc:
-            status, error = 502, f"done, but the agent could not be stopped: {exc.body.get('error', exc)}"
     view = await fleet_view(svc)
     return render(
         "admin.html",

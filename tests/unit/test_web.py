@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sudo_api.app import build_app
 from sudo_api.chat import Conversations
-from sudo_api.context import Services
+from sudo_api.context import SERVICES, Services
 from sudo_api.devices import Devices
 from sudo_api.fleet import FleetRestart
 from sudo_api.limits import LoginLimiter
@@ -145,3 +145,170 @@ async def test_login_form_errors_and_admin_pages_are_for_admins(client):
     assert page.status == 200 and "Bo" in text and "cannot ask systemd" in text  # no bus here: said so
     settings = await client.get("/admin/settings", headers=admin)
     assert settings.status == 200 and "LLM API key" in await settings.text()
+
+
+async def act(client: TestClient, cookie: str, path: str, **data: str):
+    """Post one of a page's forms, as the browser would: with the page's CSRF token."""
+    csrf = await csrf_of(client, cookie, path)
+    return await client.post(
+        path, data=data | {"csrf": csrf}, headers={"Cookie": f"sudo_session={cookie}"}, allow_redirects=False
+    )
+
+
+async def log_in(client: TestClient, login: str, password: str = PASSWORD) -> str:
+    resp = await client.post("/login", data={"email": login, "password": password}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    return session_cookie(resp)
+
+
+def link_in(html: str, element: str) -> str:
+    """The path of the link an element with this id shows."""
+    return re.search(rf'id="{element}" href="https?://[^/"]+(/[^"]+)"', html).group(1)
+
+
+async def test_a_parent_invites_an_adult_and_adds_a_child_who_cannot_invite(client):
+    client, db = client
+    form = {"email": "owner@example.org", "password": PASSWORD, "name": "Olive", "family_name": "The Oaks"}
+    owner = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
+
+    invited = await act(client, owner, "/family", action="invite")
+    html = await invited.text()
+    assert invited.status == 200 and '<div id="invite-qr" class="qr"><svg' in html  # drawn here
+    join = link_in(html, "invite-link")
+    page = await client.get(join)
+    assert page.status == 200 and "Join The Oaks" in await page.text()
+    joined = await client.post(
+        join,
+        data={"name": "Adam", "email": "adam@example.org", "password": PASSWORD},
+        allow_redirects=False,
+    )
+    assert joined.status == 303 and joined.headers["Location"] == "/chat"
+    adult = session_cookie(joined)
+    assert (await client.get(join)).status == 404  # single use
+
+    short = await act(
+        client, adult, "/family", action="add-child", name="Cy", username="cy", password="short"
+    )
+    assert short.status == 400 and "at least 10 characters" in await short.text()
+    added = await act(
+        client, adult, "/family", action="add-child", name="Cy", username="cy", password=PASSWORD
+    )
+    assert added.status == 200 and "Cy can now log in as cy" in await added.text()
+    child = await log_in(client, "cy")
+    page = await (await client.get("/family", headers={"Cookie": f"sudo_session={child}"})).text()
+    assert "Adam" in page and "Create an invitation link" not in page and "Add child" not in page
+    refused = await act(client, child, "/family", action="invite")
+    assert refused.status == 403 and "parents" in await refused.text()
+    left = await act(client, child, "/family", action="leave")
+    assert left.status == 403
+    roles = {r["display_name"]: r["role"] for r in db.query("SELECT display_name, role FROM accounts")}
+    assert roles == {"Olive": "owner", "Adam": "adult", "Cy": "child"}
+    assert db.query_one("SELECT COUNT(*) AS n FROM invitations WHERE used_at IS NULL")["n"] == 0
+
+
+async def test_the_owner_runs_the_family_and_an_adult_only_part_of_it(client):
+    client, db = client
+    form = {"email": "o@example.org", "password": PASSWORD, "name": "Olive", "family_name": "Oaks"}
+    owner = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
+    join = link_in(await (await act(client, owner, "/family", action="invite")).text(), "invite-link")
+    adult = session_cookie(
+        await client.post(
+            join, data={"name": "Adam", "email": "a@example.org", "password": PASSWORD}, allow_redirects=False
+        )
+    )
+    await act(client, owner, "/family", action="add-child", name="Cy", username="cy", password=PASSWORD)
+    ids = {r["display_name"]: r["id"] for r in db.query("SELECT id, display_name FROM accounts")}
+
+    # An adult may not remove anyone, nor reset the owner's password; the owner may.
+    assert (await act(client, adult, "/family", action="remove", member_id=ids["Cy"])).status == 403
+    assert (await act(client, adult, "/family", action="reset", member_id=ids["Olive"])).status == 403
+    made = await act(client, owner, "/family", action="reset", member_id=ids["Cy"])
+    reset = link_in(await made.text(), "reset-link")
+    assert "A new password for Cy" in await (await client.get(reset)).text()
+    done = await client.post(reset, data={"password": "a new long password"}, allow_redirects=False)
+    assert done.status == 303 and done.headers["Location"] == "/chat"
+    assert (await client.get(reset)).status == 404  # used up
+    await log_in(client, "cy", "a new long password")
+
+    changed = await act(client, owner, "/family", action="set-role", member_id=ids["Cy"], role="adult")
+    assert changed.status == 400 and "needs an email address" in await changed.text()
+    handed = await act(client, owner, "/family", action="transfer", member_id=ids["Adam"])
+    assert handed.status == 200 and "Adam is now the family" in await handed.text()
+    removed = await act(client, adult, "/family", action="remove", member_id=ids["Olive"])
+    assert removed.status == 200
+    assert (
+        await client.get("/family", headers={"Cookie": f"sudo_session={owner}"}, allow_redirects=False)
+    ).status == 303
+
+    wrong = await act(client, adult, "/family", action="delete-family", name="Elms")
+    assert wrong.status == 400 and db.query_one("SELECT COUNT(*) AS n FROM families")["n"] == 1
+    page = await (await client.get("/family", headers={"Cookie": f"sudo_session={adult}"})).text()
+    assert "Delete the family" in page and "Leave this family" not in page
+
+
+async def test_account_page_changes_the_password_and_ends_other_sessions(client):
+    client, _ = client
+    form = {"email": "ann@example.org", "password": PASSWORD, "name": "Ann", "family_name": "Smith"}
+    first = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
+    second = await log_in(client, "ann@example.org")
+    page = await (await client.get("/account", headers={"Cookie": f"sudo_session={first}"})).text()
+    assert page.count('<tr id="s-') == 2 and "this one" in page
+
+    wrong = await act(
+        client, first, "/account", action="password", current="not it at all", password="x" * 12
+    )
+    assert wrong.status == 400
+    renamed = await act(client, first, "/account", action="profile", name="Annie", email="ann@example.org")
+    assert renamed.status == 200 and "Annie" in await renamed.text()
+    changed = await act(client, first, "/account", action="password", current=PASSWORD, password="x" * 12)
+    assert changed.status == 200 and "every other session has ended" in await changed.text()
+    gone = await client.get("/chat", headers={"Cookie": f"sudo_session={second}"}, allow_redirects=False)
+    assert gone.status == 303 and gone.headers["Location"].startswith("/login")
+    await log_in(client, "ann@example.org", "x" * 12)
+
+
+async def test_sign_up_by_invitation_and_the_admin_page(client):
+    client, db = client
+    services = client.app[SERVICES]
+    services.accounts.signup = "invite"
+    page = await client.get("/signup")
+    assert "by invitation" in await page.text() and 'action="/signup"' not in await page.text()
+    form = {"email": "x@example.org", "password": PASSWORD, "name": "X", "family_name": "Xs"}
+    refused = await client.post("/signup", data=form)
+    assert refused.status == 403 and not db.query("SELECT * FROM families")
+
+    await Accounts(db, 1).sign_up("admin@example.org", PASSWORD, "Admin", None, is_admin=True)
+    admin = await log_in(client, "admin@example.org")
+    join = link_in(await (await act(client, admin, "/admin", action="invite")).text(), "invite-link")
+    page = await client.get(join)
+    assert "Family name" in await page.text()
+    new = await client.post(join, data=form | {"family_name": "The Newcomers"}, allow_redirects=False)
+    assert new.status == 303
+    member = session_cookie(new)
+    family = db.query_one("SELECT id FROM families WHERE name = 'The Newcomers'")["id"]
+
+    # The admin's own provisioner is absent here: disabling still marks the family, and says so.
+    disabled = await act(client, admin, "/admin", action="disable", family_id=family)
+    assert disabled.status == 502 and "could not be stopped" in await disabled.text()
+    blocked = await client.get("/chat", headers={"Cookie": f"sudo_session={member}"})
+    assert blocked.status == 403 and "disabled" in await blocked.text()
+    page = await (await client.get("/admin", headers={"Cookie": f"sudo_session={admin}"})).text()
+    assert f'id="f-{family}"' in page and ">disabled<" in page
+
+    made = await act(client, admin, "/admin", action="reset", login="x@example.org")
+    assert link_in(await made.text(), "reset-link").startswith("/reset/")
+    unknown = await act(client, admin, "/admin", action="reset", login="nobody@example.org")
+    assert unknown.status == 400 and "no account" in await unknown.text()
+
+
+async def test_forgot_password_by_whatsapp_says_nothing_of_unlinked_numbers(client):
+    client, _ = client
+    bad = await client.post("/forgot", data={"action": "send", "number": "12345"})
+    assert bad.status == 400
+    sent = await client.post("/forgot", data={"action": "send", "number": "+447700900123"})
+    text = await sent.text()
+    assert sent.status == 202 and "If +447700900123 is linked" in text and 'name="code"' in text
+    wrong = await client.post(
+        "/forgot", data={"action": "reset", "number": "+447700900123", "code": "000000", "password": PASSWORD}
+    )
+    assert wrong.status == 400 and "wrong or expired code" in await wrong.text()
