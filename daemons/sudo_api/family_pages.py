@@ -3,7 +3,7 @@
 invitation), /reset/{token} (a reset link) and /forgot (a reset code on WhatsApp).
 
 A link handed to someone else (an invitation, a reset link) is shown once, when it is made:
-only its hash is stored. The invitation's QR code is drawn here, as inline SVG.
+only its hash is stored. The invitation's QR code comes with it, drawn on the server.
 """
 
 from __future__ import annotations

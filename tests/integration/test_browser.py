@@ -1,10 +1,12 @@
 """A real browser (Debian's chromium, driven by Playwright) against the real sudo-api, provisioner,
 gateway and a real Hermes container: sign up, chat with the reply streaming in, reload, and an
-admin rotating the LLM key with no container restarted."""
+admin rotating the LLM key with no container restarted; a family of three, each in their own
+browser, chatting at once in their own threads."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import subprocess
 import uuid
@@ -39,6 +41,22 @@ async def sign_up(page: Page, base: str, name: str) -> str:
     return email
 
 
+async def create_admin(api: Stack) -> str:
+    """An admin, made with sudoctl; until the host has one, /login leads to the first-run setup."""
+    email = f"admin-{uuid.uuid4().hex[:6]}@example.org"
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "sudoctl"), "create-admin", "--email", email, "--password-stdin"],
+        input=PASSWORD + "\n",
+        env=api.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    return email
+
+
 @pytest.mark.usefixtures("fresh_settings")
 async def test_a_family_chats_and_an_admin_rotates_the_llm_key(api: Stack, browser: Browser):
     base = api.api_url
@@ -69,17 +87,7 @@ async def test_a_family_chats_and_an_admin_rotates_the_llm_key(api: Stack, brows
     started_at = container.attrs["State"]["StartedAt"]
 
     # An admin (made with sudoctl) sets a new provider key in the browser.
-    admin_email = f"admin-{uuid.uuid4().hex[:6]}@example.org"
-    made = await asyncio.to_thread(
-        subprocess.run,
-        [str(BIN / "sudoctl"), "create-admin", "--email", admin_email, "--password-stdin"],
-        input=PASSWORD + "\n",
-        env=api.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stderr
+    admin_email = await create_admin(api)
     new_key = f"sk-ROTATED-{secrets.token_hex(8)}"
     api.llm_keys.write_text(new_key + "\n")  # the provider now accepts only the new key
     admin = await browser.new_page()
@@ -150,3 +158,99 @@ async def test_integrations_pair_a_device_and_link_a_number(api: Stack, browser:
     await expect(page.get_by_role("status")).to_have_text("Device revoked.")
     async with http.post(f"{base}/v1/devices/heartbeat", headers=beat) as resp:
         assert resp.status == 401
+
+
+async def say(page: Page, text: str) -> None:
+    await expect(page.locator("body[data-live=yes]")).to_be_attached()
+    await page.get_by_placeholder("Message your assistant").fill(text)
+    await page.get_by_role("button", name="Send").click()
+    reply = page.locator("li.message.assistant.final .text")
+    await expect(reply).to_contain_text(f"stub says: {text}", timeout=120_000)  # a cold start
+
+
+async def test_a_family_of_three_each_chat_in_their_own_thread(api: Stack, browser: Browser):
+    base = api.api_url
+    await create_admin(api)  # a host that is set up: its /login is the login page
+
+    async def person() -> Page:  # a context of its own: its own cookies
+        return await (await browser.new_context()).new_page()
+
+    owner, adult, child = await person(), await person(), await person()
+    await sign_up(owner, base, "Curie")
+    await owner.goto(f"{base}/family")
+    await owner.get_by_role("button", name="Create an invitation link").click()
+    link = await owner.locator("#invite-link").get_attribute("href")
+    assert link is not None and re.fullmatch(rf"{re.escape(base)}/join/[\w-]+", link), link
+    await expect(owner.locator("#invite-link")).to_have_text(link)
+    await expect(owner.locator("#invite-qr svg")).to_be_visible()
+    await expect(owner.locator("#invitations")).to_contain_text("as adult")
+
+    # The adult joins from the link.
+    await adult.goto(link)
+    await expect(adult.get_by_role("heading", level=1)).to_contain_text("The Curies")
+    await adult.get_by_label("Your name").fill("Pierre")
+    await adult.get_by_label("Email").fill(f"pierre-{uuid.uuid4().hex[:6]}@example.org")
+    await adult.get_by_label("Password").fill(PASSWORD)
+    await adult.get_by_role("button", name="Join").click()
+    await expect(adult).to_have_url(f"{base}/chat")
+
+    await owner.goto(f"{base}/family")
+    members = owner.locator("#members tr")
+    await expect(members.filter(has_text="Pierre").locator(".role")).to_have_text("adult")
+    await expect(owner.locator("#invitations")).to_contain_text("No pending invitation.")
+    stranger = await person()
+    used = await stranger.goto(link)
+    assert used is not None and used.status == 404
+    await expect(stranger.locator("main")).to_contain_text("invitation")
+
+    # A child, added by the owner, logs in with a username.
+    username = f"irene-{uuid.uuid4().hex[:6]}"
+    await owner.get_by_label("Child's name").fill("Irene")
+    await owner.get_by_label("Username").fill(username)
+    await owner.get_by_label("Child's password").fill(PASSWORD)
+    await owner.get_by_role("button", name="Add child").click()
+    await expect(members.filter(has_text="Irene").locator(".role")).to_have_text("child")
+    await child.goto(f"{base}/login")
+    await child.get_by_label("Email or username").fill(username)
+    await child.get_by_label("Password").fill(PASSWORD)
+    await child.get_by_role("button", name="Log in").click()
+    await expect(child).to_have_url(f"{base}/chat")
+
+    # All three at once, each in their own thread.
+    await owner.goto(f"{base}/chat")
+    said = {owner: "what is radium", adult: "how do crystals grow", child: "why is the sky blue"}
+    await asyncio.gather(*(say(page, text) for page, text in said.items()))
+    for page, text in said.items():
+        await page.reload()
+        await expect(page.locator("li.message.user .text")).to_have_text([text])
+        # /v1, called from the member's own page (their cookie), shows the same one thread.
+        history = await page.evaluate("fetch('/v1/chat/messages').then(r => r.json())")
+        assert [m["text"] for m in history["messages"] if m["role"] == "user"] == [text]
+    # The agent was told who spoke on each turn: the name, and the role Sudo vouches for.
+    seen = " ".join(r["speaker"] for r in api.llm_requests() if r.get("speaker"))
+    for label in ("Curie [adult]", "Pierre [adult]", "Irene [child]"):
+        assert label in seen, (label, seen)
+
+    # The child is no parent.
+    await child.goto(f"{base}/family")
+    await expect(child.locator("#members")).to_contain_text("Irene")
+    await expect(child.get_by_role("button", name="Create an invitation link")).to_have_count(0)
+    await expect(child.get_by_role("button", name="Add child")).to_have_count(0)
+    refused = await child.evaluate(
+        """fetch('/v1/family/invitations', {method: 'POST', headers: {
+            'X-CSRF-Token': document.querySelector('meta[name=csrf-token]').content,
+            'Content-Type': 'application/json'}, body: '{}'})
+          .then(async r => [r.status, await r.text()])"""
+    )
+    assert refused[0] == 403 and "parents" in refused[1], refused
+    await child.goto(f"{base}/integrations")
+    await child.get_by_label("Pairing code").fill("ABC123")
+    await child.get_by_role("button", name="Pair").click()
+    await expect(child.get_by_role("alert")).to_contain_text("parents")
+
+    # The owner removes the adult, whose next page is the login.
+    await owner.goto(f"{base}/family")
+    await members.filter(has_text="Pierre").get_by_role("button", name="Remove").click()
+    await expect(members.filter(has_text="Pierre")).to_have_count(0)
+    await adult.reload()
+    await expect(adult).to_have_url(re.compile(rf"^{re.escape(base)}/login"))

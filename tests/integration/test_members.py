@@ -229,3 +229,31 @@ async def test_a_disabled_family_is_told_so_and_its_agent_stays_stopped(api: Sta
     async with http.post(f"{api.api_url}/v1/admin/families/{family.id}/enable", headers=admin) as resp:
         assert resp.status == 200
     await wait_status(family, await family.send("after"), "answered")
+
+
+async def test_a_reset_link_works_once_and_then_expires(api: Stack, http):
+    owner = await sign_up(http, api.api_url, "Ida")
+    adult = await invite_adult(owner, "Jon")
+    reset = f"{api.api_url}/v1/auth/reset"
+
+    status, made = await owner.call("POST", f"/v1/family/members/{adult.member_id}/reset")
+    assert status == 201 and made["url"].endswith(f"/reset/{made['token']}")
+    async with http.get(made["url"].replace(made["url"].split("/reset/")[0], api.api_url)) as page:
+        assert page.status == 200 and "A new password for Jon" in await page.text()
+    for want in (200, 404):
+        async with http.post(reset, json={"token": made["token"], "password": "jon's new password"}) as resp:
+            assert resp.status == want, await resp.text()
+    assert (await adult.call("GET", "/v1/me"))[0] == 401, "the reset ended Jon's sessions"
+
+    # A link not used within the hour is worth nothing (its hour is made to pass in the database).
+    status, made = await owner.call("POST", f"/v1/family/members/{adult.member_id}/reset")
+    await api.db.aio(
+        api.db.execute, "UPDATE password_resets SET expires_at = ? WHERE used_at IS NULL", (1.0,)
+    )
+    async with http.post(reset, json={"token": made["token"], "password": "another password"}) as resp:
+        assert resp.status == 404 and "expired" in (await resp.json())["error"]
+    async with http.post(
+        f"{api.api_url}/v1/auth/login",
+        json={"login": adult.account["email"], "password": "jon's new password"},
+    ) as resp:
+        assert resp.status == 200

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from control_plane import Family, sign_up
+from control_plane import Family, join, sign_up
 from stack import Stack
 from test_api_access import admin_session
 from twilio_stub import sign
@@ -467,3 +467,39 @@ async def test_a_forgotten_password_is_reset_by_a_code_sent_on_whatsapp(api: Sta
             assert resp.status == 400
     async with http.post(url, json={"number": number, "code": "111111", "password": new}) as resp:
         assert resp.status == 429 and "Retry-After" in resp.headers
+
+
+async def test_a_removed_members_number_reaches_no_agent_and_nothing_held_goes_to_it(
+    api: Stack, http, twilio
+):
+    owner = await sign_up(http, api.api_url, "Noether")
+    adult = await join(owner, "Emmy")
+    number = "+447700900889"
+    now = time.time()
+    await api.db.aio(
+        api.db.execute,
+        "INSERT INTO whatsapp_numbers (id, family_id, account_id, number, created_at, verified_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (uuid.uuid4().hex, owner.id, adult.member_id, number, now, now),
+    )
+    assert (await webhook(http, api, twilio, message(number, "hello from emmy")))[0] == 200
+    await until(lambda: sent_to(api, number), 180, "the reply to Emmy")
+    assert any("Emmy [adult]" in (r.get("speaker") or "") for r in api.llm_requests())
+    # Something waits for Emmy's number outside WhatsApp's window (as a cron job's reminder would).
+    await api.db.aio(
+        api.db.execute,
+        "INSERT INTO whatsapp_outbound (id, family_id, number, body, status, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, 'held', ?, ?)",
+        (uuid.uuid4().hex, owner.id, number, "for emmy later", now, now),
+    )
+
+    status, _ = await owner.call("DELETE", f"/v1/family/members/{adult.member_id}")
+    assert status == 204
+    assert [m for m in await outbound(api, number) if m["status"] == "held"] == []
+    replies = len(sent_to(api, number))
+    assert (await webhook(http, api, twilio, message(number, "am i still here")))[0] == 200
+    notices = await until(lambda: sent_to(api, number)[replies:], 30, "the unlinked notice")
+    assert "Integrations page" in notices[0]["body"]
+    await asyncio.sleep(2)
+    assert asked(api, "am i still here") == 0, "a removed member's number reaches no agent"
+    assert all(m["body"] != "for emmy later" for m in sent_to(api, number))
