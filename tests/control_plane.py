@@ -123,7 +123,8 @@ async def pair(http: aiohttp.ClientSession, api: Stack, family: Family, name: st
     return body["device"]["id"], token
 
 
-async def admin_session(api: Stack, http) -> dict[str, str]:
+async def create_admin(api: Stack) -> str:
+    """An admin, made with sudoctl as an operator would; its email (the password is PASSWORD)."""
     email = f"admin-{uuid.uuid4().hex[:6]}@example.org"
     made = await asyncio.to_thread(
         subprocess.run,
@@ -135,6 +136,11 @@ async def admin_session(api: Stack, http) -> dict[str, str]:
         timeout=60,
     )
     assert made.returncode == 0, made.stderr
+    return email
+
+
+async def admin_session(api: Stack, http) -> dict[str, str]:
+    email = await create_admin(api)
     async with http.post(f"{api.api_url}/v1/auth/login", json={"email": email, "password": PASSWORD}) as resp:
         assert resp.status == 200
         return {"Authorization": f"Bearer {(await resp.json())['token']}"}

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from control_plane import create_admin
 from playwright.async_api import Browser, Page, async_playwright, expect
-from stack import BIN, Stack
+from stack import Stack
 
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
@@ -38,22 +38,6 @@ async def sign_up(page: Page, base: str, name: str) -> str:
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign up").click()
     await expect(page).to_have_url(f"{base}/chat")
-    return email
-
-
-async def create_admin(api: Stack) -> str:
-    """An admin, made with sudoctl; until the host has one, /login leads to the first-run setup."""
-    email = f"admin-{uuid.uuid4().hex[:6]}@example.org"
-    made = await asyncio.to_thread(
-        subprocess.run,
-        [str(BIN / "sudoctl"), "create-admin", "--email", email, "--password-stdin"],
-        input=PASSWORD + "\n",
-        env=api.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert made.returncode == 0, made.stderr
     return email
 
 

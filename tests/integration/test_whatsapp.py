@@ -37,16 +37,21 @@ async def twilio(api: Stack, fresh_settings) -> dict[str, str]:
 
 
 async def linked_family(api: Stack, http: aiohttp.ClientSession, name: str, number: str) -> Family:
-    """A family whose owner has a verified number (linking by code is tested in test_api_access)."""
+    """A family whose owner has a verified number."""
     family = await sign_up(http, api.api_url, name)
+    await link(api, family, number)
+    return family
+
+
+async def link(api: Stack, member: Family, number: str) -> None:
+    """A verified number of this member's (linking by code is tested in test_api_access)."""
     now = time.time()
     await api.db.aio(
         api.db.execute,
         "INSERT INTO whatsapp_numbers (id, family_id, account_id, number, created_at, verified_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (uuid.uuid4().hex, family.id, family.member_id, number, now, now),
+        (uuid.uuid4().hex, member.id, member.member_id, number, now, now),
     )
-    return family
 
 
 def message(number: str, body: str, media: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
@@ -475,13 +480,7 @@ async def test_a_removed_members_number_reaches_no_agent_and_nothing_held_goes_t
     owner = await sign_up(http, api.api_url, "Noether")
     adult = await join(owner, "Emmy")
     number = "+447700900889"
-    now = time.time()
-    await api.db.aio(
-        api.db.execute,
-        "INSERT INTO whatsapp_numbers (id, family_id, account_id, number, created_at, verified_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (uuid.uuid4().hex, owner.id, adult.member_id, number, now, now),
-    )
+    await link(api, adult, number)
     assert (await webhook(http, api, twilio, message(number, "hello from emmy")))[0] == 200
     await until(lambda: sent_to(api, number), 180, "the reply to Emmy")
     assert any("Emmy [adult]" in (r.get("speaker") or "") for r in api.llm_requests())
@@ -490,7 +489,7 @@ async def test_a_removed_members_number_reaches_no_agent_and_nothing_held_goes_t
         api.db.execute,
         "INSERT INTO whatsapp_outbound (id, family_id, number, body, status, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, 'held', ?, ?)",
-        (uuid.uuid4().hex, owner.id, number, "for emmy later", now, now),
+        (uuid.uuid4().hex, owner.id, number, "for emmy later", time.time(), time.time()),
     )
 
     status, _ = await owner.call("DELETE", f"/v1/family/members/{adult.member_id}")
