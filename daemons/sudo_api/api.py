@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from aiohttp import web
 
@@ -26,7 +26,6 @@ from . import host_units, membership, numbers, voice, whatsapp
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
-    ApiError,
     bearer,
     client_address,
     fail,
@@ -59,14 +58,6 @@ def account_json(account: Account) -> dict[str, Any]:
     }
 
 
-def too_many(wait: float, what: str) -> NoReturn:
-    """429 with Retry-After: the limit holds for `wait` more seconds."""
-    seconds = int(wait) + 1
-    error = ApiError(429, f"{what}: try again in {seconds} s")
-    error.headers["Retry-After"] = str(seconds)
-    raise error
-
-
 # Accounts
 
 
@@ -91,22 +82,14 @@ async def login(request: web.Request) -> web.Response:
     return web.json_response({"token": token, "account": account_json(account)})
 
 
-async def attempt_login(request: web.Request, email: str, password: str) -> Account:
+async def attempt_login(request: web.Request, login: str, password: str) -> Account:
     """Check a password under the rate limit; the same rules for the web form and the API."""
     svc = services(request)
-    address = client_address(request)
-    wait = svc.limiter.retry_after(email, address)
-    if wait > 0:
-        raise web.HTTPTooManyRequests(
-            text=json.dumps({"error": f"too many failed logins: try again in {int(wait) + 1} s"}),
-            content_type="application/json",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
-    account = await svc.accounts.check_password(email, password)
+    attempt = svc.limiter.reserve(login, client_address(request))
+    account = await svc.accounts.check_password(login, password)
     if account is None:
-        svc.limiter.failed(email, address)
         fail(401, "wrong email, username or password")
-    svc.limiter.succeeded(email)
+    svc.limiter.succeeded(attempt)
     return account
 
 
@@ -196,8 +179,6 @@ async def whatsapp_reset(request: web.Request) -> web.Response:
         )
     except numbers.NumberError as exc:
         fail(400, str(exc))
-    except membership.RateLimited as exc:
-        too_many(exc.wait, exc.what)
     token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)})
 
@@ -441,15 +422,11 @@ async def pairing_start(request: web.Request) -> web.Response:
     body = await json_body(request)
     svc = services(request)
     name = text_field(body, "name", 80)
-    address = client_address(request)
-    wait = svc.pairing.retry_after(start=address)
-    if wait > 0:
-        too_many(wait, "too many pairings started from here")
+    svc.pairing.reserve("too many pairings started from here", start=client_address(request))
     try:
         started = await svc.db.aio(svc.devices.start_pairing, name)
     except InvalidInput as exc:
         fail(400, str(exc))
-    svc.pairing.count(start=address)
     return web.json_response(started | {"heartbeat_sec": svc.settings.api.heartbeat_interval_sec}, status=201)
 
 
@@ -472,15 +449,15 @@ async def pairing_complete(request: web.Request) -> web.Response:
 async def complete_pairing(request: web.Request, family: uuid.UUID, code: str) -> Device:
     """Shared by the API and the page: wrong codes are limited per family and per address."""
     svc = services(request)
-    keys = {"family": str(family), "address": client_address(request)}
-    wait = svc.pairing.retry_after(**keys)
-    if wait > 0:
-        too_many(wait, "too many wrong pairing codes")
+    attempt = svc.pairing.reserve(
+        "too many wrong pairing codes", family=str(family), address=client_address(request)
+    )
     try:
-        return await svc.db.aio(svc.devices.complete_pairing, family, code)
+        device = await svc.db.aio(svc.devices.complete_pairing, family, code)
     except PairingError as exc:
-        svc.pairing.count(**keys)
         fail(400, str(exc))
+    attempt.give_back()
+    return device
 
 
 def device_json(devices: Any, device: Any) -> dict[str, Any]:
@@ -549,14 +526,11 @@ async def link_number(svc: Any, family: uuid.UUID, member: uuid.UUID, text: str)
     """Shared by the API and the page: errors become ApiError with the right status."""
     try:
         number = numbers.clean_number(text)
-        wait = svc.codes.retry_after(number=number)
-        if wait > 0:
-            too_many(wait, "this number was sent too many codes")
+        svc.codes.reserve("this number was sent too many codes", number=number)
         existed = any(n.number == number for n in await svc.db.aio(svc.numbers.list, family))
         record, code = await svc.db.aio(svc.numbers.start, family, member, number)
     except numbers.NumberError as exc:
         fail(400, str(exc))
-    svc.codes.count(number=number)
     settings = await svc.db.aio(svc.db.get_settings, "twilio.")
     try:
         await twilio.send_whatsapp(

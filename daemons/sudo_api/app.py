@@ -12,6 +12,7 @@ from sudo_core.accounts import AccountError
 
 from . import api, family_pages, pages
 from .context import SERVICES, Services, status_of
+from .limits import RateLimited
 
 log = logging.getLogger("sudo-api")
 
@@ -36,12 +37,15 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
             exc.headers.update(SECURITY_HEADERS)
             raise
         response = web.json_response({"error": reason(request, exc)}, status=exc.status)
-    except AccountError as exc:  # a use case refused: the caller's mistake, said plainly
+    except (AccountError, RateLimited) as exc:  # a use case refused: said plainly
+        status = 429 if isinstance(exc, RateLimited) else status_of(exc)
         response = (
-            web.json_response({"error": str(exc)}, status=status_of(exc))
+            web.json_response({"error": str(exc)}, status=status)
             if api_call
-            else web.Response(status=status_of(exc), text=str(exc))
+            else web.Response(status=status, text=str(exc))
         )
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         text = "internal error; it has been logged"

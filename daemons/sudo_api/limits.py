@@ -1,9 +1,42 @@
-"""Rate limits: events (failed guesses, codes sent) counted in sliding windows, in memory."""
+"""Rate limits: events (failed guesses, codes sent) counted in sliding windows, in memory.
+
+An attempt is counted when it is *reserved*, before the handler awaits the password hash, the
+database or Twilio, and given back if it turns out not to count (a right password). Checking
+first and counting after the await let a burst through: sixty concurrent wrong passwords were
+all checked against a limit of five, since none had been counted yet when the others looked.
+Reserving happens between two awaits, so on the one event loop it is atomic.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
+
+
+class RateLimited(Exception):
+    """Too many attempts: the limit holds for `wait` more seconds."""
+
+    def __init__(self, what: str, wait: float) -> None:
+        self.what, self.wait = what, wait
+        super().__init__(f"{what}: try again in {self.retry_after} s")
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds, rounded up, for the Retry-After header."""
+        return int(self.wait) + 1
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One attempt counted under each of its keys; `give_back` uncounts it."""
+
+    limiter: Limiter
+    keys: dict[str, str]
+    at: float
+
+    def give_back(self) -> None:
+        self.limiter.uncount(self.at, **self.keys)
 
 
 class Limiter:
@@ -30,7 +63,15 @@ class Limiter:
                 wait = max(wait, events[0] + self.window - now)
         return wait
 
-    def count(self, **keys: str) -> None:
+    def reserve(self, what: str, **keys: str) -> Reservation:
+        """Count one attempt under every key now, or raise RateLimited (`what` says what was
+        limited) if any key is at its limit."""
+        wait = self.retry_after(**keys)
+        if wait > 0:
+            raise RateLimited(what, wait)
+        return Reservation(self, keys, self.count(**keys))
+
+    def count(self, **keys: str) -> float:
         now = time.monotonic()
         for kind, key in keys.items():
             self._events.setdefault((kind, key), deque(maxlen=self.limits[kind])).append(now)
@@ -38,6 +79,14 @@ class Limiter:
             for k in list(self._events):
                 self._fresh(k, now)
             self._sweep_at = max(1024, 2 * len(self._events))
+        return now
+
+    def uncount(self, at: float, **keys: str) -> None:
+        """Take back the event counted at `at` under these keys (if the window still holds it)."""
+        for kind, key in keys.items():
+            events = self._events.get((kind, key))
+            if events is not None and at in events:
+                events.remove(at)
 
     def forget(self, kind: str, key: str) -> None:
         self._events.pop((kind, key), None)
@@ -58,14 +107,13 @@ class LoginLimiter:
     def __init__(self, per_account: int, per_address: int, window_sec: float) -> None:
         self._limiter = Limiter(window_sec, account=per_account, address=per_address)
 
-    def retry_after(self, account: str, address: str) -> float:
-        """Seconds until a login may be tried; 0 when it may be tried now."""
-        return self._limiter.retry_after(account=account.lower(), address=address)
+    def reserve(self, account: str, address: str) -> Reservation:
+        """Count a login attempt now (RateLimited if it may not be tried)."""
+        return self._limiter.reserve("too many failed logins", account=account.lower(), address=address)
 
-    def failed(self, account: str, address: str) -> None:
-        self._limiter.count(account=account.lower(), address=address)
-
-    def succeeded(self, account: str) -> None:
-        """The account's count starts over; the address's does not (one known password must not
-        reset the count of guesses at everyone else's)."""
-        self._limiter.forget("account", account.lower())
+    def succeeded(self, attempt: Reservation) -> None:
+        """A right password: the attempt does not count, and the account's count starts over;
+        the address's does not (one known password must not reset the count of guesses at
+        everyone else's)."""
+        attempt.give_back()
+        self._limiter.forget("account", attempt.keys["account"])

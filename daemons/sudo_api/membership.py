@@ -1,7 +1,7 @@
 """What the API and the pages do to members and families beyond the core's rules: whatever this
 process holds of them (open chat streams, device tokens) goes with them, and a forgotten
 password is reset by a code sent on WhatsApp. Both front ends call these, and translate the
-errors: `AccountError`s, `RateLimited`, and `ApiError(502)` when the provisioner fails."""
+errors: `AccountError`s, `limits.RateLimited`, and `ApiError(502)` when the provisioner fails."""
 
 from __future__ import annotations
 
@@ -14,14 +14,6 @@ from sudo_core.provisioner_client import ProvisionerError
 
 from .context import fail
 from .numbers import clean_number
-
-
-class RateLimited(Exception):
-    """Too many attempts: the limit holds for `wait` more seconds."""
-
-    def __init__(self, what: str, wait: float) -> None:
-        self.what, self.wait = what, wait
-        super().__init__(f"{what}: try again in {int(wait) + 1} s")
 
 
 def provisioner_trouble(exc: ProvisionerError | OSError) -> str:
@@ -62,10 +54,7 @@ async def send_reset_code(svc: Any, number: str) -> None:
     """A six-digit code to the member whose verified WhatsApp number this is. Whether the number
     is linked is never told (the caller says the same either way); sends are limited per number."""
     number = clean_number(number)
-    wait = svc.codes.retry_after(number=number)
-    if wait > 0:
-        raise RateLimited("this number was sent too many codes", wait)
-    svc.codes.count(number=number)
+    svc.codes.reserve("this number was sent too many codes", number=number)
     member = await svc.db.aio(svc.numbers.member_of, number)
     if member is None:
         return
@@ -81,14 +70,14 @@ async def send_reset_code(svc: Any, number: str) -> None:
 async def reset_by_code(svc: Any, number: str, code: str, password: str) -> Account:
     """Set a new password with the code sent to `number`; wrong codes are limited per number."""
     number = clean_number(number)
-    wait = svc.codes.retry_after(guess=number)
-    if wait > 0:
-        raise RateLimited("too many wrong codes for this number", wait)
+    attempt = svc.codes.reserve("too many wrong codes for this number", guess=number)
     member = await svc.db.aio(svc.numbers.member_of, number)
     try:
         account = await svc.accounts.reset_password(code_token(member or uuid.uuid4(), code), password)
     except NotFound:
-        svc.codes.count(guess=number)
         raise InvalidInput("wrong or expired code: ask for a new one") from None
+    except InvalidInput:
+        attempt.give_back()  # a password too short is no guess at the code
+        raise
     svc.codes.forget("guess", number)
     return account

@@ -35,6 +35,7 @@ from .context import (
     status_of,
 )
 from .devices import PairingError
+from .limits import RateLimited
 from .numbers import NumberError
 
 log = logging.getLogger("sudo-api.pages")
@@ -81,7 +82,7 @@ async def form(request: web.Request, session: Session | None = None) -> dict[str
     return data
 
 
-REFUSED = (AccountError, ApiError, membership.RateLimited, NumberError, PairingError)
+REFUSED = (AccountError, ApiError, RateLimited, NumberError, PairingError)
 """What a page's action may be refused with: shown on the page, with `page_error`'s status."""
 
 
@@ -91,7 +92,7 @@ def page_error(exc: Exception) -> tuple[int, str]:
         return status_of(exc), str(exc)
     if isinstance(exc, ApiError):
         return exc.status, exc.message
-    if isinstance(exc, membership.RateLimited):
+    if isinstance(exc, RateLimited):
         return 429, str(exc)
     return 400, str(exc)
 
@@ -160,12 +161,9 @@ async def login(request: web.Request) -> web.Response:
     email = data.get("email", "")
     try:
         account = await attempt_login(request, email, data.get("password", ""))
-    except web.HTTPTooManyRequests as exc:
-        error = f"too many failed logins: try again in {exc.headers['Retry-After']} s"
-        return render("login.html", None, status=429, email=email, error=error, next=data.get("next", ""))
-    except ApiError as exc:
-        error = exc.message
-        return render("login.html", None, status=401, email=email, error=error, next=data.get("next", ""))
+    except (RateLimited, ApiError) as exc:
+        status, error = page_error(exc)
+        return render("login.html", None, status=status, email=email, error=error, next=data.get("next", ""))
     await start_session(request, account, safe_next(data.get("next")) if account.family_id else "/admin")
 
 

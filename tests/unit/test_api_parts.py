@@ -13,7 +13,7 @@ from aiohttp import web
 
 from sudo_api.chat import ChatStore, runtimes_http
 from sudo_api.devices import Devices, PairingError
-from sudo_api.limits import Limiter, LoginLimiter
+from sudo_api.limits import Limiter, LoginLimiter, RateLimited
 from sudo_core import host_settings
 from sudo_core.accounts import Accounts, Conflict
 from sudo_core.config import ApiSettings
@@ -31,22 +31,23 @@ def db(tmp_path: Path):
 def test_login_limiter_counts_per_account_and_per_address():
     limiter = LoginLimiter(per_account=3, per_address=5, window_sec=0.3)
     for _ in range(3):
-        assert limiter.retry_after("X@example.org", "10.0.0.1") == 0
-        limiter.failed("x@example.org", "10.0.0.1")
-    assert 0 < limiter.retry_after("x@example.org", "10.0.0.9") <= 0.3  # locked from anywhere
-    assert limiter.retry_after("y@example.org", "10.0.0.1") == 0  # the address may try others...
-    limiter.failed("y@example.org", "10.0.0.1")
-    limiter.failed("z@example.org", "10.0.0.1")
-    assert limiter.retry_after("w@example.org", "10.0.0.1") > 0  # ...up to its own limit
-    time.sleep(0.35)
-    assert limiter.retry_after("x@example.org", "10.0.0.1") == 0  # the window forgets
+        limiter.reserve("X@example.org", "10.0.0.1")  # wrong passwords: each attempt is kept
+    with pytest.raises(RateLimited) as locked:
+        limiter.reserve("x@example.org", "10.0.0.9")  # locked from anywhere
+    assert 0 < locked.value.wait <= 0.3 and locked.value.retry_after == 1
+    limiter.reserve("y@example.org", "10.0.0.1")  # the address may try others...
+    limiter.reserve("z@example.org", "10.0.0.1")
+    with pytest.raises(RateLimited):
+        limiter.reserve("w@example.org", "10.0.0.1")  # ...up to its own limit
+    time.sleep(0.35)  # the window forgets
     for _ in range(3):
-        limiter.failed("x@example.org", "10.0.0.1")
-    limiter.succeeded("x@example.org")
-    assert limiter.retry_after("x@example.org", "10.0.0.2") == 0  # the account starts over
-    limiter.failed("a@example.org", "10.0.0.1")
-    limiter.failed("b@example.org", "10.0.0.1")
-    assert limiter.retry_after("c@example.org", "10.0.0.1") > 0  # the address does not
+        attempt = limiter.reserve("x@example.org", "10.0.0.1")
+    limiter.succeeded(attempt)  # the right password: that attempt is given back...
+    limiter.reserve("x@example.org", "10.0.0.2")  # ...and the account starts over
+    for other in ("a", "b", "c"):
+        limiter.reserve(f"{other}@example.org", "10.0.0.1")
+    with pytest.raises(RateLimited):
+        limiter.reserve("d@example.org", "10.0.0.1")  # the address does not start over
 
 
 def test_limiter_counts_each_kind_and_forgets_what_its_window_forgot():
