@@ -69,6 +69,12 @@ async def serve(settings: config.Settings) -> int:
 
     async with notifier.serving(f"serving on {api.listen}") as stop:
         log.info(f"sudo-api on {api.listen}", extra=fields(address=api.listen))
+        if not await db.aio(services.accounts.has_admin):
+            log.warning(
+                f"this host has no admin yet: create it at /setup?token={services.setup_token}"
+                f" (here: http://{api.listen}/setup?token={services.setup_token}),"
+                " or with `sudoctl create-admin`"
+            )
         await stop.wait()
 
     notifier.status("finishing replies in progress")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -60,6 +61,27 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@web.middleware
+async def same_origin(request: web.Request, handler) -> web.StreamResponse:
+    """A browser's state-changing request must come from this site's own pages. A session's
+    forms carry its CSRF token, but the login and sign-up forms have no session yet: a
+    cross-site POST to /login would log the victim into the attacker's family. Browsers say
+    where a request comes from (Sec-Fetch-Site, Origin); clients that are no browser (the
+    devices, Twilio, curl) send neither, and a bearer token is never sent on its own."""
+    if request.method not in SAFE_METHODS:
+        site = request.headers.get("Sec-Fetch-Site")
+        origin = request.headers.get("Origin")
+        foreign = site not in (None, "same-origin", "none") or (
+            origin is not None and urlsplit(origin).netloc != request.host
+        )
+        if foreign:
+            raise web.HTTPForbidden(text="this request came from another site: use this site's own pages")
+    return await handler(request)
+
+
 @web.middleware
 async def whole_body(request: web.Request, handler) -> web.StreamResponse:
     """Read a request's whole body before its handler, within `api.client_timeout_sec` (and the
@@ -97,7 +119,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def build_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[errors, whole_body], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[errors, same_origin, whole_body], client_max_size=256 * 1024)
     app[SERVICES] = services
     app.add_routes([web.get("/healthz", healthz), *api.routes(), *pages.routes(), *family_pages.routes()])
     return app

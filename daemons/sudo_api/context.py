@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import secrets
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class Services:
     codes: Limiter = field(default_factory=lambda: code_limiter(ApiSettings()))
     """WhatsApp codes (to link a number, to reset a password) sent per number, and wrong reset
     codes typed per number."""
+    setup_token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    """What /setup asks for while the host has no admin: new at every start, printed then."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     members: Members = field(init=False)
 

@@ -7,11 +7,13 @@ once it is there.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import jinja2
 import segno
@@ -127,7 +129,14 @@ def invitation_link(request: web.Request, token: str) -> dict[str, Any]:
 
 
 def safe_next(value: str | None) -> str:
-    return value if value and value.startswith("/") and not value.startswith("//") else "/chat"
+    """A local path to go on to after logging in, or /chat. Browsers drop tabs and newlines
+    from a URL and read a backslash as a slash (`/\t/evil.example` is `//evil.example`), so
+    the path is judged as the browser will read it, and handed on in that form."""
+    path = "".join(c for c in value or "" if c.isprintable() and not c.isspace()).replace("\\", "/")
+    parts = urlsplit(path)
+    if not path.startswith("/") or path.startswith("//") or parts.scheme or parts.netloc:
+        return "/chat"
+    return path
 
 
 async def index(request: web.Request) -> web.Response:
@@ -176,19 +185,24 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def setup(request: web.Request) -> web.Response:
-    """First run: the first visitor creates the admin; afterwards this page is gone."""
+    """First run: whoever holds the setup token (sudo-api prints it at start, while there is no
+    admin) creates the admin; afterwards this page is gone. Without the token, the first
+    visitor of a fresh host's address would become its admin."""
     svc = services(request)
     if await svc.db.aio(svc.accounts.has_admin):
         raise web.HTTPNotFound()
+    data = await form(request) if request.method == "POST" else {}
+    token = data.get("token") or request.query.get("token", "")
+    if not hmac.compare_digest(token.encode(), svc.setup_token.encode()):
+        return render("setup.html", None, status=403, token=None, values={}, error=None)
     if request.method == "GET":
-        return render("setup.html", None, values={}, error=None)
-    data = await form(request)
+        return render("setup.html", None, token=token, values={}, error=None)
     try:
         account = await svc.accounts.sign_up(
             data.get("email", ""), data.get("password", ""), data.get("name", ""), None, is_admin=True
         )
     except InvalidInput as exc:
-        return render("setup.html", None, status=400, values=data, error=str(exc))
+        return render("setup.html", None, status=400, token=token, values=data, error=str(exc))
     await start_session(request, account, "/admin")
 
 

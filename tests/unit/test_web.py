@@ -64,25 +64,70 @@ async def csrf_of(client: TestClient, cookie: str, path: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', await resp.text()).group(1)
 
 
-async def test_first_run_creates_the_admin_once(client):
+async def test_first_run_creates_the_admin_once_with_the_setup_token(client):
     client, db = client
+    token = client.app[SERVICES].setup_token
     resp = await client.get("/login", allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/setup"
-    resp = await client.post(
-        "/setup", data={"email": "root@example.org", "password": "short", "name": "Root"}
-    )
+    admin = {"email": "root@example.org", "password": PASSWORD, "name": "Root"}
+    # Without the token printed at start, the first visitor is not the admin.
+    for query in ("", "?token=guessed"):
+        page = await client.get(f"/setup{query}")
+        assert page.status == 403 and "sudoctl create-admin" in await page.text()
+    assert (await client.post("/setup", data=admin | {"token": "guessed"})).status == 403
+    assert not db.query("SELECT * FROM accounts")
+
+    page = await client.get(f"/setup?token={token}")
+    assert page.status == 200 and f'name="token" value="{token}"' in await page.text()
+    resp = await client.post("/setup", data=admin | {"password": "short", "token": token})
     assert resp.status == 400 and "at least 10 characters" in await resp.text()
     assert not db.query("SELECT * FROM accounts")
-    resp = await client.post(
-        "/setup",
-        data={"email": "root@example.org", "password": PASSWORD, "name": "Root"},
-        allow_redirects=False,
-    )
+    resp = await client.post("/setup", data=admin | {"token": token}, allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/admin"
     session_cookie(resp)
     assert [r["is_admin"] for r in db.query("SELECT is_admin FROM accounts")] == [1]
-    assert (await client.get("/setup")).status == 404  # gone once there is an admin
+    assert (await client.get(f"/setup?token={token}")).status == 404  # gone once there is an admin
     assert (await client.get("/login")).status == 200
+
+
+async def test_forms_posted_from_another_site_are_refused(client):
+    """Login CSRF: a cross-site form would log the victim into the attacker's family."""
+    client, db = client
+    form = {"email": "eve@example.org", "password": PASSWORD, "name": "Eve", "family_name": "Eve"}
+    await client.post("/signup", data=form, allow_redirects=False)
+    login = {"email": "eve@example.org", "password": PASSWORD}
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        resp = await client.post("/login", data=login, headers=headers, allow_redirects=False)
+        assert resp.status == 403 and "Set-Cookie" not in resp.headers, headers
+        signup = form | {"email": "victim@example.org"}
+        assert (await client.post("/signup", data=signup, headers=headers)).status == 403
+    assert db.query_one("SELECT count(*) FROM accounts")[0] == 1
+    same = {"Origin": f"http://{client.host}:{client.port}", "Sec-Fetch-Site": "same-origin"}
+    resp = await client.post("/login", data=login, headers=same, allow_redirects=False)
+    assert resp.status == 303 and session_cookie(resp)
+
+
+@pytest.mark.parametrize(
+    ("next_", "to"),
+    [
+        ("/family", "/family"),
+        ("/chat?x=1", "/chat?x=1"),
+        ("/\t/evil.example", "/chat"),
+        ("/\\evil.example", "/chat"),
+        ("//evil.example", "/chat"),
+        ("/\n/evil.example/x", "/chat"),
+        ("https://evil.example", "/chat"),
+        ("javascript:alert(1)", "/chat"),
+    ],
+)
+async def test_after_login_only_a_local_path(client, next_, to):
+    client, _ = client
+    form = {"email": "ned@example.org", "password": PASSWORD, "name": "Ned", "family_name": "Ned"}
+    await client.post("/signup", data=form, allow_redirects=False)
+    resp = await client.post(
+        "/login", data={"email": form["email"], "password": PASSWORD, "next": next_}, allow_redirects=False
+    )
+    assert resp.status == 303 and resp.headers["Location"] == to, (next_, resp.headers["Location"])
 
 
 async def test_pages_need_a_login_and_every_form_its_csrf_token(client):
