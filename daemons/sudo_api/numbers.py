@@ -157,9 +157,20 @@ class Numbers:
         return uuid.UUID(row["account_id"]) if row and row["account_id"] else None
 
     def remove(self, family: uuid.UUID, number_id: str, member: uuid.UUID | None) -> bool:
-        """Unlink a number: the member's own, or (member None: a parent) any of the family's."""
-        cur = self.db.execute(
-            "DELETE FROM whatsapp_numbers WHERE id = ? AND family_id = ? AND (? IS NULL OR account_id = ?)",
-            (number_id, str(family), str(member) if member else None, str(member) if member else None),
-        )
-        return cur.rowcount > 0
+        """Unlink a number: the member's own, or (member None: a parent) any of the family's.
+        What the family's agent had held for it (outside WhatsApp's window) is dropped too."""
+        owner = str(member) if member else None
+        with self.db.transaction():
+            row = self.db.query_one(
+                "SELECT number FROM whatsapp_numbers WHERE id = ? AND family_id = ?"
+                " AND (? IS NULL OR account_id = ?)",
+                (number_id, str(family), owner, owner),
+            )
+            if row is None:
+                return False
+            self.db.execute(
+                "DELETE FROM whatsapp_outbound WHERE family_id = ? AND number = ? AND status = 'held'",
+                (str(family), row["number"]),
+            )
+            self.db.execute("DELETE FROM whatsapp_numbers WHERE id = ?", (number_id,))
+        return True

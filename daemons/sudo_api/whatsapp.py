@@ -262,7 +262,7 @@ class WhatsApp:
             return "duplicate"
         INBOUND.labels("accepted").inc()
         self.kick(family)
-        self._background(self._release_held(number))
+        self._background(self._release_held(family, number))
         return "accepted"
 
     async def on_status(self, form: dict[str, str]) -> None:
@@ -389,9 +389,9 @@ class WhatsApp:
         if result.status >= 400:
             log.error("WhatsApp notice to %s not sent: %s", number, result.message.error)
 
-    async def _release_held(self, number: str) -> None:
-        """The number wrote, so the window is open again: send what waited for it, in order."""
-        held = await self.db.aio(self.outbound.held, number)
+    async def _release_held(self, family: uuid.UUID, number: str) -> None:
+        """The number wrote, so the window is open again: send what its family held for it, in order."""
+        held = await self.db.aio(self.outbound.held, family, number)
         if not held:
             return
         account = twilio.Account.from_settings(await self.db.aio(self.db.get_settings, "twilio."))

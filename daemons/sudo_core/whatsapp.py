@@ -125,10 +125,14 @@ class OutboundStore:
         row = self.db.query_one("SELECT max(received_at) FROM whatsapp_inbox WHERE number = ?", (number,))
         return bool(row[0]) and row[0] > (now or time.time()) - WINDOW_SEC
 
-    def held(self, number: str) -> list[Outbound]:
+    def held(self, family: uuid.UUID, number: str) -> list[Outbound]:
+        """What the family's agent wrote to the number outside the window, oldest first. Only the
+        family that links the number now: a number another family linked since is not sent
+        what the family that let it go had held for it."""
         rows = self.db.query(
-            "SELECT * FROM whatsapp_outbound WHERE number = ? AND status = 'held' ORDER BY created_at",
-            (number,),
+            "SELECT * FROM whatsapp_outbound WHERE number = ? AND family_id = ? AND status = 'held'"
+            " ORDER BY created_at",
+            (number, str(family)),
         )
         return [_outbound(r) for r in rows]
 

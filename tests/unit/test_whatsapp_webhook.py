@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import pytest
-from aiohttp.test_utils import TestClient
+import twilio_stub
+from aiohttp.test_utils import TestClient, TestServer
 from test_web import client as web_client  # noqa: F401 (the in-process app, as a fixture)
 from twilio.request_validator import RequestValidator
 
 from sudo_api.context import SERVICES
+from sudo_api.numbers import Numbers
 from sudo_core.config import ApiSettings, Settings
 from sudo_core.db import Database
 
@@ -182,3 +186,54 @@ async def test_status_callbacks_are_checked_the_same_way_and_recorded(client):
     assert await callback("undelivered", ErrorCode="63016", ErrorMessage="outside the window") == 200
     row = db.query_one("SELECT status, error FROM whatsapp_outbound")
     assert row["status"] == "undelivered" and "63016" in row["error"]
+
+
+def hold(db: Database, family: uuid.UUID, number: str, body: str) -> str:
+    """A message the family's agent wrote to the number outside WhatsApp's window: held."""
+    message_id = f"{family.hex}:{uuid.uuid4().hex}"
+    db.execute(
+        "INSERT INTO whatsapp_outbound (id, family_id, number, body, status, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, 'held', ?, ?)",
+        (message_id, str(family), number, body, time.time(), time.time()),
+    )
+    return message_id
+
+
+def status_of(db: Database, message_id: str) -> str | None:
+    row = db.query_one("SELECT status FROM whatsapp_outbound WHERE id = ?", (message_id,))
+    return row["status"] if row else None
+
+
+async def test_what_was_held_for_a_number_goes_only_to_the_family_that_links_it(client, tmp_path):
+    test_client, db, family = client
+    unlinked = hold(db, family, LINKED, "the dentist is at nine")
+    assert Numbers(db).remove(family, "n1", None)
+    assert status_of(db, unlinked) is None, "unlinking the number drops what was held for it"
+
+    # Held before the number was let go (an older host), and the number now another family's.
+    stale = hold(db, family, LINKED, "the Lovelaces' secret")
+    other = db.create_family("Babbage")
+    db.execute(
+        "INSERT INTO whatsapp_numbers (id, family_id, number, created_at, verified_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        ("n2", str(other.id), LINKED, time.time(), time.time()),
+    )
+    hold(db, other.id, LINKED, "for the Babbages")
+    account, sent = "AC" + "0" * 32, tmp_path / "twilio.jsonl"
+    async with TestServer(twilio_stub.build_app(sent, account, TOKEN)) as twilio:
+        for key, value in {
+            "account_sid": account,
+            "whatsapp_from": "+14155550100",
+            "api_base": str(twilio.make_url("")).rstrip("/"),
+        }.items():
+            db.set_setting(f"twilio.{key}", value)
+        form = inbound()  # the number writes: WhatsApp's window is open again
+        signature = RequestValidator(TOKEN).compute_signature(PUBLIC, form)
+        assert (await post(test_client, form, signature)).status == 200
+        for _ in range(100):  # the release runs in the background
+            if sent.exists() and sent.read_text():
+                break
+            await asyncio.sleep(0.05)
+    bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
+    assert bodies == ["for the Babbages"], "only what the family that links the number held"
+    assert status_of(db, stale) == "held"
