@@ -668,7 +668,7 @@ async def admin_settings(request: web.Request) -> web.Response:
     svc = services(request)
     if request.method == "PUT":
         try:
-            clean = host_settings.validate(await json_body(request))
+            clean = host_settings.validate(await json_body(request), svc.settings.api.allow_http_urls)
         except host_settings.InvalidSetting as exc:
             fail(400, str(exc))
         changed = await svc.db.aio(host_settings.store, svc.db, clean)
@@ -680,6 +680,7 @@ async def admin_settings(request: web.Request) -> web.Response:
             {
                 "settings": await svc.db.aio(host_settings.current, svc.db),
                 "changed": changed,
+                "cleared": host_settings.cleared(changed, clean),
                 "restarting": restarting,
             }
         )

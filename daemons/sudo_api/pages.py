@@ -356,12 +356,16 @@ async def admin_settings(request: web.Request) -> web.Response:
             message = "Restarting every runtime." if started else "A restart is already running."
         else:
             try:
-                clean = host_settings.validate({k: v for k, v in data.items() if k in host_settings.FIELDS})
+                fields = {k: v for k, v in data.items() if k in host_settings.FIELDS}
+                clean = host_settings.validate(fields, svc.settings.api.allow_http_urls)
                 changed = await svc.db.aio(host_settings.store, svc.db, clean)
             except host_settings.InvalidSetting as exc:
                 error = str(exc)
             else:
                 message = "Saved." if changed else "Nothing changed."
+                if cleared := host_settings.cleared(changed, clean):
+                    labels = ", ".join(host_settings.FIELDS[k].label for k in cleared)
+                    message += f" Its address changed, so this is cleared: {labels}. Enter it again."
                 if any(host_settings.FIELDS[k].restart for k in changed) and svc.fleet.start(
                     "settings changed"
                 ):

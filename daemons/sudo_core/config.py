@@ -246,6 +246,11 @@ class ApiSettings:
     """Peers whose X-Forwarded-For/Proto/Host are believed (Caddy): the client's address for the
     rate limits, and the public URL Twilio signs."""
 
+    allow_http_urls: bool = False
+    """Let the admin's provider addresses (LLM, speech, Twilio, LiveKit) use plain http beyond
+    this host (a provider on a trusted LAN); without it, plain http only to loopback, since each
+    address is sent its secret."""
+
     signup: str = "open"
     """Who may create a family: `open` (anyone, at /signup), `invite` (whoever holds an
     invitation the admin issued from /admin or `sudoctl invite`) or `closed` (nobody). Members

@@ -9,6 +9,7 @@ by `sudoctl settings`.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,11 +21,44 @@ class InvalidSetting(ValueError):
     pass
 
 
-def _url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+def _url(value: str, allow_http: bool = False) -> str:
+    """A provider's address: https (wss), since its secret goes along; plain http (ws) only to
+    this host itself, or anywhere with `api.allow_http_urls`. Nothing that could carry or hide
+    another destination: no user:password@, no ?query, no #fragment."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (a port that is no number raises here)
+    except ValueError:
+        raise InvalidSetting("must be a URL such as https://host/path") from None
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
         raise InvalidSetting("must be a URL such as https://host/path")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidSetting(
+            "must not hold a user name or password (user:password@): use the key's own field"
+        )
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise InvalidSetting("must not have a ?query or #fragment")
+    if parts.scheme in ("http", "ws") and not (allow_http or is_loopback(parts.hostname)):
+        raise InvalidSetting(
+            f"must use {'https' if parts.scheme == 'http' else 'wss'}: its secret would cross the network"
+            " in the clear (plain http is for this host itself, or set api.allow_http_urls)"
+        )
     return value.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs name the same server (scheme, host, port): where a secret may follow."""
+    one, two = urlsplit(a), urlsplit(b)
+    return (one.scheme, one.hostname, one.port) == (two.scheme, two.hostname, two.port)
 
 
 def _text(value: str) -> str:
@@ -44,6 +78,8 @@ def _phone(value: str) -> str:
 class Field:
     label: str
     check: Any = _text
+    url: bool = False
+    """A provider's address (checked by `_url`)."""
     secret: bool = False
     """Write-only: shown as set or not, never sent back."""
     restart: bool = False
@@ -51,25 +87,35 @@ class Field:
 
 
 FIELDS: dict[str, Field] = {
-    "llm.base_url": Field("LLM provider URL (OpenAI-compatible, ending in /v1)", _url),
+    "llm.base_url": Field("LLM provider URL (OpenAI-compatible, ending in /v1)", url=True),
     "llm.model": Field("Model", restart=True),
     "llm.api_key": Field("LLM API key", secret=True),
     "twilio.account_sid": Field("Twilio Account SID"),
     "twilio.auth_token": Field("Twilio Auth Token", secret=True),
     "twilio.whatsapp_from": Field("WhatsApp sender number", _phone),
-    "twilio.api_base": Field("Twilio API URL (empty: https://api.twilio.com)", _url),
+    "twilio.api_base": Field("Twilio API URL (empty: https://api.twilio.com)", url=True),
     "twilio.template_sid": Field("WhatsApp template for messages outside the 24-hour window (Content SID)"),
-    "twilio.public_url": Field("This server's public address, for Twilio's status callbacks", _url),
-    "stt.base_url": Field("Speech-to-text URL (OpenAI-compatible; empty: the LLM provider)", _url),
+    "twilio.public_url": Field("This server's public address, for Twilio's status callbacks", url=True),
+    "stt.base_url": Field("Speech-to-text URL (OpenAI-compatible; empty: the LLM provider)", url=True),
     "stt.model": Field("Speech-to-text model (empty: whisper-1)"),
     "stt.api_key": Field("Speech-to-text API key (empty: the LLM key)", secret=True),
-    "tts.base_url": Field("Text-to-speech URL (OpenAI-compatible; empty: the LLM provider)", _url),
+    "tts.base_url": Field("Text-to-speech URL (OpenAI-compatible; empty: the LLM provider)", url=True),
     "tts.model": Field("Text-to-speech model (empty: tts-1)"),
     "tts.api_key": Field("Text-to-speech API key (empty: the LLM key)", secret=True),
-    "livekit.url": Field("LiveKit server URL", _url),
+    "livekit.url": Field("LiveKit server URL", url=True),
     "livekit.api_key": Field("LiveKit API key"),
     "livekit.api_secret": Field("LiveKit API secret", secret=True),
 }
+SECRET_OF_URL = {
+    "llm.base_url": "llm.api_key",
+    "stt.base_url": "stt.api_key",
+    "tts.base_url": "tts.api_key",
+    "twilio.api_base": "twilio.auth_token",
+    "livekit.url": "livekit.api_secret",
+}
+"""The secret that goes to each address. A new address without its secret entered again in the
+same save clears the secret: an admin session (or a stolen one) cannot point the address at
+its own server and receive the key there."""
 
 
 def current(db: Database) -> dict[str, Any]:
@@ -81,8 +127,9 @@ def current(db: Database) -> dict[str, Any]:
     }
 
 
-def validate(changes: dict[str, Any]) -> dict[str, str]:
-    """All changes checked before any is stored: a bad one changes nothing."""
+def validate(changes: dict[str, Any], allow_http: bool = False) -> dict[str, str]:
+    """All changes checked before any is stored: a bad one changes nothing. `allow_http`:
+    `api.allow_http_urls`, plain http to providers beyond this host."""
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise InvalidSetting(f"unknown setting(s): {', '.join(unknown)}")
@@ -91,18 +138,25 @@ def validate(changes: dict[str, Any]) -> dict[str, str]:
         if not isinstance(value, str):
             raise InvalidSetting(f"{key}: must be a string")
         value = value.strip()
+        field = FIELDS[key]
         try:
-            clean[key] = FIELDS[key].check(value) if value else ""
+            clean[key] = "" if not value else _url(value, allow_http) if field.url else field.check(value)
         except InvalidSetting as exc:
             raise InvalidSetting(f"{FIELDS[key].label}: {exc}") from None
     return clean
 
 
 def store(db: Database, clean: dict[str, str]) -> list[str]:
-    """Store validated changes; an empty secret keeps the stored one. Returns the keys changed."""
-    stored = db.get_settings("")
+    """Store validated changes; an empty secret keeps the stored one, unless its address
+    changed (`SECRET_OF_URL`): then it is cleared. Returns the keys changed (cleared ones too)."""
     changed = []
     with db.transaction():
+        stored = db.get_settings("")
+        for url, secret in SECRET_OF_URL.items():
+            moved = url in clean and clean[url] != stored.get(url, "")
+            if moved and not clean.get(secret) and stored.get(secret):
+                db.set_setting(secret, "")
+                changed.append(secret)
         for key, value in clean.items():
             if FIELDS[key].secret and not value:
                 continue
@@ -110,3 +164,8 @@ def store(db: Database, clean: dict[str, str]) -> list[str]:
                 db.set_setting(key, value)
                 changed.append(key)
     return changed
+
+
+def cleared(changed: list[str], clean: dict[str, str]) -> list[str]:
+    """The secrets a save cleared (their address changed without them): to tell the admin."""
+    return [key for key in changed if FIELDS[key].secret and not clean.get(key)]

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from sudo_core import config, twilio
+from sudo_core import config, host_settings, twilio
 from sudo_core.credentials import LLM_API_KEY, read_credential
 from sudo_core.db import Database
 from sudo_core.families import family_of_llm_key
@@ -90,22 +90,27 @@ class Gateway:
         await self._twilio.close()
 
     def upstream(self) -> Upstream:
-        """Admin settings (database) first, then sudo.toml; the key from the database or a credential."""
+        """Admin settings (database) first, then sudo.toml; the key from the database, or the
+        credential, which belongs to sudo.toml's provider and goes to no other."""
         admin = self.db.get_settings("llm.")
+        base_url = (admin.get("llm.base_url") or self.settings.llm.base_url).rstrip("/")
+        key = admin.get("llm.api_key")
+        if not key and host_settings.same_origin(base_url, self.settings.llm.base_url):
+            key = read_credential(LLM_API_KEY, self.settings.core.state_dir)
         return Upstream(
-            base_url=(admin.get("llm.base_url") or self.settings.llm.base_url).rstrip("/"),
-            model=admin.get("llm.model") or self.settings.llm.model,
-            api_key=admin.get("llm.api_key") or read_credential(LLM_API_KEY, self.settings.core.state_dir),
+            base_url=base_url, model=admin.get("llm.model") or self.settings.llm.model, api_key=key
         )
 
     def speech_upstream(self, kind: str) -> Upstream:
         """The admin's speech-to-text ("stt") or text-to-speech ("tts") provider, else the LLM
-        provider (most serve both)."""
+        provider (most serve both). The LLM key stands in for a missing key of its own server only."""
         llm, admin = self.upstream(), self.db.get_settings(f"{kind}.")
+        base_url = (admin.get(f"{kind}.base_url") or llm.base_url).rstrip("/")
+        key = admin.get(f"{kind}.api_key") or (
+            llm.api_key if host_settings.same_origin(base_url, llm.base_url) else ""
+        )
         return Upstream(
-            base_url=(admin.get(f"{kind}.base_url") or llm.base_url).rstrip("/"),
-            model=admin.get(f"{kind}.model") or SPEECH_MODELS[kind],
-            api_key=admin.get(f"{kind}.api_key") or llm.api_key,
+            base_url=base_url, model=admin.get(f"{kind}.model") or SPEECH_MODELS[kind], api_key=key
         )
 
     async def authenticate(self, request: web.Request) -> uuid.UUID | None:

@@ -135,14 +135,17 @@ def admin_settings(settings: config.Settings, args: argparse.Namespace) -> int:
             return 0
         value = sys.stdin.readline().rstrip("\n")
         try:
-            changed = host_settings.store(db, host_settings.validate({args.key: value}))
+            clean = host_settings.validate({args.key: value}, settings.api.allow_http_urls)
+            changed = host_settings.store(db, clean)
         except host_settings.InvalidSetting as exc:
             print(f"sudoctl: {exc}", file=sys.stderr)
             return 2
     finally:
         db.close()
-    print(f"{args.key} {'changed' if changed else 'unchanged'}")
-    if changed and host_settings.FIELDS[args.key].restart:
+    print(f"{args.key} {'changed' if args.key in changed else 'unchanged'}")
+    for secret in host_settings.cleared(changed, clean):
+        print(f"sudoctl: {secret} is cleared, since its address changed: set it again", file=sys.stderr)
+    if args.key in changed and host_settings.FIELDS[args.key].restart:
         print("the runtimes carry it: run `sudoctl restart-all` to recreate them")
     return 0
 

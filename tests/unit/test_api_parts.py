@@ -85,6 +85,53 @@ async def test_passwords_are_hashed_and_checked(db: Database):
     assert await db.aio(accounts.session, token) is None
 
 
+def test_a_moved_address_clears_its_secret_unless_entered_again(db: Database):
+    def save(**changes: str) -> list[str]:
+        return host_settings.store(
+            db, host_settings.validate({k.replace("_", ".", 1): v for k, v in changes.items()})
+        )
+
+    save(llm_base_url="https://p.example/v1", llm_api_key="sk-1")
+    assert save(llm_base_url="https://p.example/v1", llm_model="m") == ["llm.model"]  # not moved: kept
+    assert db.get_settings("llm.")["llm.api_key"] == "sk-1"
+    changed = save(llm_base_url="https://attacker.example/v1")
+    assert sorted(changed) == ["llm.api_key", "llm.base_url"]
+    assert host_settings.cleared(changed, {"llm.base_url": "x"}) == ["llm.api_key"]
+    assert db.get_settings("llm.")["llm.api_key"] == "", "the key must not follow a moved address"
+    save(twilio_api_base="https://twilio.example", twilio_auth_token="t1")
+    save(twilio_api_base="https://twilio2.example", twilio_auth_token="t2")  # moved, with its secret
+    assert db.get_settings("twilio.")["twilio.auth_token"] == "t2"
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "ok"),
+    [
+        ("https://p.example/v1", False, True),
+        ("wss://voice.example", False, True),
+        ("http://127.0.0.1:8080/v1", False, True),  # this host itself
+        ("http://[::1]:8080/v1", False, True),
+        ("http://localhost/v1", False, True),
+        ("http://p.example/v1", False, False),  # the key would cross the network in the clear
+        ("ws://voice.example", False, False),
+        ("http://10.0.0.5/v1", True, True),  # api.allow_http_urls: a provider on the LAN
+        ("https://user:pw@p.example/v1", False, False),
+        ("https://p.example@attacker.example/v1", False, False),
+        ("https://p.example/v1?redirect=https://attacker.example", False, False),
+        ("https://p.example/v1#x", False, False),
+        ("https://p.example/v1?", False, False),
+        ("https://p.example:port/v1", False, False),
+        ("ftp://p.example", False, False),
+        ("https:///v1", False, False),
+    ],
+)
+def test_provider_addresses_are_https_with_nothing_hidden(url: str, allow_http: bool, ok: bool):
+    if ok:
+        assert host_settings.validate({"llm.base_url": url}, allow_http)["llm.base_url"] == url.rstrip("/")
+    else:
+        with pytest.raises(host_settings.InvalidSetting, match="LLM provider URL"):
+            host_settings.validate({"llm.base_url": url}, allow_http)
+
+
 def test_admin_settings_all_or_nothing_and_secrets_write_only(db: Database):
     changed = host_settings.store(
         db, host_settings.validate({"llm.base_url": "https://p.example/v1/", "llm.api_key": "sk-1"})

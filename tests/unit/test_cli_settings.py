@@ -23,13 +23,13 @@ def stored(state: Path) -> dict:
 
 def test_settings_set_reads_the_value_from_stdin_and_never_prints_it(tmp_path: Path):
     secret = "s3cr3t-livekit-api-secret-value"
+    url = run("sudoctl", "settings", "set", "livekit.url", state=tmp_path, stdin="wss://voice.example.org/\n")
+    assert url.stdout == "livekit.url changed\n"
     made = run("sudoctl", "settings", "set", "livekit.api_secret", state=tmp_path, stdin=secret + "\n")
     assert made.returncode == 0, made.stderr
     assert made.stdout == "livekit.api_secret changed\n"
     again = run("sudoctl", "settings", "set", "livekit.api_secret", state=tmp_path, stdin=secret + "\n")
     assert again.stdout == "livekit.api_secret unchanged\n"
-    url = run("sudoctl", "settings", "set", "livekit.url", state=tmp_path, stdin="wss://voice.example.org/\n")
-    assert url.stdout == "livekit.url changed\n"
     # Stored as the admin page stores them (the URL without its trailing slash).
     assert stored(tmp_path) == {"livekit.api_secret": secret, "livekit.url": "wss://voice.example.org"}
 
@@ -39,7 +39,13 @@ def test_settings_set_reads_the_value_from_stdin_and_never_prints_it(tmp_path: P
     assert "livekit.api_secret = set" in lines and "llm.api_key = not set" in lines
     assert "livekit.url = wss://voice.example.org" in lines
     assert len(lines) == len(host_settings.FIELDS)
-    for result in (made, again, url, listed):
+    # The secret goes to the address it was set for, and to no other: moving it clears it.
+    moved = run(
+        "sudoctl", "settings", "set", "livekit.url", state=tmp_path, stdin="wss://other.example.org\n"
+    )
+    assert moved.stdout == "livekit.url changed\n" and "livekit.api_secret is cleared" in moved.stderr
+    assert stored(tmp_path)["livekit.api_secret"] == ""
+    for result in (made, again, url, listed, moved):
         assert secret not in result.stdout + result.stderr
 
 

@@ -398,3 +398,28 @@ async def test_whatsapp_messages_go_once_to_linked_numbers_within_the_window(gat
     db.execute("UPDATE whatsapp_outbound SET updated_at = ? WHERE id = ?", (time.time() - 120, key))
     resp = await client.post("/v1/whatsapp/messages", json=message("m7", body="once"), headers=headers)
     assert resp.status == 201 and [m["body"] for m in sent()].count("once") == 1
+
+
+async def test_a_key_goes_only_to_the_server_it_was_entered_for(gateway):
+    """The LLM key stands in for a speech key only on the LLM provider's own server: an STT
+    address of someone else's, set without its own key, is sent no key."""
+    seen: list[str | None] = []
+
+    async def transcribe(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(text="words", content_type="text/plain")
+
+    client, db = gateway
+    llm = await upstream_server(transcribe, "/v1/audio/transcriptions")
+    other = await upstream_server(transcribe, "/v1/audio/transcriptions")
+    try:
+        db.set_setting("llm.base_url", str(llm.make_url("/v1")))
+        db.set_setting("llm.api_key", "sk-provider")
+        form = {"file": b"OggS\0voice"}
+        assert (await client.post("/v1/audio/transcriptions", data=form, headers=auth(db, "A"))).status == 200
+        db.set_setting("stt.base_url", str(other.make_url("/v1")))  # another port: another server
+        assert (await client.post("/v1/audio/transcriptions", data=form, headers=auth(db, "B"))).status == 200
+        assert seen == ["Bearer sk-provider", None]
+    finally:
+        await llm.close()
+        await other.close()
