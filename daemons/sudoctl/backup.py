@@ -93,6 +93,9 @@ def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
 
 
 def check_rows(rows: Any, family: uuid.UUID) -> dict[str, Any]:
+    """The rows of family.json, checked as the hostile file it may be: every row the family's,
+    every member reference one of its own accounts, no admin, and every id in its canonical
+    form (an id spelt in capitals would be a second family, or another family's row)."""
     if not isinstance(rows, dict) or rows.get("format") != FORMAT:
         raise ValueError("family.json is not a Sudo family backup")
     if rows.get("version") != VERSION:
@@ -103,13 +106,36 @@ def check_rows(rows: Any, family: uuid.UUID) -> dict[str, Any]:
         raise ValueError("family.json names no family id") from None
     if found != family:
         raise ArchiveError(f"this backup holds family {found}, not {family}")
+    rows["family"]["id"] = str(family)
     for table in TABLES:
         table_rows = rows.setdefault(table, [])  # a backup made before the table existed has none
         if not isinstance(table_rows, list) or not all(
-            isinstance(r, dict) and r.get("family_id") == str(family) for r in table_rows
+            isinstance(r, dict) and canonical_id(r.get("family_id")) == str(family) for r in table_rows
         ):
             raise ValueError(f"family.json: {table} are not all rows of family {family}")
-    return with_members(rows)
+        for row in table_rows:
+            row["family_id"] = str(family)
+    rows = with_members(rows)
+    for account in rows["accounts"]:
+        account["id"] = canonical_id(account.get("id"))
+        if account.get("is_admin"):
+            raise ValueError("family.json: an account is the host's admin, which no family's backup holds")
+    members = {a["id"] for a in rows["accounts"]}
+    for table in ("messages", "whatsapp_numbers"):
+        for row in rows[table]:
+            if row.get("account_id") is not None:
+                row["account_id"] = canonical_id(row["account_id"])
+                if row["account_id"] not in members:
+                    raise ValueError(f"family.json: {table} name an account that is not the family's")
+    return rows
+
+
+def canonical_id(value: Any) -> str | None:
+    """A UUID as the database writes it (lower case, dashed); None for what is no UUID."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def with_members(rows: dict[str, Any]) -> dict[str, Any]:

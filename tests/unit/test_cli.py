@@ -74,8 +74,9 @@ def test_sudoctl_creates_an_admin_with_a_password_from_stdin(tmp_path: Path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
-def backup_file(path: Path, family: str) -> Path:
-    """A backup as `sudoctl backup` writes it: a family with one account, and a tiny volume."""
+def backup_file(path: Path, family: str, tamper=lambda rows: None) -> Path:
+    """A backup as `sudoctl backup` writes it: a family with one account, and a tiny volume
+    (`tamper` edits its rows first, as a forger would)."""
     rows = {
         "format": "sudo-family-backup",
         "version": 1,
@@ -96,6 +97,7 @@ def backup_file(path: Path, family: str) -> Path:
         "devices": [],
         "whatsapp_numbers": [],
     }
+    tamper(rows)
     volume = io.BytesIO()
     with tarfile.open(fileobj=volume, mode="w") as tar:
         tar.addfile(tarfile.TarInfo("."))
@@ -123,6 +125,35 @@ def test_sudoctl_restore_refuses_clearly_and_leaves_nothing_behind(tmp_path: Pat
         assert result.returncode == 1, result.stderr
         assert why in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert run("sudoctl", "families", "list", state=tmp_path).stdout == ""
+
+
+def test_sudoctl_restore_refuses_a_forged_file_and_writes_nothing(tmp_path: Path):
+    """An id spelt in capitals is the family that exists (not a second one, and not one to
+    write into without --replace); no admin comes in; no row points at another family."""
+    family = run("sudoctl", "families", "add", "Hopper", state=tmp_path).stdout.strip()
+    other = run("sudoctl", "families", "add", "Other", state=tmp_path).stdout.strip()
+
+    def admin(rows: dict) -> None:
+        rows["accounts"][0]["is_admin"] = 1
+
+    def foreign_member(rows: dict) -> None:
+        stranger = str(uuid.uuid4())
+        rows["messages"] = [{"id": "m1", "family_id": family, "account_id": stranger, "role": "user"}]
+
+    for tamper, why in (
+        (lambda rows: rows["family"].update(id=family.upper()), f"family {family} already exists here"),
+        (admin, "an account is the host's admin"),
+        (foreign_member, "messages name an account that is not the family's"),
+        (
+            lambda rows: rows["accounts"][0].update(family_id=other),
+            f"accounts are not all rows of family {family}",
+        ),
+    ):
+        forged = backup_file(tmp_path / "forged.tar.gz", family, tamper)
+        result = run("sudoctl", "restore", family, str(forged), state=tmp_path)
+        assert result.returncode == 1 and why in result.stderr, result.stderr
+    listed = run("sudoctl", "families", "list", state=tmp_path).stdout
+    assert listed.count("\n") == 2 and family in listed and family.upper() not in listed
 
 
 def test_sudoctl_backs_up_only_a_family_that_exists(tmp_path: Path):
