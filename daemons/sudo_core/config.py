@@ -95,7 +95,8 @@ class RuntimeSettings:
     """Docker bridge network for family containers; inter-container traffic is disabled on it."""
 
     subnet: str = "10.213.0.0/16"
-    """Subnet of that network; its first address is the host side, where the LLM gateway listens."""
+    """Subnet of that network; its first address is the host side, where the LLM gateway listens.
+    The provisioner's unit allows it this subnet alone (IPAddressAllow=): change both together."""
 
     egress: bool = False
     """Let agents reach the internet; when false the network is internal and reaches only the host."""

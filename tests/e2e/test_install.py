@@ -93,6 +93,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     while not port_file.exists() or not port_file.read_text():
         time.sleep(0.05)
     network = f"sudo-e2e-{tag}"
+    subnet = f"10.216.{secrets.randbelow(250)}.0/24"
     api = f"127.0.0.1:{free_port()}"
     config = f"""
 [core]
@@ -102,7 +103,7 @@ idle_exit_sec = 8
 [runtime]
 image = "{HERMES_IMAGE}"
 network = "{network}"
-subnet = "10.216.{secrets.randbelow(250)}.0/24"
+subnet = "{subnet}"
 memory = "768m"
 plugins_dir = "{shared / "plugins"}"
 [gateway]
@@ -134,6 +135,11 @@ model = "e2e-model"
         h.write("/etc/sudo/sudo.toml", config)
         # A drop-in as an operator would write one: a quicker watchdog, for the hang test.
         h.write("/etc/systemd/system/sudo-api.service.d/watchdog.conf", "[Service]\nWatchdogSec=4s\n")
+        # The test's own runtime subnet, as an operator who changes runtime.subnet allows it.
+        h.write(
+            "/etc/systemd/system/sudo-provisioner.service.d/subnet.conf",
+            f"[Service]\nIPAddressAllow=\nIPAddressAllow={subnet}\n",
+        )
         h.install("/debs/*.deb")
         # The engine bind-mounts plugins from the real host: give it the installed ones there.
         h.sh(f"cp -r {PLUGINS}/. {shared / 'plugins'}/ && systemctl stop sudo-provisioner.service")

@@ -10,6 +10,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from sudo_core.config import RuntimeSettings
+
 IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = Path(__file__).resolve().parents[2] / "units"
 DAEMONS = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
@@ -79,3 +81,11 @@ def test_the_web_facing_services_have_a_memory_and_task_ceiling(service: str):
     text = (UNITS / f"{service}.service").read_text()
     for key in ("MemoryHigh", "MemoryMax", "TasksMax"):
         assert re.search(rf"^{key}=\d+[KMG]?$", text, re.MULTILINE), f"{service}: no {key}="
+
+
+def test_the_provisioner_reaches_the_runtime_subnet_alone():
+    """Its one use of IP is the runtimes' health: a provisioner made to fetch a URL (by a bug,
+    or a poisoned label) reaches neither the host's services nor the LAN nor the internet."""
+    text = (UNITS / "sudo-provisioner.service").read_text()
+    assert re.findall(r"^IPAddressDeny=(.*)$", text, re.MULTILINE) == ["any"]
+    assert re.findall(r"^IPAddressAllow=(.*)$", text, re.MULTILINE) == [RuntimeSettings().subnet]
