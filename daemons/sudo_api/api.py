@@ -39,6 +39,7 @@ from .context import (
     text_field,
 )
 from .devices import Device, PairingError
+from .limits import address_key
 from .openapi import document
 
 log = logging.getLogger("sudo-api")
@@ -422,7 +423,7 @@ async def pairing_start(request: web.Request) -> web.Response:
     body = await json_body(request)
     svc = services(request)
     name = text_field(body, "name", 80)
-    svc.pairing.reserve("too many pairings started from here", start=client_address(request))
+    svc.pairing.reserve("too many pairings started from here", start=address_key(client_address(request)))
     try:
         started = await svc.db.aio(svc.devices.start_pairing, name)
     except InvalidInput as exc:
@@ -447,10 +448,14 @@ async def pairing_complete(request: web.Request) -> web.Response:
 
 
 async def complete_pairing(request: web.Request, family: uuid.UUID, code: str) -> Device:
-    """Shared by the API and the page: wrong codes are limited per family and per address."""
+    """Shared by the API and the page: wrong codes are limited per family, per address (an IPv6
+    client by its /64) and on the whole host."""
     svc = services(request)
     attempt = svc.pairing.reserve(
-        "too many wrong pairing codes", family=str(family), address=client_address(request)
+        "too many wrong pairing codes",
+        family=str(family),
+        address=address_key(client_address(request)),
+        host="all",
     )
     try:
         device = await svc.db.aio(svc.devices.complete_pairing, family, code)

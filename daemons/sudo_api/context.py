@@ -80,6 +80,7 @@ def pairing_limiter(api: ApiSettings) -> Limiter:
         api.pairing_window_sec,
         family=api.pairing_attempts,
         address=api.pairing_attempts_per_address,
+        host=api.pairing_attempts_per_host,
         start=api.pairing_starts_per_address,
     )
 

@@ -31,7 +31,12 @@ from sudo_core.provisioner_client import ProvisionerClient
 log = logging.getLogger("sudo-api.devices")
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
-CODE_LENGTH = 6
+CODE_LENGTH = 8
+"""32**8 = 2**40, about 1.1e12 codes. A guess wins if it is any pending code; wrong codes are
+limited host-wide (api.pairing_attempts_per_host, 100 per 10 min: 14,400 a day), so with as many
+as 100 devices waiting for their codes at every moment the odds of one guessed code are
+14,400 * 100 / 1.1e12, about 1.3e-6 a day, 5e-4 a year. Six characters (1e9) gave 1.3e-3 a day
+against a budget that each new family renewed."""
 TOKEN_PREFIX = "sd_dev_"
 
 HEARTBEATS = Counter("sudo_api_heartbeats_total", "Device heartbeats accepted")

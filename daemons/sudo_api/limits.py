@@ -9,9 +9,24 @@ Reserving happens between two awaits, so on the one event loop it is atomic.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from dataclasses import dataclass
+
+
+def address_key(address: str) -> str:
+    """A client's address as the limits count it: an IPv6 client by its /64, since one
+    subscriber holds all of a /64 and could otherwise take a fresh address for every guess."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class RateLimited(Exception):
@@ -109,7 +124,9 @@ class LoginLimiter:
 
     def reserve(self, account: str, address: str) -> Reservation:
         """Count a login attempt now (RateLimited if it may not be tried)."""
-        return self._limiter.reserve("too many failed logins", account=account.lower(), address=address)
+        return self._limiter.reserve(
+            "too many failed logins", account=account.lower(), address=address_key(address)
+        )
 
     def succeeded(self, attempt: Reservation) -> None:
         """A right password: the attempt does not count, and the account's count starts over;

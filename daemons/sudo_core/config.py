@@ -210,6 +210,10 @@ class ApiSettings:
     pairing_attempts_per_address: int = 50
     """Wrong pairing codes allowed per client address within pairing_window_sec."""
 
+    pairing_attempts_per_host: int = 100
+    """Wrong pairing codes allowed on the whole host within pairing_window_sec: what bounds a
+    guesser with many families and addresses (see the odds at sudo_api.devices.CODE_LENGTH)."""
+
     pairing_starts_per_address: int = 30
     """Pairings a client address may start within pairing_window_sec (each one is a row)."""
 

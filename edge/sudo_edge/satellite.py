@@ -19,7 +19,7 @@ import logging
 import random
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 from .api import (
     ApiError,
@@ -150,12 +150,16 @@ class Satellite:
     async def _pair(self) -> PairedDevice:
         backoff = Backoff(self.settings.reconnect)
         name = self.settings.device.display_name
+        limit, offered = self.settings.pairing.max_codes, 0
         while True:
+            if limit and offered >= limit:
+                await self._stop_offering(limit)
             try:
                 pairing = await self.api.start_pairing(name)
             except (Unreachable, Refused) as exc:
                 await self._retry_later(backoff, exc)
                 continue
+            offered += 1
             backoff.reset()
             self._set_status("api", None)
             log.info(
@@ -176,6 +180,13 @@ class Satellite:
                 )
                 self._set_status("state", "paired")
                 return device
+
+    async def _stop_offering(self, codes: int) -> NoReturn:
+        """No more codes until sudo-edge restarts: nobody is pairing this device."""
+        log.warning("%d pairing codes went unused: no more until sudo-edge restarts", codes)
+        self._set_status("state", f"pairing: stopped after {codes} unused codes; restart sudo-edge to pair")
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     async def _wait_for_code(self, pairing: Pairing, backoff: Backoff) -> PairedDevice | None:
         announcer = asyncio.create_task(self._announce(pairing.code), name="announce-code")

@@ -86,9 +86,15 @@ class PairingSettings:
     speak_command: tuple[str, ...] = ("espeak-ng", "--stdout", "-s", "130")
     """Text-to-speech command; the text is its last argument and it writes WAV to stdout."""
 
+    max_codes: int = 6
+    """Codes asked for in a row, none typed, before the device stops offering one (an hour at
+    sudo-api's 10-minute codes): a device left unpaired, or revoked, is not open to guessers
+    for ever. Restarting sudo-edge offers codes again. 0 = no end."""
+
     def __post_init__(self) -> None:
         _check(self.poll_sec > 0, "pairing.poll_sec", "must be positive")
         _check(self.announce_every_sec >= 0, "pairing.announce_every_sec", "must be 0 or more")
+        _check(self.max_codes >= 0, "pairing.max_codes", "must be 0 or more")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A stand-in for sudo-api's device endpoints, on 127.0.0.1, for the edge tests.
 
 It stands in for the real server (daemons/sudo_api/api.py and devices.py, which the Pi never
-gets) and follows the same contract: pairing codes of 6 characters from the same alphabet, a
+gets) and follows the same contract: pairing codes of sudo-api's length and alphabet, a
 device token usable only once the code is typed, pairing states pending/paired/expired/revoked,
 401 for unknown or revoked tokens, 503 `{"error": ...}` for the voice token while LiveKit is
 not set up, JSON errors everywhere, Unix-second expiries and a `Date` header. What the real
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+from sudo_api.devices import CODE_ALPHABET, CODE_LENGTH
 
 
 @dataclass
@@ -177,7 +177,7 @@ class StandinApi:
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or not name.strip() or len(name) > 80:
             return _error(400, "the device name must be 1 to 80 characters")
-        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(6))
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         token = "sd_dev_" + secrets.token_urlsafe(32)
         record = PairingRecord(str(uuid.uuid4()), code, name, token, self.now() + self.pairing_ttl_sec)
         self.pairings[token] = record

@@ -13,6 +13,7 @@ from aiohttp import web
 from edge_support import free_port
 from standin_api import StandinApi
 
+from sudo_api.devices import CODE_LENGTH
 from sudo_edge.api import Refused, SudoApi, Unauthorized, Unreachable, VoiceNotConfigured
 from sudo_edge.settings import ApiSettings
 from sudo_edge.state import PairedDevice, StateError, TokenStore
@@ -34,7 +35,7 @@ async def test_the_whole_contract_in_order(server: StandinApi):
     async with client(server.url + "/") as api:  # a trailing slash in the config is fine
         pairing = await api.start_pairing("x" * 100)
         assert server.pairings[pairing.device_token].name == "x" * 80, "names are cut to sudo-api's 80"
-        assert len(pairing.code) == 6 and pairing.device_token.startswith("sd_dev_")
+        assert len(pairing.code) == CODE_LENGTH and pairing.device_token.startswith("sd_dev_")
         assert 595 < pairing.expires_in <= 600
         assert (await api.pairing_state(pairing.device_token)).state == "pending"
         with pytest.raises(Unauthorized):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import stat
@@ -22,6 +23,7 @@ from edge_support import AudioDevices, NotifyListener, Recording, tone_power, un
 from loopback_room import LoopbackServer
 from standin_api import StandinApi
 
+from sudo_api.devices import CODE_LENGTH
 from sudo_edge.audio import tone
 from sudo_edge.notify import Notifier
 from sudo_edge.satellite import Satellite
@@ -118,7 +120,7 @@ async def test_first_start_pairs_says_the_code_and_keeps_the_token(rig: Rig):
     async with rig.running():
         await api.wait_for(lambda: api.codes, "a pairing request")
         code = api.codes[0]
-        assert len(code) == 6
+        assert len(code) == CODE_LENGTH
         assert next(iter(api.pairings.values())).name == "Kitchen Pi"
         await until(lambda: rig.log(f"pairing code {code}"), "the code in the log")
         await rig.wait_status(f"pairing: code {code}")
@@ -349,3 +351,20 @@ async def test_a_missing_microphone_is_retried_until_it_appears(rig: Rig, record
         rig.devices.prepare_mic(recording.pcm)
         await rig.livekit.wait_for(lambda: len(rig.livekit.received) > 50, "speech from the microphone")
         await until(lambda: "microphone" not in rig.notify.last_status(), "STATUS without the microphone")
+
+
+async def test_a_device_nobody_pairs_stops_offering_codes(rig: Rig):
+    """An unpaired (or revoked) device left on is not a pairing open to guessers for ever."""
+    rig.settings = dataclasses.replace(
+        rig.settings, pairing=dataclasses.replace(rig.settings.pairing, max_codes=2)
+    )
+    api = rig.api
+    async with rig.running():
+        for n in (1, 2):
+            await api.wait_for(lambda n=n: len(api.codes) == n, f"code {n}")
+            api.expire(api.codes[-1])
+        await rig.wait_status("pairing: stopped after 2 unused codes; restart sudo-edge to pair")
+        await asyncio.sleep(0.5)  # polls every 0.1 s: a third code would have been asked for
+        assert len(api.codes) == 2
+    async with rig.running():  # restarted: codes again
+        await api.wait_for(lambda: len(api.codes) == 3, "a code after the restart")
