@@ -651,7 +651,13 @@ async def service_runtime(request: web.Request) -> web.Response:
     except ProvisionerError as exc:
         fail(exc.status if exc.status in (404, 502) else 502, exc.body.get("error", str(exc)))
     await svc.db.aio(svc.db.touch_family, family)
-    return web.json_response({"url": runtime["url"], "api_key": api_key_for(svc.secret, family)})
+    return web.json_response(
+        {
+            "url": runtime["url"],
+            "api_key": api_key_for(svc.secret, family),
+            "identity_url": f"{runtime['chat_url']}/identity",
+        }
+    )
 
 
 async def service_livekit(request: web.Request) -> web.Response:

@@ -62,6 +62,13 @@ def api_key_for(secret: bytes, family: uuid.UUID) -> str:
     return _derive(secret, "api-server", family)
 
 
+def identity_proof(api_key: str, nonce: str) -> str:
+    """What a family's container answers at the sudo_chat plugin's /identity for `nonce`: proof
+    that it holds the family's API key, without the key sent either way (the plugin computes
+    the same, inside the container)."""
+    return hmac.new(api_key.encode(), f"sudo-identity:{nonce}".encode(), "sha256").hexdigest()
+
+
 def llm_key_for(secret: bytes, family: uuid.UUID) -> str:
     """The key a family's Hermes presents to the LLM gateway; it names the family it belongs to."""
     return f"sk-sudo-{family.hex}-{_derive(secret, 'llm-gateway', family)}"

@@ -6,14 +6,20 @@ keeps the history in its own state.db and the memory is the same one chat and Wh
 only the newest words are sent. The bridge never leaves silence: a slow agent makes it say it is
 still thinking, an unreachable one makes it say so, and a runtime that moved (recreated, evicted)
 is woken again once before it gives up.
+
+Where the agent answers is asked of sudo-api for every turn, and the container there must prove
+it holds the family's key (`FamilyRuntime.for_turn`) before the family's words and key are sent:
+Docker hands a freed address to the next container, which may be another family's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +29,8 @@ import aiohttp
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, llm
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from prometheus_client import Counter, Histogram
+
+from sudo_core.families import identity_proof
 
 from .sudo_api import Runtime, SudoApiError
 
@@ -38,6 +46,9 @@ UNREACHABLE = "Sorry, I can't reach your assistant right now. Please try again i
 CUT_OFF = "Sorry, I lost my train of thought. Please ask me again."
 
 TURNS = Counter("sudo_voice_turns_total", "Voice turns answered by a family's agent", ["result"])
+IMPOSTORS = Counter(
+    "sudo_voice_wrong_family_total", "Turns held back: the family's address answered for another family"
+)
 FIRST_WORD = Histogram(
     "sudo_voice_agent_first_word_seconds",
     "From a turn sent to the family's agent to its first words",
@@ -71,6 +82,27 @@ class FamilyRuntime:
     @property
     def known(self) -> Runtime | None:
         return self._runtime
+
+    async def for_turn(self, http: aiohttp.ClientSession) -> Runtime:
+        """Where the family's agent answers now, proven: the address is asked again (a runtime
+        recreated since has another), and the container there answers a fresh challenge with
+        the family's key, which is never sent to it before that."""
+        runtime = await self.get(fresh=True)
+        nonce = secrets.token_hex(16)
+        try:
+            async with http.get(
+                runtime.identity_url, params={"nonce": nonce}, timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                body = await resp.json(content_type=None) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise AgentUnavailable(f"no proof of identity at {runtime.identity_url}: {exc!r}") from exc
+        proof = body.get("proof") if isinstance(body, dict) else None
+        if not isinstance(proof, str) or not hmac.compare_digest(
+            proof, identity_proof(runtime.api_key, nonce)
+        ):
+            IMPOSTORS.inc()
+            raise AgentUnavailable(f"{runtime.identity_url} answers for another family, not {self.family}")
+        return runtime
 
 
 class HermesLLM(llm.LLM):
@@ -126,7 +158,7 @@ class HermesLLM(llm.LLM):
         try:
             async with asyncio.timeout(self.reply_timeout_sec):
                 for attempt in (1, 2):
-                    runtime = await self.runtime.get(fresh=attempt == 2)
+                    runtime = await self.runtime.for_turn(self.http())
                     try:
                         async for piece in self._with_patience(self._stream(runtime, text)):
                             if piece is not STILL_THINKING and not said_anything:

@@ -35,6 +35,8 @@ class Runtime:
     """The family's Hermes api_server, e.g. http://10.213.0.5:8642."""
     api_key: str
     """Its API_SERVER_KEY."""
+    identity_url: str
+    """Where the container at that address proves which family it serves (sudo_chat's /identity)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class SudoApi:
     async def runtime(self, family: uuid.UUID) -> Runtime:
         """Wake the family's agent (no-op when it runs) and say where it answers."""
         body = await self._call("POST", f"/v1/service/runtimes/{family}")
-        return Runtime(body["url"], body["api_key"])
+        return Runtime(body["url"], body["api_key"], body["identity_url"])
 
     async def livekit(self) -> LiveKitServer:
         body = await self._call("GET", "/v1/service/livekit")

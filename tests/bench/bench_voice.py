@@ -35,6 +35,7 @@ from report import emit, percentile
 from voice_audio import CapturedOutput, RecordingInput, spoken, wait_until
 
 from sudo_core.config import VoiceSettings
+from sudo_core.families import identity_proof
 from sudo_voice_bridge import speech
 from sudo_voice_bridge.hermes import FamilyRuntime
 from sudo_voice_bridge.session import build_session, load_vad, voice_agent
@@ -52,6 +53,7 @@ QUESTIONS = [
     "play some music",
 ]
 ANSWER = "Sure. It will be sunny and warm."
+KEY = "bench-key"
 
 
 class InstantAgent:
@@ -59,6 +61,10 @@ class InstantAgent:
 
     def __init__(self) -> None:
         self.turns: list[tuple[float, float]] = []
+
+    async def identity(self, request: web.Request) -> web.Response:
+        """As the sudo_chat plugin proves which family a container serves."""
+        return web.json_response({"proof": identity_proof(KEY, request.query["nonce"])})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         received = time.monotonic()
@@ -87,6 +93,7 @@ async def main() -> None:
     agent = InstantAgent()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", agent.completions)
+    app.router.add_get("/identity", agent.identity)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -94,7 +101,7 @@ async def main() -> None:
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
 
     async def ensure(_: uuid.UUID) -> Runtime:
-        return Runtime(url, "bench-key")
+        return Runtime(url, KEY, f"{url}/identity")
 
     family = Family(uuid.uuid4(), "Bench", "room_bench", "unused")
     session = build_session(SETTINGS, family, FamilyRuntime(family.id, ensure), load_vad(SETTINGS), url)

@@ -180,7 +180,7 @@ async def test_a_slow_agent_is_heard_thinking_and_a_gone_one_is_woken_again(
     old.kill()
     await conversation.say(QUESTION)
     said = await conversation.finished()
-    assert said[-1].startswith("stub says:"), said
+    assert answer(said[-1]).startswith("stub says:"), said  # a new agent's first answer may be slow
     assert api.container(conversation.family.id).id != old.id
 
 

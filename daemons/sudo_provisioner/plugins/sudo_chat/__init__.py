@@ -9,6 +9,9 @@ says who speaks (name and role). Protocol:
                                                          | 503 starting or stopping (try again)
     POST /deliver             {"text", "chat"?}  a proactive message from another Hermes process
                                         in the container (`hermes cron run`), through the live adapter
+    GET  /identity?nonce=<hex>  {"proof": HMAC-SHA256(key, "sudo-identity:" + nonce)}, no key
+                                        sent: the voice bridge checks that an address answers for
+                                        the family it expects before it sends that family's words
     GET  /events?after=<seq>  NDJSON, never ends:
         {"type": "hello", "boot", "seq"}                first line: this process and its last seq
         {"seq", "type": "message", "id", "reply_to", "chat", "text", "at"}   durable
@@ -141,6 +144,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         app.router.add_post("/messages", self._post_message)
         app.router.add_get("/events", self._events)
         app.router.add_post("/deliver", self._deliver)
+        app.router.add_get("/identity", self._identity)
         app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -231,6 +235,14 @@ class SudoChatAdapter(BasePlatformAdapter):
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return scheme == "Bearer" and hmac.compare_digest(token.encode(), self._key.encode())
+
+    async def _identity(self, request: web.Request) -> web.Response:
+        """Prove which family this is without saying its key (as sudo_core.families.identity_proof)."""
+        nonce = request.query.get("nonce", "")
+        if not 16 <= len(nonce) <= 128:
+            return web.json_response({"error": "nonce: 16 to 128 characters"}, status=400)
+        proof = hmac.new(self._key.encode(), f"sudo-identity:{nonce}".encode(), "sha256").hexdigest()
+        return web.json_response({"proof": proof})
 
     async def _post_message(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

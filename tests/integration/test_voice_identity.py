@@ -1,0 +1,67 @@
+"""A voice turn never goes to another family's container. Docker hands a freed address to the
+next container it starts, so an address the bridge learnt for family A can, after A's runtime
+stopped, be family B's. Real containers: A's runtime is stopped, families are started until one
+takes A's old address, and then A's turn, sent where A used to answer, must reach neither B's
+agent nor B's container: neither A's words nor A's key go there."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import pytest
+from control_plane import sign_up
+from stack import Stack
+
+from sudo_voice_bridge import hermes
+from sudo_voice_bridge.hermes import FamilyRuntime, HermesLLM
+from sudo_voice_bridge.sudo_api import Runtime, SudoApi
+
+pytestmark = pytest.mark.docker
+
+
+async def say(runtime: FamilyRuntime, text: str, sent: list[tuple[str, str | None]]) -> str:
+    """One turn of the bridge's LLM; `sent` gets every request it made (URL, Authorization)."""
+
+    async def record(session, context, params: aiohttp.TraceRequestStartParams) -> None:
+        sent.append((str(params.url), params.headers.get("Authorization")))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(record)
+    llm = HermesLLM(runtime, f"voice-{uuid.uuid4().hex}", slow_reply_sec=60, reply_timeout_sec=60)
+    llm._http = aiohttp.ClientSession(trace_configs=[trace])  # the bridge's own client, watched
+    try:
+        return "".join([piece async for piece in llm.answer(text)])
+    finally:
+        await llm.aclose()
+
+
+async def test_a_turn_sent_to_an_address_another_family_took_goes_nowhere(api: Stack, http, provisioner):
+    async with SudoApi(api.api_url, api.service_token) as client:
+        a = await sign_up(http, api.api_url, "Ampere")
+        old = await client.runtime(uuid.UUID(a.id))
+        await provisioner.stop(uuid.UUID(a.id))
+        for n in range(8):  # each new family's runtime takes the lowest free address
+            b = await sign_up(http, api.api_url, f"Becquerel{n}")
+            taken = await client.runtime(uuid.UUID(b.id))
+            if taken.url == old.url:
+                break
+        else:
+            pytest.fail(f"no runtime took {old.url} again")
+
+        async def stale(_: uuid.UUID) -> Runtime:  # where A answered before: B's container now
+            return old
+
+        sent: list[tuple[str, str | None]] = []
+        said = await say(FamilyRuntime(uuid.UUID(a.id), stale), "the combination is 1234", sent)
+        assert said == hermes.UNREACHABLE
+        assert not [r for r in api.llm_requests() if "1234" in r["last_user"]], "B's agent heard A"
+        key = f"Bearer {old.api_key}"
+        assert sent and all(url.startswith(old.identity_url) and auth is None for url, auth in sent), sent
+        assert all(auth != key for url, auth in sent if url.startswith(old.url)), "A's key went to B"
+
+        # Asked again, as the bridge does every turn, sudo-api wakes A where it is now.
+        sent.clear()
+        said = await say(FamilyRuntime(uuid.UUID(a.id), client.runtime), "and now for real", sent)
+        assert "stub says" in said, said
+        assert any(url.endswith("/v1/chat/completions") and auth == key for url, auth in sent)
