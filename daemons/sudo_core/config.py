@@ -152,6 +152,10 @@ class GatewaySettings:
     byte of the answer (bodies sent slowly included); more are answered 429, and Hermes retries.
     One family's agent can then never hold every connection or the provider's whole quota."""
 
+    max_tokens: int = 16384
+    """The most tokens one answer may ask of the provider (max_tokens and max_completion_tokens
+    are lowered to it): a family's agent cannot order one huge answer on everyone's quota."""
+
 
 @dataclass(frozen=True)
 class LLMSettings:

@@ -20,6 +20,7 @@ import uuid
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -45,6 +46,32 @@ WHATSAPP = Counter("sudo_gateway_whatsapp_messages_total", "WhatsApp messages fr
 SPEECHES = Counter("sudo_gateway_speeches_total", "Text-to-speech requests", ["status"])
 REFUSED_BUSY = Counter("sudo_gateway_family_busy_total", "Refused: the family had too many in flight")
 SPEECH_MODELS = {"stt": "whisper-1", "tts": "tts-1"}
+COMPLETION_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "reasoning_effort",
+        "user",
+    }
+)
+"""The fields of OpenAI's chat completion request a family's agent may send on (`n` is dropped)."""
 """The speech models asked for when the admin named none."""
 MAX_SPEECH_INPUT = 4096
 """Characters of text one speech request may carry (OpenAI's own limit)."""
@@ -177,6 +204,7 @@ class Gateway:
                 "(or llm.base_url in sudo.toml)",
                 "server_error",
             )
+        body = self.allowed_completion(body)
         if upstream.model:
             body["model"] = upstream.model  # families use the model the admin chose
         headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
@@ -191,6 +219,18 @@ class Gateway:
             IN_FLIGHT.dec()
             await self.db.aio(self.db.release_lease, lease)
             log.debug("chat completion", extra=fields(family=family, seconds=time.monotonic() - started))
+
+    def allowed_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What of a family's chat completion goes to the provider: OpenAI's own fields only (a
+        provider's routing fields, such as fallback `models` or `provider` order, would get
+        around the admin's model), one choice (`n`), and at most gateway.max_tokens."""
+        kept = {k: v for k, v in body.items() if k in COMPLETION_FIELDS}
+        for key in ("max_tokens", "max_completion_tokens"):
+            if key in kept:
+                asked = kept[key]
+                ceiling = self.settings.gateway.max_tokens
+                kept[key] = min(asked, ceiling) if isinstance(asked, int) and asked > 0 else ceiling
+        return kept
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's `POST /v1/audio/transcriptions`: a voice note, multipart, to the provider."""

@@ -423,3 +423,45 @@ async def test_a_key_goes_only_to_the_server_it_was_entered_for(gateway):
     finally:
         await llm.close()
         await other.close()
+
+
+async def test_a_family_cannot_order_more_than_one_bounded_answer_of_the_admins_model(gateway):
+    """n, max_tokens and a provider's own routing fields (OpenRouter's fallback `models`,
+    `provider` order, `transforms`) would spend the shared quota or get around the admin's model."""
+    seen: list[dict] = []
+
+    async def provider(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    client, db = gateway
+    server = await upstream_server(provider)
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        db.set_setting("llm.model", "the-admins-model")
+        greedy = BODY | {
+            "model": "the-most-expensive-one",
+            "n": 64,
+            "max_tokens": 10**7,
+            "max_completion_tokens": 0,
+            "models": ["the-most-expensive-one"],
+            "provider": {"order": ["anyone"]},
+            "transforms": ["middle-out"],
+            "temperature": 0.2,
+        }
+        resp = await client.post("/v1/chat/completions", json=greedy, headers=auth(db))
+        assert resp.status == 200
+        ceiling = Settings().gateway.max_tokens
+        assert seen == [
+            {
+                "model": "the-admins-model",
+                "messages": BODY["messages"],
+                "max_tokens": ceiling,
+                "max_completion_tokens": ceiling,
+                "temperature": 0.2,
+            }
+        ]
+        await client.post("/v1/chat/completions", json=BODY | {"max_tokens": 300}, headers=auth(db, "G"))
+        assert seen[-1]["max_tokens"] == 300  # a modest answer is asked as it was
+    finally:
+        await server.close()
