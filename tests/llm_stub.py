@@ -2,7 +2,9 @@
 
 It speaks the OpenAI chat-completions protocol as providers do: `GET /v1/models`,
 `POST /v1/chat/completions` with or without `stream: true` (server-sent events of
-`chat.completion.chunk` objects ending in `data: [DONE]`), and OpenAI-shaped 401 errors when
+`chat.completion.chunk` objects ending in `data: [DONE]`; with `stream_options.include_usage`
+a last chunk of no choices carries `usage`, as OpenAI's; a plain answer carries it always; a
+token is a word), and OpenAI-shaped 401 errors when
 the bearer key is not one of those in `--keys` (read per request, so tests
 can rotate keys). Every completion request is appended to a
 JSON-lines log so tests can assert what reached the provider (which key, which model, what
@@ -129,6 +131,10 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         answer = f"stub says: {text}"
         completion_id = f"chatcmpl-{int(time.time() * 1000)}"
         model = body.get("model") or MODEL
+        # Tokens as a provider counts them, roughly: a word each.
+        prompt = sum(len(str(m.get("content") or "").split()) for m in messages)
+        usage = {"prompt_tokens": prompt, "completion_tokens": len(answer.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -143,7 +149,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
                             "finish_reason": "stop",
                         }
                     ],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    "usage": usage,
                 }
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -155,6 +161,9 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
             if drip:
                 await asyncio.sleep(float(drip.group(1)))
         await response.write(chunk(completion_id, model, {}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):  # as OpenAI: a last chunk
+            last = {"id": completion_id, "object": "chat.completion.chunk", "model": model, "choices": []}
+            await response.write(f"data: {json.dumps(last | {'usage': usage})}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

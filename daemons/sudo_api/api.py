@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sudo_core import family_archive, host_settings, twilio
+from sudo_core import family_archive, host_settings, twilio, usage
 from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
 from sudo_core.provisioner_client import ProvisionerError
@@ -228,11 +228,16 @@ async def family_view(request: web.Request) -> web.Response:
     family = await svc.db.aio(svc.db.get_family, family_id)
     members = await svc.db.aio(svc.members.list, family_id)
     invitations = await svc.db.aio(svc.members.invitations, family_id) if session.account.is_parent else []
+    days = await svc.db.aio(usage.of_family, svc.db, family_id)
     return web.json_response(
         {
             "family": {"id": str(family_id), "name": family.name if family else ""},
             "members": [member_json(m) for m in members],
             "invitations": [invitation_json(i) for i in invitations],
+            "usage": {
+                "daily_budget": await svc.db.aio(usage.budget, svc.db),
+                "days": [asdict(d) | {"tokens": d.tokens} for d in days],
+            },
         }
     )
 
@@ -771,6 +776,7 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
     """Each family's runtime, activity and memory, and the host's units."""
     families = {str(f.id): f for f in await svc.db.aio(svc.db.list_families)}
     members = await svc.db.aio(svc.db.member_counts)
+    used = await svc.db.aio(usage.on, svc.db, None)
     try:
         runtimes = await svc.provisioner.list(stats=True)
         runtime_error = None
@@ -783,6 +789,7 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
             "name": family.name,
             "last_active_at": family.last_active_at,
             "members": members.get(family.id, 0),
+            "tokens_today": used[family.id].tokens if family.id in used else 0,
             "disabled": family.disabled_at is not None,
             "state": by_family.get(family_id, {}).get("state", "stopped"),
             "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),

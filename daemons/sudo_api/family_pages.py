@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sudo_core import usage
 from sudo_core.accounts import InvalidInput
 from sudo_core.members import require_owner
 
@@ -88,6 +89,8 @@ async def family(request: web.Request) -> web.Response:
         status=status,
         family=await svc.db.aio(svc.db.get_family, family_id),
         members=await svc.db.aio(svc.members.list, family_id),
+        days=await svc.db.aio(usage.of_family, svc.db, family_id),
+        budget=await svc.db.aio(usage.budget, svc.db),
         invitations=invitations,
         shown=shown,
         message=message,

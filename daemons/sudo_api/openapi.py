@@ -195,7 +195,8 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "get",
         "/v1/family",
-        "The family, its members and (for parents) its pending invitations",
+        "The family, its members, (for parents) its pending invitations, and its agent's use of"
+        " the provider the last 7 days (tokens; daily_budget null: no limit)",
         "session",
         None,
         200,
@@ -203,6 +204,15 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
             family={"type": "object"},
             members={"type": "array", "items": MEMBER},
             invitations={"type": "array", "items": INVITATION},
+            usage=_obj(
+                daily_budget={"type": ["integer", "null"]},
+                days={
+                    "type": "array",
+                    "items": _obj(
+                        day=STRING, tokens_in=INTEGER, tokens_out=INTEGER, answers=INTEGER, tokens=INTEGER
+                    ),
+                },
+            ),
         ),
     ),
     (
@@ -518,7 +528,7 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "get",
         "/v1/admin/fleet",
-        "Each family's runtime, activity and memory; the host's units",
+        "Each family's runtime, activity, memory and tokens used today; the host's units",
         "admin",
         None,
         200,

@@ -229,6 +229,17 @@ MIGRATIONS: tuple[str, ...] = (
         used_at REAL
     );
     """,
+    """
+    -- Tokens each family's agent used a day (UTC), as the provider counted them.
+    CREATE TABLE usage_daily (
+        family_id TEXT NOT NULL REFERENCES families(id) ON DELETE CASCADE,
+        day TEXT NOT NULL,                 -- YYYY-MM-DD, UTC
+        tokens_in INTEGER NOT NULL DEFAULT 0,
+        tokens_out INTEGER NOT NULL DEFAULT 0,
+        answers INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (family_id, day)
+    );
+    """,
 )
 
 

@@ -67,6 +67,12 @@ def _text(value: str) -> str:
     return value
 
 
+def _count(value: str) -> str:
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidSetting("must be a whole number above 0 (empty: no limit)")
+    return str(int(value))
+
+
 def _phone(value: str) -> str:
     digits = value.removeprefix("whatsapp:")
     if not (digits.startswith("+") and digits[1:].isdigit() and 8 <= len(digits) <= 16):
@@ -90,6 +96,7 @@ FIELDS: dict[str, Field] = {
     "llm.base_url": Field("LLM provider URL (OpenAI-compatible, ending in /v1)", url=True),
     "llm.model": Field("Model", restart=True),
     "llm.api_key": Field("LLM API key", secret=True),
+    "llm.daily_tokens": Field("Daily tokens per family, in and out (empty: no limit)", _count),
     "twilio.account_sid": Field("Twilio Account SID"),
     "twilio.auth_token": Field("Twilio Auth Token", secret=True),
     "twilio.whatsapp_from": Field("WhatsApp sender number", _phone),

@@ -26,12 +26,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from sudo_core import config, host_settings, twilio
+from sudo_core import config, host_settings, twilio, usage
 from sudo_core.credentials import LLM_API_KEY, read_credential
 from sudo_core.db import Database
 from sudo_core.families import family_of_llm_key
 from sudo_core.logs import fields
 from sudo_core.whatsapp import OutboundStore, deliver
+
+from .metering import UsageMeter, budget_spent_answer
 
 log = logging.getLogger(__name__)
 # Not forwarded: hop-by-hop headers, and the length (the answer is re-chunked as it streams).
@@ -207,17 +209,27 @@ class Gateway:
         body = self.allowed_completion(body)
         if upstream.model:
             body["model"] = upstream.model  # families use the model the admin chose
+        budget = await self.db.aio(usage.budget, self.db)
+        if budget is not None and await self.db.aio(usage.spent_today, self.db, family) >= budget:
+            REQUESTS.labels("budget").inc()
+            return budget_spent_answer(body, budget)
+        if body.get("stream"):  # the provider then counts the tokens in a last event
+            options = body.get("stream_options")
+            body["stream_options"] = (options if isinstance(options, dict) else {}) | {"include_usage": True}
         headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
         lease = await self.db.aio(
             self.db.acquire_lease, family, "gateway", self.settings.gateway.request_timeout_sec
         )
         IN_FLIGHT.inc()
         started = time.monotonic()
+        meter = UsageMeter()
         try:
-            return await self._forward(request, f"{upstream.base_url}/chat/completions", body, headers)
+            return await self._forward(request, f"{upstream.base_url}/chat/completions", body, headers, meter)
         finally:
             IN_FLIGHT.dec()
             await self.db.aio(self.db.release_lease, lease)
+            if counted := meter.usage():
+                await self.db.aio(usage.add, self.db, family, *counted)
             log.debug("chat completion", extra=fields(family=family, seconds=time.monotonic() - started))
 
     def allowed_completion(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +361,12 @@ class Gateway:
         )
 
     async def _forward(
-        self, request: web.Request, url: str, body: dict | aiohttp.FormData, headers: dict[str, str]
+        self,
+        request: web.Request,
+        url: str,
+        body: dict | aiohttp.FormData,
+        headers: dict[str, str],
+        meter: UsageMeter | None = None,
     ) -> web.StreamResponse:
         started = time.monotonic()
         response: web.StreamResponse | None = None
@@ -363,8 +380,14 @@ class Gateway:
                     headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP},
                 )
                 await response.prepare(request)
+                if meter is not None and upstream.status == 200:
+                    meter.start(upstream.headers.get("Content-Encoding", ""))
+                else:
+                    meter = None
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
+                    if meter is not None:
+                        meter.feed(chunk)
                 await response.write_eof()
                 return response
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -47,6 +47,11 @@ async def test_members_talk_at_once_each_in_their_own_thread(api: Stack, http):
         others = [n for n in ("Ada", "Bea", "Cy") if n != member.account["name"]]
         assert not any(f"hello from {n}" in t for t in texts for n in others), texts
         assert {m["account_id"] for m in body["messages"]} == {member.member_id}
+    # The family's agent's use of the provider, as the provider counted it, for every member to see.
+    for member in members:
+        _, body = await member.call("GET", "/v1/family")
+        [today] = body["usage"]["days"]
+        assert today["answers"] >= 3 and today["tokens_in"] > 0 and today["tokens_out"] > 0, today
     # A message of another thread cannot be retried (or even found) by its id.
     status, _ = await adult.call("POST", f"/v1/chat/messages/{sent[0]}/retry")
     assert status == 404

@@ -16,6 +16,7 @@ import twilio_stub
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from sudo_core import usage
 from sudo_core.config import LLMSettings, Settings
 from sudo_core.db import Database
 from sudo_core.families import llm_key_for
@@ -463,5 +464,55 @@ async def test_a_family_cannot_order_more_than_one_bounded_answer_of_the_admins_
         ]
         await client.post("/v1/chat/completions", json=BODY | {"max_tokens": 300}, headers=auth(db, "G"))
         assert seen[-1]["max_tokens"] == 300  # a modest answer is asked as it was
+    finally:
+        await server.close()
+
+
+async def test_each_answer_is_metered_and_past_the_budget_the_family_is_told(gateway):
+    """The provider's own counts (a plain answer's usage, a stream's last event), read as the
+    answer passes, gzipped or not; past the admin's daily budget the family's agent gets an
+    answer saying so, and the provider is not asked."""
+    asked: list[dict] = []
+
+    async def provider(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        asked.append(body)
+        usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+        if not body.get("stream"):
+            data = gzip.compress(json.dumps({"choices": [], "usage": usage}).encode())
+            return web.Response(
+                body=data, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+        if body.get("stream_options", {}).get("include_usage"):
+            await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    client, db = gateway
+    server = await upstream_server(provider)
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        headers = auth(db, "Metered")
+        family = db.list_families()[0].id
+        for stream in (False, True):
+            resp = await client.post("/v1/chat/completions", json=BODY | {"stream": stream}, headers=headers)
+            assert resp.status == 200
+            await resp.read()
+        assert asked[1]["stream_options"] == {"include_usage": True}  # added, so the provider counts
+        [day] = usage.of_family(db, family)
+        assert (day.tokens_in, day.tokens_out, day.answers) == (200, 40, 2)
+
+        db.set_setting("llm.daily_tokens", "240")  # spent exactly: the next answer is refused
+        plain = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+        said = (await plain.json())["choices"][0]["message"]["content"]
+        assert plain.status == 200 and "used today's share" in said and "240" in said
+        streamed = await client.post("/v1/chat/completions", json=BODY | {"stream": True}, headers=headers)
+        assert "used today's share" in await streamed.text()
+        assert len(asked) == 2, "the provider was not asked past the budget"
+        other = await client.post("/v1/chat/completions", json=BODY, headers=auth(db, "Frugal"))
+        assert other.status == 200 and len(asked) == 3  # each family has its own share
     finally:
         await server.close()

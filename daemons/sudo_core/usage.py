@@ -1,0 +1,69 @@
+"""What each family's agent costs: tokens in and out a day (UTC), as the provider counted them
+in its answers' `usage`. sudo-gateway adds each answer's; the families see theirs on /family,
+the admin every family's on /admin; past the admin's daily budget (host setting
+`llm.daily_tokens`, tokens in and out together, per family) the gateway answers for the agent
+that the day's share is spent. Every function runs on the database thread."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from sudo_core.db import Database
+
+
+@dataclass(frozen=True)
+class Day:
+    day: str
+    tokens_in: int
+    tokens_out: int
+    answers: int
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+def today(now: float | None = None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+def add(db: Database, family: uuid.UUID, tokens_in: int, tokens_out: int, day: str | None = None) -> None:
+    db.execute(
+        "INSERT INTO usage_daily (family_id, day, tokens_in, tokens_out, answers) VALUES (?, ?, ?, ?, 1)"
+        " ON CONFLICT (family_id, day) DO UPDATE SET tokens_in = tokens_in + excluded.tokens_in,"
+        " tokens_out = tokens_out + excluded.tokens_out, answers = answers + 1",
+        (str(family), day or today(), tokens_in, tokens_out),
+    )
+
+
+def of_family(db: Database, family: uuid.UUID, days: int = 7) -> list[Day]:
+    """The family's last `days` days that had any use, newest first."""
+    rows = db.query(
+        "SELECT * FROM usage_daily WHERE family_id = ? AND day >= ? ORDER BY day DESC",
+        (str(family), today(time.time() - (days - 1) * 86400)),
+    )
+    return [Day(r["day"], r["tokens_in"], r["tokens_out"], r["answers"]) for r in rows]
+
+
+def on(db: Database, day: str | None = None) -> dict[uuid.UUID, Day]:
+    """Every family's use of one day (today by default)."""
+    rows = db.query("SELECT * FROM usage_daily WHERE day = ?", (day or today(),))
+    return {
+        uuid.UUID(r["family_id"]): Day(r["day"], r["tokens_in"], r["tokens_out"], r["answers"]) for r in rows
+    }
+
+
+def budget(db: Database) -> int | None:
+    """The admin's daily budget of tokens per family; None: no budget."""
+    value = db.get_settings("llm.daily_tokens").get("llm.daily_tokens")
+    return int(value) if value else None
+
+
+def spent_today(db: Database, family: uuid.UUID) -> int:
+    row = db.query_one(
+        "SELECT tokens_in + tokens_out FROM usage_daily WHERE family_id = ? AND day = ?",
+        (str(family), today()),
+    )
+    return row[0] if row else 0
