@@ -62,7 +62,7 @@ async def serve(settings: config.Settings, bind: bool) -> int:
 
     db = Database(settings.core.database_path)
     try:
-        backend = DockerBackend(settings.runtime)
+        backend = DockerBackend(settings.runtime, settings.core.state_dir)
         await backend.prepare()
         if settings.runtime.host_firewall:
             image = await backend.image(settings.runtime.image)
@@ -108,7 +108,7 @@ async def serve(settings: config.Settings, bind: bool) -> int:
 async def remove_runtimes(settings: config.Settings) -> set[uuid.UUID] | None:
     """Remove this installation's runtimes; their owners, or None when Docker failed."""
     try:
-        backend = DockerBackend(settings.runtime)
+        backend = DockerBackend(settings.runtime, settings.core.state_dir)
         runtimes = await backend.list()
         for runtime in runtimes:
             await backend.remove(runtime.name)

@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import docker
@@ -93,6 +96,40 @@ def guard_host(client: docker.DockerClient, image: str, bridge: str, host: str, 
     log.debug("host guard for %s: %s", bridge, output.decode(errors="replace").strip())
 
 
+class Addresses:
+    """The runtime network's addresses, handed out in turn round the subnet. Docker hands a new
+    container the lowest free address, so a family's runtime stopped or recreated gave its old
+    address to the next container started, often another family's: anything still holding the
+    old address (the voice bridge) then reached the wrong family. In turn, an address comes back
+    only after every other one of the subnet has been handed out. Where the turn stands is kept
+    in `cursor` (the provisioner exits when idle); the host's address is never handed out."""
+
+    def __init__(self, subnet: str, host: str, cursor: Path) -> None:
+        network = ipaddress.ip_network(subnet)
+        self._first = int(network.network_address) + 1
+        self._size = max(network.num_addresses - 2, 1)
+        self._host = int(ipaddress.ip_address(host))
+        self._cursor = cursor
+        self._lock = threading.Lock()
+
+    def take(self, in_use: set[str]) -> str:
+        """The next address after the last one handed out that no container holds now."""
+        taken = {int(ipaddress.ip_address(a)) for a in in_use} | {self._host}
+        with self._lock:
+            try:
+                last = int(self._cursor.read_text())
+            except (OSError, ValueError):
+                last = self._first - 1
+            for step in range(1, self._size + 1):
+                candidate = self._first + (last - self._first + step) % self._size
+                if candidate not in taken:
+                    tmp = self._cursor.with_name(self._cursor.name + ".tmp")
+                    tmp.write_text(str(candidate))
+                    os.replace(tmp, self._cursor)
+                    return str(ipaddress.ip_address(candidate))
+        raise RuntimeError(f"every address of the runtime network ({self._size}) is in use")
+
+
 class NameConflict(RuntimeError):
     """A container with the family's name appeared between our check and our create."""
 
@@ -127,10 +164,15 @@ def owner_from(name: str, labels: dict[str, str]) -> uuid.UUID | None:
 
 
 class DockerBackend:
-    def __init__(self, settings: RuntimeSettings, client: docker.DockerClient | None = None):
+    def __init__(
+        self, settings: RuntimeSettings, state_dir: Path, client: docker.DockerClient | None = None
+    ) -> None:
         self.settings = settings
         self._client = client or docker.from_env(timeout=120)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
+        self._addresses = Addresses(
+            settings.subnet, settings.host_address, state_dir / f"{settings.network}.last-address"
+        )
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -257,8 +299,14 @@ class DockerBackend:
     def _create(self, spec: RuntimeSpec) -> None:
         owner = spec.create_args["labels"][LABEL_OWNER]
         self._client.volumes.create(spec.volume, labels={LABEL_OWNER: owner})
+        network = spec.create_args["network"]
+        attached = self._client.api.inspect_network(network).get("Containers") or {}
+        address = self._addresses.take({c["IPv4Address"].split("/")[0] for c in attached.values()})
+        endpoint = self._client.api.create_endpoint_config(ipv4_address=address)
         try:
-            container = self._client.containers.create(**spec.create_args)
+            container = self._client.containers.create(
+                **spec.create_args, networking_config={network: endpoint}
+            )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 raise NameConflict(spec.name) from exc
