@@ -60,7 +60,14 @@ async def family_state(settings: config.Settings, args: argparse.Namespace) -> i
                 gone = await family_admin.delete(db, provisioner, family)
                 print(f"deleted {gone.name} ({family}): its runtime, volume, members and devices")
             else:
-                await family_admin.set_disabled(db, provisioner, family, args.action == "disable")
+                try:
+                    await family_admin.set_disabled(db, provisioner, family, args.action == "disable")
+                except (ProvisionerError, aiohttp.ClientError) as exc:
+                    print(
+                        f"sudoctl: disabled {family}, but its agent could not be stopped: {exc}",
+                        file=sys.stderr,
+                    )
+                    return 1
                 print(f"{args.action}d {family}")
     except AccountError as exc:
         print(f"sudoctl: {exc}", file=sys.stderr)

@@ -11,6 +11,10 @@ import tarfile
 import uuid
 from pathlib import Path
 
+from sudo_core.accounts import Accounts
+from sudo_core.db import Database
+from sudo_core.members import Members
+
 BIN = Path(sys.executable).parent
 
 
@@ -161,3 +165,51 @@ def test_sudoctl_backs_up_only_a_family_that_exists(tmp_path: Path):
     result = run("sudoctl", "backup", nobody, "-o", str(tmp_path / "b.tar.gz"), state=tmp_path)
     assert result.returncode == 1 and f"no family {nobody}" in result.stderr
     assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_sudoctl_disables_enables_and_deletes_a_family_and_hands_out_links(tmp_path: Path):
+    family = run("sudoctl", "families", "add", "Hopper", state=tmp_path).stdout.strip()
+
+    def listed() -> str:
+        return run("sudoctl", "families", "list", state=tmp_path).stdout
+
+    # Disabling marks the family, then stops its agent: without a provisioner it says which half failed.
+    disabled = run("sudoctl", "families", "disable", family, state=tmp_path)
+    assert (
+        disabled.returncode == 1
+        and "disabled" in disabled.stderr
+        and "could not be stopped" in disabled.stderr
+    )
+    assert "DISABLED" in listed()
+    assert run("sudoctl", "families", "enable", family, state=tmp_path).stdout == f"enabled {family}\n"
+    assert "DISABLED" not in listed()
+    unsure = run("sudoctl", "families", "delete", family, state=tmp_path)
+    assert unsure.returncode == 2 and "--yes" in unsure.stderr
+    failed = run("sudoctl", "families", "delete", family, "--yes", state=tmp_path)
+    assert failed.returncode == 1 and "cannot reach the provisioner" in failed.stderr
+    assert family in listed() and "DISABLED" not in listed(), "a delete that failed changes nothing"
+
+    invite = run("sudoctl", "invite", "--url", "https://sudo.example/", state=tmp_path)
+    assert invite.stdout.startswith("https://sudo.example/join/") and "valid 7 days" in invite.stderr
+    made = run(
+        "sudoctl",
+        "create-admin",
+        "--email",
+        "root@example.org",
+        "--password-stdin",
+        state=tmp_path,
+        stdin="a long password\n",
+    )
+    assert made.returncode == 0, made.stderr
+    link = run("sudoctl", "reset-link", "root@example.org", "--url", "https://sudo.example", state=tmp_path)
+    assert link.stdout.startswith("https://sudo.example/reset/"), link.stderr
+    db = Database(tmp_path / "sudo.db")
+    try:
+        members = Members(Accounts(db, 1))
+        assert members.invitation(invite.stdout.strip().rsplit("/", 1)[1]).family_id is None  # a new family
+        target = members.accounts.reset_target(link.stdout.strip().rsplit("/", 1)[1])
+        assert target.email == "root@example.org"
+    finally:
+        db.close()
+    nobody = run("sudoctl", "reset-link", "nobody@example.org", state=tmp_path)
+    assert nobody.returncode == 1 and "no account nobody@example.org" in nobody.stderr
