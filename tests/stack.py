@@ -100,6 +100,7 @@ class Stack:
             "llm": {"base_url": f"http://127.0.0.1:{self._llm_port}/v1", "model": "family-model"},
             "api": {
                 "listen": f"127.0.0.1:{free_port()}",
+                "service_listen": f"127.0.0.1:{free_port()}",
                 "metrics": f"127.0.0.1:{free_port()}",
                 "secure_cookies": False,  # the tests speak plain HTTP to 127.0.0.1
                 "heartbeat_flush_sec": 0.5,
@@ -192,10 +193,16 @@ class Stack:
     def api_url(self) -> str:
         return f"http://{self.settings.api.listen}"
 
+    @property
+    def service_url(self) -> str:
+        """sudo-api's loopback service listener: the voice bridge's /v1/service lookups."""
+        return f"http://{self.settings.api.service_listen}"
+
     def start_api(self, extra_env: dict | None = None) -> subprocess.Popen:
         proc = self._spawn("api", [str(BIN / "sudo-api")], env=self.env | (extra_env or {}))
-        host, _, port = self.settings.api.listen.rpartition(":")
-        wait_for(lambda: _connects(host, int(port)) or proc.poll() is not None, 30, "sudo-api")
+        for address in (self.settings.api.listen, self.settings.api.service_listen):
+            host, _, port = address.rpartition(":")
+            wait_for(lambda h=host, p=port: _connects(h, int(p)) or proc.poll() is not None, 30, "sudo-api")
         if proc.poll() is not None:
             raise RuntimeError(f"sudo-api exited: {self.log_of('api')[-2000:]}")
         return proc

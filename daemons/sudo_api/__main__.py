@@ -17,7 +17,7 @@ from sudo_core.metrics import host_port, start_metrics
 from sudo_core.provisioner_client import ProvisionerClient
 from sudo_core.systemd import Notifier
 
-from .app import build_app
+from .app import build_app, build_service_app
 from .chat import Conversations
 from .context import Services, code_limiter, pairing_limiter
 from .devices import Devices
@@ -62,6 +62,16 @@ async def serve(settings: config.Settings) -> int:
     )
     await runner.setup()
     await web.TCPSite(runner, *host_port(api.listen)).start()
+    # The voice bridge's lookups (every family's runtime address and key): loopback only.
+    service_runner = web.AppRunner(
+        build_service_app(services),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5,
+        keepalive_timeout=api.idle_timeout_sec,
+    )
+    await service_runner.setup()
+    await web.TCPSite(service_runner, *host_port(api.service_listen)).start()
     metrics_runner = await start_metrics(api.metrics)
     await services.chat.start()
     await services.whatsapp.start()
@@ -69,6 +79,10 @@ async def serve(settings: config.Settings) -> int:
 
     async with notifier.serving(f"serving on {api.listen}") as stop:
         log.info(f"sudo-api on {api.listen}", extra=fields(address=api.listen))
+        log.info(
+            f"sudo-api's service lookups on {api.service_listen}",
+            extra=fields(address=api.service_listen),
+        )
         if not await db.aio(services.accounts.has_admin):
             log.warning(
                 f"this host has no admin yet: create it at /setup?token={services.setup_token}"
@@ -81,6 +95,7 @@ async def serve(settings: config.Settings) -> int:
     log.info("stopping: finishing replies in progress")
     await services.chat.stop()  # pages stay connected meanwhile, so the replies still reach them
     await runner.cleanup()
+    await service_runner.cleanup()
     await metrics_runner.cleanup()
     await services.whatsapp.stop()
     await services.devices.stop()

@@ -617,7 +617,8 @@ async def voice_token(request: web.Request) -> web.Response:
         fail(503, str(exc))
 
 
-# Service lookups for the voice bridge: authenticated as a service, never as a family.
+# Service lookups for the voice bridge: authenticated as a service, never as a family, and
+# served only on the loopback service listener (see service_routes), never the public one.
 
 
 def require_service(request: web.Request) -> None:
@@ -867,9 +868,6 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/whatsapp/inbound", whatsapp_inbound),
         web.post("/v1/whatsapp/status", whatsapp_status),
         web.post("/v1/voice/token", voice_token),
-        web.get("/v1/service/rooms/{room}", service_room),
-        web.post("/v1/service/runtimes/{user_id}", service_runtime),
-        web.get("/v1/service/livekit", service_livekit),
         web.get("/v1/admin/settings", admin_settings),
         web.put("/v1/admin/settings", admin_settings),
         web.get("/v1/admin/restart-all", admin_restart_all),
@@ -883,4 +881,14 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/admin/invitations", admin_invitations),
         web.delete("/v1/admin/invitations/{invitation_id}", admin_invitation_revoke),
         web.get("/v1/openapi.json", openapi),
+    ]
+
+
+def service_routes() -> list[web.RouteDef]:
+    """The voice bridge's lookups, served on `api.service_listen` only (loopback, never behind
+    Caddy): they hand out every family's runtime address and keys."""
+    return [
+        web.get("/v1/service/rooms/{room}", service_room),
+        web.post("/v1/service/runtimes/{user_id}", service_runtime),
+        web.get("/v1/service/livekit", service_livekit),
     ]

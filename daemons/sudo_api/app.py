@@ -119,7 +119,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def build_app(services: Services) -> web.Application:
+    """The public app (`api.listen`, behind Caddy): the website and /v1, without /v1/service."""
     app = web.Application(middlewares=[errors, same_origin, whole_body], client_max_size=256 * 1024)
     app[SERVICES] = services
     app.add_routes([web.get("/healthz", healthz), *api.routes(), *pages.routes(), *family_pages.routes()])
+    return app
+
+
+def build_service_app(services: Services) -> web.Application:
+    """The voice bridge's lookups (/v1/service/*) on `api.service_listen`, loopback only. No
+    browser page is served here, so the same-origin check has nothing to guard."""
+    app = web.Application(middlewares=[errors, whole_body], client_max_size=256 * 1024)
+    app[SERVICES] = services
+    app.add_routes([web.get("/healthz", healthz), *api.service_routes()])
     return app

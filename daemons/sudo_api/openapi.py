@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document of /v1, served at /v1/openapi.json.
 
-Written by hand, one entry per route; a test checks that it names exactly the routes served.
+Written by hand, one entry per route; a test checks that it names exactly the routes served
+(the public listener's, and the /v1/service lookups served on `api.service_listen` only).
 """
 
 from __future__ import annotations
@@ -624,6 +625,11 @@ SECURITY = {
     "service": [{"service": []}],
     "twilio": [{"twilio": []}],
 }
+SERVICE_ONLY = (
+    "Served on `api.service_listen` only (loopback, for the voice bridge), never on the public"
+    " listener nor through the proxy: there, this path is a 404."
+)
+"""What every /v1/service operation says of where it is served."""
 FORM_BODIES = {"/v1/whatsapp/inbound", "/v1/whatsapp/status"}
 """Twilio's webhooks: form-encoded, as Twilio sends them."""
 
@@ -644,6 +650,8 @@ def document() -> dict[str, Any]:
                 for code, why in UNAVAILABLE.get((method, path), {}).items()
             },
         }
+        if security == "service":
+            operation["description"] = SERVICE_ONLY
         if body:
             kind = "application/x-www-form-urlencoded" if path in FORM_BODIES else "application/json"
             operation["requestBody"] = {"required": True, "content": {kind: {"schema": body}}}

@@ -177,6 +177,10 @@ class ApiSettings:
     listen: str = "127.0.0.1:8600"
     """Where sudo-api serves the web and /v1 (host:port); Caddy terminates TLS in front of it."""
 
+    service_listen: str = "127.0.0.1:8601"
+    """Where sudo-api serves the voice bridge's lookups (/v1/service/*: every family's runtime
+    address and key) — loopback, never behind Caddy; the public listener does not serve them."""
+
     metrics: str = "127.0.0.1:9600"
     """Where sudo-api serves Prometheus metrics (host:port), apart from the public listener."""
 
@@ -268,6 +272,16 @@ class ApiSettings:
     def __post_init__(self) -> None:
         if self.signup not in SIGNUP_MODES:
             raise ConfigError(f"api.signup: {self.signup!r} is not one of {', '.join(SIGNUP_MODES)}")
+        host = self.service_listen.rpartition(":")[0].strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"api.service_listen: {self.service_listen!r} is not on loopback; it hands out every"
+                " family's runtime address and key"
+            )
 
     stranger_reply_sec: float = 86400.0
     """Least time between two "link this number first" replies to one unknown number (seconds)."""
@@ -275,8 +289,9 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class VoiceSettings:
-    api_url: str = "http://127.0.0.1:8600"
-    """sudo-api as the voice bridge reaches it: rooms, runtimes and the LiveKit settings."""
+    api_url: str = "http://127.0.0.1:8601"
+    """sudo-api's service listener (api.service_listen), where the voice bridge looks up rooms,
+    runtimes and the LiveKit settings; the public listener does not serve them."""
 
     stt: str = "openai"
     """Speech-to-text: "openai" (the admin's provider, through the gateway) or "pocketsphinx" (offline)."""

@@ -167,7 +167,7 @@ def lxc() -> Iterator[Lxc]:
         )
         box = Lxc(machine, f"sudo-bootstrap-{tag}:0.19.0")
         box.sh(f"groupmod -g {os.stat('/var/run/docker.sock').st_gid} docker")
-        api = f"127.0.0.1:{free_port()}"
+        api, service = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         box.write(
             "/etc/sudo/sudo.toml",
             f"""[runtime]
@@ -180,9 +180,10 @@ port = {free_port()}
 metrics = "127.0.0.1:{free_port()}"
 [api]
 listen = "{api}"
+service_listen = "{service}"
 metrics = "127.0.0.1:{free_port()}"
 [voice]
-api_url = "http://{api}"
+api_url = "http://{service}"
 http = "127.0.0.1:{free_port()}"
 metrics = "127.0.0.1:{free_port()}"
 """,
@@ -333,10 +334,20 @@ def test_the_admin_settings_hold_the_livekit_server(lxc: Lxc):
         "livekit.api_secret = set" in listed
         and f"twilio.public_url = https://sudo.test:{lxc.https}" in listed
     )
-    # The secret itself, as the voice bridge is given it by sudo-api.
+    # The secret itself, as the voice bridge is given it by sudo-api: on its loopback service
+    # listener, where the bridge's default voice.api_url points, and never through Caddy.
     token = lxc.sh("cat /etc/sudo/credentials/service-token")
-    server = json.loads(lxc.curl("sudo.test", "/v1/service/livekit", "-H", f"Authorization: Bearer {token}"))
+    auth = shlex.quote(f"Authorization: Bearer {token}")
+    service = lxc.sh(
+        "/opt/venvs/sudo/bin/python -c"
+        " 'from sudo_core import config; print(config.load().api.service_listen)'"
+    )
+    server = json.loads(lxc.sh(f"curl -s --max-time 20 -H {auth} http://{service}/v1/service/livekit"))
     assert server == {"url": url, "api_key": key, "api_secret": secret}
+    public = lxc.curl(
+        "sudo.test", "/v1/service/livekit", "-H", f"Authorization: Bearer {token}", "-w", " %{http_code}"
+    )
+    assert public.endswith(" 404"), public
     # And the bridge took them up.
     lxc.wait(
         lambda: url in lxc.sh("systemctl show -p StatusText --value sudo-voice-bridge"),

@@ -94,7 +94,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         time.sleep(0.05)
     network = f"sudo-e2e-{tag}"
     subnet = f"10.216.{secrets.randbelow(250)}.0/24"
-    api = f"127.0.0.1:{free_port()}"
+    api, service = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     config = f"""
 [core]
 log_level = "INFO"
@@ -111,9 +111,12 @@ port = {free_port()}
 metrics = "127.0.0.1:{free_port()}"
 [api]
 listen = "{api}"
+service_listen = "{service}"
 metrics = "127.0.0.1:{free_port()}"
 secure_cookies = false
 signup = "invite"
+[voice]
+api_url = "http://{service}"
 [llm]
 base_url = "http://127.0.0.1:{port_file.read_text()}/v1"
 model = "e2e-model"
@@ -197,8 +200,8 @@ def test_the_installed_system_serves_a_family(host: Host, family: str):
     assert host.state("sudo.target") == "active"
     for unit in ("sudo-api.service", "sudo-gateway.service", "sudo-provisioner.socket", "sudo-reaper.timer"):
         assert host.state(unit) == "active", unit
-    # The voice bridge runs hardened (its VAD model loaded), reaches sudo-api with the service
-    # credential, and waits for the admin to name a LiveKit server.
+    # The voice bridge runs hardened (its VAD model loaded), reaches sudo-api's loopback service
+    # listener with the service credential, and waits for the admin to name a LiveKit server.
     host.wait(
         lambda: (
             "waiting for the LiveKit settings"

@@ -13,7 +13,7 @@ from control_plane import Family, admin_session, pair, sign_up
 from livekit.api import TokenVerifier
 from stack import Stack
 
-from sudo_api.api import routes
+from sudo_api.api import routes, service_routes
 from sudo_api.chat import ChatStore
 from sudo_core.families import family_of_llm_key
 
@@ -188,9 +188,14 @@ async def test_errors_are_json_and_the_openapi_document_is_complete(api: Stack, 
         assert resp.status == 401 and (await resp.json())["error"] == "log in first"
     async with http.get(f"{api.api_url}/v1/openapi.json") as resp:
         document = await resp.json()
-    served = {(r.method.lower(), r.path) for r in routes()}
+    served = {(r.method.lower(), r.path) for r in [*routes(), *service_routes()]}
     documented = {(m, p) for p, ops in document["paths"].items() for m in ops}
     assert documented == served
+    for path, ops in document["paths"].items():  # each says where it is served
+        assert all(
+            ("service_listen" in op.get("description", "")) == path.startswith("/v1/service/")
+            for op in ops.values()
+        ), path
     async with http.get(f"{api.api_url}/healthz") as resp:
         assert resp.status == 200
     host, port = api.settings.api.metrics.rsplit(":", 1)
@@ -237,14 +242,28 @@ async def test_service_lookups_need_the_service_token(api: Stack, http, provisio
     family = await sign_up(http, api.api_url, "Tesla")
     auth = {"Authorization": f"Bearer {api.service_token}"}
     room = f"room_{family.id}"
+    # The public listener (the one behind Caddy) does not serve them, even to the service token.
+    for method, path in (
+        ("GET", f"/v1/service/rooms/{room}"),
+        ("POST", f"/v1/service/runtimes/{family.id}"),
+        ("GET", "/v1/service/livekit"),
+    ):
+        async with http.request(method, f"{api.api_url}{path}", headers=auth) as resp:
+            assert resp.status == 404, (method, path)
+            assert (await resp.json())["error"] == f"{path} is not an API endpoint"
+    # And the service listener serves nothing else but its health.
+    async with http.get(f"{api.service_url}/v1/me", headers=family.headers) as resp:
+        assert resp.status == 404
+    async with http.get(f"{api.service_url}/healthz") as resp:
+        assert resp.status == 200
     for headers in ({}, family.headers, {"Authorization": "Bearer nope"}):
-        async with http.get(f"{api.api_url}/v1/service/rooms/{room}", headers=headers) as resp:
+        async with http.get(f"{api.service_url}/v1/service/rooms/{room}", headers=headers) as resp:
             assert resp.status == 401
-        async with http.post(f"{api.api_url}/v1/service/runtimes/{family.id}", headers=headers) as resp:
+        async with http.post(f"{api.service_url}/v1/service/runtimes/{family.id}", headers=headers) as resp:
             assert resp.status == 401
-        async with http.get(f"{api.api_url}/v1/service/livekit", headers=headers) as resp:
+        async with http.get(f"{api.service_url}/v1/service/livekit", headers=headers) as resp:
             assert resp.status == 401
-    async with http.get(f"{api.api_url}/v1/service/rooms/{room}", headers=auth) as resp:
+    async with http.get(f"{api.service_url}/v1/service/rooms/{room}", headers=auth) as resp:
         assert resp.status == 200
         found = await resp.json()
     # With the family's gateway key, the bridge's speech is the family's, at the gateway.
@@ -252,16 +271,16 @@ async def test_service_lookups_need_the_service_token(api: Stack, http, provisio
     assert found == {"user_id": family.id, "name": "Tesla", "room": room}
     assert family_of_llm_key(api.secret.encode(), gateway_key) == uuid.UUID(family.id)
     for bad in ("room_nope", f"room_{uuid.uuid4()}", "lobby"):
-        async with http.get(f"{api.api_url}/v1/service/rooms/{bad}", headers=auth) as resp:
+        async with http.get(f"{api.service_url}/v1/service/rooms/{bad}", headers=auth) as resp:
             assert resp.status == 404
-    async with http.post(f"{api.api_url}/v1/service/runtimes/{family.id}", headers=auth) as resp:
+    async with http.post(f"{api.service_url}/v1/service/runtimes/{family.id}", headers=auth) as resp:
         assert resp.status == 200
         runtime = await resp.json()
     async with http.get(
         f"{runtime['url']}/v1/models", headers={"Authorization": f"Bearer {runtime['api_key']}"}
     ) as resp:
         assert resp.status == 200  # the agent answers with the key the bridge was given
-    async with http.post(f"{api.api_url}/v1/service/runtimes/{uuid.uuid4()}", headers=auth) as resp:
+    async with http.post(f"{api.service_url}/v1/service/runtimes/{uuid.uuid4()}", headers=auth) as resp:
         assert resp.status == 404
     await provisioner.stop(uuid.UUID(family.id))
 
@@ -269,12 +288,12 @@ async def test_service_lookups_need_the_service_token(api: Stack, http, provisio
 @pytest.mark.usefixtures("fresh_settings")
 async def test_the_voice_bridge_reads_the_admins_livekit_server(api: Stack, http):
     auth = {"Authorization": f"Bearer {api.service_token}"}
-    async with http.get(f"{api.api_url}/v1/service/livekit", headers=auth) as resp:
+    async with http.get(f"{api.service_url}/v1/service/livekit", headers=auth) as resp:
         assert resp.status == 503 and "LiveKit" in (await resp.json())["error"]
     server = {"url": "wss://voice.example", "api_key": "APIkey", "api_secret": secrets.token_hex(32)}
     for key, value in server.items():
         await api.db.aio(api.db.set_setting, f"livekit.{key}", value)
-    async with http.get(f"{api.api_url}/v1/service/livekit", headers=auth) as resp:
+    async with http.get(f"{api.service_url}/v1/service/livekit", headers=auth) as resp:
         assert resp.status == 200 and await resp.json() == server
 
 

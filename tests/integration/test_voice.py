@@ -74,7 +74,7 @@ class Conversation:
 async def conversation(api: Stack, http, request) -> AsyncIterator[Conversation]:
     """A voice session for a new family, with OFFLINE settings unless the test names others."""
     settings = getattr(request, "param", OFFLINE)
-    async with SudoApi(api.api_url, api.service_token) as client:
+    async with SudoApi(api.service_url, api.service_token) as client:
         signed_up = await sign_up(http, api.api_url, "Voice")
         family = await client.family_of_room(f"room_{signed_up.id}")
         assert family is not None

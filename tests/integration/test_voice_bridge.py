@@ -40,7 +40,7 @@ def bridge(api: Stack, tmp_path) -> Iterator[tuple[subprocess.Popen, Notificatio
     metrics = f"127.0.0.1:{free_port()}"
     env = api.env | {
         "NOTIFY_SOCKET": str(tmp_path / "notify"),
-        "SUDO_VOICE_API_URL": api.api_url,
+        "SUDO_VOICE_API_URL": api.service_url,
         "SUDO_VOICE_HTTP": f"127.0.0.1:{free_port()}",
         "SUDO_VOICE_METRICS": metrics,
     }

@@ -40,7 +40,7 @@ async def say(runtime: FamilyRuntime, text: str, sent: list[tuple[str, str | Non
 
 
 async def test_a_turn_sent_to_an_address_another_family_took_goes_nowhere(api: Stack, http, provisioner):
-    async with SudoApi(api.api_url, api.service_token) as client:
+    async with SudoApi(api.service_url, api.service_token) as client:
         a = await sign_up(http, api.api_url, "Ampere")
         old = await client.runtime(uuid.UUID(a.id))
         await provisioner.stop(uuid.UUID(a.id))

@@ -6,8 +6,10 @@ a member of family C, which the admin disabled; family B's owner; a paired devic
 owner's messages, its devices, numbers, room, family id, a spare child) wherever a route takes
 one, so every "404" of family B below is B being refused A's resource, and every 404 of A's
 adult or child is a member refused what is another member's. The table is written out here, not
-derived from the code under test, and the routes it covers must be exactly the app's router and
-the OpenAPI document, so a new endpoint cannot go untested.
+derived from the code under test, and the routes it covers must be exactly the routers of the
+two apps (the public one, and the loopback service listener's, where the /v1/service rows are
+asked: the public listener answers them 404) and the OpenAPI document, so a new endpoint cannot
+go untested.
 
 A request that would change state for an allowed caller is, where possible, one the route then
 refuses for its content (a 400 past the authorization check), so the matrix has few side effects;
@@ -29,7 +31,7 @@ from conftest import ROLES, Roles
 from control_plane import PASSWORD, add_child
 from stack import Stack
 
-from sudo_api.app import build_app
+from sudo_api.app import build_app, build_service_app
 from sudo_api.chat import ChatStore
 from sudo_api.numbers import Numbers
 
@@ -57,6 +59,7 @@ DISABLED = 403
 # The request's path parameters name A's things: {spare_device} is a second device of A,
 # {message} a failed message of A's owner, {number} and {number2} two of the owner's (unverified)
 # numbers, {spare_child} a child of A, {child} A's child role, {nobody} an id that is no one's.
+# "listener": "service" asks sudo-api's loopback service listener instead of the public one.
 # fmt: off
 MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     # columns: anon, A's owner, adult, child, removed from A, disabled C, B, device of A, admin, service
@@ -131,11 +134,12 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     ("POST", "/v1/whatsapp/status", {"data": {"MessageSid": "SM1", "MessageStatus": "read"}},
      expect(403, 403, 403, 403, 403, 403, 403, 403, 403, 403)),
     ("POST", "/v1/voice/token", {}, expect(401, 401, 401, 401, 401, 401, 401, 200, 401, 401)),
-    ("GET", "/v1/service/rooms/{room}", {"path": {"room": "room"}},
+    ("GET", "/v1/service/rooms/{room}", {"path": {"room": "room"}, "listener": "service"},
      expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 200)),
-    ("POST", "/v1/service/runtimes/{user_id}", {"path": {"user_id": "family"}},
+    ("POST", "/v1/service/runtimes/{user_id}", {"path": {"user_id": "family"}, "listener": "service"},
      expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 200)),
-    ("GET", "/v1/service/livekit", {}, expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 200)),
+    ("GET", "/v1/service/livekit", {"listener": "service"},
+     expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 200)),
     ("GET", "/v1/admin/settings", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
     ("PUT", "/v1/admin/settings", {"json": {"no.such": "x"}},
      expect(401, 403, 403, 403, 401, 403, 403, 401, 400, 401)),
@@ -216,15 +220,28 @@ adult, a parent too, just before: it takes what a parent may take)."""
 
 
 def served_routes() -> set[tuple[str, str]]:
-    """What the app's router serves ("*" routes as GET and POST; HEAD is GET's own handler)."""
-    app = build_app(None)  # type: ignore[arg-type] (listing routes needs no services)
+    """What the two apps' routers serve, the public one's and the service listener's ("*" routes
+    as GET and POST; HEAD is GET's own handler)."""
     served = set()
-    for route in app.router.routes():
-        if route.method == "HEAD":
-            continue
-        methods = ("GET", "POST") if route.method == "*" else (route.method,)
-        served |= {(m, route.resource.canonical) for m in methods}
+    for build in (build_app, build_service_app):
+        app = build(None)  # type: ignore[arg-type] (listing routes needs no services)
+        for route in app.router.routes():
+            if route.method == "HEAD":
+                continue
+            methods = ("GET", "POST") if route.method == "*" else (route.method,)
+            served |= {(m, route.resource.canonical) for m in methods}
     return served
+
+
+def service_routes() -> set[tuple[str, str]]:
+    """The /v1 routes of the service listener (which the public one does not serve)."""
+    app = build_service_app(None)  # type: ignore[arg-type] (listing routes needs no services)
+    routes = app.router.routes()
+    return {
+        (r.method, r.resource.canonical)
+        for r in routes
+        if r.method != "HEAD" and r.resource.canonical != "/healthz"
+    }
 
 
 def test_the_matrix_covers_every_route_and_the_openapi_document():
@@ -235,6 +252,11 @@ def test_the_matrix_covers_every_route_and_the_openapi_document():
     assert table == served_routes()
     documented = {(m.upper(), p) for p, ops in document()["paths"].items() for m in ops}
     assert documented == {(m, r) for m, r in served_routes() if r.startswith("/v1/")}
+    # The rows asked of the service listener are exactly the routes it alone serves.
+    on_service = {
+        (method, route) for method, route, request, _ in MATRIX if request.get("listener") == "service"
+    }
+    assert on_service == service_routes()
 
 
 @pytest.fixture
@@ -302,6 +324,11 @@ async def test_every_route_as_every_role(api: Stack, http, roles: Roles, things_
         path = request.get("url", route)
         for name, thing in request.get("path", {}).items():
             path = path.replace("{" + name + "}", things_of_a[thing])
+        base = api.service_url if request.get("listener") == "service" else api.api_url
+        if base != api.api_url:  # not on the public listener, not even for the service token
+            async with http.request(method, api.api_url + path, headers=roles.headers("service")) as resp:
+                if resp.status != 404:
+                    wrong.append(f"{method} {path} on the public listener: {resp.status}, expected 404")
         for role in ORDER:
             headers = roles.headers(role)
             if request.get("fresh_session") and role in logins:
@@ -310,7 +337,7 @@ async def test_every_route_as_every_role(api: Stack, http, roles: Roles, things_
             headers = headers | {"X-Forwarded-For": f"192.0.2.{i}"}
             kwargs = {k: _for(request[k], role) for k in ("json", "data") if k in request}
             async with http.request(
-                method, api.api_url + path, headers=headers, allow_redirects=False, **kwargs
+                method, base + path, headers=headers, allow_redirects=False, **kwargs
             ) as resp:
                 status = resp.status
                 body = "" if request.get("stream") else await resp.text()

@@ -110,6 +110,7 @@ def impatient(stack: Stack) -> Iterator[tuple[str, Path]]:
         "SUDO_CORE_STATE_DIR": str(state),
         "SUDO_API_LISTEN": f"127.0.0.1:{port}",
         "SUDO_API_METRICS": f"127.0.0.1:{free_port()}",
+        "SUDO_API_SERVICE_LISTEN": f"127.0.0.1:{free_port()}",
         "SUDO_API_CLIENT_TIMEOUT_SEC": "1",
         "SUDO_API_IDLE_TIMEOUT_SEC": "2",
     }

@@ -49,6 +49,9 @@ def test_file_then_environment(tmp_path: Path):
         ("", {"SUDO_RUNTIME_EGRESS": "perhaps"}, "SUDO_RUNTIME_EGRESS"),
         ("", {"SUDO_RUNTIME_SUBNET": "10.0.0.0/33"}, "runtime.subnet"),
         ("[runtime\n", {}, "sudo.toml"),
+        ('[api]\nservice_listen = "0.0.0.0:8601"\n', {}, "api.service_listen"),  # every family's keys
+        ("", {"SUDO_API_SERVICE_LISTEN": "192.0.2.1:8601"}, "api.service_listen"),
+        ("", {"SUDO_API_SIGNUP": "sometimes"}, "api.signup"),
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path: Path, text, env, names):
