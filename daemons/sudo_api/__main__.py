@@ -29,6 +29,15 @@ from .whatsapp import WhatsApp
 log = logging.getLogger("sudo-api")
 
 
+async def listen(app: web.Application, address: str, keepalive_sec: float) -> web.AppRunner:
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=5, keepalive_timeout=keepalive_sec
+    )
+    await runner.setup()
+    await web.TCPSite(runner, *host_port(address)).start()
+    return runner
+
+
 async def serve(settings: config.Settings) -> int:
     notifier = Notifier()
     db = Database(settings.core.database_path)
@@ -53,25 +62,9 @@ async def serve(settings: config.Settings) -> int:
         pairing=pairing_limiter(api),
         codes=code_limiter(api),
     )
-    runner = web.AppRunner(
-        build_app(services),
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=5,
-        keepalive_timeout=api.idle_timeout_sec,
-    )
-    await runner.setup()
-    await web.TCPSite(runner, *host_port(api.listen)).start()
+    runner = await listen(build_app(services), api.listen, api.idle_timeout_sec)
     # The voice bridge's lookups (every family's runtime address and key): loopback only.
-    service_runner = web.AppRunner(
-        build_service_app(services),
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=5,
-        keepalive_timeout=api.idle_timeout_sec,
-    )
-    await service_runner.setup()
-    await web.TCPSite(service_runner, *host_port(api.service_listen)).start()
+    service_runner = await listen(build_service_app(services), api.service_listen, api.idle_timeout_sec)
     metrics_runner = await start_metrics(api.metrics)
     await services.chat.start()
     await services.whatsapp.start()

@@ -61,9 +61,13 @@ def budget(db: Database) -> int | None:
     return int(value) if value else None
 
 
-def spent_today(db: Database, family: uuid.UUID) -> int:
+def spent_budget(db: Database, family: uuid.UUID) -> int | None:
+    """The budget, if the family has used all of it today (one read on the gateway's hot path)."""
+    limit = budget(db)
+    if limit is None:
+        return None
     row = db.query_one(
         "SELECT tokens_in + tokens_out FROM usage_daily WHERE family_id = ? AND day = ?",
         (str(family), today()),
     )
-    return row[0] if row else 0
+    return limit if row and row[0] >= limit else None

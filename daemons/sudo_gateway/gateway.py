@@ -209,8 +209,7 @@ class Gateway:
         body = self.allowed_completion(body)
         if upstream.model:
             body["model"] = upstream.model  # families use the model the admin chose
-        budget = await self.db.aio(usage.budget, self.db)
-        if budget is not None and await self.db.aio(usage.spent_today, self.db, family) >= budget:
+        if (budget := await self.db.aio(usage.spent_budget, self.db, family)) is not None:
             REQUESTS.labels("budget").inc()
             return budget_spent_answer(body, budget)
         if body.get("stream"):  # the provider then counts the tokens in a last event
