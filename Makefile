@@ -26,6 +26,7 @@ deps:
 	command -v sox >/dev/null || missing="$$missing sox"; \
 	pkg-config --exists alsa 2>/dev/null || missing="$$missing libasound2-dev"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
 		echo "==> installing$$missing"; \
@@ -65,6 +66,7 @@ systemd-image: deps
 
 run: venv hermes-image
 	@mkdir -p var
+	@$(DEV_ENV) $(BIN)/sudoctl firewall apply
 	@echo "==> sudo-api on http://127.0.0.1:8600, sudo-gateway and sudo-provisioner on ./var (Ctrl-C stops all)"
 	@$(DEV_ENV) sh -c '$(BIN)/sudo-gateway & gateway=$$!; $(BIN)/sudo-provisioner --bind & provisioner=$$!; \
 		trap "kill $$gateway $$provisioner 2>/dev/null" EXIT INT TERM; \

@@ -45,8 +45,8 @@ codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null || true)
 
 declare -A cfg=(
     [SUDO_DOMAIN]="" [LIVEKIT_DOMAIN]="" [TLS]=acme [ACME_EMAIL]="" [HTTP_PORT]=80 [HTTPS_PORT]=443
-    [SUDO_DEBS]="" [HERMES_IMAGE]=nousresearch/hermes-agent:0.19.0 [HERMES_TAG]=sudo-hermes-upstream:0.19.0
-    [HERMES_STARTS_AS_ROOT]=yes [LIVEKIT_VERSION]=1.9.1 [LIVEKIT_SHA256]="" [LIVEKIT_BINARY]=""
+    [SUDO_DEBS]="" [HERMES_IMAGE]=sudo-hermes:0.19.0 [HERMES_TAG]=sudo-hermes-prod:0.19.0
+    [LIVEKIT_VERSION]=1.9.1 [LIVEKIT_SHA256]="" [LIVEKIT_BINARY]=""
     [LIVEKIT_PORT]=7880 [LIVEKIT_TCP_PORT]=7881 [LIVEKIT_UDP_PORTS]=50000-60000
     [ADMIN_EMAIL]="" [ADMIN_PASSWORD_FILE]=""
 )
@@ -80,9 +80,8 @@ for key in HTTP_PORT HTTPS_PORT LIVEKIT_PORT LIVEKIT_TCP_PORT; do port "$key"; d
     || die "$conf: LIVEKIT_UDP_PORTS must be a range such as 50000-60000 (got '${cfg[LIVEKIT_UDP_PORTS]}')"
 udp_start=${BASH_REMATCH[1]}
 udp_end=${BASH_REMATCH[2]}
-need HERMES_IMAGE "the Hermes Agent image to run, e.g. nousresearch/hermes-agent:0.19.0"
+need HERMES_IMAGE "the Hermes Agent image to run, e.g. sudo-hermes:0.19.0 (make hermes-image)"
 [[ ${cfg[HERMES_TAG]} =~ ^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_.-]+$ ]] || die "$conf: HERMES_TAG must be NAME:TAG, such as sudo-hermes-upstream:0.19.0"
-[[ ${cfg[HERMES_STARTS_AS_ROOT]} =~ ^(yes|no)$ ]] || die "$conf: HERMES_STARTS_AS_ROOT must be yes (upstream's image) or no"
 if [ -n "${cfg[SUDO_DEBS]}" ]; then
     [[ ${cfg[SUDO_DEBS]} == /* ]] || die "$conf: SUDO_DEBS must be an absolute path"
     compgen -G "${cfg[SUDO_DEBS]}/sudo-server_*.deb" >/dev/null \
@@ -219,14 +218,10 @@ else
     did "tagged $image as $tag"
 fi
 {
-    echo "# Written by proxmox/bootstrap.sh (HERMES_TAG, HERMES_STARTS_AS_ROOT): run it again rather than editing."
+    echo "# Written by proxmox/bootstrap.sh (HERMES_TAG): run it again rather than editing."
     echo "# Only the provisioner reads the runtime settings; these win over /etc/sudo/sudo.toml."
     echo "[Service]"
     echo "Environment=SUDO_RUNTIME_IMAGE=$tag"
-    if [ "${cfg[HERMES_STARTS_AS_ROOT]}" = yes ]; then
-        echo "# Upstream's entrypoint starts as root under s6-overlay and drops to uid 10000 itself."
-        echo "Environment=SUDO_RUNTIME_USER= SUDO_RUNTIME_CAP_ADD=CHOWN,SETUID,SETGID,FOWNER,DAC_OVERRIDE SUDO_RUNTIME_READ_ONLY=false"
-    fi
 } >"$work/hermes-image.conf"
 if put 0644 "$work/hermes-image.conf" /etc/systemd/system/sudo-provisioner.service.d/hermes-image.conf; then
     systemctl daemon-reload

@@ -71,7 +71,8 @@ def start_machine(name: str, **options) -> Machine:
         detach=True,
         name=name,
         network_mode="host",
-        cap_add=["SYS_ADMIN"],
+        # NET_ADMIN: a Proxmox LXC has it over its own network; here that network is the host's.
+        cap_add=["SYS_ADMIN", "NET_ADMIN"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         cgroupns="host",
         tmpfs={"/run": "", "/run/lock": ""},

@@ -29,7 +29,7 @@ import docker.errors
 from sudo_core import config
 from sudo_core.db import Database, Family
 from sudo_core.families import api_key_for, runtime_name, volume_name
-from sudo_provisioner.docker_backend import bridge_of, guard_host
+from sudoctl import firewall
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -72,7 +72,8 @@ class Stack:
             self.docker.images.get(IMAGE)
         except docker.errors.ImageNotFound:
             raise RuntimeError(f"image {IMAGE} is missing: run `make hermes-image` first") from None
-        self.network = f"sudo-test-{secrets.token_hex(3)}"
+        tag = secrets.token_hex(3)
+        self.network = f"sudo-test-{tag}"
         self.creds = root / "credentials"
         self.creds.mkdir(parents=True)
         self.secret = secrets.token_hex(32)
@@ -93,6 +94,7 @@ class Stack:
             "runtime": {
                 "image": IMAGE,
                 "network": self.network,
+                "bridge": f"sudo-t{tag}",
                 "subnet": unused_subnet(self.docker),
                 "memory": "768m",
             },
@@ -119,6 +121,8 @@ class Stack:
         self.env.pop("NOTIFY_SOCKET", None)
         self.settings = config.load(self.env)
         self.db = Database(self.settings.core.database_path)
+        # What sudo-firewall.service does before the provisioner may start (the tests run as root).
+        firewall.apply(self.settings)
 
     # processes
 
@@ -275,11 +279,8 @@ class Stack:
             with contextlib.suppress(docker.errors.NotFound):
                 self.docker.volumes.get(volume_name(family)).remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
-            network = self.docker.networks.get(self.network)
-            # The provisioner's firewall rules for the network's bridge go with it.
-            with contextlib.suppress(docker.errors.DockerException):
-                guard_host(self.docker, IMAGE, bridge_of(self.docker, self.network), "", None)
-            network.remove()
+            self.docker.networks.get(self.network).remove()
+        firewall.remove(self.settings)
         self.db.close()
         shutil.rmtree(self.root, ignore_errors=True)
 

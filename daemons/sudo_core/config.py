@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import sys
 import tomllib
 import types
@@ -83,10 +84,8 @@ class RuntimeSettings:
     """Process limit per family container."""
 
     user: str = "10000:10000"
-    """User the container runs as; empty keeps the image's own (upstream's s6 entrypoint starts as root)."""
-
-    cap_add: tuple[str, ...] = ()
-    """Capabilities kept after dropping all (upstream's root entrypoint needs CHOWN, SETUID, SETGID)."""
+    """uid:gid the container runs as, with no capability; never root (a family's agent runs
+    commands: as root, a kernel flaw away from the host)."""
 
     read_only: bool = True
     """Read-only root filesystem, with tmpfs on /tmp; the data volume stays writable."""
@@ -94,16 +93,16 @@ class RuntimeSettings:
     network: str = "sudo-runtimes"
     """Docker bridge network for family containers; inter-container traffic is disabled on it."""
 
+    bridge: str = "sudo-rt0"
+    """The Linux bridge of that network, by name: the host's firewall (sudo-firewall.service)
+    matches it by this name, so it is known before Docker creates it."""
+
     subnet: str = "10.213.0.0/16"
     """Subnet of that network; its first address is the host side, where the LLM gateway listens.
     The provisioner's unit allows it this subnet alone (IPAddressAllow=): change both together."""
 
     egress: bool = False
     """Let agents reach the internet; when false the network is internal and reaches only the host."""
-
-    host_firewall: bool = True
-    """Refuse the runtime network every service of the host but the gateway (iptables rules set by
-    the provisioner at each start); false leaves that to the host's own firewall."""
 
     plugins_dir: Path | None = None
     """Hermes plugins bind-mounted read-only at /opt/data/plugins; empty means the bundled ones."""
@@ -125,6 +124,11 @@ class RuntimeSettings:
             ipaddress.ip_network(self.subnet)
         except ValueError as exc:
             raise ConfigError(f"runtime.subnet: {exc}") from exc
+        if not re.fullmatch(r"[1-9]\d*:[1-9]\d*", self.user):
+            raise ConfigError(f"runtime.user: {self.user!r} is not a non-root uid:gid, e.g. 10000:10000")
+        # A Linux interface name (at most 15 bytes), and an nftables table name as it is.
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,14}", self.bridge):
+            raise ConfigError(f"runtime.bridge: {self.bridge!r} is not 1-15 of a-z, 0-9 and -, from a letter")
 
     @property
     def host_address(self) -> str:

@@ -29,7 +29,7 @@ from sudo_core.families import volume_name
 from sudo_core.logs import fields
 from sudo_core.systemd import Notifier, listen_fds
 
-from .docker_backend import DockerBackend, HostGuardFailed
+from .docker_backend import DockerBackend
 from .runtimes import RuntimeManager
 from .server import Activity, build_app
 
@@ -64,17 +64,8 @@ async def serve(settings: config.Settings, bind: bool) -> int:
     try:
         backend = DockerBackend(settings.runtime, settings.core.state_dir)
         await backend.prepare()
-        if settings.runtime.host_firewall:
-            image = await backend.image(settings.runtime.image)
-            await backend.guard_host(image.id, settings.gateway.port)
-    except docker.errors.ImageNotFound:
-        log.error(f"the runtime image {settings.runtime.image} is missing (runtime.image)")
-        return 1
     except docker.errors.DockerException as exc:
         log.error(f"cannot use the Docker engine: {exc}")
-        return 1
-    except HostGuardFailed as exc:
-        log.error(f"cannot keep the runtimes away from the host's services: {exc} (runtime.host_firewall)")
         return 1
     manager = RuntimeManager(settings, db, backend, host_secret(settings.core.state_dir))
     notifier.status("reconciling runtimes with Docker")
@@ -116,13 +107,6 @@ async def remove_runtimes(settings: config.Settings) -> set[uuid.UUID] | None:
         print(f"sudo-provisioner: cannot use the Docker engine: {exc}", file=sys.stderr)
         return None
     print(f"sudo-provisioner: removed {len(runtimes)} family runtime(s); their data stays until purge")
-    if settings.runtime.host_firewall:  # the host's firewall rules for the network go with its runtimes
-        try:
-            await backend.unguard_host((await backend.image(settings.runtime.image)).id)
-        except docker.errors.DockerException as exc:
-            print(
-                f"sudo-provisioner: the host's firewall rules for the runtimes stay: {exc}", file=sys.stderr
-            )
     return {r.owner for r in runtimes if r.owner}
 
 

@@ -34,66 +34,11 @@ from .spec import DATA_DIR, LABEL_HASH, LABEL_IMAGE, LABEL_OWNER, LABEL_SCOPE, I
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# The host's firewall for the runtime network. Docker's `internal` network stops forwarding
-# beyond the subnet, but a container still reaches every service of the host itself on the
-# bridge's address (the INPUT chain), not only the gateway. These rules, in a chain of ours that
-# INPUT jumps to for packets from the bridge, let through the gateway's port and the answers to
-# connections the host opened (sudo-api to the agents), and refuse the rest. The provisioner has
-# no capability of its own, but Docker is root-equivalent: the rules are applied by a short-lived
-# helper container on the host's network, running the host's own iptables (chroot into the
-# host's root, mounted read-only; /run writable for iptables's lock).
-GUARD_SCRIPT = r"""
-set -eu
-chain="$1" bridge="$2" host="$3" port="$4"
-ipt() { chroot /host iptables -w 10 "$@"; }
-if [ "$port" = "remove" ]; then
-    while ipt -D INPUT -i "$bridge" -j "$chain" 2>/dev/null; do :; done
-    ipt -F "$chain" 2>/dev/null || true
-    ipt -X "$chain" 2>/dev/null || true
-    exit 0
-fi
-ipt -N "$chain" 2>/dev/null || ipt -F "$chain"
-ipt -A "$chain" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-ipt -A "$chain" -p tcp -d "$host" --dport "$port" -j ACCEPT
-ipt -A "$chain" -p tcp -j REJECT --reject-with tcp-reset
-ipt -A "$chain" -j DROP
-ipt -C INPUT -i "$bridge" -j "$chain" 2>/dev/null || ipt -I INPUT 1 -i "$bridge" -j "$chain"
-"""
+BRIDGE_NAME = "com.docker.network.bridge.name"
 
 
 class EngineUnreachable(docker.errors.DockerException):
     """The Docker engine does not answer (stopped, restarting): a moment's problem, not a bad request."""
-
-
-class HostGuardFailed(RuntimeError):
-    """The host's firewall for the runtime network could not be set; the text says why."""
-
-
-def bridge_of(client: docker.DockerClient, network: str) -> str:
-    """The Linux bridge behind a Docker network (Docker names it br-<id>, unless told a name)."""
-    info = client.api.inspect_network(network)
-    return (info.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
-
-
-def guard_host(client: docker.DockerClient, image: str, bridge: str, host: str, port: int | None) -> None:
-    """Let containers on `bridge` reach only `host:port` of this host; port None removes the rules."""
-    chain = f"SUDO-{bridge}"[:28]
-    output = client.containers.run(
-        image,
-        entrypoint=["/bin/sh", "-c", GUARD_SCRIPT, "sudo-host-guard"],
-        command=[chain, bridge, host, "remove" if port is None else str(port)],
-        user="0:0",
-        network_mode="host",
-        cap_drop=["ALL"],
-        cap_add=["NET_ADMIN", "NET_RAW", "SYS_CHROOT"],
-        security_opt=["no-new-privileges"],
-        volumes={"/": {"bind": "/host", "mode": "ro"}, "/run": {"bind": "/host/run", "mode": "rw"}},
-        labels={"sudo.role": "host-guard"},
-        remove=True,
-        stdout=True,
-        stderr=True,
-    )
-    log.debug("host guard for %s: %s", bridge, output.decode(errors="replace").strip())
 
 
 class Addresses:
@@ -184,16 +129,20 @@ class DockerBackend:
     # Host setup
 
     async def prepare(self) -> None:
-        """Create the runtime network if missing: a bridge with inter-container traffic off."""
+        """Create the runtime network if missing: a bridge named `runtime.bridge`, with
+        inter-container traffic off."""
         await self._run(self._prepare)
 
     def _prepare(self) -> None:
-        name = self.settings.network
+        name, bridge = self.settings.network, self.settings.bridge
         try:
-            self._client.networks.get(name)
-            return
+            info = self._client.api.inspect_network(name)
         except docker.errors.NotFound:
-            pass
+            info = None
+        if info is not None:
+            if (info.get("Options") or {}).get(BRIDGE_NAME) == bridge:
+                return
+            self._make_again(name, bridge)
         subnet = ipaddress.ip_network(self.settings.subnet)
         ipam = docker.types.IPAMConfig(
             pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=self.settings.host_address)]
@@ -204,40 +153,27 @@ class DockerBackend:
                 driver="bridge",
                 internal=not self.settings.egress,
                 ipam=ipam,
-                options={"com.docker.network.bridge.enable_icc": "false"},
+                options={BRIDGE_NAME: bridge, "com.docker.network.bridge.enable_icc": "false"},
                 labels={"sudo.role": "runtime-network"},
             )
-            log.info("created runtime network", extra=fields(network=name, subnet=subnet))
+            log.info("created runtime network", extra=fields(network=name, bridge=bridge, subnet=subnet))
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # created concurrently: fine
                 raise
 
-    async def guard_host(self, image: str, gateway_port: int) -> None:
-        """Set the host's firewall for the runtime network (see GUARD_SCRIPT); again at every start,
-        since the rules do not outlive a reboot while the network does."""
-
-        def guard() -> None:
-            bridge = bridge_of(self._client, self.settings.network)
-            try:
-                guard_host(self._client, image, bridge, self.settings.host_address, gateway_port)
-            except docker.errors.ContainerError as exc:
-                stderr = (exc.stderr or b"").decode(errors="replace").strip()
-                raise HostGuardFailed(f"iptables on the host failed for {bridge}: {stderr}") from exc
-            log.info("host guarded", extra=fields(bridge=bridge, gateway_port=gateway_port))
-
-        await self._run(guard)
-
-    async def unguard_host(self, image: str) -> None:
-        """Remove the host's firewall rules for the runtime network (when its runtimes go)."""
-
-        def unguard() -> None:
-            try:
-                bridge = bridge_of(self._client, self.settings.network)
-            except docker.errors.NotFound:
-                return
-            guard_host(self._client, image, bridge, self.settings.host_address, None)
-
-        await self._run(unguard)
+    def _make_again(self, name: str, bridge: str) -> None:
+        """Remove a runtime network whose bridge has another name (one made before the name was
+        fixed): the host's firewall knows the bridge by its name alone. Its runtimes go with it;
+        each starts again at its family's next request, on the same data."""
+        runtimes = self._client.containers.list(all=True, filters={"label": f"{LABEL_SCOPE}={name}"})
+        for container in runtimes:
+            container.remove(force=True)
+        self._client.api.remove_network(name)
+        log.warning(
+            f"removed the runtime network {name} and its {len(runtimes)} runtime(s) to make it again "
+            f"with the bridge {bridge}",
+            extra=fields(network=name, bridge=bridge, removed=len(runtimes)),
+        )
 
     async def image(self, ref: str) -> Image:
         info = await self._run(self._client.api.inspect_image, ref)
@@ -373,6 +309,9 @@ class DockerBackend:
             image_id,
             name=name,
             volumes={volume: {"bind": DATA_DIR, "mode": "rw"}},
+            user=self.settings.user,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
             network_mode="none",
             labels={"sudo.role": "volume-copy", LABEL_SCOPE: self.settings.network},
         )

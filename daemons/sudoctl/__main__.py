@@ -20,6 +20,7 @@ from sudo_core.family_archive import ArchiveError
 from sudo_core.members import Members
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
+from . import firewall
 from .backup import backup, restore
 from .status import NoSystemd, runtime_line, status
 
@@ -199,6 +200,21 @@ def backup_or_restore(settings: config.Settings, args: argparse.Namespace) -> in
     return 0
 
 
+def host_firewall(settings: config.Settings, action: str) -> int:
+    if action == "show":
+        print(firewall.ruleset(settings), end="")
+    elif action == "apply":
+        firewall.apply(settings)
+        rt = settings.runtime
+        print(
+            f"sudoctl: {rt.bridge} reaches {rt.host_address}:{settings.gateway.port} (the gateway) "
+            "and nothing else of this host"
+        )
+    elif firewall.remove(settings):
+        print(f"sudoctl: removed the firewall table of {settings.runtime.bridge}")
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="sudoctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +285,11 @@ def main() -> None:
         "(a secret keeps its value). The value is checked as /admin/settings checks it, and never printed.",
     )
     one.add_argument("key", choices=sorted(host_settings.FIELDS), metavar="KEY", help="e.g. livekit.url")
+    fw = sub.add_parser(
+        "firewall",
+        help="apply, remove or show the host's firewall for the family runtimes (nftables; as root)",
+    )
+    fw.add_argument("action", choices=("apply", "remove", "show"))
     args = parser.parse_args()
     try:
         settings = config.load()
@@ -288,11 +309,20 @@ def main() -> None:
             sys.exit(status(settings.provisioner.socket))
         if args.command in ("backup", "restore"):
             sys.exit(backup_or_restore(settings, args))
+        if args.command == "firewall":
+            sys.exit(host_firewall(settings, args.action))
         sys.exit(asyncio.run(runtimes(settings, args)))
     except NoSystemd as exc:
         print(f"sudoctl: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (config.ConfigError, BadFamilyId, ValueError, ProvisionerError, ArchiveError) as exc:
+    except (
+        config.ConfigError,
+        BadFamilyId,
+        ValueError,
+        ProvisionerError,
+        ArchiveError,
+        firewall.FirewallError,
+    ) as exc:
         sys.exit(f"sudoctl: {exc}")
     except aiohttp.ClientConnectionError as exc:
         sys.exit(f"sudoctl: cannot reach the provisioner at {settings.provisioner.socket}: {exc}")

@@ -40,7 +40,14 @@ class Host(Machine):
     def __init__(self, machine: Machine, api: str, network: str, llm_log: Path) -> None:
         super().__init__(machine.container)
         self.api, self.network, self.llm_log = api, network, llm_log
+        self.bridge = network.replace("sudo-e2e-", "sudo-e")
         self.docker = docker.from_env()
+
+    def firewall(self) -> str:
+        """The host's nftables table for this installation's bridge ("" if none): the real
+        host's, since this host shares its network."""
+        listed = subprocess.run(["nft", "list", "table", "inet", self.bridge], capture_output=True, text=True)
+        return listed.stdout
 
     def runtimes(self) -> list:
         """The family containers this installation runs, as the real engine lists them."""
@@ -103,6 +110,7 @@ idle_exit_sec = 8
 [runtime]
 image = "{HERMES_IMAGE}"
 network = "{network}"
+bridge = "sudo-e{tag}"
 subnet = "{subnet}"
 memory = "768m"
 plugins_dir = "{shared / "plugins"}"
@@ -157,6 +165,7 @@ model = "e2e-model"
                 client.volumes.get(volume).remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
             client.networks.get(network).remove()
+        subprocess.run(["nft", "delete", "table", "inet", f"sudo-e{tag}"], capture_output=True)
         llm.terminate()
         shutil.rmtree(shared, ignore_errors=True)
 
@@ -198,8 +207,11 @@ def chat(host: Host, token: str, text: str) -> list[dict]:
 
 def test_the_installed_system_serves_a_family(host: Host, family: str):
     assert host.state("sudo.target") == "active"
-    for unit in ("sudo-api.service", "sudo-gateway.service", "sudo-provisioner.socket", "sudo-reaper.timer"):
+    units = ("sudo-firewall.service", "sudo-api.service", "sudo-gateway.service", "sudo-provisioner.socket")
+    for unit in (*units, "sudo-reaper.timer"):
         assert host.state(unit) == "active", unit
+    # The packaged firewall stands on the (real) host for this installation's bridge.
+    assert f'iifname "{host.bridge}" ip daddr ' in host.firewall()
     # The voice bridge runs hardened (its VAD model loaded), reaches sudo-api's loopback service
     # listener with the service credential, and waits for the admin to name a LiveKit server.
     host.wait(
@@ -397,5 +409,6 @@ def test_purge_removes_everything(host: Host, family: str):
     assert not host.runtimes()
     assert not host.docker.containers.list(all=True, filters={"label": f"sudo.scope={host.network}"})
     assert not host.docker.networks.list(names=[host.network])
+    assert host.firewall() == ""  # the firewall went with the runtimes it kept
     with pytest.raises(docker.errors.NotFound):
         host.docker.volumes.get(volume)

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import docker
 import pytest
+from systemd_box import systemd_box
 
 from sudo_core.config import RuntimeSettings
 
 IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = Path(__file__).resolve().parents[2] / "units"
 DAEMONS = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
-SERVICES = (*DAEMONS, "livekit-server", "sudo-edge")
+SERVICES = (*DAEMONS, "sudo-firewall", "livekit-server", "sudo-edge")
 EXECUTABLES = (
-    *(f"/opt/venvs/sudo/bin/{daemon}" for daemon in DAEMONS),
+    *(f"/opt/venvs/sudo/bin/{daemon}" for daemon in (*DAEMONS, "sudoctl")),
     "/usr/local/bin/livekit-server",
     "/opt/venvs/sudo-edge/bin/sudo-edge",
 )
@@ -89,3 +91,54 @@ def test_the_provisioner_reaches_the_runtime_subnet_alone():
     text = (UNITS / "sudo-provisioner.service").read_text()
     assert re.findall(r"^IPAddressDeny=(.*)$", text, re.MULTILINE) == ["any"]
     assert re.findall(r"^IPAddressAllow=(.*)$", text, re.MULTILINE) == [RuntimeSettings().subnet]
+
+
+def test_the_firewall_stands_again_whenever_docker_or_nftables_restarts():
+    """sudo-firewall.service as packaged, under a real systemd, with stand-ins for the units it
+    follows and for `sudoctl firewall apply` (which prints a line): applied when Docker starts,
+    again when Docker restarts or starts again, and when nftables.service (whose
+    `flush ruleset` empties the host's tables) restarts or reloads; and before the provisioner."""
+    stand_in = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\nExecReload=/bin/true\n"
+    firewall = (UNITS / "sudo-firewall.service").read_text()
+    units = {
+        "docker.service": stand_in,
+        "nftables.service": stand_in,
+        "sudo-firewall.service": firewall.replace(
+            "/opt/venvs/sudo/bin/sudoctl firewall apply", "/bin/echo applied"
+        ),
+        "sudo-provisioner.service": (UNITS / "sudo-provisioner.service").read_text(),
+        "sudo-provisioner.socket": (UNITS / "sudo-provisioner.socket").read_text(),
+    }
+    with systemd_box(units) as (box, _):
+
+        def run(*command: str) -> str:
+            code, output = box.exec_run(list(command))
+            assert code == 0, output
+            return output.decode()
+
+        def applied(times: int) -> None:
+            """The stand-in ran `times` times in all (a unit that is only wanted starts on its own time)."""
+            deadline = time.monotonic() + 20
+            while (
+                seen := run("journalctl", "-u", "sudo-firewall.service", "-o", "cat").count("applied\n")
+            ) < times:
+                assert time.monotonic() < deadline, seen
+                time.sleep(0.1)
+            assert seen == times
+
+        run("systemctl", "enable", "sudo-firewall.service")
+        run("systemctl", "start", "docker.service", "nftables.service")
+        applied(1)
+        for step, times in (
+            (("restart", "docker.service"), 2),
+            (("stop", "docker.service"), 2),
+            (("start", "docker.service"), 3),
+            (("reload", "nftables.service"), 4),
+            (("restart", "nftables.service"), 5),
+        ):
+            run("systemctl", *step)
+            applied(times)
+        # The provisioner's unit requires the firewall and comes after it.
+        order = run("systemctl", "show", "-p", "Requires", "-p", "After", "sudo-provisioner.service")
+        assert "sudo-firewall.service" in order.split("Requires=")[1].split("\n")[0]
+        assert "sudo-firewall.service" in order.split("After=")[1].split("\n")[0]

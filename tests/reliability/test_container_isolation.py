@@ -7,17 +7,24 @@ Every probe is a connection from A's container to an address of this test's own 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import io
+import ipaddress
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import docker
+import pytest
 from stack import BIN, Stack, wait_for
 
-from sudo_provisioner.docker_backend import bridge_of
+from sudo_provisioner.docker_backend import BRIDGE_NAME, DockerBackend
+from sudo_provisioner.runtimes import RuntimeManager
 
 PROBE = r"""
 import json, os, socket, stat, sys
@@ -105,33 +112,170 @@ async def test_a_family_container_reaches_the_gateway_and_nothing_else(stack: St
         await provisioner.stop(family)
 
 
-def host_rules() -> str:
-    """This host's iptables rules (the tests run as root, as `make test` does)."""
-    return subprocess.run(["iptables", "-w", "10", "-S"], capture_output=True, text=True, check=True).stdout
+# From a container on the runtime network, whose IPv6 the attacker got back (Docker leaves it
+# off in a runtime: the probe turns it on, as a kernel or Docker change might): connect to every
+# target, again and again until the deadline; the targets ever reached.
+HAMMER = r"""
+import json, socket, sys, time
+targets, deadline, reached = json.loads(sys.argv[1]), time.monotonic() + float(sys.argv[2]), set()
+while True:
+    for host, port in targets:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            reached.add(f"{host} {port}")
+        except OSError:
+            pass
+    if time.monotonic() >= deadline:
+        break
+    time.sleep(0.005)
+print(json.dumps(sorted(reached)))
+"""
 
 
-def test_the_firewall_comes_with_the_provisioner_and_goes_with_remove_all(tmp_path: Path):
+def link_local(interface: str) -> str:
+    """The interface's IPv6 link-local address on this host (from /proc/net/if_inet6)."""
+    for line in Path("/proc/net/if_inet6").read_text().splitlines():
+        hexaddr, _, _, scope, _, name = line.split()
+        if name == interface and scope == "20":
+            return str(ipaddress.IPv6Address(bytes.fromhex(hexaddr)))
+    raise AssertionError(f"{interface} has no IPv6 link-local address")
+
+
+def sudoctl_firewall(stack: Stack, action: str) -> str:
+    done = subprocess.run(
+        [str(BIN / "sudoctl"), "firewall", action], env=stack.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_host_firewall_holds_over_ipv4_and_ipv6_and_never_opens(stack: Stack, figures):
+    """A service on every address of the host (IPv4 and IPv6) is out of the runtimes' reach; it
+    is the firewall that keeps it so (removed, both are reached); and applying the rules again,
+    twenty times while a container knocks without pause, never leaves a moment open."""
+    rt = stack.settings.runtime
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too, as most services
+        listener.bind(("::", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        targets = [[rt.host_address, port], [f"{link_local(rt.bridge)}%eth0", port]]
+
+        def knock(seconds: float) -> list[str]:
+            out = stack.docker.containers.run(
+                rt.image,
+                [HAMMER, json.dumps(targets), str(seconds)],
+                entrypoint=["python3", "-c"],
+                user=rt.user,
+                network=stack.network,
+                sysctls={  # IPv6 on, its address usable at once (no duplicate detection)
+                    "net.ipv6.conf.all.disable_ipv6": "0",
+                    "net.ipv6.conf.eth0.disable_ipv6": "0",
+                    "net.ipv6.conf.eth0.accept_dad": "0",
+                },
+                labels={"sudo.scope": stack.network},
+                remove=True,
+            )
+            return json.loads(out)
+
+        assert knock(1.0) == []
+        sudoctl_firewall(stack, "remove")
+        try:  # the control: without the rules, both families of address reach the host
+            assert len(knock(1.0)) == 2
+        finally:
+            sudoctl_firewall(stack, "apply")
+        assert knock(1.0) == []
+
+        knocking = concurrent.futures.ThreadPoolExecutor(1).submit(knock, 8.0)
+        time.sleep(2)  # the container is up and knocking
+        for _ in range(20):
+            assert f"{rt.bridge} reaches" in sudoctl_firewall(stack, "apply")
+        assert knocking.result(timeout=60) == []
+        figures.tried("applied while knocking", 20)
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    assert tables.splitlines().count(f"table inet {rt.bridge}") == 1
+
+
+async def test_no_container_of_the_provisioner_is_privileged_root_or_on_the_host_network(stack: Stack):
+    """Every container the provisioner creates (a runtime, the volume copy helpers) as Docker
+    is asked for it, through the real engine; and the runtime as it runs."""
+    client = docker.from_env()
+    asked: list[dict] = []
+    create = client.api.create_container
+
+    def recording(*args, **kwargs):  # a spy on the real client: Docker still does the work
+        asked.append(kwargs)
+        return create(*args, **kwargs)
+
+    client.api.create_container = recording
+    backend = DockerBackend(stack.settings.runtime, stack.root / "spy-state", client)
+    (stack.root / "spy-state").mkdir()
+    await backend.prepare()
+    manager = RuntimeManager(stack.settings, stack.db, backend, stack.secret.encode())
+    family = stack.new_family("Rootless")
+    try:
+        runtime = await manager.ensure(family.id)
+        running = stack.docker.containers.get(runtime.container_id)
+        uid = running.exec_run(["id", "-u"]).output.decode().strip()
+        archive = io.BytesIO()
+
+        async def keep(chunk: bytes) -> None:
+            archive.write(chunk)
+
+        await manager.export_volume(family.id, keep)
+        archive.seek(0)
+        await manager.import_volume(family.id, archive)
+    finally:
+        await manager.stop(family.id, purge=True)
+        await manager.close()
+
+    roles = sorted(kwargs["labels"].get("sudo.role", "runtime") for kwargs in asked)
+    assert roles == ["runtime", "volume-copy", "volume-copy"], roles
+    for kwargs in asked:
+        host = kwargs["host_config"]
+        assert not host.get("Privileged"), kwargs
+        assert host.get("NetworkMode") in (stack.network, "none"), kwargs
+        assert not host.get("CapAdd") and host.get("CapDrop") == ["ALL"], kwargs
+        assert "no-new-privileges" in host.get("SecurityOpt", []), kwargs
+        assert kwargs["user"] == stack.settings.runtime.user != "0:0", kwargs
+    assert uid == "10000"
+    assert running.attrs["Config"]["User"] == "10000:10000" and not running.attrs["HostConfig"]["Privileged"]
+
+
+def test_the_provisioner_starts_without_a_container_and_renames_an_old_bridge(tmp_path: Path):
+    """It used to apply the host's firewall through a root container on the host's network: its
+    start now creates no container. A runtime network from before the bridge's name was fixed
+    (Docker's br-<id>, which the firewall would not know) is made again under the name, and
+    its runtime goes with it (to start again on the family's next request)."""
     other = Stack(tmp_path / "other")
     try:
+        rt = other.settings.runtime
+        old = other.docker.networks.create(other.network, labels={"sudo.role": "runtime-network"})
+        runtime = other.docker.containers.run(
+            rt.image,
+            ["infinity"],
+            entrypoint=["sleep"],
+            user=rt.user,
+            network=other.network,
+            labels={"sudo.scope": other.network},
+            detach=True,
+        )
+        since = time.time()
         other.start_provisioner()
-        # The provisioner makes the network, then the rules for its bridge, as it starts.
-        wait_for(lambda: other.docker.networks.list(names=[other.network]), 60, "the runtime network")
-        chain = f"SUDO-{bridge_of(other.docker, other.network)}"
-        wait_for(lambda: f"-j {chain}" in host_rules(), 60, "the provisioner's firewall rules")
-        port = other.settings.gateway.port
-        assert (
-            f"-A {chain} -d {other.settings.runtime.host_address}/32 -p tcp -m tcp --dport {port} -j ACCEPT"
-            in (host_rules())
-        )
+
+        def bridge() -> str | None:
+            with contextlib.suppress(docker.errors.NotFound):
+                return (other.docker.api.inspect_network(other.network)["Options"] or {}).get(BRIDGE_NAME)
+            return None
+
+        wait_for(lambda: bridge() == rt.bridge, 60, "the network under the bridge's name")
+        assert other.docker.api.inspect_network(other.network)["Id"] != old.id
+        with pytest.raises(docker.errors.NotFound):
+            runtime.reload()
         other.stop("provisioner")
-        removed = subprocess.run(
-            [str(BIN / "sudo-provisioner"), "--remove-all"],
-            env=other.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        created = other.docker.events(
+            since=since, until=time.time(), filters={"type": "container", "event": "create"}, decode=True
         )
-        assert removed.returncode == 0, removed.stderr
-        assert chain not in host_rules()  # what apt remove runs: the host is left as it was
+        assert [event["Actor"]["Attributes"].get("name") for event in created] == []
     finally:
         other.close()

@@ -28,14 +28,14 @@ def test_file_then_environment(tmp_path: Path):
         | {
             "SUDO_RUNTIME_IDLE_SEC": "90.5",
             "SUDO_RUNTIME_EGRESS": "yes",
-            "SUDO_RUNTIME_CAP_ADD": "CHOWN, SETUID",
+            "SUDO_RUNTIME_TOOLSETS": "memory, todo",
             "SUDO_CORE_DATABASE": "",
         }
     )
     assert settings.runtime.idle_sec == 90.5
     assert settings.runtime.memory == "2g"
     assert settings.runtime.egress is True
-    assert settings.runtime.cap_add == ("CHOWN", "SETUID")
+    assert settings.runtime.toolsets == ("memory", "todo")
     assert settings.core.database_path == Path("/srv/s/sudo.db")
 
 
@@ -48,6 +48,12 @@ def test_file_then_environment(tmp_path: Path):
         ("[runtime]\nimage = 5\n", {}, "runtime.image"),
         ("", {"SUDO_RUNTIME_EGRESS": "perhaps"}, "SUDO_RUNTIME_EGRESS"),
         ("", {"SUDO_RUNTIME_SUBNET": "10.0.0.0/33"}, "runtime.subnet"),
+        # No family container runs as root, whatever the image would choose.
+        ('[runtime]\nuser = ""\n', {}, "runtime.user"),
+        ('[runtime]\nuser = "0:0"\n', {}, "runtime.user"),
+        ("", {"SUDO_RUNTIME_USER": "10000:0"}, "runtime.user"),
+        ('[runtime]\nbridge = "br-0123456789abc"\n', {}, "runtime.bridge"),
+        ('[runtime]\nbridge = "sudo rt"\n', {}, "runtime.bridge"),
         ("[runtime\n", {}, "sudo.toml"),
         ('[api]\nservice_listen = "0.0.0.0:8601"\n', {}, "api.service_listen"),  # every family's keys
         ("", {"SUDO_API_SERVICE_LISTEN": "192.0.2.1:8601"}, "api.service_listen"),
