@@ -22,7 +22,7 @@ from .chat import Conversations
 from .context import Services, code_limiter, pairing_limiter
 from .devices import Devices
 from .fleet import FleetRestart
-from .limits import LoginLimiter
+from .limits import LoginLimiter, message_limiter
 from .numbers import Numbers
 from .whatsapp import WhatsApp
 
@@ -46,17 +46,18 @@ async def serve(settings: config.Settings) -> int:
         settings.provisioner.socket, timeout=settings.provisioner.health_timeout_sec + 60
     )
     api = settings.api
+    messages = message_limiter(api.family_messages_per_minute)
     services = Services(
         settings=settings,
         db=db,
         provisioner=provisioner,
         accounts=Accounts(db, api.session_days, api.signup),
         limiter=LoginLimiter(api.login_attempts, api.login_attempts_per_address, api.login_window_sec),
-        chat=Conversations(db, provisioner, secret, api),
+        chat=Conversations(db, provisioner, secret, api, messages),
         devices=Devices(db, provisioner, api),
         fleet=FleetRestart(provisioner),
         numbers=Numbers(db),
-        whatsapp=WhatsApp(db, provisioner, secret, api),
+        whatsapp=WhatsApp(db, provisioner, secret, api, messages),
         secret=secret,
         service_token=read_credential(SERVICE_TOKEN, settings.core.state_dir, generate=True) or "",
         pairing=pairing_limiter(api),

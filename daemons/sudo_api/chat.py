@@ -39,6 +39,8 @@ from sudo_core.db import Database
 from sudo_core.families import api_key_for
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
+from .limits import TOO_MANY_MESSAGES, Limiter
+
 log = logging.getLogger("sudo-api.chat")
 
 MESSAGE_MAX = 8000
@@ -350,9 +352,16 @@ class Hub:
 
 class Conversations:
     def __init__(
-        self, db: Database, provisioner: ProvisionerClient, secret: bytes, settings: ApiSettings
+        self,
+        db: Database,
+        provisioner: ProvisionerClient,
+        secret: bytes,
+        settings: ApiSettings,
+        messages: Limiter,
     ) -> None:
         self.db = db
+        self.messages = messages
+        """The family's message rate, shared with WhatsApp (limits.message_limiter)."""
         self.store = ChatStore(db)
         self.hub = Hub()
         self.provisioner = provisioner
@@ -399,8 +408,10 @@ class Conversations:
     # What the API calls
 
     async def send(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
+        """Store and deliver a member's message; RateLimited past the family's message rate."""
         if self.closing:
             raise ChatUnavailable("sudo-api is restarting; send again in a moment")
+        self.messages.reserve(TOO_MANY_MESSAGES, family=str(family))
         message = await self.db.aio(self.store.add_user_message, family, member, text, sender)
         MESSAGES.labels("user").inc()
         self._show(family, message)

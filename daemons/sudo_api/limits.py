@@ -116,6 +116,16 @@ class Limiter:
         return events
 
 
+TOO_MANY_MESSAGES = "your family has sent its agent many messages this minute"
+
+
+def message_limiter(per_minute: int) -> Limiter:
+    """A family's messages to its agent in any minute (`family`), shared by the web and
+    WhatsApp; and, per WhatsApp number, the one notice a minute that a message was refused
+    (`told`), so a flood is not answered message by message at the host's cost."""
+    return Limiter(60.0, family=per_minute, told=1)
+
+
 class LoginLimiter:
     """Failed logins in a sliding window, counted per account and per client address."""
 

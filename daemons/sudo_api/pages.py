@@ -211,17 +211,19 @@ async def chat(request: web.Request) -> web.Response:
     svc = services(request)
     family = session.account.family_id
     assert family is not None
-    error = None
+    error, status, text = None, 200, ""
     if request.method == "POST":
         data = await form(request, session)
         text = data.get("text", "").strip()
         if not text or len(text) > MESSAGE_MAX:
-            error = f"a message is 1 to {MESSAGE_MAX} characters"
+            error, status = f"a message is 1 to {MESSAGE_MAX} characters", 400
         else:
             try:
                 await svc.chat.send(family, session.account.id, text, session.account.display_name)
             except ChatUnavailable as exc:
-                error = str(exc)
+                error, status = str(exc), 503
+            except RateLimited as exc:
+                error, status = str(exc), 429
             else:
                 raise web.HTTPSeeOther("/chat")
     messages = await svc.db.aio(svc.chat.store.history, family, session.account.id, None, HISTORY_ON_PAGE + 1)
@@ -229,10 +231,11 @@ async def chat(request: web.Request) -> web.Response:
     return render(
         "chat.html",
         session,
-        status=400 if error else 200,
+        status=status,
         messages=messages[-HISTORY_ON_PAGE:],
         more=more,
         error=error,
+        draft=text if error else "",
         family_name=await svc.db.aio(lambda: svc.db.get_family(family).name),  # type: ignore[union-attr]
     )
 

@@ -42,6 +42,7 @@ from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 from sudo_core.whatsapp import OutboundStore, deliver
 
 from .chat import runtimes_http
+from .limits import TOO_MANY_MESSAGES, Limiter, RateLimited
 from .numbers import E164
 
 log = logging.getLogger("sudo-api.whatsapp")
@@ -201,9 +202,16 @@ class Inbox:
 
 class WhatsApp:
     def __init__(
-        self, db: Database, provisioner: ProvisionerClient, secret: bytes, settings: ApiSettings
+        self,
+        db: Database,
+        provisioner: ProvisionerClient,
+        secret: bytes,
+        settings: ApiSettings,
+        messages: Limiter,
     ) -> None:
         self.db = db
+        self.messages = messages
+        """The family's message rate, shared with the web chat (limits.message_limiter)."""
         self.inbox = Inbox(db)
         self.outbound = OutboundStore(db)
         self.provisioner = provisioner
@@ -257,7 +265,17 @@ class WhatsApp:
             if form.get(f"MediaUrl{i}")
         ]
         body, name = form.get("Body", ""), form.get("ProfileName", "")
+        try:
+            attempt = self.messages.reserve(TOO_MANY_MESSAGES, family=str(family))
+        except RateLimited as exc:
+            INBOUND.labels("limited").inc()
+            with contextlib.suppress(RateLimited):  # one notice a minute per number
+                self.messages.reserve("", told=number)
+                notice = f"Sorry: {exc.what}, so this one did not reach it. Send it in {exc.retry_after} s."
+                self._background(self.notify(family, number, notice))
+            return "limited"
         if not await self.db.aio(self.inbox.store, sid, family, number, name, body, media):
+            attempt.give_back()  # Twilio's retry of a message already counted
             INBOUND.labels("duplicate").inc()
             return "duplicate"
         INBOUND.labels("accepted").inc()

@@ -239,6 +239,10 @@ class ApiSettings:
     whatsapp_code_window_sec: float = 3600.0
     """Window of the WhatsApp code limit (seconds)."""
 
+    family_messages_per_minute: int = 20
+    """Messages one family may send its agent in any minute, every member and channel (web,
+    WhatsApp) together; more are refused, with the wait, until the minute has passed."""
+
     reply_timeout_sec: float = 600.0
     """A delivered message with no answer after this long is shown as failed (seconds)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from sudo_api.chat import Conversations
 from sudo_api.context import SERVICES, Services
 from sudo_api.devices import Devices
 from sudo_api.fleet import FleetRestart
-from sudo_api.limits import LoginLimiter
+from sudo_api.limits import LoginLimiter, message_limiter
 from sudo_api.numbers import Numbers
 from sudo_api.whatsapp import WhatsApp
 from sudo_core.accounts import Accounts
@@ -30,17 +31,18 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Database]]:
     settings = Settings()
     db = Database(tmp_path / "sudo.db")
     provisioner = ProvisionerClient(tmp_path / "nobody.sock")  # no provisioner: nothing here needs one
+    messages = message_limiter(settings.api.family_messages_per_minute)
     services = Services(
         settings=settings,
         db=db,
         provisioner=provisioner,
         accounts=Accounts(db, 1),
         limiter=LoginLimiter(5, 50, 300),
-        chat=Conversations(db, provisioner, b"secret", settings.api),
+        chat=Conversations(db, provisioner, b"secret", settings.api, messages),
         devices=Devices(db, provisioner, settings.api),
         fleet=FleetRestart(provisioner),
         numbers=Numbers(db),
-        whatsapp=WhatsApp(db, provisioner, b"secret", settings.api),
+        whatsapp=WhatsApp(db, provisioner, b"secret", settings.api, messages),
         secret=b"secret",
         service_token="service",
     )
@@ -357,3 +359,34 @@ async def test_forgot_password_by_whatsapp_says_nothing_of_unlinked_numbers(clie
         "/forgot", data={"action": "reset", "number": "+447700900123", "code": "000000", "password": PASSWORD}
     )
     assert wrong.status == 400 and "wrong or expired code" in await wrong.text()
+
+
+async def test_a_family_past_its_message_rate_waits_and_its_words_stay(client):
+    """Sixty messages at once from two members of one family: the family's rate lets exactly
+    its number through, the rest are 429 with the wait; the page keeps what was typed; another
+    family is not held back."""
+    client, db = client
+    form = {"email": "rita@example.org", "password": PASSWORD, "name": "Rita", "family_name": "Rapid"}
+    owner = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
+    await act(client, owner, "/family", action="add-child", name="Ray", username="ray", password=PASSWORD)
+    child = await log_in(client, "ray")
+    form = {"email": "sam@example.org", "password": PASSWORD, "name": "Sam", "family_name": "Slow"}
+    other = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
+
+    tokens = {cookie: await csrf_of(client, cookie, "/chat") for cookie in (owner, child, other)}
+
+    async def send(cookie: str, text: str):  # as the chat page's script does
+        headers = {"Cookie": f"sudo_session={cookie}", "X-CSRF-Token": tokens[cookie]}
+        return await client.post("/v1/chat/messages", json={"text": text}, headers=headers)
+
+    limit = Settings().api.family_messages_per_minute
+    sent = await asyncio.gather(*(send(owner if i % 2 else child, f"message {i}") for i in range(60)))
+    assert sorted(r.status for r in sent) == [202] * limit + [429] * (60 - limit)
+    refused = next(r for r in sent if r.status == 429)
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    assert "many messages this minute" in (await refused.json())["error"]
+    assert db.query_one("SELECT COUNT(*) AS n FROM messages WHERE role = 'user'")["n"] == limit
+
+    page = await act(client, owner, "/chat", text="one more, kept")
+    assert page.status == 429 and ">one more, kept</textarea>" in await page.text()
+    assert (await send(other, "hello")).status == 202

@@ -237,3 +237,30 @@ async def test_what_was_held_for_a_number_goes_only_to_the_family_that_links_it(
     bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
     assert bodies == ["for the Babbages"], "only what the family that links the number held"
     assert status_of(db, stale) == "held"
+
+
+async def test_past_the_family_message_rate_a_number_is_told_once_a_minute(client, tmp_path):
+    """The family's rate holds on WhatsApp too (shared with the web): what is past it is not
+    stored for the agent, and the number hears why once, not once per message."""
+    test_client, db, _ = client
+    account, sent = "AC" + "0" * 32, tmp_path / "twilio.jsonl"
+    limit = Settings().api.family_messages_per_minute
+    async with TestServer(twilio_stub.build_app(sent, account, TOKEN)) as twilio:
+        for key, value in {
+            "account_sid": account,
+            "whatsapp_from": "+14155550100",
+            "api_base": str(twilio.make_url("")).rstrip("/"),
+        }.items():
+            db.set_setting(f"twilio.{key}", value)
+        forms = [inbound(body=f"message {i}") for i in range(limit + 10)]
+        signed = [RequestValidator(TOKEN).compute_signature(PUBLIC, form) for form in forms]
+        answers = await asyncio.gather(*(post(test_client, f, s) for f, s in zip(forms, signed, strict=True)))
+        assert {r.status for r in answers} == {200}  # Twilio must not retry what was refused
+        for _ in range(100):  # the notice goes out in the background
+            if sent.exists() and sent.read_text():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # room for a second notice, which must not come
+    assert len(inbox(db)) == limit
+    bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
+    assert len(bodies) == 1 and "many messages this minute" in bodies[0], bodies
