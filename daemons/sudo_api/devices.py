@@ -197,7 +197,7 @@ class Devices:
 
     async def _ensure(self, family: uuid.UUID) -> None:
         try:
-            await self.provisioner.ensure(family)
+            await self.provisioner.ensure(family, warm_up=True)
             ENSURES.labels("ok").inc()
         except Exception as exc:  # fire and forget: the next beat tries again
             ENSURES.labels("failed").inc()

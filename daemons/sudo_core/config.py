@@ -74,6 +74,11 @@ class RuntimeSettings:
     idle_sec: float = 1800.0
     """A runtime with no activity and no request in flight for this long is evicted (seconds)."""
 
+    max_running: int = 32
+    """Runtimes running at once. Past it, a family someone is waiting on takes the place of the
+    least recently active runtime not in use; a warm-up (a device's heartbeat) takes none and
+    waits for a free place. With every place in use, the request is refused (503) until one is."""
+
     memory: str = "1g"
     """Memory limit per family container (Docker syntax)."""
 

@@ -67,8 +67,11 @@ class ProvisionerClient:
                 raise ProvisionerError(resp.status, body if isinstance(body, dict) else {})
             return body
 
-    async def ensure(self, family: uuid.UUID) -> dict[str, Any]:
-        return await self._call("POST", f"/v1/runtimes/{family}/ensure")
+    async def ensure(self, family: uuid.UUID, warm_up: bool = False) -> dict[str, Any]:
+        """Start the family's runtime if need be. A warm-up (nobody waits on it) takes no other
+        family's place when the host runs its most (runtime.max_running)."""
+        params = {"warm_up": "true"} if warm_up else {}
+        return await self._call("POST", f"/v1/runtimes/{family}/ensure", params=params)
 
     async def revive(self, family: uuid.UUID) -> dict[str, Any]:
         """Recreate the runtime if it died on its own; {"revived": bool}."""

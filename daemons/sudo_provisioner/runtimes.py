@@ -3,8 +3,12 @@
 Concurrency rules (design principle 6):
 - one lock per family serializes everything that changes that family's container, so spawn,
   stop, eviction and recreation never interleave;
-- concurrent ensures of one family share one task: one spawn, one result for all callers;
-- a semaphore bounds spawns across families; restart-all has its own, smaller bound.
+- concurrent ensures of one family share one task: one spawn, one result for all callers (a
+  warm-up's task is not shared with someone waiting, who may evict and the warm-up may not);
+- a semaphore bounds spawns across families; restart-all has its own, smaller bound;
+- one lock covers counting the running runtimes and creating one, so runtime.max_running holds
+  under concurrent spawns. An eviction for room takes the victim's lock only if it is free at
+  that moment (never waits for it), so two spawns never wait on each other's family.
 Nothing here is the truth about containers: every decision re-reads Docker under the lock.
 """
 
@@ -40,6 +44,9 @@ SPAWN_SECONDS = Histogram(
 )
 ENSURE_SECONDS = Histogram("sudo_provisioner_ensure_seconds", "Ensure latency", ["path"])
 EVICTIONS = Counter("sudo_provisioner_evictions_total", "Runtimes evicted for idleness")
+MAKE_ROOM = Counter(
+    "sudo_provisioner_room_evictions_total", "Runtimes stopped to make room under runtime.max_running"
+)
 REVIVALS = Counter("sudo_provisioner_revivals_total", "Runtimes recreated after they died on their own")
 REMOVALS = Counter("sudo_provisioner_orphans_removed_total", "Containers removed by reconcile")
 RUNNING = Gauge("sudo_provisioner_runtimes_running", "Running runtimes at the last listing")
@@ -53,6 +60,10 @@ class FamilyNotFound(LookupError):
 
 class FamilyDisabled(PermissionError):
     """The host's admin disabled the family: its agent does not run."""
+
+
+class AtCapacity(RuntimeError):
+    """runtime.max_running runtimes run and none may give its place now."""
 
 
 class SpawnFailed(RuntimeError):
@@ -69,8 +80,9 @@ class RuntimeManager:
         self._secret = secret
         self._plugins = Plugins.scan(settings.runtime.plugins_dir)
         self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._ensuring: dict[uuid.UUID, asyncio.Task[Runtime]] = {}
+        self._ensuring: dict[tuple[uuid.UUID, bool], asyncio.Task[Runtime]] = {}
         self._spawn_slots = asyncio.Semaphore(settings.provisioner.max_concurrent_spawns)
+        self._room = asyncio.Lock()
         self._healthy: set[str] = set()  # container ids this process saw answer /health
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
 
@@ -125,20 +137,22 @@ class RuntimeManager:
 
     # ensure
 
-    async def ensure(self, family_id: uuid.UUID) -> Runtime:
-        """Spawn if needed and wait until healthy; concurrent callers share one attempt."""
+    async def ensure(self, family_id: uuid.UUID, warm_up: bool = False) -> Runtime:
+        """Spawn if needed and wait until healthy; concurrent callers share one attempt. A
+        warm-up (nobody waiting on it) never evicts another family to make room."""
         family = await self.family(family_id)
         if family.disabled_at is not None:
             raise FamilyDisabled(f"family {family_id} is disabled: its agent does not run")
-        task = self._ensuring.get(family_id)
+        key = (family_id, warm_up)
+        task = self._ensuring.get(key)
         if task is None:
-            task = asyncio.create_task(self._ensure(family))
-            self._ensuring[family_id] = task
-            task.add_done_callback(lambda _: self._ensuring.pop(family_id, None))
+            task = asyncio.create_task(self._ensure(family, evict=not warm_up))
+            self._ensuring[key] = task
+            task.add_done_callback(lambda _: self._ensuring.pop(key, None))
         # shield: a caller that disconnects must not cancel the spawn the others wait on
         return await asyncio.shield(task)
 
-    async def _ensure(self, family: Family) -> Runtime:
+    async def _ensure(self, family: Family, evict: bool = True) -> Runtime:
         started = time.monotonic()
         path = "warm"
         async with self._lock(family.id):
@@ -152,7 +166,7 @@ class RuntimeManager:
                 path = "cold"
                 if runtime is not None:
                     await self._retire(runtime, spec.config_hash)
-                runtime = await self._spawn(spec)
+                runtime = await self._spawn(spec, evict)
             await self.db.aio(self.db.touch_family, family.id)
         ENSURE_SECONDS.labels(path).observe(time.monotonic() - started)
         return runtime
@@ -184,15 +198,17 @@ class RuntimeManager:
         log.info(f"recreating {runtime.name}: {reason}", extra=fields(runtime=runtime.name))
         await self._remove(runtime, graceful=runtime.running)
 
-    async def _spawn(self, spec: RuntimeSpec) -> Runtime:
+    async def _spawn(self, spec: RuntimeSpec, evict: bool = True) -> Runtime:
         async with self._spawn_slots:
             started = time.monotonic()
-            try:
-                runtime = await self.backend.create(spec)
-            except NameConflict:
-                # Someone outside this process created it meanwhile; remove it and retry once.
-                await self.backend.remove(spec.name, graceful=False)
-                runtime = await self.backend.create(spec)
+            async with self._room:
+                await self._make_room(spec.name, evict)
+                try:
+                    runtime = await self.backend.create(spec)
+                except NameConflict:
+                    # Someone outside this process created it meanwhile; remove it and retry once.
+                    await self.backend.remove(spec.name, graceful=False)
+                    runtime = await self.backend.create(spec)
             try:
                 await self._wait_healthy(runtime)
             except BaseException:
@@ -351,6 +367,48 @@ class RuntimeManager:
         return described
 
     # eviction
+
+    async def _make_room(self, name: str, evict: bool) -> None:
+        """Keep runtime.max_running: past it, stop the runtimes least recently active that are
+        not in use (no ensure, stop or copy holds their lock, no request in flight holds a
+        lease); AtCapacity if `evict` is false or none may go."""
+        cap = self.settings.runtime.max_running
+        running = [r for r in await self.backend.list() if r.running and r.name != name]
+        excess = len(running) - cap + 1
+        if excess <= 0:
+            return
+        if not evict:
+            raise AtCapacity(
+                f"{len(running)} runtimes run (runtime.max_running): a warm-up waits for a place"
+            )
+        families = {f.id: f for f in await self.db.aio(self.db.list_families)}
+
+        def last_active(runtime: Runtime) -> float:  # a family gone since counts as oldest
+            family = families.get(runtime.owner) if runtime.owner else None
+            return (family.last_active_at or 0.0) if family else 0.0
+
+        for runtime in sorted(running, key=last_active):
+            if excess == 0:
+                return
+            if runtime.owner is None:
+                continue
+            lock = self._lock(runtime.owner)
+            if lock.locked():  # in use, or someone's ensure is on its way: never wait for it
+                continue
+            async with lock:
+                if await self.db.aio(self.db.has_active_lease, runtime.owner):
+                    continue
+                await self._remove(runtime)
+            MAKE_ROOM.inc()
+            excess -= 1
+            log.info(
+                f"stopped {runtime.name}, the least recently active, to make room for {name}",
+                extra=fields(family=runtime.owner, room_for=name),
+            )
+        if excess > 0:
+            raise AtCapacity(
+                f"all {cap} places for running agents are in use (runtime.max_running); try again in a minute"
+            )
 
     async def evict_idle(self, idle_sec: float | None = None) -> dict[str, Any]:
         """Stop runtimes idle longer than idle_sec, never one in use.

@@ -20,7 +20,7 @@ from sudo_core.metrics import metrics
 from sudo_core.provisioner_client import volume_tar_problem
 from sudo_core.systemd import Notifier
 
-from .runtimes import FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
+from .runtimes import AtCapacity, FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,6 +72,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(403, str(exc))
     except SpawnFailed as exc:
         return error(502, str(exc), logs=exc.logs)
+    except AtCapacity as exc:
+        return error(503, str(exc))
     except docker.errors.DockerException as exc:
         log.exception(f"{request.method} {request.path}: Docker failed")
         return error(503, f"the Docker engine failed: {exc}")
@@ -117,7 +119,7 @@ def family_id(request: web.Request) -> uuid.UUID:
 async def ensure(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     family = family_id(request)
-    runtime = await manager.ensure(family)
+    runtime = await manager.ensure(family, warm_up=request.query.get("warm_up") == "true")
     return web.json_response(
         {
             "user_id": str(family),

@@ -7,10 +7,12 @@ import contextlib
 import subprocess
 import time
 
+import pytest
 from control_plane import chat
 from stack import BIN, Stack
 
 from sudo_core.families import runtime_name, volume_name
+from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
 
 def volume_exists(stack: Stack, name: str) -> bool:
@@ -207,3 +209,42 @@ async def test_reaper_evicts_idle_runtimes_through_the_provisioner(stack: Stack,
     assert result.returncode == 0, result.stderr
     assert "evicted" in result.stderr
     assert stack.container(family.id) is None
+
+
+async def test_past_max_running_the_least_recently_active_gives_its_place(tmp_path):
+    """runtime.max_running = 2: a warm-up takes no place; a family someone waits on takes the
+    place of the least recently active runtime (its data kept), never one in use; with every
+    runtime in use, a third is refused with a 503 until a place frees."""
+    own = Stack(tmp_path / "stack", runtime={"max_running": 2})
+    try:
+        own.start_provisioner()
+        old, recent, new = (own.new_family(n) for n in ("Old", "Recent", "New"))
+        async with ProvisionerClient(own.socket) as provisioner:
+            await asyncio.gather(provisioner.ensure(old.id), provisioner.ensure(recent.id))
+            own.container(old.id).exec_run(["sh", "-c", "echo 'the dog is Rex' > /opt/data/memories/USER.md"])
+            own.set_last_active(old.id, time.time() - 3600)
+
+            with pytest.raises(ProvisionerError) as refused:
+                await provisioner.ensure(new.id, warm_up=True)
+            assert refused.value.status == 503 and "warm-up waits" in str(refused.value)
+            assert own.container(new.id) is None
+
+            await provisioner.ensure(new.id)
+            assert own.container(old.id) is None, "the least recently active gave its place"
+            assert own.container(recent.id).status == "running"
+
+            leases = [own.db.acquire_lease(f.id, "test", ttl=60) for f in (recent, new)]
+            with pytest.raises(ProvisionerError) as full:
+                await provisioner.ensure(old.id)
+            assert full.value.status == 503 and "in use" in str(full.value)
+            assert own.container(recent.id).status == own.container(new.id).status == "running"
+
+            own.db.release_lease(leases[0])
+            await provisioner.ensure(old.id)  # the family comes back with what it had
+            _, memory = own.container(old.id).exec_run(["cat", "/opt/data/memories/USER.md"])
+            assert memory.decode().strip() == "the dog is Rex"
+            assert own.container(recent.id) is None and own.container(new.id).status == "running"
+            running = own.docker.containers.list(filters={"label": f"sudo.scope={own.network}"})
+            assert len(running) == 2
+    finally:
+        own.close()

@@ -91,7 +91,9 @@ ANSWER_WITHIN_SEC = 300.0
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
-        tmp_path_factory.mktemp("load"), api={"heartbeat_flush_sec": 5.0, "watch_interval_sec": 10.0}
+        tmp_path_factory.mktemp("load"),
+        api={"heartbeat_flush_sec": 5.0, "watch_interval_sec": 10.0},
+        runtime={"max_running": FAMILIES},  # every family's home device keeps it warm
     )
     try:
         stack.start_gateway()
