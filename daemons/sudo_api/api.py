@@ -229,6 +229,7 @@ async def family_view(request: web.Request) -> web.Response:
     members = await svc.db.aio(svc.members.list, family_id)
     invitations = await svc.db.aio(svc.members.invitations, family_id) if session.account.is_parent else []
     days = await svc.db.aio(usage.of_family, svc.db, family_id)
+    volume = await svc.db.aio(usage.volume_of, svc.db, family_id)
     return web.json_response(
         {
             "family": {"id": str(family_id), "name": family.name if family else ""},
@@ -237,6 +238,7 @@ async def family_view(request: web.Request) -> web.Response:
             "usage": {
                 "daily_budget": await svc.db.aio(usage.budget, svc.db),
                 "days": [asdict(d) | {"tokens": d.tokens} for d in days],
+                "storage": asdict(volume) | {"over_quota": volume.over_quota} if volume else None,
             },
         }
     )
@@ -778,6 +780,7 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
     families = {str(f.id): f for f in await svc.db.aio(svc.db.list_families)}
     members = await svc.db.aio(svc.db.member_counts)
     used = await svc.db.aio(usage.on, svc.db, None)
+    volumes = await svc.db.aio(usage.volumes, svc.db)
     try:
         runtimes = await svc.provisioner.list(stats=True)
         runtime_error = None
@@ -791,6 +794,8 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
             "last_active_at": family.last_active_at,
             "members": members.get(family.id, 0),
             "tokens_today": used[family.id].tokens if family.id in used else 0,
+            "storage_bytes": volumes[family.id].bytes if family.id in volumes else None,
+            "over_quota": family.id in volumes and volumes[family.id].over_quota,
             "disabled": family.disabled_at is not None,
             "state": by_family.get(family_id, {}).get("state", "stopped"),
             "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),

@@ -13,7 +13,7 @@ from sudo_core.accounts import AccountError
 
 from . import api, family_pages, pages
 from .context import SERVICES, Services, status_of
-from .limits import RateLimited
+from .limits import RateLimited, StorageFull
 
 log = logging.getLogger("sudo-api")
 
@@ -38,8 +38,13 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
             exc.headers.update(SECURITY_HEADERS)
             raise
         response = web.json_response({"error": reason(request, exc)}, status=exc.status)
-    except (AccountError, RateLimited) as exc:  # a use case refused: said plainly
-        status = 429 if isinstance(exc, RateLimited) else status_of(exc)
+    except (AccountError, RateLimited, StorageFull) as exc:  # a use case refused: said plainly
+        if isinstance(exc, RateLimited):
+            status = 429
+        elif isinstance(exc, StorageFull):
+            status = 507
+        else:
+            status = status_of(exc)
         response = (
             web.json_response({"error": str(exc)}, status=status)
             if api_call

@@ -39,7 +39,7 @@ from sudo_core.db import Database
 from sudo_core.families import api_key_for
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
-from .limits import TOO_MANY_MESSAGES, Limiter
+from .limits import TOO_MANY_MESSAGES, Limiter, check_storage
 
 log = logging.getLogger("sudo-api.chat")
 
@@ -408,9 +408,11 @@ class Conversations:
     # What the API calls
 
     async def send(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
-        """Store and deliver a member's message; RateLimited past the family's message rate."""
+        """Store and deliver a member's message; RateLimited past the family's message rate,
+        StorageFull past its volume's quota."""
         if self.closing:
             raise ChatUnavailable("sudo-api is restarting; send again in a moment")
+        await check_storage(self.db, family)
         self.messages.reserve(TOO_MANY_MESSAGES, family=str(family))
         message = await self.db.aio(self.store.add_user_message, family, member, text, sender)
         MESSAGES.labels("user").inc()

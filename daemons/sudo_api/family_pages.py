@@ -91,6 +91,7 @@ async def family(request: web.Request) -> web.Response:
         members=await svc.db.aio(svc.members.list, family_id),
         days=await svc.db.aio(usage.of_family, svc.db, family_id),
         budget=await svc.db.aio(usage.budget, svc.db),
+        volume=await svc.db.aio(usage.volume_of, svc.db, family_id),
         invitations=invitations,
         shown=shown,
         message=message,

@@ -1,4 +1,6 @@
-"""Rate limits: events (failed guesses, codes sent) counted in sliding windows, in memory.
+"""What holds a request back: rate limits, and a family's full storage.
+
+Rate limits: events (failed guesses, codes sent, messages) counted in sliding windows, in memory.
 
 An attempt is counted when it is *reserved*, before the handler awaits the password hash, the
 database or Twilio, and given back if it turns out not to count (a right password). Checking
@@ -11,8 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
+
+from sudo_core import usage
+from sudo_core.db import Database
 
 
 def address_key(address: str) -> str:
@@ -117,6 +123,25 @@ class Limiter:
 
 
 TOO_MANY_MESSAGES = "your family has sent its agent many messages this minute"
+
+
+class StorageFull(Exception):
+    """The family's data volume is past runtime.volume_quota (as last measured): its new
+    messages wait. Nothing it holds is touched."""
+
+    def __init__(self, volume: usage.Volume) -> None:
+        super().__init__(
+            f"your family's storage is full ({usage.size_text(volume.bytes)} of "
+            f"{usage.size_text(volume.quota)}), so new messages wait; nothing stored is lost. "
+            "The host's admin can make room"
+        )
+
+
+async def check_storage(db: Database, family: uuid.UUID) -> None:
+    """StorageFull if the family's volume was last measured past its quota."""
+    volume = await db.aio(usage.volume_of, db, family)
+    if volume is not None and volume.over_quota:
+        raise StorageFull(volume)
 
 
 def message_limiter(per_minute: int) -> Limiter:

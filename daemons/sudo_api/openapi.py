@@ -197,7 +197,8 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         "get",
         "/v1/family",
         "The family, its members, (for parents) its pending invitations, and its agent's use of"
-        " the provider the last 7 days (tokens; daily_budget null: no limit)",
+        " the provider the last 7 days (tokens; daily_budget null: no limit), and its data volume's size as"
+        " last measured against its quota (storage null: not measured yet)",
         "session",
         None,
         200,
@@ -212,6 +213,15 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
                     "items": _obj(
                         day=STRING, tokens_in=INTEGER, tokens_out=INTEGER, answers=INTEGER, tokens=INTEGER
                     ),
+                },
+                storage={
+                    "type": ["object", "null"],
+                    "properties": {
+                        "bytes": INTEGER,
+                        "quota": INTEGER,
+                        "measured_at": {"type": "number"},
+                        "over_quota": {"type": "boolean"},
+                    },
                 },
             ),
         ),
@@ -594,7 +604,11 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
 ]
 
 UNAVAILABLE = {
-    ("post", "/v1/chat/messages"): {"503": "sudo-api is stopping: send again in a moment"},
+    ("post", "/v1/chat/messages"): {
+        "429": "the family sent api.family_messages_per_minute this minute (Retry-After says when)",
+        "503": "sudo-api is stopping: send again in a moment",
+        "507": "the family's storage is past runtime.volume_quota: new messages wait",
+    },
     ("post", "/v1/chat/messages/{message_id}/retry"): {"503": "sudo-api is stopping: retry in a moment"},
     ("post", "/v1/runtime/ensure"): {"502": "the agent could not be started (the reason is given)"},
     ("post", "/v1/whatsapp/numbers"): {

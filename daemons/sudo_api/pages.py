@@ -20,7 +20,7 @@ import segno
 from aiohttp import web
 from markupsafe import Markup
 
-from sudo_core import host_settings
+from sudo_core import host_settings, usage
 from sudo_core.accounts import Account, AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
 
 from . import membership
@@ -37,7 +37,7 @@ from .context import (
     status_of,
 )
 from .devices import PairingError
-from .limits import RateLimited
+from .limits import RateLimited, StorageFull
 from .numbers import NumberError
 
 log = logging.getLogger("sudo-api.pages")
@@ -52,6 +52,7 @@ templates = jinja2.Environment(
 templates.filters["clock"] = lambda t: time.strftime("%H:%M", time.localtime(t)) if t else ""
 templates.filters["day"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
 templates.filters["mib"] = lambda b: f"{b / 2**20:.0f} MiB" if b else "-"
+templates.filters["size"] = lambda b: "-" if b is None else usage.size_text(b)
 
 
 def render(name: str, session: Session | None, status: int = 200, **values: Any) -> web.Response:
@@ -224,6 +225,8 @@ async def chat(request: web.Request) -> web.Response:
                 error, status = str(exc), 503
             except RateLimited as exc:
                 error, status = str(exc), 429
+            except StorageFull as exc:
+                error, status = str(exc), 507
             else:
                 raise web.HTTPSeeOther("/chat")
     messages = await svc.db.aio(svc.chat.store.history, family, session.account.id, None, HISTORY_ON_PAGE + 1)

@@ -42,7 +42,7 @@ from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 from sudo_core.whatsapp import OutboundStore, deliver
 
 from .chat import runtimes_http
-from .limits import TOO_MANY_MESSAGES, Limiter, RateLimited
+from .limits import TOO_MANY_MESSAGES, Limiter, RateLimited, StorageFull, check_storage
 from .numbers import E164
 
 log = logging.getLogger("sudo-api.whatsapp")
@@ -266,14 +266,20 @@ class WhatsApp:
         ]
         body, name = form.get("Body", ""), form.get("ProfileName", "")
         try:
+            await check_storage(self.db, family)
             attempt = self.messages.reserve(TOO_MANY_MESSAGES, family=str(family))
-        except RateLimited as exc:
-            INBOUND.labels("limited").inc()
+        except (RateLimited, StorageFull) as exc:
+            held = "limited" if isinstance(exc, RateLimited) else "storage-full"
+            INBOUND.labels(held).inc()
             with contextlib.suppress(RateLimited):  # one notice a minute per number
                 self.messages.reserve("", told=number)
-                notice = f"Sorry: {exc.what}, so this one did not reach it. Send it in {exc.retry_after} s."
+                notice = (
+                    f"Sorry: {exc.what}, so this one did not reach it. Send it in {exc.retry_after} s."
+                    if isinstance(exc, RateLimited)
+                    else f"Sorry: this message did not reach the assistant: {exc}."
+                )
                 self._background(self.notify(family, number, notice))
-            return "limited"
+            return held
         if not await self.db.aio(self.inbox.store, sid, family, number, name, body, media):
             attempt.give_back()  # Twilio's retry of a message already counted
             INBOUND.labels("duplicate").inc()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CONFIG = Path("/etc/sudo/sudo.toml")
+SIZE = re.compile(r"(\d+)([kmgKMG]?)")
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,10 @@ class RuntimeSettings:
     cpus: float = 1.0
     """CPU limit per family container (cores)."""
 
+    volume_quota: str = "5g"
+    """Size a family's data volume may reach (k, m, g). Measured by the reaper; past it the
+    family is told so and its new messages wait, and nothing of its data is touched."""
+
     pids_limit: int = 256
     """Process limit per family container."""
 
@@ -129,11 +134,18 @@ class RuntimeSettings:
             ipaddress.ip_network(self.subnet)
         except ValueError as exc:
             raise ConfigError(f"runtime.subnet: {exc}") from exc
+        if not SIZE.fullmatch(self.volume_quota):
+            raise ConfigError(f"runtime.volume_quota: {self.volume_quota!r} is not a size such as 500m or 5g")
         if not re.fullmatch(r"[1-9]\d*:[1-9]\d*", self.user):
             raise ConfigError(f"runtime.user: {self.user!r} is not a non-root uid:gid, e.g. 10000:10000")
         # A Linux interface name (at most 15 bytes), and an nftables table name as it is.
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,14}", self.bridge):
             raise ConfigError(f"runtime.bridge: {self.bridge!r} is not 1-15 of a-z, 0-9 and -, from a letter")
+
+    @property
+    def volume_quota_bytes(self) -> int:
+        number, unit = SIZE.fullmatch(self.volume_quota).groups()  # type: ignore[union-attr]
+        return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
 
     @property
     def host_address(self) -> str:

@@ -240,6 +240,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (family_id, day)
     );
     """,
+    """
+    -- The size of each family's data volume, as the reaper last had it measured.
+    CREATE TABLE volume_sizes (
+        family_id TEXT PRIMARY KEY REFERENCES families(id) ON DELETE CASCADE,
+        bytes INTEGER NOT NULL,
+        quota INTEGER NOT NULL,            -- runtime.volume_quota when measured
+        measured_at REAL NOT NULL
+    );
+    """,
 )
 
 

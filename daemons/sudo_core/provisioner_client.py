@@ -73,6 +73,10 @@ class ProvisionerClient:
         params = {"warm_up": "true"} if warm_up else {}
         return await self._call("POST", f"/v1/runtimes/{family}/ensure", params=params)
 
+    async def measure_volumes(self) -> dict[str, Any]:
+        """Record every family's volume size; {"measured", "quota_bytes", "over_quota": [ids]}."""
+        return await self._call("POST", "/v1/volumes/measure")
+
     async def revive(self, family: uuid.UUID) -> dict[str, Any]:
         """Recreate the runtime if it died on its own; {"revived": bool}."""
         return await self._call("POST", f"/v1/runtimes/{family}/revive")

@@ -26,6 +26,7 @@ import aiohttp
 import docker.errors
 from prometheus_client import Counter, Gauge, Histogram
 
+from sudo_core import usage
 from sudo_core.config import Settings
 from sudo_core.db import Database, Family
 from sudo_core.families import runtime_name, volume_name
@@ -438,6 +439,17 @@ class RuntimeManager:
             evicted.append(str(runtime.owner))
             log.info(f"evicted idle {runtime.name}", extra=fields(family=runtime.owner))
         return {"evicted": evicted, "kept": kept, "idle_sec": limit}
+
+    async def measure_volumes(self) -> dict[str, Any]:
+        """Record the size of every family's data volume (sudo-api holds back the messages of a
+        family past runtime.volume_quota); the families past it."""
+        sizes = await self.backend.volume_sizes()
+        families = await self.db.aio(self.db.list_families)
+        measured = {f.id: sizes[volume_name(f.id)] for f in families if volume_name(f.id) in sizes}
+        quota = self.settings.runtime.volume_quota_bytes
+        await self.db.aio(usage.record_volumes, self.db, measured, quota, time.time())
+        over = sorted(str(f) for f, size in measured.items() if size > quota)
+        return {"measured": len(measured), "quota_bytes": quota, "over_quota": over}
 
     # reconcile
 

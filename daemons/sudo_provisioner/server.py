@@ -130,6 +130,10 @@ async def ensure(request: web.Request) -> web.Response:
     )
 
 
+async def measure_volumes(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MANAGER].measure_volumes())
+
+
 async def revive(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MANAGER].revive(family_id(request)))
 
@@ -275,6 +279,7 @@ def build_app(
     app.router.add_delete("/v1/runtimes/{user_id}", stop_runtime)
     app.router.add_post("/v1/runtimes/{user_id}/ensure", ensure)
     app.router.add_post("/v1/runtimes/{user_id}/revive", revive)
+    app.router.add_post("/v1/volumes/measure", measure_volumes)
     app.router.add_get("/v1/runtimes/{user_id}/volume", get_volume)
     app.router.add_put("/v1/runtimes/{user_id}/volume", put_volume)
     return app

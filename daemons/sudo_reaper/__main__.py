@@ -1,4 +1,5 @@
-"""sudo-reaper: a oneshot, run by sudo-reaper.timer, that evicts idle runtimes and removes orphans.
+"""sudo-reaper: a oneshot, run by sudo-reaper.timer, that evicts idle runtimes, removes orphans
+and has the families' data volumes measured against runtime.volume_quota.
 
 It decides nothing itself: it asks the provisioner (starting it through its socket if need
 be), which checks each family under that family's lock, so a runtime in use is never reaped.
@@ -25,6 +26,7 @@ async def reap(settings: config.Settings, idle_sec: float | None) -> int:
         async with ProvisionerClient(settings.provisioner.socket) as provisioner:
             evicted = await provisioner.evict_idle(idle_sec)
             reconciled = await provisioner.reconcile()
+            volumes = await provisioner.measure_volumes()
     except (aiohttp.ClientError, ProvisionerError) as exc:
         log.error(f"the provisioner at {settings.provisioner.socket} failed: {exc}")
         return 1
@@ -36,6 +38,11 @@ async def reap(settings: config.Settings, idle_sec: float | None) -> int:
             removed=",".join(r["name"] for r in reconciled["removed"]),
         ),
     )
+    if volumes["over_quota"]:
+        log.warning(
+            f"{len(volumes['over_quota'])} famil(ies) past runtime.volume_quota; their new messages wait",
+            extra=fields(over_quota=",".join(volumes["over_quota"])),
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 from control_plane import chat
 from stack import BIN, Stack
 
+from sudo_core import usage
 from sudo_core.families import runtime_name, volume_name
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
@@ -246,5 +247,36 @@ async def test_past_max_running_the_least_recently_active_gives_its_place(tmp_pa
             assert own.container(recent.id) is None and own.container(new.id).status == "running"
             running = own.docker.containers.list(filters={"label": f"sudo.scope={own.network}"})
             assert len(running) == 2
+    finally:
+        own.close()
+
+
+async def test_the_reaper_measures_each_familys_volume_against_the_quota(tmp_path):
+    """Docker's own count of each volume, recorded with the quota it is held to; the reaper says
+    which families are past it, and their data is left as it was."""
+    own = Stack(tmp_path / "stack", runtime={"volume_quota": "2m"})
+    try:
+        own.start_provisioner()
+        big, small = own.new_family("Big"), own.new_family("Small")
+        async with ProvisionerClient(own.socket) as provisioner:
+            await asyncio.gather(provisioner.ensure(big.id), provisioner.ensure(small.id))
+            own.container(big.id).exec_run(["sh", "-c", "head -c 3000000 /dev/urandom > /opt/data/photo.bin"])
+            own.container(small.id).exec_run(["sh", "-c", "rm -f /opt/data/photo.bin"])
+            reaped = await asyncio.to_thread(
+                subprocess.run,
+                [str(BIN / "sudo-reaper"), "--idle-sec", "3600"],
+                env=own.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        assert reaped.returncode == 0, reaped.stderr
+        sizes = usage.volumes(own.db)
+        assert sizes[big.id].bytes >= 3_000_000 and sizes[big.id].quota == 2 * 2**20
+        assert sizes[big.id].over_quota and "past runtime.volume_quota" in reaped.stderr
+        assert str(big.id) in reaped.stderr and str(small.id) not in reaped.stderr
+        assert sizes[small.id].bytes < sizes[big.id].bytes - 2_900_000
+        _, listed = own.container(big.id).exec_run(["stat", "-c", "%s", "/opt/data/photo.bin"])
+        assert listed.decode().strip() == "3000000"
     finally:
         own.close()

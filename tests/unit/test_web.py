@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from sudo_api.fleet import FleetRestart
 from sudo_api.limits import LoginLimiter, message_limiter
 from sudo_api.numbers import Numbers
 from sudo_api.whatsapp import WhatsApp
+from sudo_core import usage
 from sudo_core.accounts import Accounts
 from sudo_core.config import Settings
 from sudo_core.db import Database
@@ -390,3 +393,30 @@ async def test_a_family_past_its_message_rate_waits_and_its_words_stay(client):
     page = await act(client, owner, "/chat", text="one more, kept")
     assert page.status == 429 and ">one more, kept</textarea>" in await page.text()
     assert (await send(other, "hello")).status == 202
+
+
+async def test_a_family_past_its_storage_quota_is_told_and_its_messages_wait(client):
+    """As the reaper last measured it: past the quota, sending is refused with 507 and the reason
+    (the page keeps the draft), /family and /v1/family say so; measured under it again (the admin
+    raised the quota), messages flow. Nothing stored is touched either way."""
+    client, db = client
+    form = {"email": "fay@example.org", "password": PASSWORD, "name": "Fay", "family_name": "Full"}
+    cookie = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
+    family = uuid.UUID(db.query_one("SELECT family_id FROM accounts WHERE email = ?", (form["email"],))[0])
+    headers = {"Cookie": f"sudo_session={cookie}", "X-CSRF-Token": await csrf_of(client, cookie, "/chat")}
+    sent = await client.post("/v1/chat/messages", json={"text": "before"}, headers=headers)
+    assert sent.status == 202
+
+    usage.record_volumes(db, {family: 3 * 2**30}, 2 * 2**30, time.time())
+    refused = await client.post("/v1/chat/messages", json={"text": "after"}, headers=headers)
+    assert refused.status == 507 and "storage is full (3.0 GB of 2.0 GB)" in (await refused.json())["error"]
+    page = await act(client, cookie, "/chat", text="kept in the box")
+    assert page.status == 507 and ">kept in the box</textarea>" in await page.text()
+    shown = await (await client.get("/family", headers={"Cookie": f"sudo_session={cookie}"})).text()
+    assert "3.0 GB of the 2.0 GB" in shown and "new messages wait" in shown
+    storage = (await (await client.get("/v1/family", headers=headers)).json())["usage"]["storage"]
+    assert storage["bytes"] == 3 * 2**30 and storage["over_quota"] is True
+    assert [r["text"] for r in db.query("SELECT text FROM messages")] == ["before"]
+
+    usage.record_volumes(db, {family: 3 * 2**30}, 4 * 2**30, time.time())
+    assert (await client.post("/v1/chat/messages", json={"text": "after"}, headers=headers)).status == 202

@@ -18,6 +18,7 @@ from twilio.request_validator import RequestValidator
 
 from sudo_api.context import SERVICES
 from sudo_api.numbers import Numbers
+from sudo_core import usage
 from sudo_core.config import ApiSettings, Settings
 from sudo_core.db import Database
 
@@ -264,3 +265,29 @@ async def test_past_the_family_message_rate_a_number_is_told_once_a_minute(clien
     assert len(inbox(db)) == limit
     bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
     assert len(bodies) == 1 and "many messages this minute" in bodies[0], bodies
+
+
+async def test_past_the_storage_quota_a_number_is_told_its_message_waits(client, tmp_path):
+    test_client, db, family = client
+    usage.record_volumes(db, {family: 3 * 2**30}, 2**30, time.time())
+    account, sent = "AC" + "0" * 32, tmp_path / "twilio.jsonl"
+    async with TestServer(twilio_stub.build_app(sent, account, TOKEN)) as twilio:
+        for key, value in {
+            "account_sid": account,
+            "whatsapp_from": "+14155550100",
+            "api_base": str(twilio.make_url("")).rstrip("/"),
+        }.items():
+            db.set_setting(f"twilio.{key}", value)
+        for _ in range(2):
+            form = inbound()
+            assert (
+                await post(test_client, form, RequestValidator(TOKEN).compute_signature(PUBLIC, form))
+            ).status == 200
+        for _ in range(100):
+            if sent.exists() and sent.read_text():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    assert inbox(db) == []
+    bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
+    assert len(bodies) == 1 and "storage is full (3.0 GB of 1.0 GB)" in bodies[0], bodies
