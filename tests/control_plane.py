@@ -117,6 +117,17 @@ async def pair(http: aiohttp.ClientSession, api: Stack, family: Family, name: st
     status, body = await family.call(
         "POST", "/v1/devices/pairing/complete", json={"code": started["code"].lower()}
     )
+    assert status == 202, body
+    async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device_auth) as resp:
+        said = await resp.json()  # what the device says aloud: the family, and the code to type back
+    assert said["state"] == "confirming" and said["family_name"], said
+    async with http.post(f"{api.api_url}/v1/devices/heartbeat", headers=device_auth) as resp:
+        assert resp.status == 401  # claimed, not confirmed: still worth nothing
+    status, body = await family.call(
+        "POST",
+        "/v1/devices/pairing/confirm",
+        json={"pairing_id": body["pairing"]["id"], "code": said["confirm_code"]},
+    )
     assert status == 201, body
     async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device_auth) as resp:
         assert (await resp.json())["state"] == "paired"

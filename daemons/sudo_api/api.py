@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sudo_core import family_archive, host_settings, twilio, usage
 from sudo_core.accounts import Account, InvalidInput
-from sudo_core.families import api_key_for, family_of_room, llm_key_for, room_for
+from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
 
 from . import host_units, membership, numbers, voice, whatsapp
@@ -38,8 +38,8 @@ from .context import (
     services,
     text_field,
 )
-from .devices import Device, PairingError
-from .limits import address_key
+from .devices import Claim, Device, PairingError
+from .limits import Reservation, address_key
 from .openapi import document
 
 log = logging.getLogger("sudo-api")
@@ -450,22 +450,58 @@ async def pairing_status(request: web.Request) -> web.Response:
 async def pairing_complete(request: web.Request) -> web.Response:
     _, family = await require_family(request, parent=True)
     body = await json_body(request)
-    device = await complete_pairing(request, family, text_field(body, "code", 20))
+    claim = await claim_pairing(request, family, text_field(body, "code", 20))
+    return web.json_response(
+        {
+            "pairing": {
+                "id": str(claim.pairing_id),
+                "device_name": claim.device_name,
+                "state": "confirming",
+                "expires_at": claim.expires_at,
+            }
+        },
+        status=202,
+    )
+
+
+async def pairing_confirm(request: web.Request) -> web.Response:
+    _, family = await require_family(request, parent=True)
+    body = await json_body(request)
+    device = await confirm_pairing(
+        request, family, text_field(body, "pairing_id", 40), text_field(body, "code", 20)
+    )
     return web.json_response({"device": device_json(services(request).devices, device)}, status=201)
 
 
-async def complete_pairing(request: web.Request, family: uuid.UUID, code: str) -> Device:
-    """Shared by the API and the page: wrong codes are limited per family, per address (an IPv6
-    client by its /64) and on the whole host."""
-    svc = services(request)
-    attempt = svc.pairing.reserve(
+def guessing(request: web.Request, family: uuid.UUID) -> Reservation:
+    """A pairing or confirmation code typed: wrong ones are limited per family, per address (an
+    IPv6 client by its /64) and on the whole host; a right one gives its count back."""
+    return services(request).pairing.reserve(
         "too many wrong pairing codes",
         family=str(family),
         address=address_key(client_address(request)),
         host="all",
     )
+
+
+async def claim_pairing(request: web.Request, family: uuid.UUID, code: str) -> Claim:
+    """Shared by the API and the page: the device's first code claims it."""
+    svc = services(request)
+    attempt = guessing(request, family)
     try:
-        device = await svc.db.aio(svc.devices.complete_pairing, family, code)
+        claim = await svc.db.aio(svc.devices.claim_pairing, family, code)
+    except PairingError as exc:
+        fail(400, str(exc))
+    attempt.give_back()
+    return claim
+
+
+async def confirm_pairing(request: web.Request, family: uuid.UUID, pairing_id: str, code: str) -> Device:
+    """Shared by the API and the page: the code the claimed device says makes it the family's."""
+    svc = services(request)
+    attempt = guessing(request, family)
+    try:
+        device = await svc.db.aio(svc.devices.confirm_pairing, family, pairing_id, code)
     except PairingError as exc:
         fail(400, str(exc))
     attempt.give_back()
@@ -631,16 +667,17 @@ def require_service(request: web.Request) -> None:
 
 async def service_room(request: web.Request) -> web.Response:
     require_service(request)
-    family_id = family_of_room(request.match_info["room"])
+    room = request.match_info["room"]
+    owner = family_of_room(room)
     svc = services(request)
-    family = await svc.db.aio(svc.db.get_family, family_id) if family_id else None
+    family = await svc.db.aio(svc.devices.family_of, *owner) if owner else None
     if family is None:
-        fail(404, "no family has this room")
+        fail(404, "no paired device of a family has this room")
     return web.json_response(
         {
             "user_id": str(family.id),
             "name": family.name,
-            "room": room_for(family.id),
+            "room": room,
             "gateway_key": llm_key_for(svc.secret, family.id),
         }
     )
@@ -863,6 +900,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/devices/pairing", pairing_start),
         web.get("/v1/devices/pairing", pairing_status),
         web.post("/v1/devices/pairing/complete", pairing_complete),
+        web.post("/v1/devices/pairing/confirm", pairing_confirm),
         web.get("/v1/devices", devices_list),
         web.delete("/v1/devices/{device_id}", device_revoke),
         web.post("/v1/devices/heartbeat", heartbeat),

@@ -1,8 +1,12 @@
 """Home devices: pairing with a short code, device tokens, and cheap coalesced heartbeats.
 
-Pairing: the device asks for a code and receives its device token at once; the token is
-worthless until a family member types the code on /integrations, which binds the device to
-that family. Only the token's SHA-256 is stored.
+Pairing, in two codes: the device asks for a code, says it, and receives its device token at
+once; the token is worthless until the pairing is done. A parent types the code on
+/integrations: that claims the device for the family, and the device, which polls, then says
+the family's name and a second, six-digit code. Typed back on the page, that makes it the
+family's device. Whoever guesses a pending code therefore claims a device they cannot hear,
+and the family near it hears a stranger's name; five wrong second codes end the pairing.
+Only the token's SHA-256 is stored.
 
 Heartbeats: tens of thousands of devices beating every 30 s must cost little. A beat checks the
 token against an in-memory map (filled from the database on a miss, emptied on revocation),
@@ -25,7 +29,7 @@ from prometheus_client import Counter
 
 from sudo_core.accounts import clean_name, token_hash
 from sudo_core.config import ApiSettings
-from sudo_core.db import Database
+from sudo_core.db import Database, Family
 from sudo_core.provisioner_client import ProvisionerClient
 
 log = logging.getLogger("sudo-api.devices")
@@ -38,6 +42,10 @@ as 100 devices waiting for their codes at every moment the odds of one guessed c
 14,400 * 100 / 1.1e12, about 1.3e-6 a day, 5e-4 a year. Six characters (1e9) gave 1.3e-3 a day
 against a budget that each new family renewed."""
 TOKEN_PREFIX = "sd_dev_"
+CONFIRM_DIGITS = 6
+CONFIRM_TRIES = 5
+"""Wrong confirmation codes before a claimed pairing ends: 5 in 1e6 for a guesser who cannot
+hear the device (and, with that, the device asks for a new pairing code)."""
 
 HEARTBEATS = Counter("sudo_api_heartbeats_total", "Device heartbeats accepted")
 ENSURES = Counter("sudo_api_heartbeat_ensures_total", "Runtime ensures fired by heartbeats", ["result"])
@@ -45,6 +53,15 @@ ENSURES = Counter("sudo_api_heartbeat_ensures_total", "Runtime ensures fired by 
 
 class PairingError(ValueError):
     """A code that is unknown, expired or already used."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A pairing a family's code claimed, waiting for the code the device says."""
+
+    pairing_id: uuid.UUID
+    device_name: str
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,7 @@ class Devices:
         name = clean_name(name, "the device name")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = time.time()
-        self.db.execute("DELETE FROM pairings WHERE expires_at < ? AND family_id IS NULL", (now,))
+        self.db.execute("DELETE FROM pairings WHERE expires_at < ? AND device_id IS NULL", (now,))
         while True:
             code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
             if not self.db.query_one("SELECT 1 FROM pairings WHERE code = ?", (code,)):
@@ -94,35 +111,84 @@ class Devices:
             "expires_at": now + self.settings.pairing_ttl_sec,
         }
 
-    def complete_pairing(self, family: uuid.UUID, code: str) -> Device:
+    def claim_pairing(self, family: uuid.UUID, code: str) -> Claim:
+        """The family typed the device's code: the device now says the family's name and a
+        confirmation code, for `confirm_pairing`."""
         code = code.strip().upper().replace("-", "").replace(" ", "")
+        now = time.time()
         with self.db.transaction():
             row = self.db.query_one("SELECT * FROM pairings WHERE code = ?", (code,))
-            if row is None or row["family_id"] is not None or row["expires_at"] < time.time():
+            if row is None or row["family_id"] is not None or row["expires_at"] < now:
                 raise PairingError("this code is unknown or expired: ask the device for a new one")
-            device = Device(uuid.uuid4(), family, row["name"], time.time(), None)
+            confirm = "".join(secrets.choice("0123456789") for _ in range(CONFIRM_DIGITS))
+            expires = now + self.settings.pairing_confirm_sec
             self.db.execute(
-                "INSERT INTO devices (id, family_id, name, token_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                (str(device.id), str(family), device.name, row["token_hash"], device.created_at),
+                "UPDATE pairings SET family_id = ?, confirm_code = ?, expires_at = ? WHERE id = ?",
+                (str(family), confirm, expires, row["id"]),
             )
-            self.db.execute(
-                "UPDATE pairings SET family_id = ?, device_id = ? WHERE id = ?",
-                (str(family), str(device.id), row["id"]),
+        return Claim(uuid.UUID(row["id"]), row["name"], expires)
+
+    def confirm_pairing(self, family: uuid.UUID, pairing_id: str, code: str) -> Device:
+        """The code the claimed device says, typed back: the device is the family's."""
+        code = code.strip().replace(" ", "").replace("-", "")
+        wrong = None  # raised once the transaction has kept the count of wrong tries
+        with self.db.transaction():
+            row = self.db.query_one(
+                "SELECT * FROM pairings WHERE id = ? AND family_id = ? AND device_id IS NULL",
+                (pairing_id, str(family)),
             )
+            if row is None or row["expires_at"] < time.time():
+                raise PairingError("this pairing is unknown or expired: ask the device for a new code")
+            if not secrets.compare_digest(code.encode(), (row["confirm_code"] or "").encode()):
+                tries = row["confirm_tries"] + 1
+                if tries >= CONFIRM_TRIES:  # the device hears 401 and asks for a new code
+                    self.db.execute("DELETE FROM pairings WHERE id = ?", (row["id"],))
+                    wrong = PairingError("too many wrong codes: the device will say a new pairing code")
+                else:
+                    self.db.execute("UPDATE pairings SET confirm_tries = ? WHERE id = ?", (tries, row["id"]))
+                    wrong = PairingError("this is not the code the device says: listen again")
+            else:
+                device = Device(uuid.uuid4(), family, row["name"], time.time(), None)
+                self.db.execute(
+                    "INSERT INTO devices (id, family_id, name, token_hash, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (str(device.id), str(family), device.name, row["token_hash"], device.created_at),
+                )
+                self.db.execute("UPDATE pairings SET device_id = ? WHERE id = ?", (str(device.id), row["id"]))
+        if wrong is not None:
+            raise wrong
         return device
 
     def pairing_status(self, token: str) -> dict[str, Any] | None:
+        """What the device polls: pending (say the code), confirming (say the family's name and
+        the confirmation code), paired, revoked or expired."""
         row = self.db.query_one("SELECT * FROM pairings WHERE token_hash = ?", (token_hash(token),))
         if row is None:
             return None
-        if row["family_id"]:
+        expired = row["expires_at"] < time.time()
+        if row["device_id"]:
             paired = self.db.query_one("SELECT 1 FROM devices WHERE id = ?", (row["device_id"],))
             state = "paired" if paired else "revoked"
+        elif row["family_id"] and not expired:
+            family = self.db.get_family(uuid.UUID(row["family_id"]))
+            return {
+                "state": "confirming",
+                "family_name": family.name if family else "",
+                "confirm_code": row["confirm_code"],
+                "expires_at": row["expires_at"],
+            }
         else:
-            state = "expired" if row["expires_at"] < time.time() else "pending"
+            state = "expired" if expired else "pending"
         return {"state": state, "device_id": row["device_id"], "user_id": row["family_id"]}
 
     # Devices of a family
+
+    def family_of(self, family: uuid.UUID, device: uuid.UUID) -> Family | None:
+        """The family, if this device is still one of its own (a revoked device's room is no one's)."""
+        row = self.db.query_one(
+            "SELECT 1 FROM devices WHERE id = ? AND family_id = ?", (str(device), str(family))
+        )
+        return self.db.get_family(family) if row else None
 
     def list(self, family: uuid.UUID) -> list[Device]:
         rows = self.db.query("SELECT * FROM devices WHERE family_id = ? ORDER BY created_at", (str(family),))

@@ -24,7 +24,7 @@ from sudo_core import host_settings, usage
 from sudo_core.accounts import Account, AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
 
 from . import membership
-from .api import attempt_login, complete_pairing, fleet_view, link_number
+from .api import attempt_login, claim_pairing, confirm_pairing, fleet_view, link_number
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
@@ -36,7 +36,7 @@ from .context import (
     services,
     status_of,
 )
-from .devices import PairingError
+from .devices import Claim, PairingError
 from .limits import RateLimited, StorageFull
 from .numbers import NumberError
 
@@ -250,16 +250,24 @@ async def integrations(request: web.Request) -> web.Response:
     assert family is not None
     # Opening this page means the family is about to use its agent: wake it now, in the background.
     svc.background(_wake(svc, family))
-    message = error = None
+    message = error = claim = None
     if request.method == "POST":
         data = await form(request, session)
         try:
-            if data.get("action") in ("pair", "revoke") and not session.account.is_parent:
+            if data.get("action") in ("pair", "confirm", "revoke") and not session.account.is_parent:
                 raise NotAllowed(
                     "only the family's parents (its owner and adults) can pair or revoke devices"
                 )
             if data.get("action") == "pair":
-                device = await complete_pairing(request, family, data.get("code", ""))
+                claim = await claim_pairing(request, family, data.get("code", ""))
+            elif data.get("action") == "confirm":
+                pairing = data.get("pairing_id", "")
+                try:
+                    device = await confirm_pairing(request, family, pairing, data.get("code", ""))
+                except ApiError:  # show the form again, to type the code again
+                    claim = Claim(uuid.UUID(pairing), data.get("device_name", ""), 0.0)
+                    raise
+                claim = None
                 message = f"{device.name} is paired."
             elif data.get("action") == "revoke":
                 if not await svc.devices.revoke(family, uuid.UUID(data.get("device_id", ""))):
@@ -291,6 +299,7 @@ async def integrations(request: web.Request) -> web.Response:
         "integrations.html",
         session,
         status=400 if error else 200,
+        claim=claim,
         devices=[(d, svc.devices.online(d)) for d in devices],
         numbers=await svc.db.aio(svc.numbers.list, family),
         message=message,

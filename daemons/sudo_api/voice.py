@@ -1,8 +1,9 @@
 """Voice: LiveKit access tokens for a family's paired device and the admin's LiveKit server.
 
-Each family talks in its own room, `room_<user_id>`. A paired device gets a short-lived token
-that lets it join that room only, and whose room configuration dispatches the voice agent
-(`sudo-voice`), so the voice bridge joins the same room when the device does.
+Each home device talks in its own room, `room_<user_id>_<device_id>`, so a family's other
+devices never hear it. A paired device gets a short-lived token that lets it join that room
+only, and whose room configuration dispatches the voice agent (`sudo-voice`), so the voice
+bridge joins the same room when the device does.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ def server_settings(settings: dict[str, Any]) -> dict[str, str]:
 
 
 def device_token(settings: dict[str, Any], device: uuid.UUID, family: uuid.UUID) -> dict[str, Any]:
-    """A token for `device` to join its family's room, with the voice agent dispatched there."""
+    """A token for `device` to join its own room, with the voice agent dispatched there."""
     server = server_settings(settings)
     url, key, secret = server["url"], server["api_key"], server["api_secret"]
-    room = room_for(family)
+    room = room_for(family, device)
     token = (
         livekit.AccessToken(key, secret)
         .with_identity(f"device-{device}")

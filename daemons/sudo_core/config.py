@@ -232,6 +232,10 @@ class ApiSettings:
     pairing_ttl_sec: float = 600.0
     """How long a device's pairing code stays valid (seconds)."""
 
+    pairing_confirm_sec: float = 300.0
+    """Once its code is typed, how long the device's spoken confirmation code stays valid
+    (seconds); then, or after five wrong tries, the device asks for a new pairing code."""
+
     pairing_attempts: int = 10
     """Wrong pairing codes a family may type within pairing_window_sec (a guessed code would
     bind someone else's device, and its microphone, to the guesser's family)."""

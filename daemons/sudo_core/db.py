@@ -249,6 +249,12 @@ MIGRATIONS: tuple[str, ...] = (
         measured_at REAL NOT NULL
     );
     """,
+    """
+    -- A pairing code typed by a family claims the device (family_id set) and gets a second code
+    -- the device says aloud with the family's name; typed back, it makes the device (device_id).
+    ALTER TABLE pairings ADD COLUMN confirm_code TEXT;
+    ALTER TABLE pairings ADD COLUMN confirm_tries INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -39,16 +39,19 @@ def volume_name(family: uuid.UUID) -> str:
     return f"{RUNTIME_PREFIX}{family.hex}-data"
 
 
-def room_for(family: uuid.UUID) -> str:
-    """The family's LiveKit room, where its home device and the voice bridge meet."""
-    return f"{ROOM_PREFIX}{family}"
+def room_for(family: uuid.UUID, device: uuid.UUID) -> str:
+    """A home device's LiveKit room, where it and the voice bridge meet: one per device, so the
+    family's other devices never hear it."""
+    return f"{ROOM_PREFIX}{family}_{device}"
 
 
-def family_of_room(room: str) -> uuid.UUID | None:
+def family_of_room(room: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """(family, device) of a device's room; None for any other name."""
+    family, _, device = room.removeprefix(ROOM_PREFIX).partition("_")
     if not room.startswith(ROOM_PREFIX):
         return None
     try:
-        return uuid.UUID(room.removeprefix(ROOM_PREFIX))
+        return uuid.UUID(family), uuid.UUID(device)
     except ValueError:
         return None
 

@@ -318,8 +318,16 @@ class DockerBackend:
 
     async def volume_sizes(self) -> dict[str, int]:
         """Bytes each volume on the engine holds, by name: Docker's own count, as `docker system
-        df -v` shows it (it walks every volume: seconds on a big host, so the reaper asks)."""
-        usage = await self._run(self._client.df)
+        df -v` shows it (it walks every volume: seconds on a big host, so the reaper asks). The
+        engine counts for one caller at a time and refuses the others meanwhile: wait for it."""
+        for attempt in range(60):
+            try:
+                usage = await self._run(self._client.df)
+                break
+            except docker.errors.APIError as exc:
+                if "already running" not in str(exc.explanation) or attempt == 59:
+                    raise
+                await asyncio.sleep(1.0)
         return {
             v["Name"]: v["UsageData"]["Size"]
             for v in usage.get("Volumes") or []

@@ -1,9 +1,10 @@
-"""The livekit-agents worker: explicit dispatch to `room_<user_id>` rooms of existing families.
+"""The livekit-agents worker: explicit dispatch to the rooms of paired home devices.
 
-Devices' tokens dispatch the agent named `sudo-voice` to their family's room (sudo-api issues
-them); the worker accepts a job only for a room sudo-api knows, then runs that family's voice
-session in the room. Sessions run as threads of this one process, not as a process each: a
-home device stays in its room all day, and a few hundred idle sessions must cost little.
+Each device has its own room, `room_<user_id>_<device_id>`, and its token dispatches the agent
+named `sudo-voice` there (sudo-api issues them); the worker accepts a job only for the room of a
+device sudo-api still knows, then runs that family's voice session in the room. Sessions run as
+threads of this one process, not as a process each: a home device stays in its room all day,
+and a few hundred idle sessions must cost little.
 
 The LiveKit server and its keys come from the admin's settings (through sudo-api): the worker
 waits for them, registers, and starts again with the new ones when the admin changes them.

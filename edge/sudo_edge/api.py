@@ -63,9 +63,13 @@ class Pairing:
 @dataclass(frozen=True)
 class PairingState:
     state: str
-    """"pending", "paired", "expired" or "revoked"."""
+    """"pending", "confirming", "paired", "expired" or "revoked"."""
     device_id: str | None
     user_id: str | None
+    family_name: str = ""
+    """While confirming: the family whose parent typed the code, said aloud with the code."""
+    confirm_code: str = ""
+    """While confirming: what the parent types back on /integrations."""
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,14 @@ class SudoApi:
 
     async def pairing_state(self, token: str) -> PairingState:
         body, _ = await self._call("GET", "/v1/devices/pairing", token=token)
+        state = _field(body, "state", str)
+        confirming = state == "confirming"
         return PairingState(
-            state=_field(body, "state", str),
+            state=state,
             device_id=body.get("device_id"),
             user_id=body.get("user_id"),
+            family_name=_field(body, "family_name", str) if confirming else "",
+            confirm_code=_field(body, "confirm_code", str) if confirming else "",
         )
 
     async def heartbeat(self, token: str) -> float:

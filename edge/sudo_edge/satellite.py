@@ -1,6 +1,8 @@
-"""The behaviour of the device: pair, heartbeat, join the family's room, microphone and speaker.
+"""The behaviour of the device: pair, heartbeat, join its room, microphone and speaker.
 
-    no token -> pairing: ask for a code, say it, poll until it is typed -> token saved (0600)
+    no token -> pairing: ask for a code, say it, poll until a family types it; then say the
+                family's name and a confirmation code, poll until it is typed back
+                -> token saved (0600)
     token -> heartbeats every ~30 s, jittered          } side by side; a 401 on either means
           -> voice: LiveKit token, join the room       } the device was revoked: pair again
              mic -> VAD -> room; room (agent only) -> speaker; a cue when the agent listens;
@@ -24,6 +26,7 @@ from typing import Any, NoReturn
 from .api import (
     ApiError,
     Pairing,
+    PairingState,
     Refused,
     SudoApi,
     Unauthorized,
@@ -64,6 +67,17 @@ class Backoff:
 
 def _seconds(delay: float) -> str:
     return f"{delay:.0f} s" if delay >= 1.5 else f"{delay:.2g} s"
+
+
+def confirmation(state: PairingState) -> str:
+    """What the device says once a family typed its code: who, and the code to type back. The
+    family near the device hears whose it is about to become; a stranger who guessed the
+    code cannot hear the confirmation code."""
+    spelled = ", ".join(state.confirm_code)
+    return (
+        f"{state.family_name} is pairing this device. If that is your family, type this code on the "
+        f"page: {spelled}. Again: {spelled}. If it is not, do nothing."
+    )
 
 
 class Satellite:
@@ -189,7 +203,10 @@ class Satellite:
         raise AssertionError("unreachable")
 
     async def _wait_for_code(self, pairing: Pairing, backoff: Backoff) -> PairedDevice | None:
-        announcer = asyncio.create_task(self._announce(pairing.code), name="announce-code")
+        spelled = ", ".join(pairing.code)
+        text = f"Your Sudo pairing code is: {spelled}. Again: {spelled}."
+        announcer = asyncio.create_task(self._announce(text), name="announce-code")
+        confirming = False
         try:
             while True:
                 await asyncio.sleep(self.settings.pairing.poll_sec)
@@ -207,7 +224,19 @@ class Satellite:
                 self._set_status("api", None)
                 if state.state == "paired":
                     return PairedDevice(pairing.device_token, state.device_id, state.user_id)
-                if state.state != "pending":
+                if state.state == "confirming" and not confirming:
+                    confirming = True
+                    announcer.cancel()
+                    announcer = asyncio.create_task(self._announce(confirmation(state)), name="announce-ok")
+                    log.info(
+                        "%s typed the code: to pair with them, type %s on /integrations",
+                        state.family_name,
+                        state.confirm_code,
+                    )
+                    self._set_status(
+                        "state", f"pairing with {state.family_name}: type {state.confirm_code} to confirm"
+                    )
+                elif state.state not in ("pending", "confirming"):
                     log.info("pairing code %s is %s: asking for a new one", pairing.code, state.state)
                     return None
         finally:
@@ -215,16 +244,14 @@ class Satellite:
             with contextlib.suppress(asyncio.CancelledError):
                 await announcer
 
-    async def _announce(self, code: str) -> None:
-        """Say the code through the speaker, again every `announce_every_sec`."""
-        spelled = ", ".join(code)
-        text = f"Your Sudo pairing code is: {spelled}. Again: {spelled}."
+    async def _announce(self, text: str) -> None:
+        """Say a code through the speaker, again every `announce_every_sec`."""
         s = self.settings.pairing
         while True:
             try:
                 self.speaker.play(await synthesize(s.speak_command, text, self.settings.audio.sample_rate))
             except SpeechError as exc:
-                log.warning("cannot say the pairing code (%s); read it from this log", exc)
+                log.warning("cannot say the code (%s); read it from this log", exc)
                 return
             if s.announce_every_sec <= 0:
                 return

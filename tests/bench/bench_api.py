@@ -92,7 +92,10 @@ async def heartbeats(stack: Stack, tmp: Path) -> None:
     families = [stack.new_family(f"Beat {i}") for i in range(10)]
     for n in range(1000):
         started = await stack.db.aio(devices.start_pairing, f"Pi {n}")
-        await stack.db.aio(devices.complete_pairing, families[n % 10].id, started["code"])
+        family = families[n % 10].id
+        claim = await stack.db.aio(devices.claim_pairing, family, started["code"])
+        said = (await stack.db.aio(devices.pairing_status, started["device_token"]))["confirm_code"]
+        await stack.db.aio(devices.confirm_pairing, family, str(claim.pairing_id), said)
         tokens.append(started["device_token"])
     async with ProvisionerClient(stack.socket) as client:  # warm runtimes: ensures are cheap
         await asyncio.gather(*(client.ensure(f.id) for f in families))

@@ -366,7 +366,14 @@ def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
             lambda: re.search(r"pairing: code (\w+)", status_of(pi, "sudo-edge")), 60, "a pairing code"
         ).group(1)
         assert code in pi.sh("journalctl -u sudo-edge --no-pager"), "the code is logged as well as spoken"
-        host.call("POST", "/v1/devices/pairing/complete", family, {"code": code})
+        claimed = host.call("POST", "/v1/devices/pairing/complete", family, {"code": code})
+        said = pi.wait(  # the device says the family's name and a code, which the parent types back
+            lambda: re.search(r"pairing with E2E: type (\d{6})", status_of(pi, "sudo-edge")),
+            30,
+            "the confirmation",
+        ).group(1)
+        confirm = {"pairing_id": claimed["pairing"]["id"], "code": said}
+        host.call("POST", "/v1/devices/pairing/confirm", family, confirm)
         pi.wait(lambda: status_of(pi, "sudo-edge").startswith("paired"), 30, "the device to pair")
         assert pi.sh("stat -c '%a' /var/lib/sudo-edge/device.json") == "600"
 

@@ -2,11 +2,13 @@
 
 It stands in for the real server (daemons/sudo_api/api.py and devices.py, which the Pi never
 gets) and follows the same contract: pairing codes of sudo-api's length and alphabet, a
-device token usable only once the code is typed, pairing states pending/paired/expired/revoked,
+device token usable only once the code and then the confirmation code are typed, pairing states
+pending/confirming (with the family's name and the code)/paired/expired/revoked, a room per device,
 401 for unknown or revoked tokens, 503 `{"error": ...}` for the voice token while LiveKit is
 not set up, JSON errors everywhere, Unix-second expiries and a `Date` header. What the real
 server does behind it (the database, ensuring runtimes) is left out. The test plays the family
-(`complete`, `revoke`), the admin (`voice_configured`) and the network (`stop`, `start`).
+(`claim`, `confirm`, `complete`, `revoke`), the admin (`voice_configured`) and the network
+(`stop`, `start`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PairingRecord:
     expires_at: float
     device_id: str | None = None
     family_id: str | None = None
+    confirm_code: str = ""
 
 
 @dataclass
@@ -54,6 +57,7 @@ class StandinApi:
     clock_offset: float = 0.0
     """The server's clock minus ours (seconds): a Pi before NTP is far off."""
     family: str = field(default_factory=lambda: str(uuid.uuid4()))
+    family_name: str = "The Curies"
     pairings: dict[str, PairingRecord] = field(default_factory=dict)
     devices: dict[str, str] = field(default_factory=dict)
     """Paired device token -> device id."""
@@ -97,13 +101,26 @@ class StandinApi:
 
     # The family and the admin
 
-    def complete(self, code: str) -> str:
-        """A family member types the code on /integrations; returns the new device's id."""
+    def claim(self, code: str) -> None:
+        """A parent types the device's code on /integrations: the device is to say the family's
+        name and a confirmation code."""
         record = next(p for p in self.pairings.values() if p.code == code)
         assert record.family_id is None and record.expires_at > self.now(), "code unusable"
-        record.device_id, record.family_id = str(uuid.uuid4()), self.family
+        record.family_id = self.family
+        record.confirm_code = "".join(secrets.choice("0123456789") for _ in range(6))
+
+    def confirm(self, code: str, heard: str) -> str:
+        """The parent types back the code the device said; returns the new device's id."""
+        record = next(p for p in self.pairings.values() if p.code == code)
+        assert record.family_id and heard == record.confirm_code, "not the code the device says"
+        record.device_id = str(uuid.uuid4())
         self.devices[record.token] = record.device_id
         return record.device_id
+
+    def complete(self, code: str) -> str:
+        """Both steps, by a parent who hears the device; returns the new device's id."""
+        self.claim(code)
+        return self.confirm(code, next(p for p in self.pairings.values() if p.code == code).confirm_code)
 
     def revoke(self, token: str) -> None:
         del self.devices[token]
@@ -197,8 +214,12 @@ class StandinApi:
         record = self.pairings.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
         if record is None:
             return _error(401, "send the device token from pairing as a bearer token")
-        if record.family_id:
+        if record.device_id:
             state = "paired" if record.token in self.devices else "revoked"
+        elif record.family_id:
+            return web.json_response(
+                {"state": "confirming", "family_name": self.family_name, "confirm_code": record.confirm_code}
+            )
         else:
             state = "expired" if record.expires_at < self.now() else "pending"
         return web.json_response({"state": state, "device_id": record.device_id, "user_id": record.family_id})
@@ -216,7 +237,7 @@ class StandinApi:
             return _error(503, "voice is not set up: an admin sets the LiveKit URL, key and secret")
         issued = {
             "url": self.livekit_url,
-            "room": f"room_{self.family}",
+            "room": f"room_{self.family}_{device}",
             "token": f"jwt-{len(self.voice_tokens) + 1}-{secrets.token_hex(4)}",
             "expires_at": self.now() + self.voice_ttl_sec,
         }

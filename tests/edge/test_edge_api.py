@@ -40,12 +40,18 @@ async def test_the_whole_contract_in_order(server: StandinApi):
         assert (await api.pairing_state(pairing.device_token)).state == "pending"
         with pytest.raises(Unauthorized):
             await api.heartbeat(pairing.device_token)  # not usable until the code is typed
-        device = server.complete(pairing.code)
+        server.claim(pairing.code)
+        state = await api.pairing_state(pairing.device_token)
+        assert (state.state, state.family_name) == ("confirming", server.family_name)
+        assert len(state.confirm_code) == 6 and state.confirm_code.isdigit()
+        with pytest.raises(Unauthorized):
+            await api.heartbeat(pairing.device_token)  # nor until the device's own code is typed back
+        device = server.confirm(pairing.code, state.confirm_code)
         state = await api.pairing_state(pairing.device_token)
         assert (state.state, state.device_id, state.user_id) == ("paired", device, server.family)
         assert await api.heartbeat(pairing.device_token) == server.heartbeat_sec
         voice = await api.voice_token(pairing.device_token)
-        assert (voice.url, voice.room) == (server.livekit_url, f"room_{server.family}")
+        assert (voice.url, voice.room) == (server.livekit_url, f"room_{server.family}_{device}")
         assert 890 < voice.remaining() <= 900
         server.revoke(pairing.device_token)
         assert (await api.pairing_state(pairing.device_token)).state == "revoked"

@@ -132,7 +132,14 @@ async def test_first_start_pairs_says_the_code_and_keeps_the_token(rig: Rig):
         await api.wait_for(lambda: len(api.of("GET", "/v1/devices/pairing")) >= 3, "polls while pending")
         assert not rig.store.path.exists(), "nothing is stored before the code is typed"
 
-        device_id = api.complete(code)
+        api.claim(code)  # a parent typed it: the device says whose it is to become, and a code
+        record = next(iter(api.pairings.values()))
+        await rig.wait_status(f"pairing with {api.family_name}: type {record.confirm_code} to confirm")
+        assert rig.log(f"{api.family_name} typed the code")
+        said = len(rig.devices.speaker_pcm())
+        await until(lambda: len(rig.devices.speaker_pcm()) > said + 4 * 16000 * 2, "the confirmation spoken")
+        assert not rig.store.path.exists() and not api.heartbeats, "nothing until the code is typed back"
+        device_id = api.confirm(code, record.confirm_code)
         await api.wait_for(lambda: api.heartbeats, "a heartbeat")
         token = next(iter(api.pairings))
         assert api.heartbeats[0].token == token

@@ -221,10 +221,11 @@ async def test_voice_tokens_for_paired_devices_only(api: Stack, http):
     async with http.post(f"{api.api_url}/v1/voice/token", headers=device_auth) as resp:
         assert resp.status == 200
         granted = await resp.json()
-    assert granted["room"] == f"room_{family.id}" and granted["url"] == "wss://voice.example"
+    room = f"room_{family.id}_{device_id}"  # its own: the family's other devices never hear it
+    assert granted["room"] == room and granted["url"] == "wss://voice.example"
     claims = TokenVerifier("APIkey", secret).verify(granted["token"])
     assert claims.identity == f"device-{device_id}"
-    assert claims.video.room_join and claims.video.room == f"room_{family.id}"
+    assert claims.video.room_join and claims.video.room == room
     assert claims.video.can_publish and claims.video.can_subscribe and not claims.video.room_admin
     assert [a.agent_name for a in claims.room_config.agents] == ["sudo-voice"]
     # It expires in 15 minutes (the device asks again before then): valid now, not 15 min on.
@@ -236,12 +237,51 @@ async def test_voice_tokens_for_paired_devices_only(api: Stack, http):
         TokenVerifier("APIkey", secrets.token_hex(32)).verify(granted["token"])
     async with http.post(f"{api.api_url}/v1/voice/token", headers=family.headers) as resp:
         assert resp.status == 401  # a family session is not a device
+    other_id, other = await pair(http, api, family, "Attic Pi")
+    async with http.post(
+        f"{api.api_url}/v1/voice/token", headers={"Authorization": f"Bearer {other}"}
+    ) as resp:
+        assert (await resp.json())["room"] == f"room_{family.id}_{other_id}" != room
+
+
+async def test_a_guessed_code_claims_a_device_its_guesser_cannot_confirm(api: Stack, http):
+    """The guesser's family is said aloud at the device (its family hears a stranger's name); the
+    confirmation code is heard only there; five wrong ones end the pairing, and the device,
+    told its token is unknown, asks for a new code. Its token never opened anything."""
+    await sign_up(http, api.api_url, "Owner")
+    guesser = await sign_up(http, api.api_url, "Mallory")
+    async with http.post(f"{api.api_url}/v1/devices/pairing", json={"name": "Nursery Pi"}) as resp:
+        started = await resp.json()
+    device = {"Authorization": f"Bearer {started['device_token']}"}
+    status, claimed = await guesser.call(
+        "POST", "/v1/devices/pairing/complete", json={"code": started["code"]}
+    )
+    assert status == 202 and claimed["pairing"]["device_name"] == "Nursery Pi"
+    async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device) as resp:
+        said = await resp.json()
+    assert said["state"] == "confirming" and said["family_name"] == "Mallory"
+    wrong = f"{(int(said['confirm_code']) + 1) % 10**6:06d}"
+    pairing = {"pairing_id": claimed["pairing"]["id"], "code": wrong}
+    for _ in range(5):
+        status, body = await guesser.call("POST", "/v1/devices/pairing/confirm", json=pairing)
+        assert status == 400, body
+        async with http.post(f"{api.api_url}/v1/voice/token", headers=device) as resp:
+            assert resp.status == 401
+    assert "new pairing code" in body["error"]
+    async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device) as resp:
+        assert resp.status == 401  # the pairing is gone: the device starts again
+    status, _ = await guesser.call(
+        "POST", "/v1/devices/pairing/confirm", json=pairing | {"code": said["confirm_code"]}
+    )
+    assert status == 400, "the right code is worth nothing once the pairing ended"
+    assert (await guesser.call("GET", "/v1/devices"))[1]["devices"] == []
 
 
 async def test_service_lookups_need_the_service_token(api: Stack, http, provisioner):
     family = await sign_up(http, api.api_url, "Tesla")
+    device_id, _ = await pair(http, api, family, "Lab Pi")
     auth = {"Authorization": f"Bearer {api.service_token}"}
-    room = f"room_{family.id}"
+    room = f"room_{family.id}_{device_id}"
     # The public listener (the one behind Caddy) does not serve them, even to the service token.
     for method, path in (
         ("GET", f"/v1/service/rooms/{room}"),
@@ -270,9 +310,19 @@ async def test_service_lookups_need_the_service_token(api: Stack, http, provisio
     gateway_key = found.pop("gateway_key")
     assert found == {"user_id": family.id, "name": "Tesla", "room": room}
     assert family_of_llm_key(api.secret.encode(), gateway_key) == uuid.UUID(family.id)
-    for bad in ("room_nope", f"room_{uuid.uuid4()}", "lobby"):
+    another = await sign_up(http, api.api_url, "Other")
+    for bad in (
+        "room_nope",
+        f"room_{family.id}",  # a family's, of no device
+        f"room_{family.id}_{uuid.uuid4()}",  # a device that is not the family's
+        f"room_{another.id}_{device_id}",  # this device, under another family
+        "lobby",
+    ):
         async with http.get(f"{api.service_url}/v1/service/rooms/{bad}", headers=auth) as resp:
-            assert resp.status == 404
+            assert resp.status == 404, bad
+    assert (await family.call("DELETE", f"/v1/devices/{device_id}"))[0] == 204
+    async with http.get(f"{api.service_url}/v1/service/rooms/{room}", headers=auth) as resp:
+        assert resp.status == 404  # a revoked device's room is no one's
     async with http.post(f"{api.service_url}/v1/service/runtimes/{family.id}", headers=auth) as resp:
         assert resp.status == 200
         runtime = await resp.json()

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from control_plane import sign_up
+from control_plane import pair, sign_up
 from livekit.agents import AgentSession
 from stack import Stack
 from voice_audio import CapturedOutput, RecordingInput, spoken, wait_until
@@ -76,7 +76,8 @@ async def conversation(api: Stack, http, request) -> AsyncIterator[Conversation]
     settings = getattr(request, "param", OFFLINE)
     async with SudoApi(api.service_url, api.service_token) as client:
         signed_up = await sign_up(http, api.api_url, "Voice")
-        family = await client.family_of_room(f"room_{signed_up.id}")
+        device_id, _ = await pair(http, api, signed_up, "Voice Pi")
+        family = await client.family_of_room(f"room_{signed_up.id}_{device_id}")
         assert family is not None
         runtime = FamilyRuntime(family.id, client.runtime)
         session = build_session(settings, family, runtime, load_vad(settings), gateway_url(api))

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from control_plane import sign_up
+from control_plane import pair, sign_up
 from livekit_stub import LiveKitDispatch
 from stack import BIN, Notifications, Stack, free_port
 
@@ -71,11 +71,13 @@ async def test_the_bridge_serves_family_rooms_of_the_admins_livekit_server(api: 
         await notified(notes, f"STATUS=registered with LiveKit at {livekit.url}")
 
         family = await sign_up(http, api.api_url, "Lovelace")
-        for stranger in (f"room_{uuid.uuid4()}", "room_nonsense", "lobby"):
+        device_id, _ = await pair(http, api, family, "Parlour Pi")
+        strangers = (f"room_{family.id}", f"room_{family.id}_{uuid.uuid4()}", "room_nonsense", "lobby")
+        for stranger in strangers:
             refused = await livekit.offer(stranger, VOICE_AGENT)
             # Refused by the bridge for good (terminate), not for lack of capacity.
             assert not refused.available and refused.terminate, stranger
-        taken = await livekit.offer(f"room_{family.id}", VOICE_AGENT)
+        taken = await livekit.offer(f"room_{family.id}_{device_id}", VOICE_AGENT)
         assert taken.available and taken.participant_identity == VOICE_AGENT
         assert livekit.refused == []
 

@@ -116,6 +116,8 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     ("GET", "/v1/devices/pairing", {}, expect(401, 401, 401, 401, 401, 401, 401, 200, 401, 401)),
     ("POST", "/v1/devices/pairing/complete", {"json": {"code": "ZZZZZZ"}},
      expect(401, 400, 400, 403, 401, DISABLED, 400, 401, 403, 401)),
+    ("POST", "/v1/devices/pairing/confirm", {"json": {"pairing_id": "nobody_uuid", "code": "123456"}},
+     expect(401, 400, 400, 403, 401, DISABLED, 400, 401, 403, 401)),
     ("GET", "/v1/devices", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
     ("DELETE", "/v1/devices/{device_id}", {"path": {"device_id": "spare_device"}},
      expect(401, 404, 204, 403, 401, DISABLED, 404, 401, 403, 401)),
@@ -283,7 +285,7 @@ async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> 
         "spare_device": spare,
         "number": number.id,
         "number2": number2.id,
-        "room": f"room_{family}",
+        "room": f"room_{family}_{roles.device_id}",  # the room of A's paired device
         "family": str(family),
         "spare_child": (await add_child(roles.a, "Spare")).member_id,
         "no_session": "0123456789abcdef",

@@ -110,9 +110,14 @@ def callers(fuzzed: Stack) -> dict[str, Caller]:
     assert requests.post(f"{base}/v1/auth/signup", json=body, timeout=60).status_code == 201
     started = requests.post(f"{base}/v1/devices/pairing", json={"name": "Fuzz Pi"}, timeout=60).json()
     family = {"Authorization": f"Bearer {login(base, email)}"}
-    paired = requests.post(
+    claimed = requests.post(
         f"{base}/v1/devices/pairing/complete", json={"code": started["code"]}, headers=family, timeout=60
     )
+    assert claimed.status_code == 202, claimed.text
+    device = {"Authorization": f"Bearer {started['device_token']}"}
+    said = requests.get(f"{base}/v1/devices/pairing", headers=device, timeout=60).json()["confirm_code"]
+    confirm = {"pairing_id": claimed.json()["pairing"]["id"], "code": said}
+    paired = requests.post(f"{base}/v1/devices/pairing/confirm", json=confirm, headers=family, timeout=60)
     assert paired.status_code == 201, paired.text
     admin_email = "fuzz-admin@example.org"
     made = subprocess.run(

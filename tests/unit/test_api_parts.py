@@ -162,10 +162,12 @@ async def test_heartbeats_are_coalesced_into_one_write(db: Database, tmp_path: P
         paired = []
         for family in families:
             started = devices.start_pairing("Pi")
-            device = devices.complete_pairing(family.id, started["code"])
+            claim = devices.claim_pairing(family.id, started["code"])
+            said = devices.pairing_status(started["device_token"])["confirm_code"]
+            device = devices.confirm_pairing(family.id, str(claim.pairing_id), said)
             paired.append((started["device_token"], device, family))
         with pytest.raises(PairingError):
-            devices.complete_pairing(families[0].id, started["code"])  # a code works once
+            devices.claim_pairing(families[0].id, started["code"])  # a code works once
 
         before = time.time()
         for _ in range(50):
@@ -295,3 +297,48 @@ async def test_a_hundred_slow_ensures_hold_back_no_quick_call(tmp_path: Path):
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_a_claimed_pairing_needs_the_code_the_device_says(db: Database, tmp_path: Path):
+    """Only the family that claimed it, with the device's own code, within its time; five wrong
+    codes end the pairing (the device hears 401 and starts over)."""
+    async with ProvisionerClient(tmp_path / "nobody.sock") as provisioner:
+        devices = Devices(db, provisioner, ApiSettings(pairing_confirm_sec=60))
+        ours, theirs = db.create_family("Ours"), db.create_family("Theirs")
+        started = devices.start_pairing("Pi")
+        token = started["device_token"]
+        assert devices.pairing_status(token)["state"] == "pending"
+        claim = devices.claim_pairing(ours.id, started["code"])
+        status = devices.pairing_status(token)
+        assert status["state"] == "confirming" and status["family_name"] == "Ours"
+        said = status["confirm_code"]
+        assert len(said) == 6 and said.isdigit()
+        with pytest.raises(PairingError):
+            devices.claim_pairing(theirs.id, started["code"])  # claimed once
+        with pytest.raises(PairingError, match="unknown"):
+            devices.confirm_pairing(theirs.id, str(claim.pairing_id), said)  # not theirs to confirm
+        wrong = f"{(int(said) + 1) % 10**6:06d}"
+        for _ in range(4):
+            with pytest.raises(PairingError, match="listen again"):
+                devices.confirm_pairing(ours.id, str(claim.pairing_id), wrong)
+        device = devices.confirm_pairing(ours.id, str(claim.pairing_id), said)  # the fifth try
+        assert device.family_id == ours.id and devices.pairing_status(token)["state"] == "paired"
+
+        started = devices.start_pairing("Pi 2")
+        claim = devices.claim_pairing(ours.id, started["code"])
+        for _ in range(4):
+            with pytest.raises(PairingError, match="listen again"):
+                devices.confirm_pairing(ours.id, str(claim.pairing_id), "000000x")
+        with pytest.raises(PairingError, match="new pairing code"):
+            devices.confirm_pairing(ours.id, str(claim.pairing_id), "000000x")
+        assert devices.pairing_status(started["device_token"]) is None
+
+        started = devices.start_pairing("Pi 3")
+        claim = devices.claim_pairing(ours.id, started["code"])
+        said = devices.pairing_status(started["device_token"])["confirm_code"]
+        db.execute(
+            "UPDATE pairings SET expires_at = ? WHERE id = ?", (time.time() - 1, str(claim.pairing_id))
+        )
+        assert devices.pairing_status(started["device_token"])["state"] == "expired"
+        with pytest.raises(PairingError, match="expired"):
+            devices.confirm_pairing(ours.id, str(claim.pairing_id), said)
