@@ -114,14 +114,24 @@ async def test_integrations_pair_a_device_and_link_a_number(api: Stack, browser:
         await page.evaluate("fetch('/v1/me').then(r => r.json()).then(b => b.account.user_id)")
     )
 
-    # The device asks for a code; the family types it; the device's beats show it online.
+    # The device asks for a code; the family types it; the device says the family's name and a
+    # second code, typed back (a wrong one first); the device's beats show it online.
     async with http.post(f"{base}/v1/devices/pairing", json={"name": "Living room Pi"}) as resp:
         started = await resp.json()
     await page.get_by_label("Pairing code").fill(started["code"])
     await page.get_by_role("button", name="Pair").click()
+    await expect(page.locator("#confirm-pairing")).to_contain_text("Living room Pi now says")
+    beat = {"Authorization": f"Bearer {started['device_token']}"}
+    async with http.get(f"{base}/v1/devices/pairing", headers=beat) as resp:
+        said = await resp.json()
+    assert said["state"] == "confirming" and said["family_name"] == "The Marconis"
+    await page.get_by_label("Code the device says").fill(f"{(int(said['confirm_code']) + 1) % 10**6:06d}")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator(".error")).to_contain_text("listen again")
+    await page.get_by_label("Code the device says").fill(said["confirm_code"])
+    await page.get_by_role("button", name="Confirm").click()
     await expect(page.get_by_role("status")).to_have_text("Living room Pi is paired.")
     await expect(page.locator("tr", has_text="Living room Pi")).to_contain_text("offline")
-    beat = {"Authorization": f"Bearer {started['device_token']}"}
     async with http.post(f"{base}/v1/devices/heartbeat", headers=beat) as resp:
         assert resp.status == 200
     await page.reload()
