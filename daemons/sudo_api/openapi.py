@@ -374,11 +374,15 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         "device",
         None,
         200,
-        _obj(
-            state={"enum": ["pending", "confirming", "paired", "expired", "revoked"]},
-            family_name=STRING,
-            confirm_code=STRING,
-        ),
+        {  # family_name and confirm_code while confirming: what the device says
+            "type": "object",
+            "required": ["state"],
+            "properties": {
+                "state": {"enum": ["pending", "confirming", "paired", "expired", "revoked"]},
+                "family_name": STRING,
+                "confirm_code": STRING,
+            },
+        },
     ),
     (
         "post",

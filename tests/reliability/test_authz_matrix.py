@@ -349,6 +349,8 @@ async def test_every_route_as_every_role(api: Stack, http, roles: Roles, things_
                 wrong.append(f"{method} {path} as {role}: {status}, expected {expected[role]}: {body[:200]}")
             shown = [] if role in ("family_a", "device_a") else private_to_owner
             shown = shown + ([] if role in ("family_a", "adult_a", "child_a", "device_a") else private_to_a)
+            if role == "service" and "/v1/service/rooms/" in path:  # the room it asked for, by name
+                shown = [secret for secret in shown if secret != roles.device_id]
             leaked = [secret for secret in shown if secret in body]
             if leaked:
                 wrong.append(f"{method} {path} as {role} showed A's {leaked}")
