@@ -26,18 +26,19 @@ async def reap(settings: config.Settings, idle_sec: float | None) -> int:
         async with ProvisionerClient(settings.provisioner.socket) as provisioner:
             evicted = await provisioner.evict_idle(idle_sec)
             reconciled = await provisioner.reconcile()
+            log.info(
+                f"evicted {len(evicted['evicted'])} idle runtime(s), kept {evicted['kept']}; "
+                f"removed {len(reconciled['removed'])} orphan(s)",
+                extra=fields(
+                    evicted=",".join(evicted["evicted"]),
+                    removed=",".join(r["name"] for r in reconciled["removed"]),
+                ),
+            )
+            # Last: Docker's count of every volume may take a while on a big host.
             volumes = await provisioner.measure_volumes()
     except (aiohttp.ClientError, ProvisionerError) as exc:
         log.error(f"the provisioner at {settings.provisioner.socket} failed: {exc}")
         return 1
-    log.info(
-        f"evicted {len(evicted['evicted'])} idle runtime(s), kept {evicted['kept']}; "
-        f"removed {len(reconciled['removed'])} orphan(s)",
-        extra=fields(
-            evicted=",".join(evicted["evicted"]),
-            removed=",".join(r["name"] for r in reconciled["removed"]),
-        ),
-    )
     if volumes["over_quota"]:
         log.warning(
             f"{len(volumes['over_quota'])} famil(ies) past runtime.volume_quota; their new messages wait",

@@ -263,7 +263,11 @@ def test_the_reaper_timer_evicts_an_idle_runtime(host: Host, family: str):
     )
     host.sh("systemctl daemon-reload && systemctl restart sudo-reaper.timer")
     host.wait(lambda: not host.runtimes(), 90, "the reaper to evict the idle runtime")
-    assert "evicted 1 idle runtime(s)" in host.sh("journalctl -u sudo-reaper --no-pager")
+    host.wait(
+        lambda: "evicted 1 idle runtime(s)" in host.sh("journalctl -u sudo-reaper --no-pager"),
+        30,
+        "the reaper's account of it",
+    )
     host.sh("rm -r /etc/systemd/system/sudo-reaper.timer.d /etc/systemd/system/sudo-reaper.service.d")
     host.sh("systemctl daemon-reload && systemctl restart sudo-reaper.timer")
 
