@@ -7,6 +7,7 @@ import contextlib
 import subprocess
 import time
 
+import aiohttp
 import pytest
 from control_plane import chat
 from stack import BIN, Stack
@@ -18,6 +19,19 @@ from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
 def volume_exists(stack: Stack, name: str) -> bool:
     return any(v.name == name for v in stack.docker.volumes.list())
+
+
+async def shut_down(url: str) -> None:
+    """Wait until the runtime at `url` stops answering /health: the signal has been acted on."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http, asyncio.timeout(20):
+        while True:
+            try:
+                async with http.get(f"{url}/health") as resp:
+                    if resp.status != 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                return
+            await asyncio.sleep(0.05)
 
 
 async def test_stop_keeps_the_agents_memory_and_purge_removes_it(stack: Stack, provisioner):
@@ -147,11 +161,12 @@ async def test_a_runtime_on_its_way_out_when_the_provisioner_restarts_is_replace
     for the seconds Hermes takes to shut down; the next provisioner's ensure sees it die during
     its first health check and spawns a fresh one, rather than failing the family's message."""
     family = stack.new_family("Leaving")
-    await provisioner.ensure(family.id)
+    first = await provisioner.ensure(family.id)
     old = stack.container(family.id)
     stack.stop("provisioner", sig=9)
     stack.start_provisioner()  # a new process: it has not checked this runtime yet
     old.kill(signal="SIGTERM")  # the stop the dead provisioner had begun, still under way
+    await shut_down(first["url"])  # Hermes no longer serves, though it may not have exited
     runtime = await provisioner.ensure(family.id)
     new = stack.container(family.id)
     assert new.id != old.id and new.status == "running" and runtime["state"] == "running"

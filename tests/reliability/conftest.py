@@ -170,6 +170,7 @@ VOLATILE = {
     "devices": {"last_seen_at"},
     "sessions": {"last_seen_at"},  # written at most once a minute as a session is used
     "leases": {"*"},  # requests in flight: come and go with every ensure
+    "usage_daily": {"*"},  # counted by the gateway after an answer's last byte, whenever it lands
 }
 """Columns that change without any request changing state (activity, heartbeats, leases)."""
 
