@@ -22,6 +22,12 @@ DEFAULT_CONFIG = Path("/etc/sudo/sudo.toml")
 SIZE = re.compile(r"(\d+)([kmgKMG]?)")
 
 
+def size_bytes(size: str) -> int:
+    """Bytes in a size as the settings write it: 512m, 5g (a bare number is bytes)."""
+    number, unit = SIZE.fullmatch(size).groups()  # type: ignore[union-attr]
+    return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
+
+
 class ConfigError(ValueError):
     """The configuration file or an override cannot be used; the message says which key."""
 
@@ -81,7 +87,9 @@ class RuntimeSettings:
     waits for a free place. With every place in use, the request is refused (503) until one is."""
 
     memory: str = "1g"
-    """Memory limit per family container (Docker syntax)."""
+    """Memory limit per family container (k, m, g). A warm-up (a device's heartbeat) starts a
+    runtime only while the host has this much memory available (MemAvailable); one someone
+    waits on starts regardless."""
 
     cpus: float = 1.0
     """CPU limit per family container (cores)."""
@@ -134,8 +142,9 @@ class RuntimeSettings:
             ipaddress.ip_network(self.subnet)
         except ValueError as exc:
             raise ConfigError(f"runtime.subnet: {exc}") from exc
-        if not SIZE.fullmatch(self.volume_quota):
-            raise ConfigError(f"runtime.volume_quota: {self.volume_quota!r} is not a size such as 500m or 5g")
+        for key in ("memory", "volume_quota"):
+            if not SIZE.fullmatch(getattr(self, key)):
+                raise ConfigError(f"runtime.{key}: {getattr(self, key)!r} is not a size such as 500m or 5g")
         if not re.fullmatch(r"[1-9]\d*:[1-9]\d*", self.user):
             raise ConfigError(f"runtime.user: {self.user!r} is not a non-root uid:gid, e.g. 10000:10000")
         # A Linux interface name (at most 15 bytes), and an nftables table name as it is.
@@ -143,9 +152,12 @@ class RuntimeSettings:
             raise ConfigError(f"runtime.bridge: {self.bridge!r} is not 1-15 of a-z, 0-9 and -, from a letter")
 
     @property
+    def memory_bytes(self) -> int:
+        return size_bytes(self.memory)
+
+    @property
     def volume_quota_bytes(self) -> int:
-        number, unit = SIZE.fullmatch(self.volume_quota).groups()  # type: ignore[union-attr]
-        return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
+        return size_bytes(self.volume_quota)
 
     @property
     def host_address(self) -> str:

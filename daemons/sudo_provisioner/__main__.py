@@ -19,7 +19,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import docker.errors
 from aiohttp import web
 
 from sudo_core import config, logs
@@ -29,6 +28,7 @@ from sudo_core.families import volume_name
 from sudo_core.logs import fields
 from sudo_core.systemd import Notifier, listen_fds
 
+from .backend import BackendError
 from .docker_backend import DockerBackend
 from .runtimes import RuntimeManager
 from .server import Activity, build_app
@@ -64,11 +64,12 @@ async def serve(settings: config.Settings, bind: bool) -> int:
     try:
         backend = DockerBackend(settings.runtime, settings.core.state_dir)
         await backend.prepare()
-    except docker.errors.DockerException as exc:
+    except BackendError as exc:
         log.error(f"cannot use the Docker engine: {exc}")
         return 1
     manager = RuntimeManager(settings, db, backend, host_secret(settings.core.state_dir))
-    notifier.status("reconciling runtimes with Docker")
+    notifier.status("following Docker's events; reconciling runtimes")
+    await manager.start()
     summary = await manager.reconcile()
 
     activity = Activity()
@@ -103,7 +104,7 @@ async def remove_runtimes(settings: config.Settings) -> set[uuid.UUID] | None:
         runtimes = await backend.list()
         for runtime in runtimes:
             await backend.remove(runtime.name)
-    except docker.errors.DockerException as exc:
+    except BackendError as exc:
         print(f"sudo-provisioner: cannot use the Docker engine: {exc}", file=sys.stderr)
         return None
     print(f"sudo-provisioner: removed {len(runtimes)} family runtime(s); their data stays until purge")

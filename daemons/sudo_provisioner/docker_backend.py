@@ -1,9 +1,9 @@
-"""The Docker backend: the only code that talks to the Docker engine.
+"""The Docker backend: the only code that talks to the Docker engine (backend.RuntimeBackend).
 
-A narrow contract in the manner of JupyterHub's Spawner (create, get, list, remove, logs),
-so a Kubernetes backend could stand beside it. Every state it reports is read from Docker
-(labels and container state); it keeps none of its own. The docker SDK blocks, so every call
-runs on a small thread pool, never on the event loop.
+Every state it reports is read from Docker (labels, container state, events); it keeps none
+of its own. The docker SDK blocks, so every call runs on a small thread pool, never on the
+event loop, and the event stream is read by a thread of its own. Docker's errors leave this
+module as the contract's: BackendError and its kinds.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -29,16 +28,24 @@ from sudo_core.config import RuntimeSettings
 from sudo_core.families import RUNTIME_PREFIX, volume_name
 from sudo_core.logs import fields
 
+from .backend import BackendError, Change, EngineUnavailable, ImageMissing, NameConflict, Runtime
 from .spec import DATA_DIR, LABEL_HASH, LABEL_IMAGE, LABEL_OWNER, LABEL_SCOPE, Image, RuntimeSpec
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BRIDGE_NAME = "com.docker.network.bridge.name"
+CONTAINER_CHANGES = ("start", "die", "oom", "destroy")
+IMAGE_CHANGES = ("pull", "tag", "untag", "delete", "import", "load")
 
 
-class EngineUnreachable(docker.errors.DockerException):
-    """The Docker engine does not answer (stopped, restarting): a moment's problem, not a bad request."""
+class DockerRefused(BackendError):
+    """The engine answered a call with an error: its HTTP status and its explanation."""
+
+    def __init__(self, exc: docker.errors.APIError) -> None:
+        self.status = exc.status_code
+        self.explanation = str(exc.explanation or exc)
+        super().__init__(f"the Docker engine refused: {self.explanation}")
 
 
 class Addresses:
@@ -75,29 +82,6 @@ class Addresses:
         raise RuntimeError(f"every address of the runtime network ({self._size}) is in use")
 
 
-class NameConflict(RuntimeError):
-    """A container with the family's name appeared between our check and our create."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    name: str
-    owner: uuid.UUID | None
-    """The family it serves; None for a container whose name and labels say nothing valid."""
-    state: str
-    """Docker's state: created, running, restarting, exited, paused, dead."""
-    address: str | None
-    image: str
-    config_hash: str
-    container_id: str
-    oom_killed: bool = False
-    exit_code: int | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-
 def owner_from(name: str, labels: dict[str, str]) -> uuid.UUID | None:
     """The owner label, or for unlabelled containers the uuid in the name."""
     for candidate in (labels.get(LABEL_OWNER, ""), name.removeprefix(RUNTIME_PREFIX)):
@@ -113,7 +97,10 @@ class DockerBackend:
         self, settings: RuntimeSettings, state_dir: Path, client: docker.DockerClient | None = None
     ) -> None:
         self.settings = settings
-        self._client = client or docker.from_env(timeout=120)
+        try:
+            self._client = client or docker.from_env(timeout=120)
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"cannot reach the Docker engine: {exc}") from exc
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
         self._addresses = Addresses(
             settings.subnet, settings.host_address, state_dir / f"{settings.network}.last-address"
@@ -124,7 +111,15 @@ class DockerBackend:
         try:
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         except requests.exceptions.ConnectionError as exc:  # the SDK's transport, not a Docker answer
-            raise EngineUnreachable(f"cannot reach the Docker engine: {exc}") from exc
+            raise EngineUnavailable(f"cannot reach the Docker engine: {exc}") from exc
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissing(str(exc.explanation or exc)) from exc
+        except docker.errors.APIError as exc:
+            raise DockerRefused(exc) from exc
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
 
     # Host setup
 
@@ -185,8 +180,10 @@ class DockerBackend:
     async def get(self, name: str) -> Runtime | None:
         try:
             info = await self._run(self._client.api.inspect_container, name)
-        except docker.errors.NotFound:
-            return None
+        except DockerRefused as exc:
+            if exc.status == 404:
+                return None
+            raise
         state = info["State"]
         return Runtime(
             name=info["Name"].lstrip("/"),
@@ -255,18 +252,19 @@ class DockerBackend:
             if graceful:
                 await self._run(self._client.api.stop, name, timeout=10)
             await self._run(self._client.api.remove_container, name, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409 or "already in progress" not in str(exc):
+        except DockerRefused as exc:
+            gone = exc.status == 404 or (exc.status == 409 and "already in progress" in exc.explanation)
+            if not gone:
                 raise
 
     async def remove_volume(self, volume: str) -> bool:
         try:
             await self._run(self._client.api.remove_volume, volume)
             return True
-        except docker.errors.NotFound:
-            return False
+        except DockerRefused as exc:
+            if exc.status == 404:
+                return False
+            raise
 
     # Data volumes, copied through a helper container that is created but never started: Docker
     # mounts its volumes for get_archive and put_archive. It is made from the runtime image and
@@ -324,8 +322,8 @@ class DockerBackend:
             try:
                 usage = await self._run(self._client.df)
                 break
-            except docker.errors.APIError as exc:
-                if "already running" not in str(exc.explanation) or attempt == 59:
+            except DockerRefused as exc:
+                if "already running" not in exc.explanation or attempt == 59:
                     raise
                 await asyncio.sleep(1.0)
         return {
@@ -338,16 +336,82 @@ class DockerBackend:
         """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`)."""
         try:
             stats = await self._run(self._client.api.stats, name, stream=False, one_shot=True)
-        except docker.errors.NotFound:
-            return None
+        except DockerRefused as exc:
+            if exc.status == 404:
+                return None
+            raise
         return (stats.get("memory_stats") or {}).get("usage")
 
     async def logs(self, name: str, tail: int = 30) -> str:
         try:
             raw = await self._run(self._client.api.logs, name, tail=tail)
-        except docker.errors.NotFound:
-            return ""
+        except DockerRefused as exc:
+            if exc.status == 404:
+                return ""
+            raise
         return raw.decode(errors="replace").strip()
+
+    # Changes
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """Docker's events for this installation's runtimes and for images. The stream is open
+        before "resync" is yielded, so nothing that happens while the index is rebuilt is missed;
+        when it breaks (the engine restarts), it is opened again, and "resync" comes again."""
+        loop = asyncio.get_running_loop()
+        pause = 0.5
+        while True:
+            try:
+                stream = await self._run(
+                    self._client.events,
+                    decode=True,
+                    filters={"type": ["container", "image"], "event": [*CONTAINER_CHANGES, *IMAGE_CHANGES]},
+                )
+            except BackendError as exc:
+                log.warning(f"cannot follow Docker's events ({exc}); again in {pause:.1f} s")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            queue: asyncio.Queue[dict | BaseException | None] = asyncio.Queue()
+            threading.Thread(
+                target=self._pump, args=(stream, loop, queue), name="docker-events", daemon=True
+            ).start()
+            try:
+                yield Change("resync")
+                pause = 0.5
+                while isinstance(event := await queue.get(), dict):
+                    change = self._change(event)
+                    if change is not None:
+                        yield change
+            finally:
+                stream.close()  # ends the pump
+            log.warning(f"Docker's event stream ended ({event!r}); following it again")
+
+    @staticmethod
+    def _pump(stream: Any, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+        """Hand each event to the loop; then None at the end, or the error that ended it."""
+        last: BaseException | None = None
+        try:
+            for event in stream:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+        except BaseException as exc:  # the stream's socket closed or broke
+            last = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+            loop.call_soon_threadsafe(queue.put_nowait, last)
+
+    def _change(self, event: dict) -> Change | None:
+        action = event.get("Action", "")
+        if event.get("Type") == "image":
+            return Change("image") if action in IMAGE_CHANGES else None
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        name = attributes.get("name", "")
+        if (
+            action not in CONTAINER_CHANGES
+            or not name.startswith(RUNTIME_PREFIX)
+            or attributes.get(LABEL_SCOPE, self.settings.network) != self.settings.network
+        ):
+            return None
+        code = attributes.get("exitCode", "")
+        return Change(action, name, event["Actor"]["ID"], int(code) if code.isdigit() else None)
 
     def _address(self, network_settings: dict) -> str | None:
         network = (network_settings.get("Networks") or {}).get(self.settings.network) or {}

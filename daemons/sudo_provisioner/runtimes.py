@@ -3,13 +3,16 @@
 Concurrency rules (design principle 6):
 - one lock per family serializes everything that changes that family's container, so spawn,
   stop, eviction and recreation never interleave;
-- concurrent ensures of one family share one task: one spawn, one result for all callers (a
-  warm-up's task is not shared with someone waiting, who may evict and the warm-up may not);
-- a semaphore bounds spawns across families; restart-all has its own, smaller bound;
+- concurrent ensures of one family share one task: one spawn, one result for all callers; one
+  who waits joining a warm-up raises its claim to theirs (admission.py), so it may evict and
+  goes ahead of the queued warm-ups;
+- spawn slots are bounded across families and given out by priority; restart-all also has a
+  bound of its own;
 - one lock covers counting the running runtimes and creating one, so runtime.max_running holds
   under concurrent spawns. An eviction for room takes the victim's lock only if it is free at
   that moment (never waits for it), so two spawns never wait on each other's family.
-Nothing here is the truth about containers: every decision re-reads Docker under the lock.
+The ensure path reads the index (index.py), which the engine's changes keep current; the
+rarer decisions (stop, revive, reconcile, restart-all) re-read the engine under the lock.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import aiohttp
-import docker.errors
 from prometheus_client import Counter, Gauge, Histogram
 
 from sudo_core import usage
@@ -32,8 +34,10 @@ from sudo_core.db import Database, Family
 from sudo_core.families import runtime_name, volume_name
 from sudo_core.logs import fields
 
-from .docker_backend import DockerBackend, NameConflict, Runtime
-from .spec import Image, Plugins, RuntimeSpec, build_spec
+from .admission import Claim, Priority, Slots, memory_available
+from .backend import ImageMissing, NameConflict, Runtime, RuntimeBackend
+from .index import RuntimeIndex
+from .spec import LABEL_OWNER, Image, Plugins, RuntimeSpec, build_spec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ ENSURE_SECONDS = Histogram("sudo_provisioner_ensure_seconds", "Ensure latency", 
 EVICTIONS = Counter("sudo_provisioner_evictions_total", "Runtimes evicted for idleness")
 MAKE_ROOM = Counter(
     "sudo_provisioner_room_evictions_total", "Runtimes stopped to make room under runtime.max_running"
+)
+WARM_UPS_DEFERRED = Counter(
+    "sudo_provisioner_warm_ups_deferred_total", "Warm-ups refused while the host lacked runtime.memory"
 )
 REVIVALS = Counter("sudo_provisioner_revivals_total", "Runtimes recreated after they died on their own")
 REMOVALS = Counter("sudo_provisioner_orphans_removed_total", "Containers removed by reconcile")
@@ -64,7 +71,8 @@ class FamilyDisabled(PermissionError):
 
 
 class AtCapacity(RuntimeError):
-    """runtime.max_running runtimes run and none may give its place now."""
+    """runtime.max_running runtimes run and none may give its place now, or (for a warm-up) the
+    host has not the memory for one more."""
 
 
 class SpawnFailed(RuntimeError):
@@ -74,21 +82,29 @@ class SpawnFailed(RuntimeError):
 
 
 class RuntimeManager:
-    def __init__(self, settings: Settings, db: Database, backend: DockerBackend, secret: bytes) -> None:
+    def __init__(self, settings: Settings, db: Database, backend: RuntimeBackend, secret: bytes) -> None:
         self.settings = settings
         self.db = db
         self.backend = backend
+        self.index = RuntimeIndex(backend)
         self._secret = secret
         self._plugins = Plugins.scan(settings.runtime.plugins_dir)
         self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._ensuring: dict[tuple[uuid.UUID, bool], asyncio.Task[Runtime]] = {}
-        self._spawn_slots = asyncio.Semaphore(settings.provisioner.max_concurrent_spawns)
+        self._ensuring: dict[uuid.UUID, tuple[asyncio.Task[Runtime], Claim]] = {}
+        self._claims: dict[uuid.UUID, Claim] = {}  # families whose spawn waits for or holds a slot
+        self._slots = Slots(settings.provisioner.max_concurrent_spawns)
         self._room = asyncio.Lock()
         self._healthy: set[str] = set()  # container ids this process saw answer /health
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
 
+    async def start(self) -> None:
+        """Build the index of runtimes and follow the engine's changes."""
+        await self.index.start()
+
     async def close(self) -> None:
+        await self.index.close()
         await self._http.close()
+        await self.backend.close()
 
     def _lock(self, family: uuid.UUID) -> asyncio.Lock:
         lock = self._locks.get(family)
@@ -106,26 +122,34 @@ class RuntimeManager:
     async def _image(self) -> Image:
         ref = self.settings.runtime.image
         try:
-            return await self.backend.image(ref)
-        except docker.errors.ImageNotFound:
+            return await self.index.image(ref)
+        except ImageMissing:
             raise SpawnFailed(
                 f"image {ref} is not on this Docker engine: build it (make hermes-image) "
                 "or retag the upstream image, then retry"
             ) from None
 
-    async def _desired(self, family: Family) -> RuntimeSpec:
+    async def _desired(self, family_id: uuid.UUID, touch: bool = False) -> tuple[Family, RuntimeSpec]:
+        """The family, and the spec of its runtime as it should be now; with touch, the family
+        is marked active (unless disabled). The database is read in one trip to its thread."""
         image = await self._image()
-        admin = await self.db.aio(self.db.get_settings, "llm.")
-        model = admin.get("llm.model") or self.settings.llm.model
-        home = await self.db.aio(
-            self.db.query_one,
+        family, model, home = await self.db.aio(self._spec_inputs, family_id, touch)
+        return family, build_spec(self.settings, family, self._secret, image, self._plugins, model, home)
+
+    def _spec_inputs(self, family_id: uuid.UUID, touch: bool) -> tuple[Family, str, str | None]:
+        """On the database thread: the family, the model, its verified WhatsApp number."""
+        family = self.db.get_family(family_id)
+        if family is None:
+            raise FamilyNotFound(f"no family {family_id}")
+        if touch and family.disabled_at is None:
+            self.db.touch_family(family_id)
+        model = self.db.get_settings("llm.model").get("llm.model") or self.settings.llm.model
+        home = self.db.query_one(
             "SELECT number FROM whatsapp_numbers WHERE family_id = ? AND verified_at IS NOT NULL"
             " ORDER BY verified_at LIMIT 1",
-            (str(family.id),),
+            (str(family_id),),
         )
-        return build_spec(
-            self.settings, family, self._secret, image, self._plugins, model, home["number"] if home else None
-        )
+        return family, model, home["number"] if home else None
 
     def urls(self, runtime: Runtime) -> dict[str, str | None]:
         """Where the runtime's Hermes api_server and the sudo_chat and twilio_whatsapp listeners answer."""
@@ -138,41 +162,43 @@ class RuntimeManager:
 
     # ensure
 
-    async def ensure(self, family_id: uuid.UUID, warm_up: bool = False) -> Runtime:
-        """Spawn if needed and wait until healthy; concurrent callers share one attempt. A
-        warm-up (nobody waiting on it) never evicts another family to make room."""
-        family = await self.family(family_id)
-        if family.disabled_at is not None:
-            raise FamilyDisabled(f"family {family_id} is disabled: its agent does not run")
-        key = (family_id, warm_up)
-        task = self._ensuring.get(key)
-        if task is None:
-            task = asyncio.create_task(self._ensure(family, evict=not warm_up))
-            self._ensuring[key] = task
-            task.add_done_callback(lambda _: self._ensuring.pop(key, None))
+    async def ensure(self, family_id: uuid.UUID, priority: Priority = Priority.WAITING) -> Runtime:
+        """Spawn if needed and wait until healthy; concurrent callers share one attempt, at the
+        highest priority among them. A warm-up (nobody waiting on it) never evicts another
+        family to make room, and starts only while the host has the memory for it."""
+        shared = self._ensuring.get(family_id)
+        if shared is None:
+            claim = Claim(priority)
+            task = asyncio.create_task(self._ensure(family_id, claim))
+            self._ensuring[family_id] = task, claim
+            task.add_done_callback(lambda _: self._ensuring.pop(family_id, None))
+        else:
+            task, claim = shared
+            claim.escalate(priority)
         # shield: a caller that disconnects must not cancel the spawn the others wait on
         return await asyncio.shield(task)
 
-    async def _ensure(self, family: Family, evict: bool = True) -> Runtime:
+    async def _ensure(self, family_id: uuid.UUID, claim: Claim) -> Runtime:
         started = time.monotonic()
         path = "warm"
-        async with self._lock(family.id):
-            spec = await self._desired(family)
-            runtime = await self.backend.get(spec.name)
+        async with self._lock(family_id):
+            family, spec = await self._desired(family_id, touch=True)
+            if family.disabled_at is not None:
+                raise FamilyDisabled(f"family {family_id} is disabled: its agent does not run")
+            runtime = self.index.get(spec.name)
             if runtime and runtime.running and runtime.config_hash == spec.config_hash:
                 if runtime.container_id not in self._healthy:
                     path = "adopt"
-                    runtime = await self._adopt(runtime, spec)
+                    runtime = await self._adopt(runtime, spec, claim)
             else:
                 path = "cold"
                 if runtime is not None:
                     await self._retire(runtime, spec.config_hash)
-                runtime = await self._spawn(spec, evict)
-            await self.db.aio(self.db.touch_family, family.id)
+                runtime = await self._spawn(spec, claim)
         ENSURE_SECONDS.labels(path).observe(time.monotonic() - started)
         return runtime
 
-    async def _adopt(self, runtime: Runtime, spec: RuntimeSpec) -> Runtime:
+    async def _adopt(self, runtime: Runtime, spec: RuntimeSpec, claim: Claim) -> Runtime:
         """Vouch for a running container this process did not start, or replace it. One that
         dies during the check (an earlier provisioner was stopping it when it was killed, or it
         crashed) or never answers is not a failed spawn: the family gets a fresh one."""
@@ -182,11 +208,12 @@ class RuntimeManager:
         except SpawnFailed as exc:
             log.info(f"recreating {runtime.name}: adopted, but {exc}", extra=fields(runtime=runtime.name))
             await self._remove(runtime, graceful=False)
-            return await self._spawn(spec)
+            return await self._spawn(spec, claim)
 
     async def _remove(self, runtime: Runtime, graceful: bool = True) -> None:
         """Remove a container, and forget that this process saw it healthy."""
         await self.backend.remove(runtime.name, graceful=graceful)
+        self.index.drop(runtime.name)
         self._healthy.discard(runtime.container_id)
 
     async def _retire(self, runtime: Runtime, wanted_hash: str) -> None:
@@ -199,33 +226,54 @@ class RuntimeManager:
         log.info(f"recreating {runtime.name}: {reason}", extra=fields(runtime=runtime.name))
         await self._remove(runtime, graceful=runtime.running)
 
-    async def _spawn(self, spec: RuntimeSpec, evict: bool = True) -> Runtime:
-        async with self._spawn_slots:
-            started = time.monotonic()
-            async with self._room:
-                await self._make_room(spec.name, evict)
-                try:
-                    runtime = await self.backend.create(spec)
-                except NameConflict:
-                    # Someone outside this process created it meanwhile; remove it and retry once.
-                    await self.backend.remove(spec.name, graceful=False)
-                    runtime = await self.backend.create(spec)
+    async def _spawn(self, spec: RuntimeSpec, claim: Claim) -> Runtime:
+        family = uuid.UUID(spec.create_args["labels"][LABEL_OWNER])
+        self._claims[family] = claim
+        try:
+            async with self._slots.hold(claim):
+                return await self._spawn_in_slot(spec, claim)
+        finally:
+            self._claims.pop(family, None)
+
+    async def _spawn_in_slot(self, spec: RuntimeSpec, claim: Claim) -> Runtime:
+        started = time.monotonic()
+        async with self._room:
+            if claim.priority == Priority.WARM_UP:
+                self._admit_warm_up(spec.name)
+            await self._make_room(spec.name, evict=claim.priority < Priority.WARM_UP)
             try:
-                await self._wait_healthy(runtime)
-            except BaseException:
-                SPAWNS.labels("failed").inc()
-                # A container that never became healthy is never reused: the next ensure
-                # starts clean. Its logs are already in the error.
+                runtime = await self.backend.create(spec)
+            except NameConflict:
+                # Someone outside this process created it meanwhile; remove it and retry once.
                 await self.backend.remove(spec.name, graceful=False)
-                raise
-            seconds = time.monotonic() - started
-            SPAWNS.labels("ok").inc()
-            SPAWN_SECONDS.observe(seconds)
-            log.info(
-                f"spawned {spec.name} in {seconds:.1f} s",
-                extra=fields(runtime=spec.name, seconds=round(seconds, 2)),
+                runtime = await self.backend.create(spec)
+            self.index.put(runtime)
+        try:
+            await self._wait_healthy(runtime)
+        except BaseException:
+            SPAWNS.labels("failed").inc()
+            # A container that never became healthy is never reused: the next ensure
+            # starts clean. Its logs are already in the error.
+            await self._remove(runtime, graceful=False)
+            raise
+        seconds = time.monotonic() - started
+        SPAWNS.labels("ok").inc()
+        SPAWN_SECONDS.observe(seconds)
+        log.info(
+            f"spawned {spec.name} in {seconds:.1f} s",
+            extra=fields(runtime=spec.name, seconds=round(seconds, 2)),
+        )
+        return runtime
+
+    def _admit_warm_up(self, name: str) -> None:
+        """A warm-up starts only while the host has runtime.memory available for it."""
+        available, needed = memory_available(), self.settings.runtime.memory_bytes
+        if available < needed:
+            WARM_UPS_DEFERRED.inc()
+            raise AtCapacity(
+                f"the host has {available >> 20} MiB available, less than runtime.memory "
+                f"({self.settings.runtime.memory}): the warm-up of {name} waits for the next beat"
             )
-            return runtime
 
     async def _wait_healthy(self, runtime: Runtime) -> None:
         """Poll /health under one deadline; fail fast when the container exits or is OOM-killed."""
@@ -276,9 +324,8 @@ class RuntimeManager:
         provisioner stops is removed under the same lock, so a stop or an eviction is never
         undone. A family idle past runtime.idle_sec, or disabled, only has the dead container
         removed."""
-        family = await self.family(family_id)
         async with self._lock(family_id):
-            spec = await self._desired(family)
+            family, spec = await self._desired(family_id)
             runtime = await self.backend.get(spec.name)
             if runtime is None or runtime.state in ("running", "paused"):  # gone, fine, or held on purpose
                 return {"revived": False}
@@ -286,7 +333,7 @@ class RuntimeManager:
             idle = time.time() - (family.last_active_at or 0) > self.settings.runtime.idle_sec
             if idle or family.disabled_at is not None:
                 return {"revived": False}
-            await self._spawn(spec)
+            await self._spawn(spec, Claim(Priority.RECREATE))
         REVIVALS.inc()
         log.info(f"revived {spec.name}", extra=fields(family=family_id))
         return {"revived": True}
@@ -361,11 +408,11 @@ class RuntimeManager:
         runtime = await self.backend.get(runtime_name(family_id))
         if runtime is None:
             return None
-        family = await self.db.aio(self.db.get_family, family_id)
-        described = self.describe(runtime, family)
-        if family is not None:
-            described["stale"] = runtime.config_hash != (await self._desired(family)).config_hash
-        return described
+        try:
+            family, spec = await self._desired(family_id)
+        except FamilyNotFound:
+            return self.describe(runtime, None)
+        return self.describe(runtime, family) | {"stale": runtime.config_hash != spec.config_hash}
 
     # eviction
 
@@ -374,7 +421,7 @@ class RuntimeManager:
         not in use (no ensure, stop or copy holds their lock, no request in flight holds a
         lease); AtCapacity if `evict` is false or none may go."""
         cap = self.settings.runtime.max_running
-        running = [r for r in await self.backend.list() if r.running and r.name != name]
+        running = [r for r in self.index.running() if r.name != name]
         excess = len(running) - cap + 1
         if excess <= 0:
             return
@@ -526,14 +573,13 @@ class RuntimeManager:
         return summary | {"failed": failed}
 
     async def _recreate(self, family_id: uuid.UUID) -> None:
-        family = await self.family(family_id)
         async with self._lock(family_id):
             await self._await_quiet(family_id)
-            spec = await self._desired(family)
+            _, spec = await self._desired(family_id)
             current = await self.backend.get(spec.name)
             if current is not None:
                 await self._remove(current)
-            await self._spawn(spec)
+            await self._spawn(spec, Claim(Priority.RECREATE))
 
     async def _await_quiet(self, family_id: uuid.UUID) -> None:
         """Give requests in flight (leases) up to restart_grace_sec to finish."""

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import docker.errors
 from aiohttp import web
 
 from sudo_core.families import BadFamilyId, parse_family_id
@@ -20,6 +19,8 @@ from sudo_core.metrics import metrics
 from sudo_core.provisioner_client import volume_tar_problem
 from sudo_core.systemd import Notifier
 
+from .admission import Priority
+from .backend import BackendError
 from .runtimes import AtCapacity, FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(502, str(exc), logs=exc.logs)
     except AtCapacity as exc:
         return error(503, str(exc))
-    except docker.errors.DockerException as exc:
-        log.exception(f"{request.method} {request.path}: Docker failed")
+    except BackendError as exc:
+        log.exception(f"{request.method} {request.path}: the engine failed")
         return error(503, f"the Docker engine failed: {exc}")
     except Exception:
         log.exception(f"{request.method} {request.path} failed")
@@ -119,7 +120,8 @@ def family_id(request: web.Request) -> uuid.UUID:
 async def ensure(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     family = family_id(request)
-    runtime = await manager.ensure(family, warm_up=request.query.get("warm_up") == "true")
+    warm_up = request.query.get("warm_up") == "true"
+    runtime = await manager.ensure(family, Priority.WARM_UP if warm_up else Priority.WAITING)
     return web.json_response(
         {
             "user_id": str(family),

@@ -212,6 +212,7 @@ async def test_no_container_of_the_provisioner_is_privileged_root_or_on_the_host
     (stack.root / "spy-state").mkdir()
     await backend.prepare()
     manager = RuntimeManager(stack.settings, stack.db, backend, stack.secret.encode())
+    await manager.start()
     family = stack.new_family("Rootless")
     try:
         runtime = await manager.ensure(family.id)
