@@ -106,6 +106,7 @@ class Stack:
                 "metrics": f"127.0.0.1:{free_port()}",
                 "secure_cookies": False,  # the tests speak plain HTTP to 127.0.0.1
                 "heartbeat_flush_sec": 0.5,
+                "warm_up_jitter_sec": 0.5,
                 "watch_interval_sec": 1.0,
                 "shutdown_grace_sec": 60.0,
             },

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 import uuid
@@ -263,6 +264,7 @@ class Devices:
 
     async def _ensure(self, family: uuid.UUID) -> None:
         try:
+            await asyncio.sleep(random.uniform(0, self.settings.warm_up_jitter_sec))
             await self.provisioner.ensure(family, warm_up=True)
             ENSURES.labels("ok").inc()
         except Exception as exc:  # fire and forget: the next beat tries again

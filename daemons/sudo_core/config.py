@@ -241,6 +241,10 @@ class ApiSettings:
     ensure_interval_sec: float = 60.0
     """Least time between two runtime ensures triggered by one family's heartbeats (seconds)."""
 
+    warm_up_jitter_sec: float = 5.0
+    """A heartbeat's warm-up is asked for after a random 0 to this many seconds, so that the
+    home devices of a whole host, beating at once after a reboot, do not all ask at once."""
+
     pairing_ttl_sec: float = 600.0
     """How long a device's pairing code stays valid (seconds)."""
 

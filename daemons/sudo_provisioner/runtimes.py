@@ -92,6 +92,7 @@ class RuntimeManager:
         self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValueDictionary()
         self._ensuring: dict[uuid.UUID, tuple[asyncio.Task[Runtime], Claim]] = {}
         self._claims: dict[uuid.UUID, Claim] = {}  # families whose spawn waits for or holds a slot
+        self._specs: dict[uuid.UUID, tuple[tuple[str, str, str, str | None], RuntimeSpec]] = {}
         self._slots = Slots(settings.provisioner.max_concurrent_spawns)
         self._room = asyncio.Lock()
         self._healthy: set[str] = set()  # container ids this process saw answer /health
@@ -134,7 +135,12 @@ class RuntimeManager:
         is marked active (unless disabled). The database is read in one trip to its thread."""
         image = await self._image()
         family, model, home = await self.db.aio(self._spec_inputs, family_id, touch)
-        return family, build_spec(self.settings, family, self._secret, image, self._plugins, model, home)
+        inputs = (family.name, image.id, model, home)  # all a spec depends on, past the settings
+        known = self._specs.get(family_id)
+        if known is None or known[0] != inputs:  # building one takes longer than a warm ensure
+            spec = build_spec(self.settings, family, self._secret, image, self._plugins, model, home)
+            known = self._specs[family_id] = inputs, spec
+        return family, known[1]
 
     def _spec_inputs(self, family_id: uuid.UUID, touch: bool) -> tuple[Family, str, str | None]:
         """On the database thread: the family, the model, its verified WhatsApp number."""

@@ -4,7 +4,8 @@ Prints one JSON object per line. Every figure is a ratio against a baseline meas
 same run, so the numbers mean the same on a slower or busier machine:
 
 - warm_ensure_p50 / _p99: ensure of a running runtime over the socket, against a bare HTTP
-  round trip on the same socket (GET /health);
+  round trip on the same socket (GET /health), made as ProvisionerClient makes every call: on
+  a connection of its own;
 - cold_ensure: ensure of a new family (create + boot script + Hermes start + health), against
   Hermes's own start-to-healthy on the same image (a plain `docker run`, polled the same way);
 - restart_all_10: restart-all of 10 runtimes, against recreating the same 10 one after another;
@@ -41,10 +42,10 @@ async def timed(coro) -> float:
     return time.perf_counter() - started
 
 
-async def warm_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 300) -> None:
+async def warm_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 1000) -> None:
     family = stack.new_family("Warm")
     await client.ensure(family.id)
-    connector = aiohttp.UnixConnector(path=str(stack.socket))
+    connector = aiohttp.UnixConnector(path=str(stack.socket), force_close=True)  # as ProvisionerClient
     async with aiohttp.ClientSession(connector=connector) as raw:
 
         async def health() -> None:
@@ -54,15 +55,17 @@ async def warm_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 300
         for _ in range(20):  # warm both paths up
             await health()
             await client.ensure(family.id)
-        base = [await timed(health()) for _ in range(rounds)]
-        ensure = [await timed(client.ensure(family.id)) for _ in range(rounds)]
+        base, ensure = [], []
+        for _ in range(rounds):  # interleaved: a moment's noise on the host falls on both
+            base.append(await timed(health()))
+            ensure.append(await timed(client.ensure(family.id)))
     for p in (50, 99):
         emit(
             f"warm_ensure_p{p}",
             percentile(ensure, p),
             percentile(base, p),
             samples=rounds,
-            baseline_is="GET /health on the same socket",
+            baseline_is="GET /health on the same socket, a connection per call as the client makes",
         )
     await client.stop(family.id, purge=True)
 

@@ -12,12 +12,12 @@ import pytest
 from aiohttp import web
 
 from sudo_api.chat import ChatStore, runtimes_http
-from sudo_api.devices import Devices, PairingError
+from sudo_api.devices import Device, Devices, PairingError
 from sudo_api.limits import Limiter, LoginLimiter, RateLimited
 from sudo_core import host_settings
 from sudo_core.accounts import Accounts, Conflict
 from sudo_core.config import ApiSettings
-from sudo_core.db import Database
+from sudo_core.db import Database, Family
 from sudo_core.provisioner_client import ProvisionerClient
 
 
@@ -154,20 +154,27 @@ def test_admin_settings_all_or_nothing_and_secrets_write_only(db: Database):
     assert db.get_settings("llm.")["llm.api_key"] == "sk-1"
 
 
+def pair_devices(db: Database, devices: Devices, count: int) -> list[tuple[str, Device, Family]]:
+    """A family each, with one home device paired through both codes: (token, device, family)."""
+    paired = []
+    for i in range(count):
+        family = db.create_family(f"F{i}")
+        started = devices.start_pairing("Pi")
+        claim = devices.claim_pairing(family.id, started["code"])
+        said = devices.pairing_status(started["device_token"])["confirm_code"]
+        device = devices.confirm_pairing(family.id, str(claim.pairing_id), said)
+        paired.append((started["device_token"], device, family))
+    with pytest.raises(PairingError):
+        devices.claim_pairing(family.id, started["code"])  # a code works once
+    return paired
+
+
 async def test_heartbeats_are_coalesced_into_one_write(db: Database, tmp_path: Path):
-    settings = ApiSettings(ensure_interval_sec=3600)
+    settings = ApiSettings(ensure_interval_sec=3600, warm_up_jitter_sec=0)
     async with ProvisionerClient(tmp_path / "nobody.sock") as provisioner:
         devices = Devices(db, provisioner, settings)
-        families = [db.create_family(f"F{i}") for i in range(20)]
-        paired = []
-        for family in families:
-            started = devices.start_pairing("Pi")
-            claim = devices.claim_pairing(family.id, started["code"])
-            said = devices.pairing_status(started["device_token"])["confirm_code"]
-            device = devices.confirm_pairing(family.id, str(claim.pairing_id), said)
-            paired.append((started["device_token"], device, family))
-        with pytest.raises(PairingError):
-            devices.claim_pairing(families[0].id, started["code"])  # a code works once
+        paired = pair_devices(db, devices, 20)
+        families = [family for _, _, family in paired]
 
         before = time.time()
         for _ in range(50):
@@ -191,6 +198,39 @@ async def test_heartbeats_are_coalesced_into_one_write(db: Database, tmp_path: P
         assert await devices.revoke(family.id, device.id)
         assert await devices.authenticate(token) is None
         assert not await devices.revoke(uuid.uuid4(), paired[1][1].id)  # not that family's device
+
+
+async def test_warm_ups_of_devices_beating_at_once_are_spread(db: Database, tmp_path: Path):
+    """After a host reboot every device beats at once; their warm-ups reach the provisioner
+    spread over api.warm_up_jitter_sec rather than in one burst."""
+    asked: list[float] = []
+    all_asked = asyncio.Event()
+
+    async def ensure(request: web.Request) -> web.Response:  # the provisioner's ensure, recorded
+        asked.append(time.monotonic())
+        if len(asked) == 20:
+            all_asked.set()
+        assert request.query["warm_up"] == "true"
+        return web.json_response({"user_id": request.match_info["user_id"], "state": "running"})
+
+    app = web.Application()
+    app.router.add_post("/v1/runtimes/{user_id}/ensure", ensure)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "p.sock")).start()
+    try:
+        async with ProvisionerClient(tmp_path / "p.sock") as provisioner:
+            devices = Devices(db, provisioner, ApiSettings(warm_up_jitter_sec=0.6))
+            paired = pair_devices(db, devices, 20)
+            began = time.monotonic()
+            for token, _, _ in paired:
+                devices.heartbeat(*await devices.authenticate(token))
+            async with asyncio.timeout(5):
+                await all_asked.wait()
+    finally:
+        await runner.cleanup()
+    assert max(asked) - began < 0.6 + 0.4
+    assert max(asked) - min(asked) > 0.2  # twenty at once would be a few milliseconds apart
 
 
 def test_chat_store_recovers_from_agent_restarts(db: Database):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
@@ -47,10 +47,16 @@ class Rig:
     async def family(self, name: str) -> uuid.UUID:
         return (await self.db.aio(self.db.create_family, name)).id
 
-    async def settle(self) -> None:
-        """Let the index take in the changes the backend has queued."""
-        for _ in range(10):
-            await asyncio.sleep(0)
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait for the manager to reach a state (its database calls run on a thread)."""
+        for _ in range(2500):
+            if predicate():
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError("the manager did not get there in 5 s")
+
+    def queued(self) -> int:
+        return self.manager._slots.waiting()
 
     async def age(self, family: uuid.UUID) -> None:
         sql = "UPDATE families SET last_active_at = 0 WHERE id = ?"
@@ -97,7 +103,7 @@ async def test_concurrent_ensures_share_one_spawn(rig_with):
     rig.backend.gate.clear()
     waiting = [asyncio.create_task(rig.manager.ensure(family)) for _ in range(5)]
     warm_up = asyncio.create_task(rig.manager.ensure(family, Priority.WARM_UP))
-    await rig.settle()
+    await rig.until(lambda: rig.backend.created == [runtime_name(family)])
     rig.backend.gate.set()
     runtimes = await asyncio.gather(*waiting, warm_up)
     assert rig.backend.created == [runtime_name(family)]
@@ -110,16 +116,15 @@ async def test_a_stop_waits_for_the_ensure_under_way(rig_with):
     family = await rig.family("Locked")
     rig.backend.gate.clear()
     ensure = asyncio.create_task(rig.manager.ensure(family))
-    await rig.settle()
+    await rig.until(lambda: rig.backend.created == [runtime_name(family)])
     stop = asyncio.create_task(rig.manager.stop(family))
-    await rig.settle()
+    await asyncio.sleep(0.05)
     assert not stop.done()
     rig.backend.gate.set()
     await ensure
     assert await stop == {"stopped": True, "purged": False}
     assert rig.backend.containers == {}
-    await rig.settle()
-    assert rig.manager.index.get(runtime_name(family)) is None
+    await rig.until(lambda: rig.manager.index.get(runtime_name(family)) is None)
 
 
 async def test_a_death_the_engine_reports_is_spawned_again(rig_with):
@@ -127,7 +132,7 @@ async def test_a_death_the_engine_reports_is_spawned_again(rig_with):
     family = await rig.family("Fragile")
     first = await rig.manager.ensure(family)
     rig.backend.kill(first.name, oom=True)
-    await rig.settle()
+    await rig.until(lambda: not rig.manager.index.get(first.name).running)
     assert rig.manager.index.get(first.name).oom_killed
     second = await rig.manager.ensure(family)
     assert second.container_id != first.container_id and second.running
@@ -180,9 +185,9 @@ async def test_someone_waiting_goes_before_queued_warm_ups(rig_with):
     chatting = await rig.family("Chatting")
     rig.backend.gate.clear()
     tasks = [asyncio.create_task(rig.manager.ensure(f, Priority.WARM_UP)) for f in warm]
-    await rig.settle()  # the first warm-up holds the slot; three wait
+    await rig.until(lambda: len(rig.backend.created) == 1 and rig.queued() == 3)  # one holds the slot
     tasks.append(asyncio.create_task(rig.manager.ensure(chatting)))
-    await rig.settle()
+    await rig.until(lambda: rig.queued() == 4)
     rig.backend.gate.set()
     await asyncio.gather(*tasks)
     order = [runtime_name(f) for f in [warm[0], chatting, *warm[1:]]]
@@ -194,9 +199,9 @@ async def test_a_queued_warm_up_someone_comes_to_wait_on_is_raised(rig_with):
     first, second, joined = [await rig.family(n) for n in ("First", "Second", "Joined")]
     rig.backend.gate.clear()
     tasks = [asyncio.create_task(rig.manager.ensure(f, Priority.WARM_UP)) for f in (first, second, joined)]
-    await rig.settle()
+    await rig.until(lambda: rig.backend.created == [runtime_name(first)] and rig.queued() == 2)
     tasks.append(asyncio.create_task(rig.manager.ensure(joined)))  # a message for a queued warm-up
-    await rig.settle()
+    await asyncio.sleep(0)
     rig.backend.gate.set()
     await asyncio.gather(*tasks)
     assert rig.backend.created == [runtime_name(f) for f in (first, joined, second)]
