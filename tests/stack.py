@@ -118,6 +118,7 @@ class Stack:
         self.env = os.environ | {
             "SUDO_CONFIG": str(self.config_path),
             "CREDENTIALS_DIRECTORY": str(self.creds),
+            "MALLOC_ARENA_MAX": "2",  # as the units set it
         }
         self.env.pop("NOTIFY_SOCKET", None)
         self.settings = config.load(self.env)

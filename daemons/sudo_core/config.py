@@ -59,8 +59,9 @@ class ProvisionerSettings:
     max_concurrent_spawns: int = 4
     """Spawns (create + wait healthy) running at once across all families."""
 
-    restart_concurrency: int = 3
-    """Runtimes recreated at once by restart-all."""
+    restart_concurrency: int = 0
+    """Runtimes recreated at once by restart-all; 0 follows the host: one per core, as many as
+    the memory available holds at runtime.memory each (and never past max_concurrent_spawns)."""
 
     restart_grace_sec: float = 30.0
     """Restart-all waits up to this long for a family's in-flight requests to finish (seconds)."""

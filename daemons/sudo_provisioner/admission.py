@@ -40,47 +40,57 @@ class Claim:
 
 class Slots:
     """A semaphore whose waiters are served by their claim's priority, then in the order they
-    came. Waiters are few (one per family at most), so the next is found by a scan."""
+    came; and no warm-up starts while a spawn someone waits on runs, so that spawn has the
+    host's cores to itself (Hermes's start is CPU-bound). Waiters are few (one per family at
+    most), so the next is found by a scan."""
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._waiters: list[tuple[int, Claim, asyncio.Future[None]]] = []
+        self._interactive = 0  # slots held by spawns someone waits on
+        self._waiters: list[tuple[int, Claim, asyncio.Future[Priority]]] = []
         self._order = itertools.count()
 
     @contextlib.asynccontextmanager
     async def hold(self, claim: Claim) -> AsyncIterator[None]:
-        await self._acquire(claim)
+        granted = await self._acquire(claim)
         try:
             yield
         finally:
-            self._release()
+            self._release(granted)
 
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def _acquire(self, claim: Claim) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
+    async def _acquire(self, claim: Claim) -> Priority:
         entry = (next(self._order), claim, asyncio.get_running_loop().create_future())
         self._waiters.append(entry)
+        self._dispatch()
         try:
-            await entry[2]
+            return await entry[2]
         except asyncio.CancelledError:
             if entry in self._waiters:
                 self._waiters.remove(entry)
             elif not entry[2].cancelled():  # handed a slot as it was cancelled: pass it on
-                self._release()
+                self._release(entry[2].result())
             raise
 
-    def _release(self) -> None:
-        while self._waiters:
-            entry = min(self._waiters, key=lambda e: (e[1].priority, e[0]))
-            self._waiters.remove(entry)
-            if not entry[2].done():  # not cancelled meanwhile
-                entry[2].set_result(None)
-                return
+    def _release(self, granted: Priority) -> None:
         self._free += 1
+        self._interactive -= granted == Priority.WAITING
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the free slots to the first waiters that may start now."""
+        while self._free > 0:
+            self._waiters = [e for e in self._waiters if not e[2].done()]  # cancelled meanwhile
+            ready = [e for e in self._waiters if e[1].priority < Priority.WARM_UP or not self._interactive]
+            if not ready:
+                return
+            entry = min(ready, key=lambda e: (e[1].priority, e[0]))
+            self._waiters.remove(entry)
+            self._free -= 1
+            self._interactive += entry[1].priority == Priority.WAITING
+            entry[2].set_result(entry[1].priority)
 
 
 def memory_available(meminfo: Path = Path("/proc/meminfo")) -> int:

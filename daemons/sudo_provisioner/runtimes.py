@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 import weakref
@@ -546,8 +547,9 @@ class RuntimeManager:
         """Recreate every running runtime, a bounded number at once; failures are reported."""
         targets = [r for r in await self.backend.list() if r.running and r.owner]
         total = len(targets)
-        await progress({"event": "start", "total": total})
-        slots = asyncio.Semaphore(self.settings.provisioner.restart_concurrency)
+        concurrency = self.restart_concurrency()
+        await progress({"event": "start", "total": total, "concurrency": concurrency})
+        slots = asyncio.Semaphore(concurrency)
         done = 0
         failed: list[dict[str, str]] = []
 
@@ -577,6 +579,13 @@ class RuntimeManager:
         await asyncio.gather(*(recreate(r) for r in targets))
         summary = {"event": "done", "total": total, "restarted": total - len(failed)}
         return summary | {"failed": failed}
+
+    def restart_concurrency(self) -> int:
+        """provisioner.restart_concurrency, or (0) what the host's cores and memory allow now."""
+        if self.settings.provisioner.restart_concurrency:
+            return self.settings.provisioner.restart_concurrency
+        by_memory = memory_available() // self.settings.runtime.memory_bytes
+        return max(1, min(os.cpu_count() or 1, by_memory))
 
     async def _recreate(self, family_id: uuid.UUID) -> None:
         async with self._lock(family_id):

@@ -112,6 +112,10 @@ def build_spec(
         "auxiliary": {"title_generation": {"enabled": False}},
         # No pip installs inside a family's container (it has no internet either).
         "security": {"allow_lazy_installs": False},
+        # Hermes probes python and pip in subprocesses as it builds its first system prompt, to
+        # warn the agent of pip trouble: about a second of a family's first reply, for a pip
+        # that is not used here.
+        "agent": {"environment_probe": False},
         # sudo-api, and the WhatsApp plugin's journal, give the next agent process what a stop cut
         # off, under its id. At start Hermes would also resume an interrupted session on its own,
         # with a turn of its own ("the session was restored") racing that redelivery, which then

@@ -12,7 +12,14 @@ Prints one JSON object per line, every figure a ratio against a baseline from th
   both, so chat_turn_start_p50 / _p99 also time the part without the model: from sending to
   the agent starting its turn, which is sudo-api's whole share of the path;
 - chat_page_ttfb_1000: time to first byte of /chat for a family with 1,000 messages of
-  history, against the same page with an empty history.
+  history, against the same page with an empty history;
+- boot_storm_first_reply_p50: a host's reboot. 30 families' home devices beat at once with every
+  runtime cold, and meanwhile 5 other families each send a message: the median time to the
+  first words of those 5 replies, against one lone cold first reply (goal: ratio <= 1.5);
+  boot_storm_all_warm: until all 30 runtimes are warm, against 30 lone cold starts one after
+  another (30 times the lone one's ensure);
+- control_plane_rss: resident memory of sudo-api, sudo-gateway and sudo-provisioner together
+  after the storm, 35 families warm, against the same three just started (goal: <= 150 MiB).
 
     make bench        (or: .venv/bin/python tests/bench/bench_api.py; needs wrk)
 """
@@ -25,6 +32,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -250,17 +258,99 @@ async def page_ttfb(stack: Stack, rounds: int = 50) -> None:
     )
 
 
+def rss(stack: Stack, names: tuple[str, ...] = ("api", "gateway", "provisioner")) -> int:
+    """Resident bytes of the stack's daemons, together."""
+    total = 0
+    for name in names:
+        status = Path(f"/proc/{stack.processes[name].pid}/status").read_text()
+        total += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
+    return total
+
+
+async def boot_storm(stack: Stack, idle_rss: int, beating: int = 30, chatting: int = 5) -> None:
+    text = "good morning [drip:0.01]"
+    devices = Devices(stack.db, None, stack.settings.api)  # type: ignore[arg-type]  # pairing only
+    families, tokens = [stack.new_family(f"Storm {i}") for i in range(beating)], []
+    for family in families:
+        started = await stack.db.aio(devices.start_pairing, "Pi")
+        claim = await stack.db.aio(devices.claim_pairing, family.id, started["code"])
+        said = (await stack.db.aio(devices.pairing_status, started["device_token"]))["confirm_code"]
+        await stack.db.aio(devices.confirm_pairing, family.id, str(claim.pairing_id), said)
+        tokens.append(started["device_token"])
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http,
+        ProvisionerClient(stack.socket) as client,
+    ):
+        lone_token, lone_family, _ = await sign_up(http, stack.api_url, "Lone")
+        lone_start = time.perf_counter()
+        await client.ensure(uuid.UUID(lone_family))
+        lone_ensure = time.perf_counter() - lone_start
+        await client.stop(uuid.UUID(lone_family))
+        lone = (await first_token_via_api(http, stack.api_url, lone_token, text))[1]
+        await client.stop(uuid.UUID(lone_family))
+        chatters = [await sign_up(http, stack.api_url, f"Chatty {i}") for i in range(chatting)]
+
+        async def beat(token: str) -> None:
+            async with http.post(
+                f"{stack.api_url}/v1/devices/heartbeat", headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+
+        began = time.perf_counter()
+        await asyncio.gather(*(beat(t) for t in tokens))
+        replies = await asyncio.gather(
+            *(first_token_via_api(http, stack.api_url, token, text) for token, _, _ in chatters)
+        )
+        wanted = {str(f.id) for f in families}
+        for _ in range(3000):  # the provisioner is asked, as sudoctl runtimes does
+            if wanted <= {r["user_id"] for r in await client.list() if r["state"] == "running"}:
+                break
+            await asyncio.sleep(0.2)
+        all_warm = time.perf_counter() - began
+        emit(
+            "boot_storm_first_reply_p50",
+            statistics.median(r[1] for r in replies),
+            lone,
+            chatting=chatting,
+            beating=beating,
+            goal="ratio <= 1.5",
+            baseline_is="one lone cold first reply",
+        )
+        emit(
+            "boot_storm_all_warm",
+            all_warm,
+            beating * lone_ensure,
+            beating=beating,
+            baseline_is=f"{beating} lone cold starts one after another",
+        )
+        emit(
+            "control_plane_rss",
+            rss(stack),
+            idle_rss,
+            unit="B",
+            warm=beating + chatting,
+            goal="<= 150 MiB",
+            baseline_is="the same three daemons just started",
+        )
+        await asyncio.gather(*(client.stop(f.id) for f in families))
+        await asyncio.gather(*(client.stop(uuid.UUID(family)) for _, family, _ in chatters))
+
+
 async def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("bench_api: wrk is missing: apt-get install wrk")
     with tempfile.TemporaryDirectory(prefix="sudo-bench-api-") as tmp:
         # The daemon's own defaults for its background work, not the tests' quicker ones.
-        api = {"watch_interval_sec": 10.0, "heartbeat_flush_sec": 5.0}
-        stack = Stack(Path(tmp) / "stack", core={"log_level": "INFO"}, api=api)
+        api = {"watch_interval_sec": 10.0, "heartbeat_flush_sec": 5.0, "warm_up_jitter_sec": 5.0}
+        runtime = {"max_running": 40}  # the storm's 36 families, none evicted
+        stack = Stack(Path(tmp) / "stack", core={"log_level": "INFO"}, api=api, runtime=runtime)
         try:
             stack.start_gateway()
             stack.start_provisioner()
             stack.start_api()
+            await asyncio.sleep(2)  # the three settled
+            idle_rss = rss(stack)
+            await boot_storm(stack, idle_rss)
             await chat_latency(stack)
             await page_ttfb(stack)
             await heartbeats(stack, Path(tmp))

@@ -130,8 +130,13 @@ async def restart_all(stack: Stack, client: ProvisionerClient, count: int = 10) 
             await client.stop(family.id)
             await client.ensure(family.id)
 
+    concurrency = 0
+
     async def fleet() -> None:
+        nonlocal concurrency
         async for event in client.restart_all():
+            if event["event"] == "start":
+                concurrency = event["concurrency"]
             if event["event"] == "done":
                 assert event["restarted"] == count, event
 
@@ -142,7 +147,7 @@ async def restart_all(stack: Stack, client: ProvisionerClient, count: int = 10) 
         together,
         sequential,
         runtimes=count,
-        concurrency=stack.settings.provisioner.restart_concurrency,
+        concurrency=concurrency,
         baseline_is="the same recreations one after another",
     )
     await asyncio.gather(*(client.stop(f.id, purge=True) for f in families))

@@ -194,6 +194,22 @@ async def test_someone_waiting_goes_before_queued_warm_ups(rig_with):
     assert rig.backend.created == order
 
 
+async def test_no_warm_up_starts_while_someone_waits_on_a_spawn(rig_with):
+    """Free slots or not: Hermes's start is CPU-bound, and the waiting family's gets the cores."""
+    rig = await rig_with(spawns=4)
+    chatting, warm = await rig.family("Chatting"), await rig.family("Warm")
+    rig.backend.gate.clear()
+    waited = asyncio.create_task(rig.manager.ensure(chatting))
+    await rig.until(lambda: rig.backend.created == [runtime_name(chatting)])
+    warm_up = asyncio.create_task(rig.manager.ensure(warm, Priority.WARM_UP))
+    await rig.until(lambda: rig.queued() == 1)
+    await asyncio.sleep(0.05)
+    assert rig.backend.created == [runtime_name(chatting)]  # three slots free, and it waits
+    rig.backend.gate.set()
+    await asyncio.gather(waited, warm_up)
+    assert rig.backend.created == [runtime_name(chatting), runtime_name(warm)]
+
+
 async def test_a_queued_warm_up_someone_comes_to_wait_on_is_raised(rig_with):
     rig = await rig_with(spawns=1)
     first, second, joined = [await rig.family(n) for n in ("First", "Second", "Joined")]

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -59,6 +61,8 @@ PING_SEC = 15.0
 COMPACT_AFTER = 500
 """Entries sudo-api has acknowledged before the outbox file is rewritten without them."""
 MAX_TEXT = 32_000
+AGENT_MODULES = ("run_agent", "model_tools", "openai")
+"""Hermes's agent, its tool registry and its LLM client, imported by its first turn (Hermes 0.19)."""
 
 
 class Outbox:
@@ -107,6 +111,18 @@ class Outbox:
         self.entries = keep
 
 
+def _load_agent_modules() -> None:
+    """Import what Hermes imports at its first turn (the agent, its tools), while nobody waits:
+    a family's first message after a warm-up would otherwise pay for it (half a second of CPU)."""
+    started = time.process_time()
+    for module in AGENT_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception:  # another Hermes may lay them out otherwise: its first turn imports them
+            logger.warning("[sudo_chat] could not load %s ahead of the first turn", module, exc_info=True)
+    logger.info("[sudo_chat] agent modules loaded in %.2f s of CPU", time.process_time() - started)
+
+
 class SudoChatAdapter(BasePlatformAdapter):
     def __init__(self, config: Any) -> None:
         super().__init__(config, Platform(NAME))
@@ -151,6 +167,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         await web.TCPSite(self._runner, self._host, self._port).start()
         self._mark_connected()
         logger.info("[sudo_chat] listening on %s:%d (boot %s)", self._host, self._port, self._boot)
+        threading.Thread(target=_load_agent_modules, name="sudo_chat-preload", daemon=True).start()
         return True
 
     async def disconnect(self) -> None:
