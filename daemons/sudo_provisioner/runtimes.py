@@ -60,6 +60,10 @@ REVIVALS = Counter("sudo_provisioner_revivals_total", "Runtimes recreated after 
 REMOVALS = Counter("sudo_provisioner_orphans_removed_total", "Containers removed by reconcile")
 RUNNING = Gauge("sudo_provisioner_runtimes_running", "Running runtimes at the last listing")
 
+POLL_SEC = 0.1
+POLL_FAST_SEC = 10.0
+"""A new runtime's /health is polled every POLL_SEC for this long, then less and less often."""
+
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -283,12 +287,20 @@ class RuntimeManager:
             )
 
     async def _wait_healthy(self, runtime: Runtime) -> None:
-        """Poll /health under one deadline; fail fast when the container exits or is OOM-killed."""
+        """Poll /health under one deadline; fail fast when the container exits or is OOM-killed.
+
+        Every tenth of a second for the first seconds (Hermes answers after about two: a slower
+        poll would add up to its interval to every cold start), then backing off to a second.
+        The container's state comes from the index, which Docker's events keep current, so the
+        poll itself asks Docker nothing."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.provisioner.health_timeout_sec
-        delay = 0.05
+        began = loop.time()
+        deadline = began + self.settings.provisioner.health_timeout_sec
+        delay = POLL_SEC
         while True:
-            current = await self.backend.get(runtime.name)
+            current = self.index.get(runtime.name)
+            if current is not None and current.container_id != runtime.container_id:
+                current = None  # another container of that name: ours is gone
             if current is None or not current.running:
                 logs = await self.backend.logs(runtime.name)
                 if current is None:
@@ -310,7 +322,8 @@ class RuntimeManager:
                     logs,
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            if loop.time() - began > POLL_FAST_SEC:
+                delay = min(delay * 1.5, 1.0)
 
     async def _healthy_at(self, url: str) -> bool:
         try:

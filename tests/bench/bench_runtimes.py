@@ -7,7 +7,8 @@ same run, so the numbers mean the same on a slower or busier machine:
   round trip on the same socket (GET /health), made as ProvisionerClient makes every call: on
   a connection of its own;
 - cold_ensure: ensure of a new family (create + boot script + Hermes start + health), against
-  Hermes's own start-to-healthy on the same image (a plain `docker run`, polled the same way);
+  Hermes's own start-to-healthy on the same image (a plain `docker run`, polled the same way),
+  10 samples of each interleaved, with the median of where the time went (phases_median);
 - restart_all_10: restart-all of 10 runtimes, against recreating the same 10 one after another;
 - activation_first_answer: first answer from a provisioner systemd-style activated by that
   very request, against the same request to a running one.
@@ -18,6 +19,7 @@ same run, so the numbers mean the same on a slower or busier machine:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import socket
 import statistics
@@ -34,6 +36,7 @@ from report import emit, percentile
 from stack import Stack, activate
 
 from sudo_core.provisioner_client import ProvisionerClient
+from sudo_provisioner.runtimes import POLL_FAST_SEC, POLL_SEC
 
 
 async def timed(coro) -> float:
@@ -88,7 +91,7 @@ async def hermes_alone(stack: Stack, http: aiohttp.ClientSession) -> float:
         },
     )
     try:
-        delay = 0.05
+        delay = POLL_SEC
         while True:
             await asyncio.to_thread(container.reload)
             ip = container.attrs["NetworkSettings"]["Networks"][stack.network]["IPAddress"]
@@ -99,24 +102,49 @@ async def hermes_alone(stack: Stack, http: aiohttp.ClientSession) -> float:
             except (aiohttp.ClientError, TimeoutError):
                 pass
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            if time.perf_counter() - started > POLL_FAST_SEC:
+                delay = min(delay * 1.5, 1.0)
     finally:
         await asyncio.to_thread(container.remove, force=True, v=True)
 
 
-async def cold_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 3) -> None:
+def phases(stack: Stack, name: str, began: float, ended: float) -> dict[str, float]:
+    """Where a cold ensure's time went, from Docker's events and the container's own output:
+    the provisioner's part before Docker creates it, create to start, start to Hermes's
+    api_server coming up (its first line of output), and from there to the health check seen."""
+    events = stack.docker.events(
+        since=int(began) - 1, until=int(ended) + 1, filters={"container": name}, decode=True
+    )
+    at = {e["Action"]: e["timeNano"] / 1e9 for e in events if e["Action"] in ("create", "start")}
+    first = stack.docker.containers.get(name).logs(timestamps=True).split(b" ", 1)[0].decode()
+    stamp, fraction = first.rstrip("Z").split(".")
+    listening = datetime.datetime.fromisoformat(stamp + "+00:00").timestamp() + float("0." + fraction)
+    return {
+        "before_create": at["create"] - began,
+        "create_to_start": at["start"] - at["create"],
+        "start_to_hermes_listening": listening - at["start"],
+        "listening_to_health_seen": ended - listening,
+    }
+
+
+async def cold_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 10) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
-        base, cold = [], []
-        for i in range(rounds):
+        base, cold, parts = [], [], []
+        for i in range(rounds):  # interleaved, so drift hits both alike
             base.append(await hermes_alone(stack, http))
             family = stack.new_family(f"Cold {i}")
-            cold.append(await timed(client.ensure(family.id)))
+            began = time.time()
+            runtime = await client.ensure(family.id)
+            ended = time.time()
+            cold.append(ended - began)
+            parts.append(phases(stack, runtime["name"], began, ended))
             await client.stop(family.id, purge=True)
     emit(
         "cold_ensure",
         statistics.median(cold),
         statistics.median(base),
         samples=rounds,
+        phases_median={k: round(statistics.median(p[k] for p in parts), 3) for k in parts[0]},
         baseline_is="docker run of the same image to /health 200",
     )
 
