@@ -186,6 +186,9 @@ class RuntimeManager:
         else:
             task, claim = shared
             claim.escalate(priority)
+        pending = self._claims.get(family_id)  # a recreation or revival of it, queued
+        if pending is not None:
+            pending.escalate(priority)
         # shield: a caller that disconnects must not cancel the spawn the others wait on
         return await asyncio.shield(task)
 

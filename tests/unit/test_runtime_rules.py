@@ -223,6 +223,25 @@ async def test_a_queued_warm_up_someone_comes_to_wait_on_is_raised(rig_with):
     assert rig.backend.created == [runtime_name(f) for f in (first, joined, second)]
 
 
+async def test_a_queued_revival_someone_comes_to_wait_on_is_raised(rig_with):
+    """Its ensure waits on the family's lock, which the revival holds: the revival's claim rises."""
+    rig = await rig_with(spawns=1)
+    warm, first, joined = [await rig.family(n) for n in ("Warm", "First", "Joined")]
+    for family in (first, joined):
+        rig.backend.kill((await rig.manager.ensure(family)).name)
+    rig.backend.created.clear()
+    rig.backend.gate.clear()
+    tasks = [asyncio.create_task(rig.manager.ensure(warm, Priority.WARM_UP))]
+    await rig.until(lambda: rig.backend.created == [runtime_name(warm)])
+    tasks += [asyncio.create_task(rig.manager.revive(f)) for f in (first, joined)]
+    await rig.until(lambda: rig.queued() == 2)
+    tasks.append(asyncio.create_task(rig.manager.ensure(joined)))  # a message for it
+    await asyncio.sleep(0.05)
+    rig.backend.gate.set()
+    await asyncio.gather(*tasks)
+    assert rig.backend.created == [runtime_name(f) for f in (warm, joined, first)]
+
+
 async def test_a_warm_up_waits_for_memory_the_host_lacks(rig_with):
     rig = await rig_with(memory="100000g")
     family = await rig.family("Big")
