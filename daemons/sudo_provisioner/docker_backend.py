@@ -35,6 +35,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BRIDGE_NAME = "com.docker.network.bridge.name"
+DF_TIMEOUT_SEC = 900
 CONTAINER_CHANGES = ("start", "die", "oom", "destroy")
 IMAGE_CHANGES = ("pull", "tag", "untag", "delete", "import", "load")
 
@@ -320,7 +321,7 @@ class DockerBackend:
         engine counts for one caller at a time and refuses the others meanwhile: wait for it."""
         for attempt in range(60):
             try:
-                usage = await self._run(self._client.df)
+                usage = await self._run(self._df)
                 break
             except DockerRefused as exc:
                 if "already running" not in exc.explanation or attempt == 59:
@@ -331,6 +332,17 @@ class DockerBackend:
             for v in usage.get("Volumes") or []
             if (v.get("UsageData") or {}).get("Size", -1) >= 0
         }
+
+    @staticmethod
+    def _df() -> dict:
+        """`docker system df` on a client of its own, with a longer wait than every other call:
+        the engine counts every image, container and volume (Docker 20.10 cannot count volumes
+        alone), which on a busy host took more than the usual two minutes."""
+        client = docker.from_env(timeout=DF_TIMEOUT_SEC)
+        try:
+            return client.df()
+        finally:
+            client.close()
 
     async def memory_used(self, name: str) -> int | None:
         """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`)."""
