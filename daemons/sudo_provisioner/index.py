@@ -75,6 +75,8 @@ class RuntimeIndex:
                 await self._apply(change)
             except BackendError as exc:  # the engine went away mid-change: its stream breaks too
                 log.warning(f"runtime index: {change.kind} of {change.name or 'all'} not applied: {exc}")
+            except Exception:  # never stop following: a picture no longer kept would mislead
+                log.exception(f"runtime index: {change.kind} of {change.name or 'all'} not applied")
 
     async def _apply(self, change: Change) -> None:
         if change.kind == "resync":
