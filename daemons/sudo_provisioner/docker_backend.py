@@ -49,6 +49,10 @@ class DockerRefused(BackendError):
         super().__init__(f"the Docker engine refused: {self.explanation}")
 
 
+class DockerMissing(DockerRefused):
+    """No such container, volume or network (404): for most calls, an answer rather than a fault."""
+
+
 class Addresses:
     """The runtime network's addresses, handed out in turn round the subnet. Docker hands a new
     container the lowest free address, so a family's runtime stopped or recreated gave its old
@@ -115,6 +119,8 @@ class DockerBackend:
             raise EngineUnavailable(f"cannot reach the Docker engine: {exc}") from exc
         except docker.errors.ImageNotFound as exc:
             raise ImageMissing(str(exc.explanation or exc)) from exc
+        except docker.errors.NotFound as exc:
+            raise DockerMissing(exc) from exc
         except docker.errors.APIError as exc:
             raise DockerRefused(exc) from exc
 
@@ -181,10 +187,8 @@ class DockerBackend:
     async def get(self, name: str) -> Runtime | None:
         try:
             info = await self._run(self._client.api.inspect_container, name)
-        except DockerRefused as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except DockerMissing:
+            return None
         state = info["State"]
         return Runtime(
             name=info["Name"].lstrip("/"),
@@ -253,19 +257,18 @@ class DockerBackend:
             if graceful:
                 await self._run(self._client.api.stop, name, timeout=10)
             await self._run(self._client.api.remove_container, name, force=True)
+        except DockerMissing:
+            pass
         except DockerRefused as exc:
-            gone = exc.status == 404 or (exc.status == 409 and "already in progress" in exc.explanation)
-            if not gone:
+            if exc.status != 409 or "already in progress" not in exc.explanation:
                 raise
 
     async def remove_volume(self, volume: str) -> bool:
         try:
             await self._run(self._client.api.remove_volume, volume)
             return True
-        except DockerRefused as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except DockerMissing:
+            return False
 
     # Data volumes, copied through a helper container that is created but never started: Docker
     # mounts its volumes for get_archive and put_archive. It is made from the runtime image and
@@ -348,19 +351,15 @@ class DockerBackend:
         """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`)."""
         try:
             stats = await self._run(self._client.api.stats, name, stream=False, one_shot=True)
-        except DockerRefused as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except DockerMissing:
+            return None
         return (stats.get("memory_stats") or {}).get("usage")
 
     async def logs(self, name: str, tail: int = 30) -> str:
         try:
             raw = await self._run(self._client.api.logs, name, tail=tail)
-        except DockerRefused as exc:
-            if exc.status == 404:
-                return ""
-            raise
+        except DockerMissing:
+            return ""
         return raw.decode(errors="replace").strip()
 
     # Changes
