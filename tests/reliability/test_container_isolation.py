@@ -125,7 +125,7 @@ while True:
             reached.add(f"{host} {port}")
         except OSError:
             pass
-    if time.monotonic() >= deadline:
+    if time.monotonic() >= deadline or len(reached) == len(targets):
         break
     time.sleep(0.005)
 print(json.dumps(sorted(reached)))
@@ -180,8 +180,9 @@ def test_the_host_firewall_holds_over_ipv4_and_ipv6_and_never_opens(stack: Stack
 
         assert knock(1.0) == []
         sudoctl_firewall(stack, "remove")
-        try:  # the control: without the rules, both families of address reach the host
-            assert len(knock(1.0)) == 2
+        try:  # the control: without the rules, both families of address reach the host (given
+            # time: a slow machine may take seconds to resolve the link-local neighbour)
+            assert len(knock(20.0)) == 2
         finally:
             sudoctl_firewall(stack, "apply")
         assert knock(1.0) == []
