@@ -288,6 +288,13 @@ async def boot_storm(stack: Stack, idle_rss: int, beating: int = 30, chatting: i
         await client.stop(uuid.UUID(lone_family))
         lone = (await first_token_via_api(http, stack.api_url, lone_token, text))[1]
         await client.stop(uuid.UUID(lone_family))
+        # The floor: as many families' first replies at once with no storm at all, all of them
+        # cold on a host whose cores they share.
+        calm = [await sign_up(http, stack.api_url, f"Calm {i}") for i in range(chatting)]
+        calm_replies = await asyncio.gather(
+            *(first_token_via_api(http, stack.api_url, token, text) for token, _, _ in calm)
+        )
+        await asyncio.gather(*(client.stop(uuid.UUID(family)) for _, family, _ in calm))
         chatters = [await sign_up(http, stack.api_url, f"Chatty {i}") for i in range(chatting)]
 
         async def beat(token: str) -> None:
@@ -313,6 +320,7 @@ async def boot_storm(stack: Stack, idle_rss: int, beating: int = 30, chatting: i
             lone,
             chatting=chatting,
             beating=beating,
+            without_storm_ratio=round(statistics.median(r[1] for r in calm_replies) / lone, 3),
             goal="ratio <= 1.5",
             baseline_is="one lone cold first reply",
         )

@@ -32,7 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import emit, percentile
+from report import HostCpu, emit, percentile
 from stack import Stack, activate
 
 from sudo_core.provisioner_client import ProvisionerClient
@@ -168,14 +168,19 @@ async def restart_all(stack: Stack, client: ProvisionerClient, count: int = 10) 
             if event["event"] == "done":
                 assert event["restarted"] == count, event
 
-    sequential = await timed(one_by_one())
-    together = await timed(fleet())
+    with HostCpu() as alone:
+        sequential = await timed(one_by_one())
+    with HostCpu() as cpu:
+        together = await timed(fleet())
     emit(
         f"restart_all_{count}",
         together,
         sequential,
         runtimes=count,
         concurrency=concurrency,
+        # the floor no schedule can beat: the sequential run's CPU work spread on every core
+        cpu_bound_ratio=round(alone.seconds / (os.cpu_count() or 1) / sequential, 3),
+        host_cpu_busy=round(cpu.busy_fraction, 3),
         baseline_is="the same recreations one after another",
     )
     await asyncio.gather(*(client.stop(f.id, purge=True) for f in families))
