@@ -515,6 +515,7 @@ def device_json(devices: Any, device: Any) -> dict[str, Any]:
         "created_at": device.created_at,
         "last_seen_at": device.last_seen_at,
         "online": devices.online(device),
+        "muted": device.muted,
     }
 
 
@@ -546,8 +547,13 @@ async def require_device(request: web.Request) -> tuple[uuid.UUID, uuid.UUID]:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
+    """A beat; its body, optional ({"muted": true}), says whether the family muted the device."""
     svc = services(request)
-    svc.devices.heartbeat(*await require_device(request))
+    device, family = await require_device(request)
+    muted = (await json_body(request)).get("muted", False) if request.can_read_body else False
+    if not isinstance(muted, bool):
+        fail(400, "muted must be true or false")
+    svc.devices.heartbeat(device, family, muted)
     return web.json_response({"next_in": svc.settings.api.heartbeat_interval_sec})
 
 

@@ -72,6 +72,8 @@ class Device:
     name: str
     created_at: float
     last_seen_at: float | None
+    muted: bool = False
+    """The family muted its microphone (as of its last heartbeat)."""
 
 
 class Devices:
@@ -81,7 +83,7 @@ class Devices:
         self.settings = settings
         self._owners: dict[str, tuple[uuid.UUID, uuid.UUID]] = {}
         """token hash -> (device, family), for paired devices seen since start."""
-        self._beats: dict[uuid.UUID, float] = {}
+        self._beats: dict[uuid.UUID, tuple[float, bool]] = {}
         self._active: dict[uuid.UUID, float] = {}
         self._ensured: dict[uuid.UUID, float] = {}
         self._ensuring: set[uuid.UUID] = set()
@@ -193,16 +195,12 @@ class Devices:
 
     def list(self, family: uuid.UUID) -> list[Device]:
         rows = self.db.query("SELECT * FROM devices WHERE family_id = ? ORDER BY created_at", (str(family),))
-        return [
-            Device(
-                uuid.UUID(r["id"]),
-                family,
-                r["name"],
-                r["created_at"],
-                max(r["last_seen_at"] or 0, self._beats.get(uuid.UUID(r["id"]), 0)) or None,
-            )
-            for r in rows
-        ]
+        devices = []
+        for r in rows:
+            seen, muted = self._beats.get(uuid.UUID(r["id"]), (0.0, bool(r["muted"])))
+            last = max(r["last_seen_at"] or 0, seen) or None
+            devices.append(Device(uuid.UUID(r["id"]), family, r["name"], r["created_at"], last, muted))
+        return devices
 
     async def revoke(self, family: uuid.UUID, device_id: uuid.UUID) -> bool:
         """Forget the device; its token stops working at once."""
@@ -246,10 +244,10 @@ class Devices:
             owner = self._owners[digest] = (uuid.UUID(row["id"]), uuid.UUID(row["family_id"]))
         return owner
 
-    def heartbeat(self, device: uuid.UUID, family: uuid.UUID) -> None:
+    def heartbeat(self, device: uuid.UUID, family: uuid.UUID, muted: bool = False) -> None:
         """Record a beat in memory and maybe wake the runtime; never waits for either."""
         now = time.time()
-        self._beats[device] = now
+        self._beats[device] = (now, muted)
         self._active[family] = now
         HEARTBEATS.inc()
         if (
@@ -305,14 +303,17 @@ class Devices:
                 if held.get(key) == at:  # not beaten again meanwhile
                     del held[key]
 
-    def _write(self, beats: dict[uuid.UUID, float], active: dict[uuid.UUID, float]) -> set[uuid.UUID]:
+    def _write(
+        self, beats: dict[uuid.UUID, tuple[float, bool]], active: dict[uuid.UUID, float]
+    ) -> set[uuid.UUID]:
         """Write the beats; returns the devices that no longer exist."""
         gone = set()
         with self.db.transaction():
-            for device, at in beats.items():
+            for device, (at, muted) in beats.items():
                 cur = self.db.execute(
-                    "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
-                    (at, str(device)),
+                    "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?), muted = ? "
+                    "WHERE id = ?",
+                    (at, int(muted), str(device)),
                 )
                 if not cur.rowcount:
                     gone.add(device)

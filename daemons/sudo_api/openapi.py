@@ -75,6 +75,7 @@ DEVICE = {
         "id": {"type": "string", "format": "uuid"},
         "name": {"type": "string"},
         "online": {"type": "boolean"},
+        "muted": {"type": "boolean"},
         "created_at": {"type": "number"},
         "last_seen_at": {"type": ["number", "null"]},
     },
@@ -423,9 +424,9 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "post",
         "/v1/devices/heartbeat",
-        "A paired device is on: keeps the agent warm",
+        "A paired device is on: keeps the agent warm (and says whether it is muted)",
         "device",
-        None,
+        {"type": "object", "properties": {"muted": {"type": "boolean"}}},  # no body: not muted
         200,
         _obj(next_in={"type": "number"}),
     ),

@@ -255,6 +255,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pairings ADD COLUMN confirm_code TEXT;
     ALTER TABLE pairings ADD COLUMN confirm_tries INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    -- Whether the device said, at its last heartbeat, that the family muted its microphone.
+    ALTER TABLE devices ADD COLUMN muted INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

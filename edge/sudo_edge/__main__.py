@@ -1,4 +1,7 @@
-"""`sudo-edge`: load the settings, log to stderr (journald keeps it), run the satellite."""
+"""`sudo-edge`: load the settings, log to stderr (journald keeps it), run the satellite.
+
+`sudo-edge mute`, `unmute` and `status` ask the running daemon instead, over its control socket.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 import sys
 
 from . import __version__, settings
+from .control import COMMANDS, ControlError, ask
 from .satellite import serve
 from .state import StateError
 
@@ -22,12 +26,27 @@ def main(argv: list[str] | None = None) -> None:
         "or $SUDO_EDGE_CONFIG; any key as SUDO_EDGE_<SECTION>_<KEY>.",
     )
     parser.add_argument("--version", action="version", version=f"sudo-edge {__version__}")
-    parser.parse_args(argv)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=COMMANDS,
+        help="ask the running daemon: mute the microphone (closed until unmuted, across restarts), "
+        "unmute it, or show its state; without a command, run the daemon",
+    )
+    args = parser.parse_args(argv)
     try:
         loaded = settings.load()
     except settings.ConfigError as exc:
         print(f"sudo-edge: {exc}", file=sys.stderr)
         sys.exit(EX_CONFIG)
+    if args.command:
+        try:
+            answer = asyncio.run(ask(loaded.device.control_socket, args.command))
+        except ControlError as exc:
+            print(f"sudo-edge: {exc}", file=sys.stderr)
+            sys.exit(1)
+        print(f"{'muted' if answer['muted'] else 'listening'} ({answer['status'] or 'starting'})")
+        return
     logging.basicConfig(
         level=loaded.device.log_level.upper(),
         stream=sys.stderr,

@@ -134,9 +134,10 @@ class SudoApi:
             confirm_code=_field(body, "confirm_code", str) if confirming else "",
         )
 
-    async def heartbeat(self, token: str) -> float:
-        """One beat; returns how long until the next one (seconds)."""
-        body, _ = await self._call("POST", "/v1/devices/heartbeat", token=token)
+    async def heartbeat(self, token: str, *, muted: bool = False) -> float:
+        """One beat, saying whether the family muted the device; returns how long until the
+        next one (seconds)."""
+        body, _ = await self._call("POST", "/v1/devices/heartbeat", token=token, json={"muted": muted})
         return _field(body, "next_in", float)
 
     async def voice_token(self, token: str) -> VoiceToken:

@@ -23,12 +23,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import alsaaudio
 import numpy as np
 
 from .settings import AudioSettings, CueSettings, Settings
 from .vad import SILENCE_DBFS, Frame, SpeechGate, level_dbfs
+
+if TYPE_CHECKING:
+    from .wake import Listening
 
 log = logging.getLogger("sudo-edge.audio")
 
@@ -122,8 +126,9 @@ class Microphone:
 
     With a `gate`, the VAD runs in the capture thread and only the frames it lets through reach
     the event loop: a quiet room costs the loop nothing. `echo(t)` (the speaker's `echo_level`)
-    tells the gate what the speaker played around each frame; `muted()` (half duplex) shuts the
-    gate while the speaker sounds. With a `limit`, capture ends after that many frames.
+    tells the gate what the speaker played around each frame; `half_duplex()` shuts the
+    gate while the speaker sounds; `listening` (the wake word) keeps it shut until the word is
+    heard. With a `limit`, capture ends after that many frames.
     """
 
     def __init__(
@@ -131,16 +136,18 @@ class Microphone:
         settings: AudioSettings,
         *,
         gate: SpeechGate | None = None,
-        muted: Callable[[], bool] | None = None,
+        half_duplex: Callable[[], bool] | None = None,
         echo: Callable[[float], float | None] | None = None,
+        listening: Listening | None = None,
         limit: int | None = None,
         stats: PumpStats | None = None,
         queue_sec: float = 2.0,
     ) -> None:
         self.settings = settings
         self.gate = gate
-        self.muted = muted
+        self.half_duplex = half_duplex
         self.echo = echo
+        self.listening = listening
         self.limit = limit
         self.stats = stats or PumpStats()
         self._queue: asyncio.Queue[Frame | BaseException | object] = asyncio.Queue(
@@ -213,7 +220,9 @@ class Microphone:
         if self.gate is None:
             self._emit([frame])
             return
-        if self.muted is not None and self.muted():
+        if (self.half_duplex is not None and self.half_duplex()) or (
+            self.listening is not None and not self.listening.admits(frame.pcm, self.gate.open)
+        ):
             self.gate.reset()
             return
         sent = self.gate.push(frame, self.echo(time.monotonic()) if self.echo is not None else None)
@@ -430,17 +439,23 @@ def _mix(a: bytes, b: bytes) -> bytes:
 # Sounds
 
 
-def tone(cue: CueSettings, rate: int) -> bytes:
+def tone(cue: CueSettings, rate: int, frequency_hz: float | None = None) -> bytes:
     """The listening cue: a sine with 10 ms raised-cosine edges, so it doesn't click."""
     n = round(rate * cue.duration_ms / 1000)
     t = np.arange(n) / rate
-    wave = np.sin(2 * math.pi * cue.frequency_hz * t) * cue.volume
+    wave = np.sin(2 * math.pi * (frequency_hz or cue.frequency_hz) * t) * cue.volume
     edge = min(n // 2, round(rate * 0.01))
     if edge:
         ramp = 0.5 - 0.5 * np.cos(np.linspace(0, math.pi, edge))
         wave[:edge] *= ramp
         wave[n - edge :] *= ramp[::-1]
     return (wave * 32767).astype(np.int16).tobytes()
+
+
+def earcon(cue: CueSettings, rate: int, *, rising: bool) -> bytes:
+    """Two notes a fifth apart, rising (the wake word heard, unmuted) or falling (muted)."""
+    low, high = tone(cue, rate), tone(cue, rate, cue.frequency_hz * 1.5)
+    return low + high if rising else high + low
 
 
 def decode_wav(data: bytes) -> tuple[np.ndarray, int]:

@@ -5,8 +5,9 @@
                 -> token saved (0600)
     token -> heartbeats every ~30 s, jittered          } side by side; a 401 on either means
           -> voice: LiveKit token, join the room       } the device was revoked: pair again
-             mic -> VAD -> room; room (agent only) -> speaker; a cue when the agent listens;
-             the token renewed before it expires; a lost room joined again
+             mic -> wake word -> VAD -> room; room (agent only) -> speaker; a cue when the
+             agent listens; the token renewed before it expires; a lost room joined again
+    muted (`sudo-edge mute`, kept across restarts) -> the microphone closed, nothing captured
 
 Every failure of the network, sudo-api or LiveKit gives a log line, a STATUS saying what is
 awaited, and a retry after an exponential backoff with jitter; a failing sound device is opened
@@ -34,12 +35,23 @@ from .api import (
     VoiceNotConfigured,
     VoiceToken,
 )
-from .audio import AudioDeviceError, Microphone, PumpStats, Speaker, SpeechError, synthesize, tone
+from .audio import (
+    AudioDeviceError,
+    Microphone,
+    PumpStats,
+    Speaker,
+    SpeechError,
+    earcon,
+    synthesize,
+    tone,
+)
+from .control import ControlServer
 from .notify import Notifier
 from .room import LiveKitRoom, Room, RoomError, RoomFactory
 from .settings import ReconnectSettings, Settings
-from .state import PairedDevice, TokenStore
+from .state import MuteFlag, PairedDevice, TokenStore
 from .vad import SpeechGate
+from .wake import Listening, WakeWord
 
 log = logging.getLogger("sudo-edge")
 
@@ -95,7 +107,17 @@ class Satellite:
         self.store = TokenStore(settings.device.state_dir)
         self.speaker = Speaker(settings.audio)
         self.mic_stats = PumpStats()
-        self._cue = tone(settings.cue, settings.audio.sample_rate)
+        rate = settings.audio.sample_rate
+        self._cue = tone(settings.cue, rate)
+        self._rising, self._falling = (earcon(settings.cue, rate, rising=r) for r in (True, False))
+        self.listening = (
+            Listening(WakeWord(settings.voice.wake_word), settings.voice.follow_up_sec, self._woken)
+            if settings.voice.wake == "wakeword"
+            else None
+        )
+        self.mute = MuteFlag(settings.device.state_dir)
+        self.muted = False
+        self._mute_changed = asyncio.Event()
         self._voice: VoiceToken | None = None
         self._status: dict[str, str] = {}
 
@@ -122,6 +144,12 @@ class Satellite:
     async def run(self) -> None:
         """Run until cancelled; READY is sent at once (pairing may take days)."""
         self.store.check()
+        self.muted = self.mute.get()
+        if self.muted:
+            log.info("muted (since before this start): the microphone stays closed")
+            self._set_status("mic", "muted")
+        control = ControlServer(self.settings.device.control_socket, self._control)
+        await control.start()
         self.notifier.ready("starting")
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         self.speaker.start()
@@ -138,6 +166,7 @@ class Satellite:
         finally:
             self.notifier.stopping()
             watchdog.cancel()
+            await control.close()
             await self.api.close()
             await self.speaker.close()
 
@@ -257,6 +286,42 @@ class Satellite:
                 return
             await asyncio.sleep(s.announce_every_sec)
 
+    # Mute: the family's word that the device hears nothing
+
+    async def set_muted(self, muted: bool) -> None:
+        if muted == self.muted:
+            return
+        await asyncio.to_thread(self.mute.set, muted)
+        self.muted = muted
+        self._mute_changed.set()
+        self._mute_changed = asyncio.Event()
+        log.info("muted: the microphone is closed" if muted else "unmuted: the microphone opens")
+        self._set_status("mic", "muted" if muted else None)
+        if self.listening is not None:
+            self.listening.close()
+        if self.settings.cue.enabled:
+            self.speaker.overlay(self._falling if muted else self._rising)
+
+    async def _until_muted(self, muted: bool) -> None:
+        while self.muted != muted:
+            await self._mute_changed.wait()
+
+    async def _control(self, command: str) -> dict:
+        if command in ("mute", "unmute"):
+            await self.set_muted(command == "mute")
+        return {
+            "muted": self.muted,
+            "wake": self.settings.voice.wake,
+            "wake_word": self.settings.voice.wake_word,
+            "status": "; ".join(self._status.values()),
+        }
+
+    def _woken(self) -> None:
+        """The wake word was heard (in the capture thread)."""
+        log.info("wake word heard")
+        if self.settings.cue.enabled:
+            self.speaker.overlay(self._rising)
+
     # Heartbeats
 
     async def _heartbeats(self, token: str) -> None:
@@ -265,7 +330,7 @@ class Satellite:
         backoff = Backoff(self.settings.reconnect)
         while True:
             try:
-                interval = await self.api.heartbeat(token)
+                interval = await self.api.heartbeat(token, muted=self.muted)
             except Unauthorized as exc:
                 raise Unpaired(str(exc)) from exc
             except (Unreachable, Refused) as exc:
@@ -375,13 +440,27 @@ class Satellite:
                 await asyncio.sleep(delay)
 
     async def _microphone(self, room: Room) -> None:
+        """Capture while unmuted; a mute closes the capture device itself, not just the upload."""
+        gate = SpeechGate(self.settings.vad, self.settings.audio.period_ms)
+        while True:
+            await self._until_muted(False)
+            gate.reset()
+            await _race(self._capture(room, gate), self._until_muted(True))
+            if not self.muted:
+                return  # the capture ended by itself: the room is gone
+
+    async def _capture(self, room: Room, gate: SpeechGate) -> None:
         a = self.settings.audio
-        gate = SpeechGate(self.settings.vad, a.period_ms)
-        muted = self.speaker.is_sounding if a.half_duplex else None
+        speaking = self.speaker.is_sounding if a.half_duplex else None
         while True:
             try:
                 async with Microphone(
-                    a, gate=gate, muted=muted, echo=self.speaker.echo_level, stats=self.mic_stats
+                    a,
+                    gate=gate,
+                    half_duplex=speaking,
+                    echo=self.speaker.echo_level,
+                    listening=self.listening,
+                    stats=self.mic_stats,
                 ) as mic:
                     log.info("microphone %r is open", a.mic_device)
                     self._set_status("mic", None)
@@ -403,6 +482,8 @@ class Satellite:
     async def _cues(self, room: Room) -> None:
         async for state in room.agent_states():
             log.debug("agent is %s", state)
+            if self.listening is not None:
+                self.listening.agent_is(state)
             if state == "listening" and self.settings.cue.enabled:
                 self.speaker.overlay(self._cue)
         await room.disconnected.wait()

@@ -62,6 +62,10 @@ class DeviceSettings:
     log_level: str = "INFO"
     """Python logging level: DEBUG, INFO, WARNING or ERROR."""
 
+    control_socket: Path = Path("/run/sudo-edge/control.sock")
+    """Where `sudo-edge mute`, `unmute` and `status` reach the running daemon
+    (systemd's RuntimeDirectory=sudo-edge)."""
+
     def __post_init__(self) -> None:
         _check(len(self.name) <= 80, "device.name", "must be at most 80 characters")
         _check(
@@ -138,10 +142,25 @@ class VoiceSettings:
     not_configured_retry_sec: float = 60.0
     """When sudo-api says voice is not set up, ask again after this long (seconds)."""
 
+    wake: str = "wakeword"
+    """"wakeword": the microphone's audio goes to the agent only after the wake word (heard on
+    the device itself, offline); "always": all speech goes, as soon as it is heard."""
+
+    wake_word: str = "okay_nabu"
+    """The wake word: okay_nabu, hey_jarvis, alexa or hey_mycroft (microWakeWord's models)."""
+
+    follow_up_sec: float = 6.0
+    """After the wake word, and again after each answer, speech within this long goes to the
+    agent without the wake word: time to ask, and to reply (seconds)."""
+
     def __post_init__(self) -> None:
         _check(self.connect_timeout_sec > 0, "voice.connect_timeout_sec", "must be positive")
         _check(self.token_margin_sec >= 0, "voice.token_margin_sec", "must be 0 or more")
         _check(self.not_configured_retry_sec > 0, "voice.not_configured_retry_sec", "must be positive")
+        _check(self.wake in ("wakeword", "always"), "voice.wake", 'must be "wakeword" or "always"')
+        words = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
+        _check(self.wake_word in words, "voice.wake_word", f"must be one of {', '.join(words)}")
+        _check(self.follow_up_sec > 0, "voice.follow_up_sec", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -236,7 +255,8 @@ class VadSettings:
 @dataclass(frozen=True)
 class CueSettings:
     enabled: bool = True
-    """Play a short tone when the agent starts listening."""
+    """Play short tones: when the agent starts listening, when the wake word is heard (rising),
+    and on mute (falling) and unmute (rising)."""
 
     frequency_hz: float = 880.0
     """Pitch of the tone (hertz)."""
@@ -264,6 +284,13 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     cue: CueSettings = field(default_factory=CueSettings)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.voice.wake != "wakeword" or self.audio.sample_rate == 16000,
+            "voice.wake",
+            f"the wake word needs audio.sample_rate = 16000, not {self.audio.sample_rate}",
+        )
 
 
 def load(environ: typing.Mapping[str, str] | None = None) -> Settings:

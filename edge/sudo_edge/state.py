@@ -1,4 +1,4 @@
-"""The device's one piece of state: its token from sudo-api, kept in the state directory.
+"""The device's state, kept in the state directory: its token from sudo-api, and the mute.
 
 The file is written atomically (a temporary file in the same directory, fsynced, renamed over
 the old one, the directory fsynced) with mode 0600: a power cut leaves the old token or the new
@@ -18,6 +18,7 @@ from pathlib import Path
 log = logging.getLogger("sudo-edge.state")
 
 TOKEN_FILE = "device.json"
+MUTE_FILE = "muted"
 
 
 class StateError(RuntimeError):
@@ -80,16 +81,39 @@ class TokenStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._sync_dir()
+        sync_dir(self.dir)
 
     def forget(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-            self._sync_dir()
+            sync_dir(self.dir)
 
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+
+class MuteFlag:
+    """Whether the family muted the device: a file that exists while it is muted, so a mute
+    holds across restarts and power cuts (an unreadable directory reads as muted)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / MUTE_FILE
+
+    def get(self) -> bool:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            return self.path.exists()
+        except OSError:
+            return True
+
+    def set(self, muted: bool) -> None:
+        if muted:
+            self.path.touch(mode=0o600)
+        else:
+            self.path.unlink(missing_ok=True)
+        sync_dir(self.path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    """Make a rename, creation or removal in `directory` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -63,6 +63,8 @@ class StandinApi:
     """Paired device token -> device id."""
     calls: list[Call] = field(default_factory=list)
     voice_tokens: list[dict] = field(default_factory=list)
+    muted: list[bool] = field(default_factory=list)
+    """What each heartbeat said of the microphone, in order."""
     override: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = field(default_factory=dict)
     """"METHOD /path" -> a handler replacing the faithful one (fault injection)."""
 
@@ -227,6 +229,7 @@ class StandinApi:
     async def _heartbeat(self, request: web.Request) -> web.Response:
         if self._device(request) is None:
             return _error(401, "a paired device's token is required")
+        self.muted.append((await request.json())["muted"])
         return web.json_response({"next_in": self.heartbeat_sec})
 
     async def _voice_token(self, request: web.Request) -> web.Response:

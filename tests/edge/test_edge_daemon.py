@@ -29,6 +29,7 @@ timeout_sec = 1.0
 [device]
 name = "Living room"
 state_dir = "{tmp_path / "state"}"
+control_socket = "{tmp_path / "control.sock"}"
 
 [pairing]
 poll_sec = 0.1
@@ -76,6 +77,14 @@ async def test_the_daemon_notifies_systemd_pairs_and_stops_cleanly(tmp_path: Pat
             "the LiveKit outage in STATUS",
         )
         assert (tmp_path / "state" / "device.json").exists()
+
+        # The family mutes the device from its shell: the daemon answers, its beats say so.
+        mute = await asyncio.create_subprocess_exec(
+            EXE, "mute", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await mute.communicate()
+        assert mute.returncode == 0 and out.decode().startswith("muted ("), err
+        await api.wait_for(lambda: api.muted[-1:] == [True], "a heartbeat saying muted")
     finally:
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
@@ -100,3 +109,12 @@ async def test_a_bad_configuration_ends_the_daemon_with_the_reason(tmp_path: Pat
         _, stderr = await proc.communicate()
     assert proc.returncode == 78, "EX_CONFIG: the unit's RestartPreventExitStatus= stops a crash loop"
     assert "unknown key(s) in [audio]: ['mic']" in stderr.decode()
+
+
+async def test_mute_without_a_running_daemon_says_so(tmp_path: Path, devices: AudioDevices):
+    env = os.environ | {"SUDO_EDGE_CONFIG": str(config("https://sudo.example.org", tmp_path, devices))}
+    proc = await asyncio.create_subprocess_exec(EXE, "mute", env=env, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(20):
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 1
+    assert f"sudo-edge is not running (no {tmp_path / 'control.sock'})" in stderr.decode()

@@ -12,19 +12,22 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import stat
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_support import AudioDevices, NotifyListener, Recording, tone_power, until
+from edge_support import AudioDevices, NotifyListener, Recording, speak, tone_power, until
 from loopback_room import LoopbackServer
 from standin_api import StandinApi
 
 from sudo_api.devices import CODE_LENGTH
-from sudo_edge.audio import tone
+from sudo_edge.audio import earcon, tone
+from sudo_edge.control import ControlError, ask
 from sudo_edge.notify import Notifier
 from sudo_edge.satellite import Satellite
 from sudo_edge.settings import (
@@ -37,7 +40,7 @@ from sudo_edge.settings import (
     Settings,
     VoiceSettings,
 )
-from sudo_edge.state import PairedDevice, TokenStore
+from sudo_edge.state import MuteFlag, PairedDevice, TokenStore
 
 JITTER = 0.2
 
@@ -99,11 +102,17 @@ async def rig(
     monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
     settings = Settings(
         api=ApiSettings(url=api.url, timeout_sec=1.0),
-        device=DeviceSettings(name="Kitchen Pi", state_dir=tmp_path / "state"),
+        device=DeviceSettings(
+            name="Kitchen Pi",
+            state_dir=tmp_path / "state",
+            control_socket=Path(tempfile.mkdtemp(prefix="ctl-", dir="/tmp")) / "control.sock",  # short
+        ),
         pairing=PairingSettings(poll_sec=0.1, announce_every_sec=0),
         heartbeat=HeartbeatSettings(interval_sec=5.0, jitter=JITTER),
         reconnect=ReconnectSettings(min_sec=0.05, max_sec=0.4),
-        voice=VoiceSettings(connect_timeout_sec=1.0, token_margin_sec=2.0, not_configured_retry_sec=0.3),
+        voice=VoiceSettings(
+            connect_timeout_sec=1.0, token_margin_sec=2.0, not_configured_retry_sec=0.3, wake="always"
+        ),
         audio=AudioSettings(mic_device=devices.mic, speaker_device=devices.speaker, retry_sec=0.2),
     )
     yield Rig(settings, api, LoopbackServer(), devices, notify, caplog)
@@ -375,3 +384,97 @@ async def test_a_device_nobody_pairs_stops_offering_codes(rig: Rig):
         assert len(api.codes) == 2
     async with rig.running():  # restarted: codes again
         await api.wait_for(lambda: len(api.codes) == 3, "a code after the restart")
+
+
+# The wake word and the mute
+
+
+def open_files() -> set[str]:
+    """What this process holds open: the ALSA file plugin's microphone holds its recording."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return held
+
+
+def with_voice(rig: Rig, **changes) -> None:
+    rig.settings = dataclasses.replace(rig.settings, voice=dataclasses.replace(rig.settings.voice, **changes))
+
+
+async def test_only_what_follows_the_wake_word_reaches_the_agent(rig: Rig):
+    """A question without the wake word, then "okay nabu" and a question, through real ALSA: the
+    room gets the second question and nothing of the first; the rising earcon plays."""
+    rng = np.random.default_rng(7)
+    parts = [bytes(16000), speak("What is the weather like in Paris tomorrow?"), bytes(48000)]
+    parts += [speak("okay nabu"), bytes(8000), speak("And in London?"), bytes(64000)]
+    samples = np.frombuffer(b"".join(parts), dtype=np.int16).astype(np.int32)
+    noisy = np.clip(samples + rng.normal(0, 30, samples.size).astype(np.int32), -32768, 32767)
+    pcm = noisy.astype(np.int16).tobytes()
+    offsets = list(itertools.accumulate(len(p) for p in parts))
+    first_question_end, wake_start, second_start, second_end = offsets[1], offsets[2], offsets[4], offsets[5]
+    rig.devices.prepare_mic(pcm)
+    with_voice(rig, wake="wakeword", follow_up_sec=3.0)
+    rig.paired_before()
+    async with rig.running() as satellite:
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        await until(lambda: satellite.mic_stats.read * 640 > len(pcm) + 16000, "the recording captured", 30)
+        assert satellite.listening is not None and satellite.listening.wakes == 1
+    sent = b"".join(rig.livekit.received)
+    start = pcm.find(sent[:640])
+    assert start >= 0 and pcm[start : start + len(sent)] == sent, "one run of the captured audio"
+    assert first_question_end < wake_start <= start, "nothing of the first question, nor the word"
+    assert start <= second_start and second_end <= start + len(sent), "the whole second question"
+    assert rig.devices.speaker_pcm() == earcon(rig.settings.cue, 16000, rising=True)
+    assert rig.log("wake word heard")
+
+
+async def test_a_mute_closes_the_microphone_and_holds_across_restarts(rig: Rig, recording: Recording):
+    """Muted, the capture device is closed and nothing is read or sent; unmuted, speech goes
+    again. The mute is said in every heartbeat and survives a restart."""
+    rig.devices.prepare_mic(recording.pcm)
+    rig.paired_before()
+    MuteFlag(rig.settings.device.state_dir).set(True)  # muted in an earlier life
+    control = rig.settings.device.control_socket
+    async with rig.running() as satellite:
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        await rig.api.wait_for(lambda: len(rig.api.muted) >= 2, "two heartbeats")
+        await asyncio.sleep(1.0)
+        assert satellite.mic_stats.read == 0 and rig.livekit.received == []
+        assert str(rig.devices.mic_file) not in open_files()
+        assert set(rig.api.muted) == {True}
+        assert (await ask(control, "status"))["muted"] is True
+        await rig.wait_status("muted")
+
+        assert (await ask(control, "unmute"))["muted"] is False
+        await until(lambda: str(rig.devices.mic_file) in open_files(), "the microphone opened")
+        await rig.livekit.wait_for(lambda: len(rig.livekit.received) > 50, "speech from the microphone")
+        await rig.api.wait_for(lambda: rig.api.muted[-1] is False, "a heartbeat saying unmuted")
+        assert rig.devices.speaker_pcm() == earcon(rig.settings.cue, 16000, rising=True)
+
+        assert (await ask(control, "mute"))["muted"] is True
+        await until(lambda: str(rig.devices.mic_file) not in open_files(), "the microphone closed")
+        read, received = satellite.mic_stats.read, len(rig.livekit.received)
+        await asyncio.sleep(0.5)
+        assert (satellite.mic_stats.read, len(rig.livekit.received)) == (read, received)
+        await until(
+            lambda: rig.devices.speaker_pcm().endswith(earcon(rig.settings.cue, 16000, rising=False)),
+            "the mute earcon",
+        )
+    assert MuteFlag(rig.settings.device.state_dir).get(), "kept for the next start"
+    async with rig.running() as satellite:
+        await rig.livekit.wait_for(lambda: len(rig.livekit.joins) == 2, "joined again")
+        await asyncio.sleep(0.5)
+        assert satellite.mic_stats.read == 0 and str(rig.devices.mic_file) not in open_files()
+
+
+async def test_the_control_socket_refuses_what_it_does_not_know(rig: Rig):
+    rig.paired_before()
+    async with rig.running():
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        with pytest.raises(ControlError, match="unknown command 'reboot': one of mute, unmute, status"):
+            await ask(rig.settings.device.control_socket, "reboot")
+        assert stat.S_IMODE(os.stat(rig.settings.device.control_socket).st_mode) == 0o600
+    assert not rig.settings.device.control_socket.exists(), "removed at stop"
+    with pytest.raises(ControlError, match="sudo-edge is not running"):
+        await ask(rig.settings.device.control_socket, "status")

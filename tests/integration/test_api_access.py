@@ -105,6 +105,16 @@ async def test_pairing_heartbeats_and_revocation(api: Stack, http, provisioner):
         assert (await resp.json())["next_in"] == api.settings.api.heartbeat_interval_sec
     status, body = await family.call("GET", "/v1/devices")
     assert status == 200 and body["devices"][0]["online"] is True
+    assert body["devices"][0]["muted"] is False  # a beat without a body: an older sudo-edge
+    # The family muted the device: its beats say so, and the family sees it.
+    beat = {"headers": {"Authorization": f"Bearer {token}"}}
+    for wrong in ({"muted": "yes"}, ["muted"]):
+        async with http.post(f"{api.api_url}/v1/devices/heartbeat", json=wrong, **beat) as resp:
+            assert resp.status == 400, wrong
+    async with http.post(f"{api.api_url}/v1/devices/heartbeat", json={"muted": True}, **beat) as resp:
+        assert resp.status == 200
+    status, body = await family.call("GET", "/v1/devices")
+    assert body["devices"][0]["muted"] is True
     # The beat woke the runtime without the device waiting for it, and reached the database.
     family_id = uuid.UUID(family.id)
     deadline = time.monotonic() + 120

@@ -136,6 +136,11 @@ async def test_integrations_pair_a_device_and_link_a_number(api: Stack, browser:
         assert resp.status == 200
     await page.reload()
     await expect(page.locator("tr", has_text="Living room Pi")).to_contain_text("online")
+    await expect(page.locator("tr", has_text="Living room Pi")).not_to_contain_text("muted")
+    async with http.post(f"{base}/v1/devices/heartbeat", headers=beat, json={"muted": True}) as resp:
+        assert resp.status == 200  # muted at the device: the family sees it
+    await page.reload()
+    await expect(page.locator("tr", has_text="Living room Pi")).to_contain_text("online · microphone muted")
 
     # A WhatsApp number, proven by the code it receives.
     await page.get_by_label("WhatsApp number").fill("+33 6 12 34 56 78")
