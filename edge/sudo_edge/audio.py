@@ -531,14 +531,18 @@ async def synthesize(command: tuple[str, ...], text: str, rate: int, *, limit_se
 
 
 async def pump_capture(
-    settings: Settings, seconds: float, sink: Callable[[Frame], Awaitable[None]]
+    settings: Settings,
+    seconds: float,
+    sink: Callable[[Frame], Awaitable[None]],
+    listening: Listening | None = None,
 ) -> PumpStats:
-    """Capture `seconds` of audio from the configured microphone through the VAD into `sink`.
+    """Capture `seconds` of audio from the configured microphone through the wake word (if
+    `listening`) and the VAD into `sink`.
 
     This is the satellite's microphone path without the room: what the benchmark measures."""
     limit = math.ceil(seconds * 1000 / settings.audio.period_ms)
     gate = SpeechGate(settings.vad, settings.audio.period_ms)
-    async with Microphone(settings.audio, gate=gate, limit=limit) as mic:
+    async with Microphone(settings.audio, gate=gate, listening=listening, limit=limit) as mic:
         async for frame in mic:
             await sink(frame)
     return mic.stats

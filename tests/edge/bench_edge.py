@@ -1,13 +1,15 @@
 """Benchmark: CPU that sudo-edge's microphone path costs per second of audio.
 
-Prints one JSON object on one line, in the shape of tests/bench/report.py:
+Prints one JSON object per figure, one per line (tests/bench/report.py):
 
 - edge_cpu_per_audio_sec: process CPU seconds (all threads) per second of audio for sudo-edge's
   own path, `sudo_edge.audio.pump_capture`: ALSA capture in its thread, paced in real time,
   frames handed to the event loop, the VAD and its gate, into a sink that takes what is sent;
 - baseline: the CPU per second of merely reading the same audio from the same ALSA device, in
   the same periods, paced the same way, in a plain loop (what `arecord` would cost);
-- ratio: edge / baseline.
+- ratio: edge / baseline;
+- edge_wake_cpu_per_audio_sec: the same with the wake word listening (voice.wake = "wakeword"),
+  against the same baseline: one sentence in three starts with "okay nabu".
 
 The audio is real: espeak-ng sentences with pauses between them and quiet room noise, played
 through alsa-lib's `file` plugin (no sound card needed), so the VAD sees speech and silence
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import subprocess
@@ -30,13 +31,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from edge_support import RATE, RAW, speak
+from report import emit
 
 SENTENCES = [
     "Hello Sudo, what is the weather like tomorrow?",
     "Remind me to call grandma at six.",
-    "Play something calm in the kitchen.",
+    "Okay nabu, play something calm in the kitchen.",
 ]
 
 
@@ -93,7 +96,7 @@ def baseline(settings, seconds: float) -> float:
     return used
 
 
-async def edge(settings, seconds: float) -> tuple[float, float]:
+async def edge(settings, seconds: float, listening=None) -> tuple[float, float]:
     """(CPU seconds, fraction of frames sent) for sudo-edge's microphone path over `seconds`."""
     from sudo_edge.audio import pump_capture
 
@@ -104,7 +107,7 @@ async def edge(settings, seconds: float) -> tuple[float, float]:
         sent += 1
 
     start_cpu = cpu()
-    stats = await pump_capture(settings, seconds, sink)
+    stats = await pump_capture(settings, seconds, sink, listening)
     return cpu() - start_cpu, sent / stats.read
 
 
@@ -116,26 +119,33 @@ def main() -> None:
         asoundrc = prepare(Path(tmp), args.seconds)
         os.environ["ALSA_CONFIG_PATH"] = f"/usr/share/alsa/alsa.conf:{asoundrc}"
         from sudo_edge.settings import ApiSettings, AudioSettings, Settings
+        from sudo_edge.wake import Listening, WakeWord
 
         settings = Settings(
             api=ApiSettings(url="https://sudo.example.org"), audio=AudioSettings(mic_device="benchmic")
         )
         base = baseline(settings, args.seconds)
         used, sent = asyncio.run(edge(settings, args.seconds))
-    value, reference = used / args.seconds, base / args.seconds
-    print(
-        json.dumps(
-            {
-                "name": "edge_cpu_per_audio_sec",
-                "value": round(value, 6),
-                "baseline": round(reference, 6),
-                "unit": "cpu_s/audio_s",
-                "ratio": round(value / reference, 3),
-                "audio_sec": args.seconds,
-                "sent_fraction": round(sent, 3),
-            }
-        ),
-        flush=True,
+        listening = Listening(WakeWord(settings.voice.wake_word), settings.voice.follow_up_sec, lambda: None)
+        used_wake, sent_wake = asyncio.run(edge(settings, args.seconds, listening))
+    reference = base / args.seconds
+    emit(
+        "edge_cpu_per_audio_sec",
+        used / args.seconds,
+        reference,
+        unit="cpu_s/audio_s",
+        audio_sec=args.seconds,
+        sent_fraction=round(sent, 3),
+    )
+    emit(
+        "edge_wake_cpu_per_audio_sec",
+        used_wake / args.seconds,
+        reference,
+        unit="cpu_s/audio_s",
+        audio_sec=args.seconds,
+        sent_fraction=round(sent_wake, 3),
+        wakes=listening.wakes,
+        wake_word=settings.voice.wake_word,
     )
 
 
