@@ -341,7 +341,10 @@ class Satellite:
             backoff.reset()
             self._set_status("api", None)
             interval = min(max(interval, 0.1), 3600.0)  # whatever sudo-api says, neither a flood nor silence
-            await asyncio.sleep(interval * random.uniform(1 - hb.jitter, 1 + hb.jitter))
+            with contextlib.suppress(TimeoutError):  # a mute or unmute is told at once
+                await asyncio.wait_for(
+                    self._mute_changed.wait(), interval * random.uniform(1 - hb.jitter, 1 + hb.jitter)
+                )
 
     # Voice
 

@@ -401,6 +401,12 @@ def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
         pi.wait(lambda: status_of(pi, "sudo-edge").startswith("paired"), 30, "the device back, paired")
         announced = pi.sh("journalctl -u sudo-edge --no-pager | grep -c 'pairing code .*: enter it' || true")
         assert announced == "1"
+        # Muted from the Pi's shell: the daemon answers on its socket, and the family sees it.
+        assert pi.sh("sudo-edge mute").startswith("muted")
+        assert pi.sh("stat -c '%a %F' /run/sudo-edge/control.sock") == "600 socket"
+        host.wait(lambda: host.call("GET", "/v1/devices", family)["devices"][0]["muted"], 60, "the mute")
+        pi.sh("systemctl restart sudo-edge.service")
+        pi.wait(lambda: "muted" in status_of(pi, "sudo-edge"), 30, "the mute kept across the restart")
     finally:
         pi.container.remove(force=True)
 
