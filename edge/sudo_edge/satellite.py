@@ -7,7 +7,7 @@
           -> voice: LiveKit token, join the room       } the device was revoked: pair again
              mic -> wake word -> VAD -> room; room (agent only) -> speaker; a cue when the
              agent listens; the token renewed before it expires; a lost room joined again
-    muted (`sudo-edge mute`, kept across restarts) -> the microphone closed, nothing captured
+    muted (`sudo-edge mute`, the button; kept across restarts) -> the microphone closed
 
 Every failure of the network, sudo-api or LiveKit gives a log line, a STATUS saying what is
 awaited, and a retry after an exponential backoff with jitter; a failing sound device is opened
@@ -45,6 +45,7 @@ from .audio import (
     synthesize,
     tone,
 )
+from .button import watch_button
 from .control import ControlServer
 from .notify import Notifier
 from .room import LiveKitRoom, Room, RoomError, RoomFactory
@@ -152,6 +153,7 @@ class Satellite:
         await control.start()
         self.notifier.ready("starting")
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
+        button = self._watch_button()
         self.speaker.start()
         restart = Backoff(self.settings.reconnect)
         try:
@@ -166,6 +168,8 @@ class Satellite:
         finally:
             self.notifier.stopping()
             watchdog.cancel()
+            if button is not None:
+                button.cancel()
             await control.close()
             await self.api.close()
             await self.speaker.close()
@@ -301,6 +305,17 @@ class Satellite:
             self.listening.close()
         if self.settings.cue.enabled:
             self.speaker.overlay(self._falling if muted else self._rising)
+
+    def _watch_button(self) -> asyncio.Task | None:
+        d = self.settings.device
+        if d.mute_button is None:
+            return None
+
+        async def toggle() -> None:
+            await self.set_muted(not self.muted)
+
+        watching = watch_button(d.mute_button, d.mute_key, toggle, self.settings.audio.retry_sec)
+        return asyncio.create_task(watching, name="mute-button")
 
     async def _until_muted(self, muted: bool) -> None:
         while self.muted != muted:

@@ -66,8 +66,16 @@ class DeviceSettings:
     """Where `sudo-edge mute`, `unmute` and `status` reach the running daemon
     (systemd's RuntimeDirectory=sudo-edge)."""
 
+    mute_button: Path | None = None
+    """Input device of a mute button, e.g. a GPIO pin through the gpio-keys overlay:
+    /dev/input/by-path/platform-button@11-event; empty = no button."""
+
+    mute_key: int = 248
+    """Key code the button sends (248 is KEY_MICMUTE; `evtest` shows a button's)."""
+
     def __post_init__(self) -> None:
         _check(len(self.name) <= 80, "device.name", "must be at most 80 characters")
+        _check(0 < self.mute_key < 0x300, "device.mute_key", "must be a key code (1 to 767)")
         _check(
             self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "device.log_level",

@@ -27,6 +27,7 @@ from standin_api import StandinApi
 
 from sudo_api.devices import CODE_LENGTH
 from sudo_edge.audio import earcon, tone
+from sudo_edge.button import EV_KEY, EVENT
 from sudo_edge.control import ControlError, ask
 from sudo_edge.notify import Notifier
 from sudo_edge.satellite import Satellite
@@ -480,3 +481,45 @@ async def test_the_control_socket_refuses_what_it_does_not_know(rig: Rig):
     assert not rig.settings.device.control_socket.exists(), "removed at stop"
     with pytest.raises(ControlError, match="sudo-edge is not running"):
         await ask(rig.settings.device.control_socket, "status")
+
+
+async def test_the_mute_button_toggles_the_mute(rig: Rig, tmp_path: Path):
+    """The kernel's input events, as gpio-keys gives a button's, through a FIFO standing in for
+    /dev/input/eventN: a press of the configured key mutes, the next unmutes; other keys and
+    releases do nothing."""
+    button = tmp_path / "event0"
+    os.mkfifo(button)
+    writer = os.open(button, os.O_RDWR)  # held open: the device stays plugged in
+    rig.settings = dataclasses.replace(
+        rig.settings, device=dataclasses.replace(rig.settings.device, mute_button=button, mute_key=248)
+    )
+    rig.paired_before()
+
+    def key(code: int, value: int) -> None:
+        os.write(writer, EVENT.pack(0, 0, EV_KEY, code, value) + EVENT.pack(0, 0, 0, 0, 0))  # + SYN
+
+    try:
+        async with rig.running() as satellite:
+            await until(lambda: rig.log("mute button: key 248"), "the button opened")
+            key(30, 1)  # KEY_A
+            key(248, 0)  # a release
+            await asyncio.sleep(0.3)
+            assert not satellite.muted
+            key(248, 1)
+            await until(lambda: satellite.muted, "muted by the button")
+            key(248, 0)
+            key(248, 1)
+            await until(lambda: not satellite.muted, "unmuted by the next press")
+    finally:
+        os.close(writer)
+
+
+async def test_a_missing_mute_button_is_waited_for(rig: Rig, tmp_path: Path):
+    rig.settings = dataclasses.replace(
+        rig.settings, device=dataclasses.replace(rig.settings.device, mute_button=tmp_path / "event9")
+    )
+    rig.paired_before()
+    async with rig.running():
+        await until(lambda: len(rig.log("cannot read the mute button")) >= 2, "two attempts")
+        assert "trying again in 0.2 s" in rig.log("cannot read the mute button")[0]
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "the room joined all the same")
