@@ -344,6 +344,7 @@ class Satellite:
         interval = hb.interval_sec
         backoff = Backoff(self.settings.reconnect)
         while True:
+            changed = self._mute_changed  # taken before the beat: a mute while it is sent is told next
             try:
                 interval = await self.api.heartbeat(token, muted=self.muted)
             except Unauthorized as exc:
@@ -356,10 +357,9 @@ class Satellite:
             backoff.reset()
             self._set_status("api", None)
             interval = min(max(interval, 0.1), 3600.0)  # whatever sudo-api says, neither a flood nor silence
+            interval *= random.uniform(1 - hb.jitter, 1 + hb.jitter)
             with contextlib.suppress(TimeoutError):  # a mute or unmute is told at once
-                await asyncio.wait_for(
-                    self._mute_changed.wait(), interval * random.uniform(1 - hb.jitter, 1 + hb.jitter)
-                )
+                await asyncio.wait_for(changed.wait(), interval)
 
     # Voice
 

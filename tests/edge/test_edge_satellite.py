@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import web
 from edge_support import AudioDevices, NotifyListener, Recording, speak, tone_power, until
 from loopback_room import LoopbackServer
 from standin_api import StandinApi
@@ -523,3 +524,24 @@ async def test_a_missing_mute_button_is_waited_for(rig: Rig, tmp_path: Path):
         await until(lambda: len(rig.log("cannot read the mute button")) >= 2, "two attempts")
         assert "trying again in 0.2 s" in rig.log("cannot read the mute button")[0]
         await rig.livekit.wait_for(lambda: rig.livekit.joins, "the room joined all the same")
+
+
+async def test_a_mute_while_a_heartbeat_is_on_its_way_is_told_by_the_next(rig: Rig):
+    rig.api.heartbeat_sec = 60.0
+    arrived = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        rig.api.muted.append((await request.json())["muted"])
+        arrived.set()
+        await answer.wait()
+        return web.json_response({"next_in": 60.0})
+
+    rig.api.override["POST /v1/devices/heartbeat"] = slow
+    rig.paired_before()
+    async with rig.running():
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert (await ask(rig.settings.device.control_socket, "mute"))["muted"] is True
+        del rig.api.override["POST /v1/devices/heartbeat"]
+        answer.set()  # the beat that said "not muted" is answered only now
+        await rig.api.wait_for(lambda: rig.api.muted == [False, True], "the next beat, at once", 2)
