@@ -550,7 +550,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     """A beat; its body, optional ({"muted": true}), says whether the family muted the device."""
     svc = services(request)
     device, family = await require_device(request)
-    muted = (await json_body(request)).get("muted", False) if request.can_read_body else False
+    muted = (await json_body(request)).get("muted", False) if request.body_exists else False
     if not isinstance(muted, bool):
         fail(400, "muted must be true or false")
     svc.devices.heartbeat(device, family, muted)
