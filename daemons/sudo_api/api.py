@@ -347,6 +347,7 @@ async def member_reset(request: web.Request) -> web.Response:
 
 
 async def chat_history(request: web.Request) -> web.Response:
+    """The member's own thread (`thread=me`, the default) or the family's Home thread (`home`)."""
     session, family = await require_family(request)
     try:
         limit = int(request.query.get("limit", "50"))
@@ -355,8 +356,12 @@ async def chat_history(request: web.Request) -> web.Response:
         fail(400, "limit and before must be integers")
     if not 1 <= limit <= 500:
         fail(400, "limit must be between 1 and 500")
+    thread = request.query.get("thread", "me")
+    if thread not in ("me", "home"):
+        fail(400, "thread must be me or home")
+    member = session.account.id if thread == "me" else None
     svc = services(request)
-    messages = await svc.db.aio(svc.chat.store.history, family, session.account.id, before, limit + 1)
+    messages = await svc.db.aio(svc.chat.store.history, family, member, before, limit + 1)
     more = len(messages) > limit
     return web.json_response({"messages": [m.to_json() for m in messages[-limit:]], "more": more})
 
@@ -689,6 +694,22 @@ async def service_room(request: web.Request) -> web.Response:
     )
 
 
+async def service_voice_turn(request: web.Request) -> web.Response:
+    """A turn the voice bridge heard and answered in a device's room, for the family's Home thread."""
+    require_service(request)
+    body = await json_body(request)
+    room = text_field(body, "room", 200)
+    heard = text_field(body, "heard", MESSAGE_MAX)
+    answered = text_field(body, "answered", MESSAGE_MAX)
+    owner = family_of_room(room)
+    if owner is None:
+        fail(400, "room must be a home device's room, room_<user_id>_<device_id>")
+    messages = await services(request).chat.add_voice_turn(*owner, heard, answered)
+    if messages is None:
+        fail(404, "no paired device of a family has this room")
+    return web.json_response({"messages": [m.to_json() for m in messages]}, status=201)
+
+
 async def service_runtime(request: web.Request) -> web.Response:
     """Wake the family's agent and say where it answers, with the key it expects."""
     require_service(request)
@@ -940,4 +961,5 @@ def service_routes() -> list[web.RouteDef]:
         web.get("/v1/service/rooms/{room}", service_room),
         web.post("/v1/service/runtimes/{user_id}", service_runtime),
         web.get("/v1/service/livekit", service_livekit),
+        web.post("/v1/service/voice/turns", service_voice_turn),
     ]

@@ -2,12 +2,16 @@
 
 Each member has their own thread (`messages.account_id`), which only they read; all threads go
 to the family's one agent, where each is its own Hermes session (the plugin's chat id is the
-member's account id). A message is stored (status `queued`) before sudo-api answers the
-sender. A channel per family then wakes the runtime through the provisioner, delivers the
-family's messages one at a time to the sudo_chat plugin in its container (`delivered`), and
-follows the plugin's event stream: drafts go live to the thread's open pages, final replies
-and proactive messages are stored with the cursor of the plugin's durable outbox in one
-transaction, and the end of the agent's turn marks the message `answered`.
+member's account id). The family's Home thread (`messages.home`) holds what its shared home
+devices heard and answered by voice: every member reads it, and its messages are stored
+answered, since the agent already answered them out loud.
+
+A member's message is stored (status `queued`) before sudo-api answers the sender. A channel
+per family then wakes the runtime through the provisioner, delivers the family's messages one
+at a time to the sudo_chat plugin in its container (`delivered`), and follows the plugin's
+event stream: drafts go live to the thread's open pages, final replies and proactive messages
+are stored with the cursor of the plugin's durable outbox in one transaction, and the end of
+the agent's turn marks the message `answered`.
 
 Recovery follows from the stored state alone:
 - sudo-api restarts: queued messages are delivered, delivered ones wait for their reply, which
@@ -80,7 +84,9 @@ class Message:
     id: str
     n: int
     account_id: str | None
-    """The member whose thread it is in."""
+    """The member whose thread it is in; None in the Home thread."""
+    home: bool
+    """In the family's Home thread (a voice turn), which every member reads."""
     role: str
     sender: str
     text: str
@@ -99,6 +105,7 @@ def _message(row: Any) -> Message:
         row["id"],
         row["n"],
         row["account_id"],
+        bool(row["home"]),
         row["role"],
         row["sender"],
         row["text"],
@@ -133,12 +140,47 @@ class ChatStore:
         )
         return _message(row) if row else None
 
-    def history(self, family: uuid.UUID, member: uuid.UUID, before: int | None, limit: int) -> list[Message]:
-        """A member's own thread."""
-        rows = self.db.query(
-            "SELECT * FROM messages WHERE family_id = ? AND account_id = ? AND n < ? ORDER BY n DESC LIMIT ?",
-            (str(family), str(member), before if before is not None else 2**62, limit),
-        )
+    def add_voice_turn(
+        self, family: uuid.UUID, device: uuid.UUID, heard: str, answered: str
+    ) -> list[Message] | None:
+        """What a home device heard and the agent answered out loud, in the Home thread, sent by
+        the device's name. None: the device is not (or no longer) the family's."""
+        with self.db.transaction():
+            row = self.db.query_one(
+                "SELECT name FROM devices WHERE id = ? AND family_id = ?", (str(device), str(family))
+            )
+            if row is None:
+                return None
+            now, heard_id, answer_id = time.time(), uuid.uuid4().hex, uuid.uuid4().hex
+            insert = (
+                "INSERT INTO messages (id, family_id, account_id, home, role, sender, text, status,"
+                " reply_to, created_at, updated_at) VALUES (?, ?, NULL, 1, ?, ?, ?, ?, ?, ?, ?)"
+            )
+            self.db.execute(
+                insert, (heard_id, str(family), "user", row["name"], heard, "answered", None, now, now)
+            )
+            self.db.execute(
+                insert,
+                (answer_id, str(family), "assistant", "assistant", answered, "final", heard_id, now, now),
+            )
+        return [self.get(family, heard_id), self.get(family, answer_id)]  # type: ignore[list-item]
+
+    def history(
+        self, family: uuid.UUID, member: uuid.UUID | None, before: int | None, limit: int
+    ) -> list[Message]:
+        """A member's own thread; None: the family's Home thread."""
+        before = before if before is not None else 2**62
+        if member is None:
+            rows = self.db.query(
+                "SELECT * FROM messages WHERE family_id = ? AND home = 1 AND n < ? ORDER BY n DESC LIMIT ?",
+                (str(family), before, limit),
+            )
+        else:
+            rows = self.db.query(
+                "SELECT * FROM messages WHERE family_id = ? AND account_id = ? AND n < ?"
+                " ORDER BY n DESC LIMIT ?",
+                (str(family), str(member), before, limit),
+            )
         return [_message(r) for r in reversed(rows)]
 
     def open_messages(self, family: uuid.UUID) -> list[Message]:
@@ -420,6 +462,17 @@ class Conversations:
         self.kick(family)
         return message
 
+    async def add_voice_turn(
+        self, family: uuid.UUID, device: uuid.UUID, heard: str, answered: str
+    ) -> list[Message] | None:
+        """Store a turn a home device heard and answered, and show it to every member's open
+        pages; None if the device is not the family's."""
+        messages = await self.db.aio(self.store.add_voice_turn, family, device, heard, answered)
+        for message in messages or []:
+            MESSAGES.labels(message.role).inc()
+            self._show(family, message)
+        return messages
+
     async def retry(self, family: uuid.UUID, member: uuid.UUID, message_id: str) -> Message | None:
         if self.closing:
             raise ChatUnavailable("sudo-api is restarting; retry in a moment")
@@ -430,7 +483,8 @@ class Conversations:
         return message
 
     def _show(self, family: uuid.UUID, message: Message) -> None:
-        """A stored message, new or changed, to the streams open on its thread."""
+        """A stored message, new or changed, to the streams open on its thread (a Home message,
+        with no member's account, to every member's)."""
         self.hub.publish(family, {"type": "message", "message": message.to_json()}, message.account_id)
 
     def kick(self, family: uuid.UUID) -> None:

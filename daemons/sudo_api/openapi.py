@@ -59,6 +59,7 @@ MESSAGE = {
         "id": {"type": "string"},
         "n": {"type": "integer", "description": "position in the history"},
         "account_id": {"type": ["string", "null"], "description": "the member whose thread it is in"},
+        "home": {"type": "boolean", "description": "in the family's Home thread (voice): every member's"},
         "role": {"enum": ["user", "assistant"]},
         "sender": {"type": "string"},
         "text": {"type": "string"},
@@ -311,7 +312,8 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "get",
         "/v1/chat/messages",
-        "History, oldest first; page with ?before=<n>&limit=",
+        "History, oldest first; page with ?before=<n>&limit=; ?thread=me (the member's own, the"
+        " default) or home (the family's voice turns, which every member reads)",
         "session",
         None,
         200,
@@ -338,7 +340,8 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "get",
         "/v1/chat/stream",
-        "Server-sent events: message, draft, status, reset",
+        "Server-sent events: message (of the member's thread or, `home` true, the Home thread),"
+        " draft, status, reset",
         "session",
         None,
         200,
@@ -504,6 +507,15 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         None,
         200,
         _obj(url=STRING, api_key=STRING),
+    ),
+    (
+        "post",
+        "/v1/service/voice/turns",
+        "A voice turn a device's room heard and answered, for the family's Home thread (voice bridge)",
+        "service",
+        _obj(room=STRING, heard=STRING, answered=STRING),
+        201,
+        _obj(messages={"type": "array", "items": MESSAGE}),
     ),
     (
         "get",

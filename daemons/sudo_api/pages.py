@@ -208,10 +208,12 @@ async def setup(request: web.Request) -> web.Response:
 
 
 async def chat(request: web.Request) -> web.Response:
+    """The member's own thread; `?thread=home`, the family's Home thread (voice, read only)."""
     session = await page_session(request)
     svc = services(request)
     family = session.account.family_id
     assert family is not None
+    home = request.query.get("thread") == "home"
     error, status, text = None, 200, ""
     if request.method == "POST":
         data = await form(request, session)
@@ -229,12 +231,14 @@ async def chat(request: web.Request) -> web.Response:
                 error, status = str(exc), 507
             else:
                 raise web.HTTPSeeOther("/chat")
-    messages = await svc.db.aio(svc.chat.store.history, family, session.account.id, None, HISTORY_ON_PAGE + 1)
+    member = None if home else session.account.id
+    messages = await svc.db.aio(svc.chat.store.history, family, member, None, HISTORY_ON_PAGE + 1)
     more = len(messages) > HISTORY_ON_PAGE
     return render(
         "chat.html",
         session,
         status=status,
+        home=home,
         messages=messages[-HISTORY_ON_PAGE:],
         more=more,
         error=error,

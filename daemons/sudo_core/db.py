@@ -259,6 +259,12 @@ MIGRATIONS: tuple[str, ...] = (
     -- Whether the device said, at its last heartbeat, that the family muted its microphone.
     ALTER TABLE devices ADD COLUMN muted INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    -- The family's Home thread: what its shared home devices heard and answered by voice, which
+    -- every member reads (account_id NULL: no member's own). Stored answered: never delivered.
+    ALTER TABLE messages ADD COLUMN home INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX messages_home ON messages(family_id, n) WHERE home = 1;
+    """,
 )
 
 

@@ -1,8 +1,8 @@
 """What the bridge asks sudo-api, as a service (the `service-token` credential), never as a family.
 
 The bridge holds no database handle and no Docker access: sudo-api tells it which family a room
-belongs to, wakes that family's agent (through the provisioner) and says where it answers, and
-hands over the admin's LiveKit settings.
+belongs to, wakes that family's agent (through the provisioner) and says where it answers,
+hands over the admin's LiveKit settings, and keeps each voice turn in the family's Home thread.
 """
 
 from __future__ import annotations
@@ -81,14 +81,22 @@ class SudoApi:
         body = await self._call("GET", "/v1/service/livekit")
         return LiveKitServer(body["url"], body["api_key"], body["api_secret"])
 
-    async def _call(self, method: str, path: str) -> dict[str, Any]:
+    async def voice_turn(self, room: str, heard: str, answered: str) -> None:
+        """Keep a turn of the room's conversation in the family's Home thread."""
+        await self._call(
+            "POST", "/v1/service/voice/turns", {"room": room, "heard": heard, "answered": answered}
+        )
+
+    async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
-            async with self._http.request(method, self._base + path, headers=self._headers) as resp:
+            async with self._http.request(
+                method, self._base + path, headers=self._headers, json=payload
+            ) as resp:
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:
                     body = None
-                if resp.status != 200 or not isinstance(body, dict):
+                if not 200 <= resp.status < 300 or not isinstance(body, dict):
                     error = body.get("error") if isinstance(body, dict) else None
                     raise SudoApiError(resp.status, f"sudo-api {method} {path}: {resp.status} {error or ''}")
                 return body

@@ -28,6 +28,7 @@ from sudo_core.metrics import host_port
 from .hermes import FamilyRuntime
 from .session import build_session, load_vad, start_waking, voice_agent
 from .sudo_api import LiveKitServer, SudoApi, SudoApiError
+from .turns import TurnReporter
 
 log = logging.getLogger(__name__)
 SETTINGS_POLL_SEC = 30.0
@@ -148,9 +149,16 @@ class VoiceBridge:
         await request.accept(name="Sudo", identity=VOICE_AGENT)
 
     async def entrypoint(self, ctx: JobContext) -> None:
-        """A family's conversation in its room, until the room closes."""
+        """A family's conversation in its room, until the room closes; each turn kept in the
+        family's Home thread."""
         api = self.sudo_api()
-        ctx.add_shutdown_callback(api.close)
+        turns = TurnReporter(api, ctx.room.name)
+
+        async def close() -> None:
+            await turns.aclose()  # the last turn's report goes before the client does
+            await api.close()
+
+        ctx.add_shutdown_callback(close)
         family = await api.family_of_room(ctx.room.name)
         if family is None:  # deleted between the request and now
             ctx.shutdown("no such family")
@@ -158,6 +166,7 @@ class VoiceBridge:
         runtime = FamilyRuntime(family.id, api.runtime)
         start_waking(runtime)
         session = build_session(self.settings.voice, family, runtime, self.vad, self.gateway_url)
+        turns.attach(session)
         ctx.add_shutdown_callback(session.llm.aclose)  # type: ignore[union-attr]
         await ctx.connect()
         log.info(f"voice session for family {family.id}", extra=fields(family=family.id, room=ctx.room.name))

@@ -1,7 +1,7 @@
 """A real browser (Debian's chromium, driven by Playwright) against the real sudo-api, provisioner,
 gateway and a real Hermes container: sign up, chat with the reply streaming in, reload, and an
 admin rotating the LLM key with no container restarted; a family of three, each in their own
-browser, chatting at once in their own threads."""
+browser, chatting at once in their own threads; the family's Home thread of voice turns."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from control_plane import create_admin
+from control_plane import create_admin, join, pair
+from control_plane import sign_up as sign_up_by_api
 from playwright.async_api import Browser, Page, async_playwright, expect
 from stack import Stack
 
@@ -253,3 +254,41 @@ async def test_a_family_of_three_each_chat_in_their_own_thread(api: Stack, brows
     await expect(members.filter(has_text="Pierre")).to_have_count(0)
     await adult.reload()
     await expect(adult).to_have_url(re.compile(rf"^{re.escape(base)}/login"))
+
+
+async def test_a_member_reads_the_home_devices_turns_live_in_the_home_thread(
+    api: Stack, browser: Browser, http
+):
+    base = api.api_url
+    owner = await sign_up_by_api(http, base, "Meitner")
+    adult = await join(owner, "Otto")
+    device_id, _ = await pair(http, api, owner, "Hall Pi")
+
+    async def voice_turn(heard: str, answered: str) -> None:  # as the voice bridge reports one
+        body = {"room": f"room_{owner.id}_{device_id}", "heard": heard, "answered": answered}
+        auth = {"Authorization": f"Bearer {api.service_token}"}
+        async with http.post(f"{api.service_url}/v1/service/voice/turns", json=body, headers=auth) as resp:
+            assert resp.status == 201, await resp.text()
+
+    await voice_turn("is it raining", "Not yet.")
+    context = await browser.new_context()
+    await context.add_cookies([{"name": "sudo_session", "value": adult.token, "url": base}])
+    page = await context.new_page()
+    await page.goto(f"{base}/chat")
+    await expect(page.locator("li.message")).to_have_count(0)  # the adult's own thread
+    await page.get_by_role("link", name="Home", exact=True).click()
+    await expect(page).to_have_url(f"{base}/chat?thread=home")
+    await expect(page.locator("li.message .who")).to_have_text(["Hall Pi", "Assistant"])
+    await expect(page.locator("li.message .text")).to_have_text(["is it raining", "Not yet."])
+    await expect(page.locator("#send")).to_have_count(0)  # the Home thread is the devices' to speak in
+    await expect(page.locator("body[data-live=yes]")).to_be_attached()
+    await voice_turn("and tomorrow", "Sunny.")  # shown as it is kept
+    await expect(page.locator("li.message .text")).to_have_text(
+        ["is it raining", "Not yet.", "and tomorrow", "Sunny."]
+    )
+    await page.get_by_role("link", name="Me", exact=True).click()
+    await expect(page).to_have_url(f"{base}/chat")
+    await expect(page.locator("body[data-live=yes]")).to_be_attached()
+    await voice_turn("thanks", "You're welcome.")  # live on every page, shown only in Home
+    await page.wait_for_timeout(1000)
+    await expect(page.locator("li.message")).to_have_count(0)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from control_plane import Family as Member
 from control_plane import pair, sign_up
 from livekit.agents import AgentSession
 from stack import Stack
@@ -30,6 +31,7 @@ from sudo_voice_bridge.hermes import FamilyRuntime
 from sudo_voice_bridge.session import build_session, load_vad, start_waking, voice_agent
 from sudo_voice_bridge.speech import espeak_wav
 from sudo_voice_bridge.sudo_api import Family, SudoApi
+from sudo_voice_bridge.turns import TurnReporter
 
 pytestmark = pytest.mark.docker
 # A first answer from a new Hermes takes a few seconds (it probes the model first).
@@ -40,6 +42,8 @@ QUESTION = "what is the weather tomorrow"
 @dataclass
 class Conversation:
     family: Family
+    member: Member
+    """The family's owner, who reads the Home thread."""
     session: AgentSession
     mic: RecordingInput
     speaker: CapturedOutput
@@ -81,15 +85,18 @@ async def conversation(api: Stack, http, request) -> AsyncIterator[Conversation]
         assert family is not None
         runtime = FamilyRuntime(family.id, client.runtime)
         session = build_session(settings, family, runtime, load_vad(settings), gateway_url(api))
+        turns = TurnReporter(client, family.room)
+        turns.attach(session)
         mic, speaker = RecordingInput(), CapturedOutput()
         session.input.audio, session.output.audio = mic, speaker
         await session.start(voice_agent())
         await start_waking(runtime)
         try:
-            yield Conversation(family, session, mic, speaker, runtime)
+            yield Conversation(family, signed_up, session, mic, speaker, runtime)
         finally:
             await session.aclose()
             await session.llm.aclose()  # type: ignore[union-attr]
+            await turns.aclose()
 
 
 def answer(said: str) -> str:
@@ -146,6 +153,17 @@ async def test_a_spoken_question_reaches_the_familys_agent_and_its_answer_is_spo
     assert abs(heard - expected) < 0.25 * expected, (heard, expected)
     assert 0 < latency < 10
 
+    # The turn is kept in the family's Home thread, heard by the device.
+    for _ in range(100):
+        status, body = await conversation.member.call("GET", "/v1/chat/messages?thread=home")
+        assert status == 200, body
+        if body["messages"]:
+            break
+        await asyncio.sleep(0.1)
+    assert [(m["sender"], m["text"]) for m in body["messages"]] == [
+        ("Voice Pi", transcript),
+        ("assistant", f"stub says: {transcript}"),
+    ]
     # The voice turn lives in the family's own agent, in a Hermes session of its own...
     turns = voice_session_messages(api, conversation.family.id)
     assert [(role, content) for _, role, content in turns] == [

@@ -1,7 +1,9 @@
 // Live chat: send through /v1, follow /v1/chat/stream (server-sent events), render in place.
-// Without this script the page still works through its form.
+// Without this script the page still works through its form. The Home thread (the family's
+// voice turns) has no form: it only follows the stream's Home messages.
 (() => {
   const list = document.getElementById("messages");
+  const home = list.dataset.thread === "home";
   const form = document.getElementById("send");
   const status = document.getElementById("status");
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
@@ -75,7 +77,7 @@
     return data;
   }
 
-  form.addEventListener("submit", async (event) => {
+  form?.addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = form.text.value.trim();
     if (!text) return;
@@ -88,7 +90,7 @@
     }
   });
 
-  form.text.addEventListener("keydown", (event) => {
+  form?.text.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
   });
 
@@ -108,16 +110,17 @@
   const stream = new EventSource("/v1/chat/stream");
   stream.onmessage = (event) => {
     const e = JSON.parse(event.data);
-    if (e.type === "message") render(e.message);
+    if (e.type === "reset") location.reload();
+    else if (e.type === "message") { if (e.message.home === home) render(e.message); }
+    else if (home) return; // drafts and status are of the member's own thread
     else if (e.type === "draft") renderDraft(e.reply_to, e.text);
     else if (e.type === "status") showStatus(e.state === "failed" ? `Your assistant could not start: ${e.detail}` : states[e.state] || "");
-    else if (e.type === "reset") location.reload();
   };
   let opened = false;
   stream.onopen = async () => {
     // After a reconnect, catch up on whatever changed while the stream was down.
     if (opened) {
-      const resp = await fetch("/v1/chat/messages?limit=50");
+      const resp = await fetch(`/v1/chat/messages?limit=50&thread=${home ? "home" : "me"}`);
       if (resp.ok) (await resp.json()).messages.forEach(render);
     }
     opened = true;
