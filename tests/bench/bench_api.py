@@ -157,7 +157,9 @@ async def first_token_via_api(
         await stream.content.readline()  # the stream is open
         started = time.perf_counter()
         async with http.post(f"{base}/v1/chat/messages", json={"text": text}, headers=headers) as resp:
-            sent = (await resp.json())["message"]["id"]
+            body = await resp.json()
+            assert resp.status == 202, body
+            sent = body["message"]["id"]
         turn = first = 0.0
         async for line in stream.content:
             if not line.startswith(b"data: "):
@@ -350,6 +352,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sudo-bench-api-") as tmp:
         # The daemon's own defaults for its background work, not the tests' quicker ones.
         api = {"watch_interval_sec": 10.0, "heartbeat_flush_sec": 5.0, "warm_up_jitter_sec": 5.0}
+        api["family_messages_per_minute"] = 1000  # chat_latency's 83 messages in a minute or two
         runtime = {"max_running": 40}  # the storm's 36 families, none evicted
         stack = Stack(Path(tmp) / "stack", core={"log_level": "INFO"}, api=api, runtime=runtime)
         try:
