@@ -150,7 +150,10 @@ class Satellite:
             log.info("muted (since before this start): the microphone stays closed")
             self._set_status("mic", "muted")
         control = ControlServer(self.settings.device.control_socket, self._control)
-        await control.start()
+        try:
+            await control.start()
+        except OSError as exc:  # run by hand as a user, say: the device works, unmutable by command
+            log.warning("no control socket (%s): `sudo-edge mute` cannot reach this daemon", exc)
         self.notifier.ready("starting")
         watchdog = asyncio.create_task(self.notifier.watchdog(), name="watchdog")
         button = self._watch_button()

@@ -545,3 +545,15 @@ async def test_a_mute_while_a_heartbeat_is_on_its_way_is_told_by_the_next(rig: R
         del rig.api.override["POST /v1/devices/heartbeat"]
         answer.set()  # the beat that said "not muted" is answered only now
         await rig.api.wait_for(lambda: rig.api.muted == [False, True], "the next beat, at once", 2)
+
+
+async def test_without_a_control_socket_the_device_still_works(rig: Rig):
+    """Run by hand as a user who cannot create /run/sudo-edge, say."""
+    rig.settings = dataclasses.replace(
+        rig.settings,
+        device=dataclasses.replace(rig.settings.device, control_socket=Path("/proc/sudo-edge/control.sock")),
+    )
+    rig.paired_before()
+    async with rig.running():
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        assert rig.log("no control socket (")
