@@ -180,9 +180,13 @@ def test_the_host_firewall_holds_over_ipv4_and_ipv6_and_never_opens(stack: Stack
 
         assert knock(1.0) == []
         sudoctl_firewall(stack, "remove")
-        try:  # the control: without the rules, both families of address reach the host (given
-            # time: a slow machine may take seconds to resolve the link-local neighbour)
-            assert len(knock(20.0)) == 2
+        try:  # the control: without the rules, both families of address reach the host. Now and
+            # then a container's IPv6 never comes up (twice seen, 20 s of knocking did not help):
+            # a fresh container is tried before the control counts as failed.
+            for _ in range(3):
+                if len(reached := knock(10.0)) == 2:
+                    break
+            assert len(reached) == 2, reached
         finally:
             sudoctl_firewall(stack, "apply")
         assert knock(1.0) == []
