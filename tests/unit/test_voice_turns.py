@@ -13,21 +13,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from api_services import offline_services
 from livekit.agents import AgentSession, ConversationItemAddedEvent, llm
 
 from sudo_api.app import build_app, build_service_app
-from sudo_api.chat import Conversations
 from sudo_api.context import Services
-from sudo_api.devices import Devices
-from sudo_api.fleet import FleetRestart
-from sudo_api.limits import LoginLimiter, message_limiter
-from sudo_api.numbers import Numbers
-from sudo_api.whatsapp import WhatsApp
-from sudo_core.accounts import Accounts
-from sudo_core.config import Settings
-from sudo_core.db import Database
 from sudo_core.families import room_for
-from sudo_core.provisioner_client import ProvisionerClient
 from sudo_voice_bridge.hermes import STILL_THINKING
 from sudo_voice_bridge.sudo_api import SudoApi
 from sudo_voice_bridge.turns import TurnReporter
@@ -65,33 +56,12 @@ class Home:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    settings = Settings()
-    db = Database(tmp_path / "sudo.db")
-    provisioner = ProvisionerClient(tmp_path / "nobody.sock")  # voice turns wake no agent
-    messages = message_limiter(settings.api.family_messages_per_minute)
-    services = Services(
-        settings=settings,
-        db=db,
-        provisioner=provisioner,
-        accounts=Accounts(db, 1),
-        limiter=LoginLimiter(5, 50, 300),
-        chat=Conversations(db, provisioner, b"secret", settings.api, messages),
-        devices=Devices(db, provisioner, settings.api),
-        fleet=FleetRestart(provisioner),
-        numbers=Numbers(db),
-        whatsapp=WhatsApp(db, provisioner, b"secret", settings.api, messages),
-        secret=b"secret",
-        service_token=SERVICE_TOKEN,
-    )
     async with (
+        offline_services(tmp_path, SERVICE_TOKEN) as services,  # voice turns wake no agent
         TestClient(TestServer(build_app(services))) as public,
         TestClient(TestServer(build_service_app(services))) as service,
     ):
         yield Api(public, service, services)
-    await services.chat.stop()
-    await services.whatsapp.stop()
-    await provisioner.close()
-    db.close()
 
 
 def home(svc: Services, name: str, members: tuple[str, ...] = ("owner", "adult", "child")) -> Home:

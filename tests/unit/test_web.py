@@ -11,50 +11,25 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from api_services import offline_services
 
 from sudo_api.app import build_app
-from sudo_api.chat import Conversations
-from sudo_api.context import SERVICES, Services
-from sudo_api.devices import Devices
-from sudo_api.fleet import FleetRestart
-from sudo_api.limits import LoginLimiter, message_limiter
-from sudo_api.numbers import Numbers
-from sudo_api.whatsapp import WhatsApp
+from sudo_api.context import SERVICES
 from sudo_core import usage
 from sudo_core.accounts import Accounts
 from sudo_core.config import Settings
 from sudo_core.db import Database
-from sudo_core.provisioner_client import ProvisionerClient
 
 PASSWORD = "a long password"
 
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Database]]:
-    settings = Settings()
-    db = Database(tmp_path / "sudo.db")
-    provisioner = ProvisionerClient(tmp_path / "nobody.sock")  # no provisioner: nothing here needs one
-    messages = message_limiter(settings.api.family_messages_per_minute)
-    services = Services(
-        settings=settings,
-        db=db,
-        provisioner=provisioner,
-        accounts=Accounts(db, 1),
-        limiter=LoginLimiter(5, 50, 300),
-        chat=Conversations(db, provisioner, b"secret", settings.api, messages),
-        devices=Devices(db, provisioner, settings.api),
-        fleet=FleetRestart(provisioner),
-        numbers=Numbers(db),
-        whatsapp=WhatsApp(db, provisioner, b"secret", settings.api, messages),
-        secret=b"secret",
-        service_token="service",
-    )
-    async with TestClient(TestServer(build_app(services))) as test_client:
-        yield test_client, db
-    await services.chat.stop()
-    await services.whatsapp.stop()
-    await provisioner.close()
-    db.close()
+    async with (
+        offline_services(tmp_path, "service") as services,
+        TestClient(TestServer(build_app(services))) as test_client,
+    ):
+        yield test_client, services.db
 
 
 def session_cookie(resp) -> str:
