@@ -18,6 +18,7 @@ import uuid
 import wave
 from pathlib import Path
 
+import numpy as np
 from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -152,8 +153,11 @@ def _resampled(frame: rtc.AudioFrame, rate: int) -> bytes:
     if frame.sample_rate == rate and frame.num_channels == 1:
         return bytes(frame.data)
     resampler = rtc.AudioResampler(frame.sample_rate, rate, num_channels=frame.num_channels)
-    frames = resampler.push(frame) + resampler.flush()
-    return b"".join(bytes(f.remix_and_resample(rate, 1).data) for f in frames)
+    pcm = b"".join(bytes(f.data) for f in resampler.push(frame) + resampler.flush())
+    if frame.num_channels == 1:
+        return pcm
+    channels = np.frombuffer(pcm, dtype=np.int16).reshape(-1, frame.num_channels)
+    return channels.mean(axis=1).astype(np.int16).tobytes()
 
 
 class EspeakTTS(tts.TTS):
