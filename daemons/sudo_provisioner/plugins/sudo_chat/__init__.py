@@ -39,16 +39,19 @@ import importlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from gateway.config import Platform
 from gateway.platforms.base import BasePlatformAdapter, MessageEvent, MessageType, SendResult
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # the plugins' shared module, beside them
+import sudo_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +182,7 @@ class SudoChatAdapter(BasePlatformAdapter):
     async def send(
         self, chat_id: str, content: str, reply_to: str | None = None, metadata: Any = None
     ) -> SendResult:
-        if self._turn and self._runner_stopping():
+        if self._turn and sudo_plugins.runner_stopping(self):
             # Stopping, Hermes answers a message handed over as the stop began with "not
             # accepting new work", so no reply of a turn is written during the stop. The turn
             # then gets no turn_done (see on_processing_complete) and sudo-api delivers its
@@ -230,7 +233,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         self._publish({"type": "turn_started", "reply_to": event.message_id})
 
     async def on_processing_complete(self, event: MessageEvent, outcome: Any) -> None:
-        if self._runner_stopping() and event.message_id not in self._replied:
+        if sudo_plugins.runner_stopping(self) and event.message_id not in self._replied:
             # Cut off by the stop (Hermes interrupts a turn in progress at once, and calls that a
             # success): no turn_done, so sudo-api hands the message to the next agent process.
             logger.info("[sudo_chat] turn of %s cut off by the stop; it is delivered again", event.message_id)
@@ -249,10 +252,6 @@ class SudoChatAdapter(BasePlatformAdapter):
 
     # sudo-api's side
 
-    def _authorized(self, request: web.Request) -> bool:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return scheme == "Bearer" and hmac.compare_digest(token.encode(), self._key.encode())
-
     async def _identity(self, request: web.Request) -> web.Response:
         """Prove which family this is without saying its key (as sudo_core.families.identity_proof)."""
         nonce = request.query.get("nonce", "")
@@ -262,7 +261,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         return web.json_response({"proof": proof})
 
     async def _post_message(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not sudo_plugins.authorized(request, self._key):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             body = await request.json()
@@ -276,7 +275,7 @@ class SudoChatAdapter(BasePlatformAdapter):
             # frees the session: handed over in between, Hermes takes the message for an
             # interruption of a turn that is over, and never answers it. Wait for the turn to end.
             await asyncio.wait({self._last_turn}, timeout=TURN_END_SEC)
-        if self._runner_starting() or self._runner_stopping():
+        if sudo_plugins.runner_starting(self) or sudo_plugins.runner_stopping(self):
             # Starting, Hermes would queue it and report the turn finished before it ran;
             # stopping, it would answer "not accepting new work": refuse instead, and sudo-api
             # delivers again in a moment (to the next agent process, if this one is going).
@@ -300,7 +299,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         return web.json_response({"status": "accepted", "boot": self._boot}, status=202)
 
     async def _deliver(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not sudo_plugins.authorized(request, self._key):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             body = await request.json()
@@ -310,7 +309,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         return web.json_response({"message_id": await self._record_message(text, None, chat)})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
+        if not sudo_plugins.authorized(request, self._key):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             after = int(request.query.get("after", "0"))
@@ -340,19 +339,6 @@ class SudoChatAdapter(BasePlatformAdapter):
         finally:
             self._listeners.discard(queue)
 
-    def _runner_starting(self) -> bool:
-        """Whether Hermes's gateway is still replaying sessions from before its restart.
-
-        Reads the runner behind the message handler (gateway.run.GatewayRunner, Hermes 0.19).
-        """
-        runner = getattr(self._message_handler, "__self__", None)
-        return bool(getattr(runner, "_startup_restore_in_progress", False))
-
-    def _runner_stopping(self) -> bool:
-        """Whether Hermes's gateway is draining to stop (SIGTERM: recreated, evicted, restarted)."""
-        runner = getattr(self._message_handler, "__self__", None)
-        return bool(getattr(runner, "_draining", False) or getattr(runner, "_external_drain_active", False))
-
     @staticmethod
     async def _write(response: web.StreamResponse, event: dict[str, Any]) -> None:
         await response.write(json.dumps(event).encode() + b"\n")
@@ -374,19 +360,8 @@ async def _send_from_elsewhere(config: Any, chat_id: str, text: str, **_: Any) -
     """Delivery from a Hermes process other than the gateway (a cron job run by `hermes cron
     run`): hand the message to the gateway's live adapter, which owns the outbox."""
     extra = config.extra or {}
-    url = f"http://127.0.0.1:{int(extra.get('port', 8643))}/deliver"
-    headers = {"Authorization": f"Bearer {extra.get('key', '')}"}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-            session.post(url, json={"text": text, "chat": chat_id}, headers=headers) as resp,
-        ):
-            body = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return {"error": f"the gateway's sudo_chat listener did not take the message: {exc}"}
-    if resp.status != 200:
-        return {"error": f"sudo_chat refused the message: {body}"}
-    return {"success": True, "message_id": body["message_id"]}
+    body = {"text": text, "chat": chat_id}
+    return await sudo_plugins.deliver(NAME, int(extra.get("port", 8643)), str(extra.get("key", "")), body)
 
 
 def register(ctx: Any) -> None:

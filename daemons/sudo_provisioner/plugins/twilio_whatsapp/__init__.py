@@ -41,11 +41,11 @@ import base64
 import binascii
 import collections
 import contextlib
-import hmac
 import json
 import logging
 import os
 import re
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +56,9 @@ from aiohttp import web
 from gateway.config import Platform
 from gateway.platforms.base import BasePlatformAdapter, MessageEvent, MessageType, SendResult
 from gateway.platforms.whatsapp_common import WhatsAppBehaviorMixin
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # the plugins' shared module, beside them
+import sudo_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +250,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         was killed after sending, before its done) sends the same ids, which the gateway has
         already sent, so the family never gets the answer twice."""
         turn = self._current.get(chat_id)
-        if turn and self._runner_stopping():
+        if turn and sudo_plugins.runner_stopping(self):
             # Stopping, Hermes answers a message handed over as the stop began with "not
             # accepting new work", so no reply of a turn leaves during the stop. The turn is then
             # not done (see on_processing_complete) and the next process answers it, under the
@@ -280,7 +283,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         return {"name": chat_id, "type": "dm", "chat_id": chat_id}
 
     async def on_processing_complete(self, event: MessageEvent, outcome: Any) -> None:
-        if self._runner_stopping() and event.message_id not in self._replied:
+        if sudo_plugins.runner_stopping(self) and event.message_id not in self._replied:
             # Cut off by the stop (Hermes interrupts a turn in progress at once): left in the
             # journal, so the next process hands it to Hermes again.
             logger.info(
@@ -296,12 +299,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
 
     # sudo-api's side
 
-    def _authorized(self, request: web.Request) -> bool:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return scheme == "Bearer" and hmac.compare_digest(token.encode(), self._key.encode())
-
     async def _post_inbound(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not sudo_plugins.authorized(request, self._key):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             body = await request.json()
@@ -318,7 +317,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
             )
         if not text.strip() and not media:
             return web.json_response({"error": "the message is empty"}, status=400)
-        if self._runner_starting() or self._runner_stopping():
+        if sudo_plugins.runner_starting(self) or sudo_plugins.runner_stopping(self):
             # Starting, Hermes would queue it behind its restore pass and report nothing;
             # stopping, it would answer "not accepting new work": refuse instead, and sudo-api
             # delivers again in a moment (to the next agent process, if this one is going).
@@ -340,7 +339,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         return web.json_response({"status": "accepted"}, status=202)
 
     async def _post_deliver(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not sudo_plugins.authorized(request, self._key):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             body = await request.json()
@@ -374,7 +373,7 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         """
         waiting = self._waiting[number]
         await self._started()
-        while waiting and not self._runner_stopping():  # stopping: the rest stays owed
+        while waiting and not sudo_plugins.runner_stopping(self):  # stopping: the rest stays owed
             entry = waiting.popleft()
             ended = self._turn_ends[entry["id"]] = asyncio.get_running_loop().create_future()
             self._current[number] = entry["id"]
@@ -444,21 +443,8 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
         """Until Hermes has finished starting: before, it would queue a message behind its
         restore pass and report nothing of it."""
         deadline = time.monotonic() + START_WAIT_SEC
-        while self._runner_starting() and time.monotonic() < deadline:  # noqa: ASYNC110 (Hermes's flag)
+        while sudo_plugins.runner_starting(self) and time.monotonic() < deadline:  # noqa: ASYNC110 (Hermes's flag)
             await asyncio.sleep(0.1)
-
-    def _runner_starting(self) -> bool:
-        """Whether Hermes's gateway is still restoring sessions from before its restart.
-
-        Reads the runner behind the message handler (gateway.run.GatewayRunner, Hermes 0.19).
-        """
-        runner = getattr(self._message_handler, "__self__", None)
-        return bool(getattr(runner, "_startup_restore_in_progress", False))
-
-    def _runner_stopping(self) -> bool:
-        """Whether Hermes's gateway is draining to stop (SIGTERM: recreated, evicted, restarted)."""
-        runner = getattr(self._message_handler, "__self__", None)
-        return bool(getattr(runner, "_draining", False) or getattr(runner, "_external_drain_active", False))
 
     # Outbound, to the gateway
 
@@ -515,19 +501,8 @@ async def _send_from_elsewhere(config: Any, chat_id: str, text: str, **_: Any) -
     """Delivery from a Hermes process other than the gateway (a cron job run by `hermes cron
     run`): hand the message to the gateway's live adapter, which owns the journal."""
     extra = config.extra or {}
-    url = f"http://127.0.0.1:{int(extra.get('port', 8644))}/deliver"
-    headers = {"Authorization": f"Bearer {extra.get('key', '')}"}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-            session.post(url, json={"chat_id": chat_id, "text": text}, headers=headers) as resp,
-        ):
-            body = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return {"error": f"the gateway's twilio_whatsapp listener did not take the message: {exc}"}
-    if resp.status != 200:
-        return {"error": f"twilio_whatsapp refused the message: {body}"}
-    return {"success": True, "message_id": body["message_id"]}
+    body = {"chat_id": chat_id, "text": text}
+    return await sudo_plugins.deliver(NAME, int(extra.get("port", 8644)), str(extra.get("key", "")), body)
 
 
 def register(ctx: Any) -> None:
