@@ -5,6 +5,7 @@ the API, paired devices and admin sessions. Each suite's conftest imports the fi
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -132,6 +133,17 @@ async def pair(http: aiohttp.ClientSession, api: Stack, family: Family, name: st
     async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device_auth) as resp:
         assert (await resp.json())["state"] == "paired"
     return body["device"]["id"], token
+
+
+def run_cron_now(container, prompt: str, deliver: str) -> None:
+    """A cron job of the family's agent set through Hermes (`hermes cron create`), delivering to
+    the platform `deliver`, run now as `hermes cron run` does, in a Hermes process of its own."""
+    created = container.exec_run(["hermes", "cron", "create", "1h", prompt, "--deliver", deliver])
+    assert created.exit_code == 0, created.output
+    job = re.search(rb"Created job: (\S+)", created.output)
+    assert job, created.output
+    ran = container.exec_run(["hermes", "cron", "run", job.group(1).decode()])
+    assert ran.exit_code == 0, ran.output
 
 
 async def create_admin(api: Stack) -> str:

@@ -2,8 +2,8 @@
 
 `RecordingInput` plays a recording into the session as a microphone in a quiet room would (20 ms
 frames, paced in real time, then the room's silence); `CapturedOutput` is a speaker that records
-what the agent says and when each reply's first audio arrived. Speech is synthesized with
-espeak-ng, as the issue asks.
+what the agent says and when each reply's first audio arrived, and `heard` what pocketsphinx
+makes of it. Speech is synthesized with espeak-ng, as the issue asks.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from livekit import rtc
 from livekit.agents.voice import io
+
+from sudo_core.config import VoiceSettings
+from sudo_voice_bridge.session import load_vad
+from sudo_voice_bridge.speech import PocketsphinxSTT
 
 RATE = 16000
 FRAME = RATE // 50  # 20 ms
@@ -156,3 +160,13 @@ class CapturedOutput(io.AudioOutput):
         position = time.monotonic() - (self._started or time.monotonic())
         self.replies[-1].played_sec = position
         self.on_playback_finished(playback_position=position, interrupted=True)
+
+
+async def heard(speaker: CapturedOutput) -> str:
+    """Everything the speaker played, as the bridge's offline speech-to-text hears it. Its general
+    model hears espeak-ng's voice word for word on some sentences only (the weather's: "the
+    weather will be sunny tomorrow"), so a test that checks words says one of those."""
+    pcm = b"".join(bytes(reply.pcm) for reply in speaker.replies)
+    frame = rtc.AudioFrame(pcm, speaker.replies[0].sample_rate, 1, len(pcm) // 2)
+    event = await PocketsphinxSTT(load_vad(VoiceSettings())).recognize(buffer=frame)
+    return event.alternatives[0].text

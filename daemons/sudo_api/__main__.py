@@ -47,14 +47,15 @@ async def serve(settings: config.Settings) -> int:
     )
     api = settings.api
     messages = message_limiter(api.family_messages_per_minute)
+    devices = Devices(db, provisioner, api)
     services = Services(
         settings=settings,
         db=db,
         provisioner=provisioner,
         accounts=Accounts(db, api.session_days, api.signup),
         limiter=LoginLimiter(api.login_attempts, api.login_attempts_per_address, api.login_window_sec),
-        chat=Conversations(db, provisioner, secret, api, messages),
-        devices=Devices(db, provisioner, api),
+        chat=Conversations(db, provisioner, secret, api, messages, devices),
+        devices=devices,
         fleet=FleetRestart(provisioner),
         numbers=Numbers(db),
         whatsapp=WhatsApp(db, provisioner, secret, api, messages),

@@ -23,6 +23,7 @@ from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
 
 from . import host_units, membership, numbers, voice, whatsapp
+from .announcements import WAIT_MAX_SEC
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
@@ -710,6 +711,42 @@ async def service_voice_turn(request: web.Request) -> web.Response:
     return web.json_response({"messages": [m.to_json() for m in messages]}, status=201)
 
 
+async def device_room(request: web.Request) -> tuple[uuid.UUID, uuid.UUID]:
+    """(family, device) of the room the path names: a paired device's, or 404."""
+    owner = family_of_room(request.match_info["room"])
+    svc = services(request)
+    if owner is None or await svc.db.aio(svc.devices.family_of, *owner) is None:
+        fail(404, "no paired device of a family has this room")
+    return owner
+
+
+async def service_announcements(request: web.Request) -> web.Response:
+    """What the family's agent said to this room's device and the room has not said yet, oldest
+    first; with `wait` (seconds), held until there is something or the time is up: each room's
+    session holds one such poll."""
+    require_service(request)
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        fail(400, "wait must be a number of seconds")
+    if not 0 <= wait <= WAIT_MAX_SEC:
+        fail(400, f"wait must be between 0 and {WAIT_MAX_SEC:g} seconds")
+    family, device = await device_room(request)
+    pending = await services(request).chat.announcements.wait(family, device, wait)
+    return web.json_response({"announcements": [a.to_json() for a in pending]})
+
+
+async def service_announcement_spoken(request: web.Request) -> web.Response:
+    """The room said the announcement: it is not handed out again, and the Home thread shows it
+    spoken."""
+    require_service(request)
+    family, device = await device_room(request)
+    announcements = services(request).chat.announcements
+    if not await announcements.spoken(family, device, request.match_info["announcement_id"]):
+        fail(404, "this room has no such announcement to say (said already, or given up)")
+    return web.Response(status=204)
+
+
 async def service_runtime(request: web.Request) -> web.Response:
     """Wake the family's agent and say where it answers, with the key it expects."""
     require_service(request)
@@ -962,4 +999,8 @@ def service_routes() -> list[web.RouteDef]:
         web.post("/v1/service/runtimes/{user_id}", service_runtime),
         web.get("/v1/service/livekit", service_livekit),
         web.post("/v1/service/voice/turns", service_voice_turn),
+        web.get("/v1/service/rooms/{room}/announcements", service_announcements),
+        web.post(
+            "/v1/service/rooms/{room}/announcements/{announcement_id}/spoken", service_announcement_spoken
+        ),
     ]

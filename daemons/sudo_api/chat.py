@@ -4,7 +4,9 @@ Each member has their own thread (`messages.account_id`), which only they read; 
 to the family's one agent, where each is its own Hermes session (the plugin's chat id is the
 member's account id). The family's Home thread (`messages.home`) holds what its shared home
 devices heard and answered by voice: every member reads it, and its messages are stored
-answered, since the agent already answered them out loud.
+answered, since the agent already answered them out loud. What the agent says first out loud
+(its sudo_voice platform) is kept there too, for the home devices online to say
+(announcements.py).
 
 A member's message is stored (status `queued`) before sudo-api answers the sender. A channel
 per family then wakes the runtime through the provisioner, delivers the family's messages one
@@ -31,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,6 +46,8 @@ from sudo_core.db import Database
 from sudo_core.families import api_key_for
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
+from .announcements import Announcements, AnnouncementStore
+from .devices import Devices
 from .limits import TOO_MANY_MESSAGES, Limiter, check_storage
 
 log = logging.getLogger("sudo-api.chat")
@@ -122,6 +127,7 @@ class ChatStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.announcements = AnnouncementStore(db)
 
     def add_user_message(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
         now = time.time()
@@ -303,13 +309,22 @@ class ChatStore:
             seq,
         )
 
-    def apply(self, family: uuid.UUID, event: dict[str, Any]) -> list[Message]:
-        """Store one durable outbox event with its cursor; returns the messages it changed."""
+    def apply(
+        self, family: uuid.UUID, event: dict[str, Any], speakers: Sequence[uuid.UUID] = ()
+    ) -> list[Message]:
+        """Store one durable outbox event with its cursor; returns the messages it changed. A
+        message to be said out loud (`speak`, from sudo_voice) goes to the Home thread, for the
+        `speakers` to say: the family's home devices online now."""
         changed: list[str] = []
         with self.db.transaction():
             kind, now = event["type"], time.time()
             thread = self.thread_of(family, event.get("reply_to"), event.get("chat"))
-            if kind == "message" and thread:
+            if kind == "message" and event.get("speak"):
+                at = event.get("at")
+                said_at = min(float(at), now) if isinstance(at, int | float) else now
+                if self.announcements.add(family, event["id"], str(event["text"]), said_at, speakers):
+                    changed.append(event["id"])
+            elif kind == "message" and thread:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO messages (id, family_id, account_id, role, sender, text, status,"
                     " reply_to, created_at, updated_at)"
@@ -400,12 +415,16 @@ class Conversations:
         secret: bytes,
         settings: ApiSettings,
         messages: Limiter,
+        devices: Devices,
     ) -> None:
         self.db = db
         self.messages = messages
         """The family's message rate, shared with WhatsApp (limits.message_limiter)."""
+        self.devices = devices
+        """Which home devices are online, to say what the agent says out loud."""
         self.store = ChatStore(db)
         self.hub = Hub()
+        self.announcements = Announcements(db, self._show_stored)
         self.provisioner = provisioner
         self.settings = settings
         self._secret = secret
@@ -425,6 +444,7 @@ class Conversations:
         for family in await self.db.aio(self.store.families_with_open_messages):
             self.kick(family)
         self._watcher = asyncio.create_task(self._watch(), name="chat-watch")
+        self.announcements.start()
 
     async def stop(self) -> None:
         """Take no new messages; let replies in progress finish (bounded); then stop reading."""
@@ -438,6 +458,7 @@ class Conversations:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.announcements.stop()
         await self._http.close()
 
     async def _replies_in_progress(self) -> bool:
@@ -486,6 +507,11 @@ class Conversations:
         """A stored message, new or changed, to the streams open on its thread (a Home message,
         with no member's account, to every member's)."""
         self.hub.publish(family, {"type": "message", "message": message.to_json()}, message.account_id)
+
+    async def _show_stored(self, family: uuid.UUID, message_id: str) -> None:
+        message = await self.db.aio(self.store.get, family, message_id)
+        if message:
+            self._show(family, message)
 
     def kick(self, family: uuid.UUID) -> None:
         """Make sure a channel serves this family, and wake it if it is waiting."""
@@ -645,9 +671,12 @@ class Conversations:
                     family, {"type": "status", "state": "thinking", "reply_to": reply_to}, thread
                 )
         elif "seq" in event:
-            for message in await self.db.aio(self.store.apply, family, event):
+            speakers = await self.db.aio(self.devices.online_ids, family) if event.get("speak") else []
+            for message in await self.db.aio(self.store.apply, family, event, speakers):
                 if message.role == "assistant" and kind == "message":
                     MESSAGES.labels("assistant").inc()
+                if message.home and kind == "message":
+                    self.announcements.added(message.status, speakers)
                 if message.status == "failed":
                     FAILED.labels("agent").inc()
                 elif message.status == "answered":

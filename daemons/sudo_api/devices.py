@@ -227,6 +227,11 @@ class Devices:
         seen = device.last_seen_at
         return seen is not None and (now or time.time()) - seen < 3 * self.settings.heartbeat_interval_sec
 
+    def online_ids(self, family: uuid.UUID) -> list[uuid.UUID]:
+        """The family's devices online now: where what the agent says out loud is heard."""
+        now = time.time()
+        return [device.id for device in self.list(family) if self.online(device, now)]
+
     # Device authentication and heartbeats
 
     async def authenticate(self, token: str) -> tuple[uuid.UUID, uuid.UUID] | None:

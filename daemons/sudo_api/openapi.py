@@ -63,7 +63,20 @@ MESSAGE = {
         "role": {"enum": ["user", "assistant"]},
         "sender": {"type": "string"},
         "text": {"type": "string"},
-        "status": {"enum": ["queued", "delivered", "answered", "failed", "final"]},
+        "status": {
+            "enum": [
+                "queued",
+                "delivered",
+                "answered",
+                "failed",
+                "final",
+                "to_speak",
+                "spoken",
+                "not_spoken",
+            ],
+            "description": "the agent's messages to the home devices (Home thread): to_speak, then"
+            " spoken, or not_spoken (no device was online to say it, or none did in time: a note)",
+        },
         "reply_to": {"type": ["string", "null"]},
         "error": {"type": ["string", "null"]},
         "created_at": {"type": "number"},
@@ -516,6 +529,30 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         _obj(room=STRING, heard=STRING, answered=STRING),
         201,
         _obj(messages={"type": "array", "items": MESSAGE}),
+    ),
+    (
+        "get",
+        "/v1/service/rooms/{room}/announcements",
+        "What the agent said to the room's device, not said there yet, oldest first; ?wait=<seconds,"
+        " up to 60> holds the answer until there is some (voice bridge)",
+        "service",
+        None,
+        200,
+        _obj(
+            announcements={
+                "type": "array",
+                "items": _obj(id=STRING, text=STRING, created_at={"type": "number"}),
+            }
+        ),
+    ),
+    (
+        "post",
+        "/v1/service/rooms/{room}/announcements/{announcement_id}/spoken",
+        "The room said the announcement: not handed out again, shown spoken (voice bridge)",
+        "service",
+        None,
+        204,
+        {},
     ),
     (
         "get",

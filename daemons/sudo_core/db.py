@@ -265,6 +265,21 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN home INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX messages_home ON messages(family_id, n) WHERE home = 1;
     """,
+    """
+    -- What the agent says out loud at home (its sudo_voice platform) is a Home thread message,
+    -- status to_speak until a home device said it (spoken), or not_spoken when none did. One
+    -- row per home device online when it came, until that device's room said it or it expired.
+    CREATE TABLE announcements (
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        family_id TEXT NOT NULL REFERENCES families(id) ON DELETE CASCADE,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (device_id, message_id)
+    );
+    CREATE INDEX announcements_message ON announcements(message_id);
+    CREATE INDEX announcements_expiry ON announcements(expires_at);
+    CREATE INDEX messages_to_speak ON messages(status) WHERE status = 'to_speak';
+    """,
 )
 
 

@@ -2,8 +2,8 @@
 
 The file is a gzipped tar of two members:
 - `family.json`: the format and its version, the family's row, and its rows of `TABLES`.
-  Sessions, invitations, reset links, pairings and leases stay out: they are short-lived and
-  bound to the host.
+  Sessions, invitations, reset links, pairings, leases and announcements stay out: they are
+  short-lived and bound to the host.
 - `volume.tar`: the family's data volume as the provisioner gives it (with the runtime stopped,
   so Hermes's files are copied consistent).
 

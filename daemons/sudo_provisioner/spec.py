@@ -125,6 +125,10 @@ def build_spec(
         # Hermes hears it was sent, and a turn cut off before then is answered again under the
         # same ids; the ledger would send its copy at start as a new message, a duplicate.
         "gateway": {"restart_loop_guard": {"max_restarts": 1}, "delivery_ledger": False},
+        # A cron job's result as the agent wrote it, without Hermes's "Cronjob Response: <name>
+        # (job_id: ...)" header and its footer: a reminder is said out loud at home (sudo_voice),
+        # or read by a family that never made a "job".
+        "cron": {"wrap_response": False},
     }
     if "sudo_chat" in plugins.names:
         hermes_config["platforms"]["sudo_chat"] = {
@@ -153,6 +157,19 @@ def build_spec(
                     "busy_ack_detail": False,
                 }
             }
+        }
+    if "sudo_voice" in plugins.names and "sudo_chat" in plugins.names:
+        # Said out loud at home: handed to sudo_chat's listener in the container, whose outbox
+        # carries it to sudo-api (the plugin has no listener of its own).
+        hermes_config["platforms"]["sudo_voice"] = {
+            "enabled": True,
+            "extra": {"chat_port": rt.chat_port, "key": api_key},
+            # Where the agent's send_message tool says what it sends to sudo_voice (cron jobs read
+            # SUDO_VOICE_HOME_CHANNEL): the family's home devices.
+            "home_channel": {"platform": "sudo_voice", "chat_id": "home", "name": "Home"},
+            # Never "Gateway online" or "shutting down" out of the family's speakers (Hermes tells
+            # every home channel so).
+            "gateway_restart_notification": False,
         }
     if "twilio_whatsapp" in plugins.names:
         hermes_config["platforms"]["twilio_whatsapp"] = {
@@ -213,6 +230,8 @@ def build_spec(
             # other proactive messages go to the family's chat.
             "SUDO_CHAT_ALLOW_ALL_USERS": "true",
             "SUDO_CHAT_HOME_CHANNEL": "family",
+            # A cron job delivering to sudo_voice speaks to whoever is at home.
+            "SUDO_VOICE_HOME_CHANNEL": "home",
             # sudo-api hands the plugin only messages from numbers linked to this family.
             "TWILIO_WHATSAPP_ALLOW_ALL_USERS": "true",
             # JSON is YAML: the config is rendered with the standard library alone.

@@ -2,7 +2,8 @@
 
 The bridge holds no database handle and no Docker access: sudo-api tells it which family a room
 belongs to, wakes that family's agent (through the provisioner) and says where it answers,
-hands over the admin's LiveKit settings, and keeps each voice turn in the family's Home thread.
+hands over the admin's LiveKit settings, keeps each voice turn in the family's Home thread, and
+hands each room what the agent said to its device out loud, until the room says it was said.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ class Runtime:
     """Its API_SERVER_KEY."""
     identity_url: str
     """Where the container at that address proves which family it serves (sudo_chat's /identity)."""
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Something the family's agent said first, for a room to say out loud."""
+
+    id: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -87,11 +96,23 @@ class SudoApi:
             "POST", "/v1/service/voice/turns", {"room": room, "heard": heard, "answered": answered}
         )
 
+    async def announcements(self, room: str, wait: float) -> list[Announcement]:
+        """What the agent said to the room's device that the room has not said yet, oldest first;
+        if nothing, sudo-api holds the answer up to `wait` seconds for something."""
+        body = await self._call("GET", f"/v1/service/rooms/{room}/announcements?wait={wait:g}")
+        return [Announcement(a["id"], a["text"]) for a in body["announcements"]]
+
+    async def announcement_spoken(self, room: str, announcement: str) -> None:
+        """The room said it: sudo-api hands it out no more, and shows it spoken."""
+        await self._call("POST", f"/v1/service/rooms/{room}/announcements/{announcement}/spoken")
+
     async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             async with self._http.request(
                 method, self._base + path, headers=self._headers, json=payload
             ) as resp:
+                if resp.status == 204:
+                    return {}
                 try:
                     body = await resp.json(content_type=None)
                 except ValueError:

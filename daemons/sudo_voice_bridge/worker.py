@@ -25,6 +25,7 @@ from sudo_core.families import VOICE_AGENT
 from sudo_core.logs import fields
 from sudo_core.metrics import host_port
 
+from .announcements import Announcer
 from .hermes import FamilyRuntime
 from .session import build_session, load_vad, start_waking, voice_agent
 from .sudo_api import LiveKitServer, SudoApi, SudoApiError
@@ -150,11 +151,13 @@ class VoiceBridge:
 
     async def entrypoint(self, ctx: JobContext) -> None:
         """A family's conversation in its room, until the room closes; each turn kept in the
-        family's Home thread."""
+        family's Home thread, and what the agent says first said there."""
         api = self.sudo_api()
         turns = TurnReporter(api, ctx.room.name)
+        announcer = Announcer(api, ctx.room.name)
 
         async def close() -> None:
+            await announcer.aclose()
             await turns.aclose()  # the last turn's report goes before the client does
             await api.close()
 
@@ -171,6 +174,7 @@ class VoiceBridge:
         await ctx.connect()
         log.info(f"voice session for family {family.id}", extra=fields(family=family.id, room=ctx.room.name))
         await session.start(agent=voice_agent(), room=ctx.room)
+        announcer.attach(session)
 
 
 def backoff(attempt: int) -> float:

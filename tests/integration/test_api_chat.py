@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
-from control_plane import Family, sign_up
+from control_plane import Family, run_cron_now, sign_up
 from stack import Notifications, Stack
 
 from sudo_core.families import runtime_name
@@ -175,23 +174,13 @@ async def test_sigterm_finishes_the_reply_in_progress(api: Stack, http, tmp_path
     api.start_api()
 
 
-def schedule_now(container, prompt: str) -> None:
-    """Run a cron job of the family's agent now, as `hermes cron run` does, in its own process."""
-    created = container.exec_run(["hermes", "cron", "create", "1h", prompt, "--deliver", "sudo_chat"])
-    assert created.exit_code == 0, created.output
-    job = re.search(rb"Created job: (\S+)", created.output)
-    assert job, created.output
-    ran = container.exec_run(["hermes", "cron", "run", job.group(1).decode()])
-    assert ran.exit_code == 0, ran.output
-
-
 async def test_proactive_messages_reach_the_history_and_open_pages(api: Stack, http):
     family = await sign_up(http, api.api_url, "Curie")
     await wait_status(family, await family.send("hello"), "answered", 180)
     container = api.container(uuid.UUID(family.id))
 
     # No page open: the reminder is stored all the same.
-    await asyncio.to_thread(schedule_now, container, "Remind the family to water the plants")
+    await asyncio.to_thread(run_cron_now, container, "Remind the family to water the plants", "sudo_chat")
     deadline = time.monotonic() + 150
     while True:
         status, body = await family.call("GET", "/v1/chat/messages")
@@ -213,6 +202,6 @@ async def test_proactive_messages_reach_the_history_and_open_pages(api: Stack, h
 
     watcher = asyncio.create_task(first_proactive())
     await asyncio.sleep(0.5)
-    await asyncio.to_thread(schedule_now, container, "Remind the family to feed the cat")
+    await asyncio.to_thread(run_cron_now, container, "Remind the family to feed the cat", "sudo_chat")
     live = await asyncio.wait_for(watcher, 150)
     assert live["role"] == "assistant" and live["reply_to"] is None

@@ -23,10 +23,11 @@ from control_plane import Family as Member
 from control_plane import pair, sign_up
 from livekit.agents import AgentSession
 from stack import Stack
-from voice_audio import CapturedOutput, RecordingInput, spoken, wait_until
+from voice_audio import CapturedOutput, RecordingInput, heard, spoken, wait_until
 
 from sudo_core.config import VoiceSettings
 from sudo_voice_bridge import hermes
+from sudo_voice_bridge.announcements import Announcer
 from sudo_voice_bridge.hermes import FamilyRuntime
 from sudo_voice_bridge.session import build_session, load_vad, start_waking, voice_agent
 from sudo_voice_bridge.speech import espeak_wav
@@ -44,6 +45,8 @@ class Conversation:
     family: Family
     member: Member
     """The family's owner, who reads the Home thread."""
+    device_token: str
+    """The token of the device whose room this is."""
     session: AgentSession
     mic: RecordingInput
     speaker: CapturedOutput
@@ -80,7 +83,7 @@ async def conversation(api: Stack, http, request) -> AsyncIterator[Conversation]
     settings = getattr(request, "param", OFFLINE)
     async with SudoApi(api.service_url, api.service_token) as client:
         signed_up = await sign_up(http, api.api_url, "Voice")
-        device_id, _ = await pair(http, api, signed_up, "Voice Pi")
+        device_id, device_token = await pair(http, api, signed_up, "Voice Pi")
         family = await client.family_of_room(f"room_{signed_up.id}_{device_id}")
         assert family is not None
         runtime = FamilyRuntime(family.id, client.runtime)
@@ -92,7 +95,7 @@ async def conversation(api: Stack, http, request) -> AsyncIterator[Conversation]
         await session.start(voice_agent())
         await start_waking(runtime)
         try:
-            yield Conversation(family, signed_up, session, mic, speaker, runtime)
+            yield Conversation(family, signed_up, device_token, session, mic, speaker, runtime)
         finally:
             await session.aclose()
             await session.llm.aclose()  # type: ignore[union-attr]
@@ -260,3 +263,39 @@ async def test_by_default_speech_goes_through_the_gateway_to_the_admins_provider
     assert {r["model"] for r in spoken_requests} == {"tts-1"}
     reply = conversation.speaker.replies[0]
     assert reply.sample_rate == 24000 and len(reply.pcm) > 24000  # OpenAI's pcm: 24 kHz
+
+
+async def test_what_the_agent_says_first_is_said_in_the_room_once(
+    api: Stack, conversation: Conversation, http
+):
+    """The agent sends its home devices a message (its send_message tool, as `hermes send` runs it
+    in the container: through the sudo_voice plugin and sudo_chat's outbox): the session of the
+    online device's room says it out loud, the Home thread shows it said, and it is not handed
+    to the room again. The session's own conversation is left as it was."""
+    device = {"Authorization": f"Bearer {conversation.device_token}"}
+    async with http.post(f"{api.api_url}/v1/devices/heartbeat", headers=device) as resp:
+        assert resp.status == 200  # the device is online
+    weather = "The weather will be sunny tomorrow."
+    async with SudoApi(api.service_url, api.service_token) as client:
+        announcer = Announcer(client, conversation.family.room)
+        announcer.attach(conversation.session)  # as the worker's entrypoint does, once started
+        try:
+            container = api.container(conversation.family.id)  # woken as the session started
+            sent = await asyncio.to_thread(
+                container.exec_run, ["hermes", "send", "--to", "sudo_voice", weather]
+            )
+            assert sent.exit_code == 0, sent.output
+            await wait_until(lambda: conversation.speaker.replies, 60, "the announcement")
+            said = await conversation.finished()
+            for _ in range(100):
+                status, body = await conversation.member.call("GET", "/v1/chat/messages?thread=home")
+                assert status == 200, body
+                if [m["status"] for m in body["messages"]] == ["spoken"]:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await announcer.aclose()
+        assert [(m["text"], m["status"]) for m in body["messages"]] == [(weather, "spoken")]
+        assert await client.announcements(conversation.family.room, 0) == []  # said: never again
+    assert await heard(conversation.speaker) == "the weather will be sunny tomorrow"
+    assert said == [] and conversation.heard() == []  # not a turn of the room's conversation

@@ -26,14 +26,15 @@ async def offline_services(directory: Path, service_token: str) -> AsyncIterator
     db = Database(directory / "sudo.db")
     provisioner = ProvisionerClient(directory / "nobody.sock")
     messages = message_limiter(settings.api.family_messages_per_minute)
+    devices = Devices(db, provisioner, settings.api)
     services = Services(
         settings=settings,
         db=db,
         provisioner=provisioner,
         accounts=Accounts(db, 1),
         limiter=LoginLimiter(5, 50, 300),
-        chat=Conversations(db, provisioner, b"secret", settings.api, messages),
-        devices=Devices(db, provisioner, settings.api),
+        chat=Conversations(db, provisioner, b"secret", settings.api, messages, devices),
+        devices=devices,
         fleet=FleetRestart(provisioner),
         numbers=Numbers(db),
         whatsapp=WhatsApp(db, provisioner, b"secret", settings.api, messages),

@@ -7,14 +7,16 @@ says who speaks (name and role). Protocol:
 
     POST /messages            {"id", "text", "chat", "sender"}  -> 202 accepted | 200 duplicate
                                                          | 503 starting or stopping (try again)
-    POST /deliver             {"text", "chat"?}  a proactive message from another Hermes process
-                                        in the container (`hermes cron run`), through the live adapter
+    POST /deliver             {"text", "chat"?, "speak"?}  a proactive message from another Hermes
+                                        process in the container (`hermes cron run`), through the
+                                        live adapter; `speak`: the sudo_voice plugin's, for the
+                                        family's home devices to say out loud (its chat is "home")
     GET  /identity?nonce=<hex>  {"proof": HMAC-SHA256(key, "sudo-identity:" + nonce)}, no key
                                         sent: the voice bridge checks that an address answers for
                                         the family it expects before it sends that family's words
     GET  /events?after=<seq>  NDJSON, never ends:
         {"type": "hello", "boot", "seq"}                first line: this process and its last seq
-        {"seq", "type": "message", "id", "reply_to", "chat", "text", "at"}   durable
+        {"seq", "type": "message", "id", "reply_to", "chat", "text", "at", "speak"?}   durable
         {"seq", "type": "edit", "id", "text"}                        durable
         {"seq", "type": "turn_done", "reply_to", "outcome"}          durable
         {"type": "turn_started" | "draft", "reply_to", "text"?}      live only
@@ -22,9 +24,10 @@ says who speaks (name and role). Protocol:
 
 Durable events go to an append-only outbox on the family's volume before anyone sees them,
 so a reply or a cron message written while sudo-api is down is read when it reconnects
-(`after` is the last seq it stored). A message id is handled once per process; after a
-restart sudo-api delivers again whatever got no `turn_done`, which is what makes a reply
-that died with the container come back rather than vanish.
+(`after` is the last seq it stored). It is the one durable way out of the container to sudo-api:
+what the agent says out loud (sudo_voice) goes through it too, marked `speak`. A message id is
+handled once per process; after a restart sudo-api delivers again whatever got no `turn_done`,
+which is what makes a reply that died with the container come back rather than vanish.
 
 Stopping (SIGTERM), Hermes answers a message handed to it with "not accepting new work": so
 none is handed over once the stop began, and no reply of a turn is written during the stop.
@@ -193,7 +196,7 @@ class SudoChatAdapter(BasePlatformAdapter):
             return SendResult(success=False, error="the agent is stopping; its next process answers")
         return SendResult(success=True, message_id=await self._record_message(content, self._turn, chat_id))
 
-    async def _record_message(self, text: str, reply_to: str | None, chat: str) -> str:
+    async def _record_message(self, text: str, reply_to: str | None, chat: str, speak: bool = False) -> str:
         """A reply's id is its message's id and its place in the turn: a turn answered again
         by the next agent process (this one was killed after replying, before its turn_done)
         writes the same ids, which sudo-api already has, so the family never sees it twice."""
@@ -203,16 +206,8 @@ class SudoChatAdapter(BasePlatformAdapter):
             message_id = f"{reply_to}.{n}"
         else:
             message_id = uuid.uuid4().hex
-        await self._record(
-            {
-                "type": "message",
-                "id": message_id,
-                "reply_to": reply_to,
-                "chat": chat,
-                "text": text,
-                "at": time.time(),
-            }
-        )
+        entry = {"type": "message", "id": message_id, "reply_to": reply_to, "chat": chat, "text": text}
+        await self._record(entry | {"at": time.time()} | ({"speak": True} if speak else {}))
         return message_id
 
     async def edit_message(
@@ -303,10 +298,14 @@ class SudoChatAdapter(BasePlatformAdapter):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             body = await request.json()
-            text, chat = str(body["text"]), str(body.get("chat") or CHAT_ID)
+            text, chat, speak = str(body["text"]), str(body.get("chat") or CHAT_ID), body.get("speak", False)
         except (ValueError, KeyError, TypeError, AttributeError):
             return web.json_response({"error": "expected JSON with text"}, status=400)
-        return web.json_response({"message_id": await self._record_message(text, None, chat)})
+        if not text.strip() or len(text) > MAX_TEXT or not isinstance(speak, bool):
+            return web.json_response(
+                {"error": f"text must be 1 to {MAX_TEXT} characters, speak true or false"}, status=400
+            )
+        return web.json_response({"message_id": await self._record_message(text, None, chat, speak)})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         if not sudo_plugins.authorized(request, self._key):
