@@ -7,13 +7,25 @@ BIN := $(VENV)/bin
 HERMES_IMAGE ?= sudo-hermes:0.19.0
 SYSTEMD_IMAGE ?= sudo-systemd:bookworm
 E2E_IMAGE ?= sudo-e2e:bookworm
-export HERMES_IMAGE SYSTEMD_IMAGE E2E_IMAGE
+PI_IMAGE ?= sudo-systemd:bookworm-arm64
+export HERMES_IMAGE SYSTEMD_IMAGE E2E_IMAGE PI_IMAGE
+
+# sudo-edge's package for ARCH (default this machine's; make deb-edge ARCH=arm64: the Pi's)
+NATIVE_ARCH := $(shell dpkg --print-architecture)
+ARCH ?= $(NATIVE_ARCH)
+EDGE_VERSION := $(shell sed -n '1s/^sudo-edge (\(.*\)).*/\1/p' edge/debian/changelog)
+EDGE_SOURCES := $(shell find edge units/sudo-edge.service debian/build-debs tests/images/edgebuild -type f \
+	-not -path '*/__pycache__/*' -not -path '*.egg-info/*')
+PI_DEB := dist/edge/sudo-edge_$(EDGE_VERSION)_arm64.deb
+DEBBUILD := docker run --rm -v $(CURDIR):/src:ro -v $(CURDIR)/dist:/out \
+	-v /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro
 
 # make run: embedded defaults, everything under ./var
 DEV_ENV := SUDO_CORE_STATE_DIR=$(CURDIR)/var SUDO_PROVISIONER_SOCKET=$(CURDIR)/var/provisioner.sock \
 	SUDO_RUNTIME_IMAGE=$(HERMES_IMAGE) SUDO_API_LISTEN=127.0.0.1:8600 SUDO_API_SECURE_COOKIES=false
 
-.PHONY: deps venv hermes-image systemd-image e2e-image deb deb-edge e2e run test lint bench reliability clean
+.PHONY: deps venv hermes-image systemd-image e2e-image pi-image deb deb-edge e2e run test lint bench \
+	reliability clean
 
 deps:
 	@missing=""; \
@@ -27,6 +39,7 @@ deps:
 	pkg-config --exists alsa 2>/dev/null || missing="$$missing libasound2-dev"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
+	[ $(NATIVE_ARCH) = arm64 ] || command -v qemu-aarch64-static >/dev/null || missing="$$missing qemu-user-static binfmt-support"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
 		echo "==> installing$$missing"; \
@@ -44,25 +57,44 @@ venv: $(VENV)/.installed
 hermes-image: deps
 	tests/images/build-image hermes $(HERMES_IMAGE)
 
-# make deb: the .deb packages, built and lintian-checked in a clean Debian 12, into dist/;
-# make deb-edge: sudo-edge alone into dist/edge/, for this machine's architecture (arm64: the Pi's)
-deb deb-edge: deps
+# make deb: the .deb packages, built and lintian-checked in a clean Debian 12, into dist/
+deb: deps
 	tests/images/build-image debbuild sudo-debbuild:bookworm
 	@mkdir -p dist
-	docker run --rm -v $(CURDIR):/src:ro -v $(CURDIR)/dist:/out \
-		-v /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro \
-		sudo-debbuild:bookworm /src/debian/build-debs $(if $(filter deb-edge,$@),edge)
+	$(DEBBUILD) sudo-debbuild:bookworm /src/debian/build-debs
 	@ls -1 dist/*.deb dist/edge/*.deb 2>/dev/null || true
+
+# make deb-edge: sudo-edge alone into dist/edge/ for ARCH, rebuilt when its sources change. Another
+# architecture than this machine's is built under qemu-user-static in the edgebuild image (its
+# Build-Depends on a Debian 12 debootstrapped for ARCH), and checked by the native lintian.
+deb-edge: dist/edge/sudo-edge_$(EDGE_VERSION)_$(ARCH).deb
+
+dist/edge/sudo-edge_$(EDGE_VERSION)_%.deb: $(EDGE_SOURCES) | deps
+	@mkdir -p dist
+	if [ $* = $(NATIVE_ARCH) ]; then \
+		tests/images/build-image debbuild sudo-debbuild:bookworm \
+		&& $(DEBBUILD) sudo-debbuild:bookworm /src/debian/build-debs edge; \
+	else \
+		tests/images/build-image edgebuild sudo-edgebuild:bookworm-$* $* \
+		&& $(DEBBUILD) sudo-edgebuild:bookworm-$* /src/debian/build-debs edge --no-lintian \
+		&& tests/images/build-image debbuild sudo-debbuild:bookworm \
+		&& $(DEBBUILD) sudo-debbuild:bookworm lintian --fail-on error /out/edge/$(@F); \
+	fi
 
 e2e-image: deps
 	tests/images/build-image e2e $(E2E_IMAGE)
 
-# make e2e: install the built packages into a Debian 12 with systemd as PID 1 and use them
-e2e: venv hermes-image e2e-image deb
+# make e2e: install the built packages into a Debian 12 with systemd as PID 1 and use them; and
+# the Pi's package into an arm64 one, emulated
+e2e: venv $(PI_DEB) deb hermes-image e2e-image pi-image
 	$(BIN)/python -m pytest -q tests/e2e
 
 systemd-image: deps
 	tests/images/build-image systemd $(SYSTEMD_IMAGE)
+
+# The Pi's architecture under qemu-user-static: systemd as PID 1 on an arm64 Debian 12
+pi-image: deps
+	tests/images/build-image systemd $(PI_IMAGE) arm64
 
 run: venv hermes-image
 	@mkdir -p var
@@ -77,7 +109,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests/proxmox/test_shellcheck.py
 
-test: venv hermes-image systemd-image e2e-image deb lint
+# make -j2 (CI) starts these in this order, each as soon as a job slot is free: the Pi's package
+# (emulated, about 8 minutes) and the server's, the longest, right after the venv.
+test: venv $(PI_DEB) deb hermes-image systemd-image e2e-image pi-image lint
 	$(BIN)/python -m pytest -q
 
 # make reliability: tests/reliability at full size (make test runs it bounded); figures in
