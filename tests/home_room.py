@@ -32,6 +32,8 @@ from stack import BIN, Stack, free_port
 RATE = 16000
 EDGE = Path(sys.executable).with_name("sudo-edge")
 _namespaces = itertools.count()
+AGENT_WAIT_SEC = 3.0
+"""How long the device waits for a missing agent before it says so and joins again."""
 LOUD_DBFS = -40.0
 """A 20 ms stretch of the speaker file above this is the agent speaking (its silence is zeros)."""
 
@@ -222,6 +224,7 @@ max_sec = 2.0
 [voice]
 connect_timeout_sec = 10.0
 wake = "{self.wake}"
+agent_wait_sec = {AGENT_WAIT_SEC}
 
 [audio]
 mic_device = "mic"
@@ -278,13 +281,14 @@ enabled = false
 
     # Talking to it
 
-    async def say(self, pcm: bytes) -> float:
+    async def say(self, pcm: bytes, speech_end: float) -> float:
         """The device's microphone hears `pcm` from now on (its capture device is opened again on
-        it: a mute and an unmute); the time its last sample is heard (time.monotonic())."""
+        it: a mute and an unmute); when it hears the end of the speech, `speech_end` seconds
+        into `pcm` (time.monotonic(), within the few milliseconds the device takes to open)."""
         self.edge.mic_file.write_bytes(pcm)
         await self.edge.command("mute")
         await self.edge.command("unmute")
-        return time.monotonic() + len(pcm) / 2 / RATE
+        return time.monotonic() + speech_end
 
     async def first_audio_after(self, start: int, within: float) -> tuple[float, int]:
         """Wait for loud audio in the speaker file past byte `start`: (when seen, its offset)."""
@@ -299,13 +303,20 @@ enabled = false
         raise AssertionError(f"no audio from the speaker within {within:g} s\n{self.logs()}")
 
     async def quiet_after(self, start: int, quiet_sec: float, within: float) -> bytes:
-        """The speaker's audio from `start` until it has been silent for `quiet_sec`."""
+        """The speaker's audio from `start` on, once nothing loud was added to it for `quiet_sec`
+        (its file grows with silence while the agent's track plays, not at all once it is gone)."""
         deadline = time.monotonic() + within
+        chunk = RATE // 50 * 2
+        last_loud, since = -1, time.monotonic()
         while time.monotonic() < deadline:
             pcm = self.edge.speaker_pcm()[start:]
-            tail = pcm[-int(quiet_sec * RATE) * 2 :]
-            if len(pcm) > len(tail) and level_dbfs(tail) < LOUD_DBFS - 20:
-                return pcm
+            loud = [
+                i for i in range(0, len(pcm) - chunk + 1, chunk) if level_dbfs(pcm[i : i + chunk]) > LOUD_DBFS
+            ]
+            if loud and loud[-1] != last_loud:
+                last_loud, since = loud[-1], time.monotonic()
+            elif loud and time.monotonic() - since >= quiet_sec:
+                return pcm[: last_loud + chunk]
             await asyncio.sleep(0.1)
         raise AssertionError(f"the speaker did not fall silent within {within:g} s\n{self.logs()}")
 

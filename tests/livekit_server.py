@@ -38,6 +38,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 import aioice.ice
+import numpy as np
 from aiohttp import WSMsgType, web
 from aiortc import (
     MediaStreamTrack,
@@ -54,10 +55,17 @@ from livekit.protocol import agent, models, rtc
 
 log = logging.getLogger("livekit-test-server")
 
+DEPARTURE_TIMEOUT_SEC = 20
+"""livekit-server's default: how long a room outlives its last participant."""
 PING_INTERVAL_SEC = 5
 PING_TIMEOUT_SEC = 15
 FORWARD_QUEUE_FRAMES = 25
 """Frames (20 ms each) a slow subscriber may lag before the oldest are dropped."""
+
+
+def level_dbfs(samples: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if samples.size else 0.0
+    return 20 * np.log10(max(rms, 1e-9) / 32768)
 
 
 def sid(prefix: str) -> str:
@@ -100,6 +108,8 @@ class Publication:
     sinks: dict[str, ForwardedTrack] = field(default_factory=dict)
     """The copies sent to subscribers, by the subscriber's sid."""
     pump: asyncio.Task | None = None
+    heard: list[tuple[float, float]] = field(default_factory=list)
+    """Each frame the server received: when (time.monotonic()) and its level (dBFS)."""
 
 
 class Participant:
@@ -313,6 +323,7 @@ class Participant:
                 frame = await publication.media.recv()
             except MediaStreamError:
                 return
+            publication.heard.append((time.monotonic(), level_dbfs(frame.to_ndarray())))
             for sink in list(publication.sinks.values()):
                 sink.put(frame)
 
@@ -377,8 +388,11 @@ class Participant:
 
 
 class Room:
-    def __init__(self, server: LiveKitServer, name: str) -> None:
+    def __init__(self, server: LiveKitServer, name: str, departure_timeout: int) -> None:
         self.server = server
+        self.departure_timeout = departure_timeout
+        """Seconds the room stays once its last participant (other than agents) left."""
+        self.closing: asyncio.TimerHandle | None = None
         self.info = models.Room(
             sid=sid("RM"), name=name, creation_time=int(time.time()), creation_time_ms=int(time.time() * 1000)
         )
@@ -398,6 +412,9 @@ class Room:
         return None
 
     async def join(self, participant: Participant) -> None:
+        if self.closing is not None and not participant.is_agent():
+            self.closing.cancel()
+            self.closing = None
         old = self.by_identity(participant.identity)
         if old is not None:
             await self.remove(old, models.DisconnectReason.DUPLICATE_IDENTITY)
@@ -448,8 +465,10 @@ class Room:
         participant.info.disconnect_reason = reason
         participant.changed()
         await self.broadcast_update(participant)
-        if not any(not p.is_agent() for p in self.participants.values()):
-            await self.server.close_room(self)
+        if self.closing is None and not any(not p.is_agent() for p in self.participants.values()):
+            self.closing = asyncio.get_running_loop().call_later(
+                self.departure_timeout, lambda: self.server.background(self.server.close_room(self))
+            )
 
     async def broadcast_update(self, participant: Participant, *, to_self: bool = False) -> None:
         update = rtc.ParticipantUpdate(participants=[participant.info])
@@ -553,7 +572,8 @@ class LiveKitServer:
         name = claims.video.room
         room = self.rooms.get(name)
         if room is None:
-            room = self.rooms[name] = Room(self, name)
+            departure = claims.room_config.departure_timeout if claims.room_config else 0
+            room = self.rooms[name] = Room(self, name, departure or DEPARTURE_TIMEOUT_SEC)
             for dispatch in claims.room_config.agents if claims.room_config else []:
                 self.background(self.dispatch(name, dispatch.agent_name))
         kind = models.ParticipantInfo.Kind.Value(claims.kind.upper()) if claims.kind else 0
@@ -577,8 +597,11 @@ class LiveKitServer:
         return ws
 
     async def close_room(self, room: Room) -> None:
-        if self.rooms.pop(room.name, None) is None:
+        if self.rooms.get(room.name) is not room:
             return
+        del self.rooms[room.name]
+        if room.closing is not None:
+            room.closing.cancel()
         for participant in list(room.participants.values()):
             await room.remove(participant, models.DisconnectReason.ROOM_DELETED)
 

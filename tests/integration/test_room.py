@@ -9,16 +9,20 @@ the edge's ALSA file speaker, where speech-to-text hears it again.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from control_plane import pair, sign_up
-from home_room import HomeRoom, home_room
+from home_room import RATE, HomeRoom, home_room
 from stack import Stack
 from voice_audio import in_room_noise, loud_seconds, silence, spoken, transcribe, wav_pcm
 
+from sudo_core.families import VOICE_AGENT
+from sudo_edge.satellite import AGENT_AWAY
+from sudo_edge.settings import PairingSettings
 from sudo_voice_bridge.speech import espeak_wav
 
 pytestmark = pytest.mark.docker
@@ -26,11 +30,11 @@ pytestmark = pytest.mark.docker
 QUESTION = "what is the weather tomorrow"
 
 
-def asked(question: str) -> bytes:
+def asked(question: str) -> tuple[bytes, float]:
     """The wake word, a pause (for the earcon), the question, as the family says it near the
-    device, in a quiet room's noise."""
-    pcm = silence(0.5) + spoken("okay nabu", voice="en-us") + silence(1.0) + spoken(question) + silence(1.5)
-    return in_room_noise(pcm)
+    device, in a quiet room's noise; and where the question ends in it (seconds)."""
+    pcm = silence(0.5) + spoken("okay nabu", voice="en-us") + silence(1.0) + spoken(question)
+    return in_room_noise(pcm + silence(1.5)), len(pcm) / 2 / RATE
 
 
 @pytest.fixture
@@ -42,24 +46,61 @@ async def room(api: Stack, http, tmp_path: Path) -> AsyncIterator[HomeRoom]:
         yield home
 
 
+async def ask(home: HomeRoom, question: str) -> tuple[bytes, float]:
+    """Ask at the device, after the wake word: the answer its speaker played, and the time from
+    the end of the question to its first sound."""
+    start = len(home.edge.speaker_pcm())
+    ended = await home.say(*asked(question))
+    first_audio, offset = await home.first_audio_after(start, 60)
+    return await home.quiet_after(offset, 1.5, 60), first_audio - ended
+
+
+async def answered(api: Stack, since: float, question: str, answer: bytes) -> str:
+    """What the bridge heard of `question`, once the stand-in's reply to it is what `answer`
+    (the speaker's audio) holds: as long as espeak-ng takes to say that reply, not an echo."""
+    words = set(question.split())
+    # (A new Hermes session may ask the model something else first, a title for instance.)
+    asked = [r["last_user"] for r in api.llm_requests() if r["at"] >= since]
+    transcript = max(asked, key=lambda text: len(set(text.split()) & words))
+    assert len(set(transcript.split()) & words) >= 2, (asked, question)
+    expected = loud_seconds(*wav_pcm(await espeak_wav(f"stub says: {transcript}", "en-us")))
+    assert abs(loud_seconds(answer) - expected) < 0.25 * expected, (loud_seconds(answer), expected)
+    return transcript
+
+
 async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: Stack, room):
     home = room
     since = time.time()
-    start = len(home.edge.speaker_pcm())
-    await home.say(asked(QUESTION))
-    _, offset = await home.first_audio_after(start, 60)
-    answer = await home.quiet_after(offset, 1.5, 60)
-
-    # The agent was asked what the bridge heard, and the stand-in answered it.
-    [request] = [r for r in api.llm_requests() if r["at"] >= since]
-    transcript = request["last_user"]
-    assert len(set(transcript.split()) & set(QUESTION.split())) >= 3, transcript
-    reply = f"stub says: {transcript}"
-    # Its answer came out of the device's speaker, heard back by speech-to-text (pocketsphinx's
-    # general model mishears espeak-ng's "stub says" now and then, the rest comes through), as
-    # long as espeak-ng takes to say it: the answer, not an echo of the question.
+    answer, latency = await ask(home, QUESTION)
+    print(f"end of speech to first audio at the speaker: {latency:.2f} s")
+    transcript = await answered(api, since, QUESTION, answer)
+    # Heard back by speech-to-text (pocketsphinx's general model mishears espeak-ng's "stub
+    # says" now and then; the rest comes through).
     heard = await asyncio.to_thread(transcribe, answer)
-    assert len(set(heard.split()) & set(reply.replace(":", "").split())) >= 4, (heard, reply)
-    expected = loud_seconds(*wav_pcm(await espeak_wav(reply, "en-us")))
-    played = loud_seconds(answer)
-    assert abs(played - expected) < 0.25 * expected, (played, expected)
+    reply = f"stub says {transcript}"
+    assert len(set(heard.split()) & set(reply.split())) >= 4, (heard, reply)
+
+
+async def test_the_device_says_when_the_bridge_is_gone_and_talks_again_once_it_is_back(api: Stack, room):
+    home = room
+    await ask(home, QUESTION)
+    home.kill_bridge()  # as the OOM killer or a crash would: no goodbye
+
+    # The device notices its agent left, says so out loud (no agent is there to speak), and
+    # keeps joining its room again, each time a new one, so that LiveKit dispatches anew.
+    start = len(home.edge.speaker_pcm())
+    _, offset = await home.first_audio_after(start, 30)
+    notice = await home.quiet_after(offset, 1.0, 30)
+    said = await asyncio.to_thread(
+        subprocess.run, [*PairingSettings().speak_command, AGENT_AWAY], capture_output=True, check=True
+    )
+    expected = loud_seconds(*wav_pcm(said.stdout))
+    assert abs(loud_seconds(notice) - expected) < 0.15 * expected, (loud_seconds(notice), expected)
+    await home.until(lambda: "no agent in the room for" in home.edge.log(), 30, "the device's log line")
+    assert home.livekit.events.count(("no worker", home.room_name, VOICE_AGENT)) >= 1
+
+    home.start_bridge()  # systemd's Restart=
+    await home.until(home.ready, 90, "the device and a new agent to hear each other")
+    since = time.time()
+    answer, _ = await ask(home, QUESTION)
+    await answered(api, since, QUESTION, answer)
