@@ -230,6 +230,10 @@ agent_wait_sec = {AGENT_WAIT_SEC}
 mic_device = "mic"
 speaker_device = "speaker"
 
+[vad]
+# The file microphone hears nothing of the speaker: no echo to learn.
+echo_coupling_db = -60.0
+
 [cue]
 enabled = false
 """
@@ -274,6 +278,12 @@ enabled = false
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {within:g} s waiting for {what}\n{self.logs()}")
             await asyncio.sleep(0.05)
+
+    def agent_sounded(self, after: float) -> list[float]:
+        """When the server received loud audio from the agent after `after` (time.monotonic())."""
+        agent = self.agent()
+        tracks = agent.published.values() if agent else ()
+        return sorted(t for track in tracks for t, level in track.heard if t > after and level > LOUD_DBFS)
 
     def logs(self) -> str:
         bridge = (self.root / "bridge.log").read_text(errors="replace")

@@ -9,6 +9,7 @@ the edge's ALSA file speaker, where speech-to-text hears it again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -104,3 +105,33 @@ async def test_the_device_says_when_the_bridge_is_gone_and_talks_again_once_it_i
     since = time.time()
     answer, _ = await ask(home, QUESTION)
     await answered(api, since, QUESTION, answer)
+
+
+async def test_talking_over_the_agent_stops_it(api: Stack, room):
+    home = room
+    await ask(home, QUESTION)  # a new Hermes session's first turn is slow: then they are even
+    _, latency = await ask(home, QUESTION)
+    long_question = (
+        "please tell me everything about the weather tomorrow and the day after and then all about the week"
+    )
+    whole = loud_seconds(*wav_pcm(await espeak_wav(f"stub says: {long_question}", "en-us")))
+    # One breath: the question, then, once the answer is well under way, more words over it (the
+    # device sends them without the wake word: the agent is speaking).
+    question, question_end = asked(long_question)
+    over_it = spoken("what about the weekend")
+    gap = silence(latency + 2.0)
+    pcm = in_room_noise(question[: int(question_end * RATE) * 2] + gap + over_it + silence(2.0))
+    ended = await home.say(pcm, question_end)
+    talked_over = ended + len(gap) / 2 / RATE
+
+    # What was said over it was heard and answered: the agent speaks again after it ended.
+    over_it_ended = talked_over + len(over_it) / 2 / RATE
+    await home.until(lambda: home.agent_sounded(over_it_ended), 60, "an answer to what was said over it")
+    # The first answer stopped soon after the family spoke over it, well short of its end.
+    sounded = home.agent_sounded(ended)
+    assert sounded[0] < talked_over, "the first answer was being spoken when the family spoke"
+    going_on = [t for t in sounded if t >= talked_over]
+    stopped = next((a for a, b in itertools.pairwise(going_on) if b - a > 0.7), going_on[-1])
+    assert stopped - talked_over < 2.0, f"spoke on {stopped - talked_over:.1f} s after being talked over"
+    assert stopped - sounded[0] < whole - 2.0, (stopped - sounded[0], whole)
+    print(f"the agent stopped {stopped - talked_over:.2f} s after the family spoke over it")
