@@ -135,3 +135,15 @@ async def test_talking_over_the_agent_stops_it(api: Stack, room):
     assert stopped - talked_over < 2.0, f"spoke on {stopped - talked_over:.1f} s after being talked over"
     assert stopped - sounded[0] < whole - 2.0, (stopped - sounded[0], whole)
     print(f"the agent stopped {stopped - talked_over:.2f} s after the family spoke over it")
+
+
+async def test_the_device_talks_again_after_its_network_was_cut(api: Stack, room):
+    home = room
+    await ask(home, QUESTION)
+    home.ns.cut()  # the Wi-Fi goes, long enough for LiveKit's signalling to time out (15 s)
+    await home.until(lambda: "LiveKit connection interrupted" in home.edge.log(), 30, "the device to notice")
+    await asyncio.sleep(5)
+    home.ns.restore()
+    since = time.time()
+    answer, _ = await ask(home, QUESTION)
+    await answered(api, since, QUESTION, answer)
