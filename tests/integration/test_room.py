@@ -12,11 +12,12 @@ import asyncio
 import itertools
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from control_plane import pair, sign_up
+from control_plane import Family, pair, run_cron_now, sign_up
 from home_room import RATE, HomeRoom, home_room
 from stack import Stack
 from voice_audio import in_room_noise, loud_seconds, silence, spoken, transcribe, wav_pcm
@@ -39,10 +40,14 @@ def asked(question: str) -> tuple[bytes, float]:
 
 
 @pytest.fixture
-async def room(api: Stack, http, tmp_path: Path) -> AsyncIterator[HomeRoom]:
-    family = await sign_up(http, api.api_url, "Roomers")
-    device_id, token = await pair(http, api, family, "Kitchen")
-    async with home_room(api, tmp_path, str(family.id), device_id, token) as home:
+async def owner(api: Stack, http) -> Family:
+    return await sign_up(http, api.api_url, "Roomers")
+
+
+@pytest.fixture
+async def room(api: Stack, http, owner: Family, tmp_path: Path) -> AsyncIterator[HomeRoom]:
+    device_id, token = await pair(http, api, owner, "Kitchen")
+    async with home_room(api, tmp_path, str(owner.id), device_id, token) as home:
         await home.until(home.ready, 120, "the device and the agent to hear each other")
         yield home
 
@@ -147,3 +152,27 @@ async def test_the_device_talks_again_after_its_network_was_cut(api: Stack, room
     since = time.time()
     answer, _ = await ask(home, QUESTION)
     await answered(api, since, QUESTION, answer)
+
+
+async def test_a_cron_reminder_set_through_hermes_is_said_at_the_device(api: Stack, owner: Family, room):
+    home = room
+    start = len(home.edge.speaker_pcm())
+    container = api.container(uuid.UUID(owner.id))
+    await asyncio.to_thread(
+        run_cron_now, container, "Tell the family it is time to leave for school", "sudo_voice"
+    )
+    _, offset = await home.first_audio_after(start, 120)
+    said = await home.quiet_after(offset, 2.0, 120)
+
+    # The family's Home thread keeps what was said, and that it was said.
+    for _ in range(100):
+        status, body = await owner.call("GET", "/v1/chat/messages?thread=home")
+        assert status == 200, body
+        if [m["status"] for m in body["messages"]] == ["spoken"]:
+            break
+        await asyncio.sleep(0.2)
+    [reminder] = body["messages"]
+    assert reminder["status"] == "spoken" and "leave for school" in reminder["text"], reminder
+    # What came out of the speaker is that text, as long as espeak-ng takes to say it.
+    expected = loud_seconds(*wav_pcm(await espeak_wav(reminder["text"], "en-us")))
+    assert abs(loud_seconds(said) - expected) < 0.2 * expected, (loud_seconds(said), expected)
