@@ -27,6 +27,7 @@ deps:
 	pkg-config --exists alsa 2>/dev/null || missing="$$missing libasound2-dev"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
 		echo "==> installing$$missing"; \
@@ -90,6 +91,7 @@ bench: venv hermes-image
 	$(BIN)/python tests/bench/bench_runtimes.py
 	$(BIN)/python tests/bench/bench_api.py
 	$(BIN)/python tests/bench/bench_voice.py
+	$(BIN)/python tests/bench/bench_room.py
 	$(BIN)/python tests/edge/bench_edge.py
 
 clean:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from livekit_server import LiveKitServer, Participant
 from stack import BIN, Stack, free_port
+from voice_audio import in_room_noise, silence, spoken
 
 RATE = 16000
 EDGE = Path(sys.executable).with_name("sudo-edge")
@@ -42,6 +43,13 @@ def level_dbfs(pcm: bytes) -> float:
     samples = np.frombuffer(pcm, np.int16).astype(np.float64)
     rms = np.sqrt(np.mean(samples**2)) if len(samples) else 0.0
     return 20 * np.log10(max(rms, 1e-9) / 32768)
+
+
+def asked(question: str) -> tuple[bytes, float]:
+    """The wake word, a pause (for the earcon), the question, as the family says it near the
+    device, in a quiet room's noise; and where the question ends in it (seconds)."""
+    pcm = silence(0.5) + spoken("okay nabu", voice="en-us") + silence(1.0) + spoken(question)
+    return in_room_noise(pcm + silence(1.5)), len(pcm) / 2 / RATE
 
 
 class Namespace:
@@ -299,6 +307,14 @@ enabled = false
         await self.edge.command("mute")
         await self.edge.command("unmute")
         return time.monotonic() + speech_end
+
+    async def ask(self, question: str) -> tuple[bytes, float]:
+        """Ask at the device, after the wake word: the answer its speaker played, and the time
+        from the end of the question to its first sound."""
+        start = len(self.edge.speaker_pcm())
+        ended = await self.say(*asked(question))
+        first_audio, offset = await self.first_audio_after(start, 60)
+        return await self.quiet_after(offset, 1.5, 60), first_audio - ended
 
     async def first_audio_after(self, start: int, within: float) -> tuple[float, int]:
         """Wait for loud audio in the speaker file past byte `start`: (when seen, its offset)."""

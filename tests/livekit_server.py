@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -50,8 +49,8 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
-from livekit.api import AccessToken, TokenVerifier, VideoGrants
-from livekit.protocol import agent, models, rtc
+from livekit.protocol import models, rtc
+from livekit_dispatch import AgentDispatch, sid
 
 log = logging.getLogger("livekit-test-server")
 
@@ -66,10 +65,6 @@ FORWARD_QUEUE_FRAMES = 25
 def level_dbfs(samples: np.ndarray) -> float:
     rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if samples.size else 0.0
     return 20 * np.log10(max(rms, 1e-9) / 32768)
-
-
-def sid(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(9)}"
 
 
 class ForwardedTrack(MediaStreamTrack):
@@ -484,29 +479,12 @@ class Room:
                 other.deliver(data, label)
 
 
-@dataclass
-class Worker:
-    ws: web.WebSocketResponse
-    registration: agent.RegisterWorkerRequest
-    answers: dict[str, asyncio.Future[agent.AvailabilityResponse]] = field(default_factory=dict)
-
-
-class LiveKitServer:
+class LiveKitServer(AgentDispatch):
     def __init__(self, api_key: str, api_secret: str, *, media_host: str = "127.0.0.1") -> None:
-        self.api_key = api_key
-        self.api_secret = api_secret
+        super().__init__(api_key, api_secret)
         self.media_host = media_host
-        self.verifier = TokenVerifier(api_key, api_secret)
-        self.version = "1.9.0"
         self.rooms: dict[str, Room] = {}
-        self.workers: list[Worker] = []
-        self.refused: list[str] = []
-        """Why connections were refused (bad token, missing grant)."""
-        self.events: list[tuple[str, str, str]] = []
-        """What happened, in order: ("joined" | "left" | "dispatched", room, identity or agent)."""
-        self.registered = asyncio.Event()
         self.runner: web.AppRunner | None = None
-        self.url = ""
         self._tasks: set[asyncio.Task] = set()
 
     def background(self, work: Coroutine) -> None:
@@ -544,13 +522,6 @@ class LiveKitServer:
         if scheme != "Bearer":
             token = request.query.get("access_token", "")
         return self.claims(token)
-
-    def claims(self, token: str):
-        try:
-            return self.verifier.verify(token)
-        except Exception as exc:  # livekit-api raises jwt's own errors
-            self.refused.append(f"bad token: {exc}")
-            raise web.HTTPUnauthorized(text="invalid token") from None
 
     async def not_here(self, _request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="single peer connection mode is not served")
@@ -605,74 +576,8 @@ class LiveKitServer:
         for participant in list(room.participants.values()):
             await room.remove(participant, models.DisconnectReason.ROOM_DELETED)
 
-    # Agent dispatch
-
-    async def agent(self, request: web.Request) -> web.StreamResponse:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        claims = self.claims(token)
-        if scheme != "Bearer" or not (claims.video and claims.video.agent):
-            self.refused.append("no agent grant")
-            raise web.HTTPUnauthorized(text="the token lacks the agent grant")
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        first = agent.WorkerMessage()
-        first.ParseFromString(await ws.receive_bytes())
-        if not first.HasField("register"):
-            await ws.close()
-            return ws
-        worker = Worker(ws, first.register)
-        reply = agent.ServerMessage(
-            register=agent.RegisterWorkerResponse(
-                worker_id=sid("AW"), server_info=models.ServerInfo(version=self.version)
-            )
-        )
-        await ws.send_bytes(reply.SerializeToString())
-        self.workers.append(worker)
-        self.registered.set()
-        try:
-            async for message in ws:
-                if message.type != WSMsgType.BINARY:
-                    continue
-                incoming = agent.WorkerMessage()
-                incoming.ParseFromString(message.data)
-                kind = incoming.WhichOneof("message")
-                if kind == "availability":
-                    answer = worker.answers.get(incoming.availability.job_id)
-                    if answer is not None and not answer.done():
-                        answer.set_result(incoming.availability)
-                elif kind == "ping":
-                    pong = agent.WorkerPong(last_timestamp=incoming.ping.timestamp)
-                    await ws.send_bytes(agent.ServerMessage(pong=pong).SerializeToString())
-        finally:
-            self.workers.remove(worker)
-            if not self.workers:
-                self.registered.clear()
-        return ws
-
-    async def offer(self, room: str, agent_name: str, within: float = 30.0) -> agent.AvailabilityResponse:
-        """Ask the registered worker of `agent_name` whether it takes a job in `room`."""
-        worker = next(w for w in self.workers if w.registration.agent_name == agent_name)
-        job = agent.Job(
-            id=sid("AJ"),
-            type=agent.JobType.JT_ROOM,
-            room=self.rooms[room].info if room in self.rooms else models.Room(sid=sid("RM"), name=room),
-            agent_name=agent_name,
-        )
-        answer = asyncio.get_running_loop().create_future()
-        worker.answers[job.id] = answer
-        request = agent.ServerMessage(availability=agent.AvailabilityRequest(job=job))
-        await worker.ws.send_bytes(request.SerializeToString())
-        response = await asyncio.wait_for(answer, within)
-        if response.available and room in self.rooms:
-            await worker.ws.send_bytes(
-                agent.ServerMessage(
-                    assignment=agent.JobAssignment(
-                        job=job, url=self.url, token=self.agent_token(room, response)
-                    )
-                ).SerializeToString()
-            )
-            self.events.append(("dispatched", room, agent_name))
-        return response
+    def room_info(self, room: str) -> models.Room | None:
+        return self.rooms[room].info if room in self.rooms else None
 
     async def dispatch(self, room: str, agent_name: str) -> None:
         """Dispatch an agent to a room, as livekit-server does for a room's configuration.
@@ -686,28 +591,3 @@ class LiveKitServer:
             await self.offer(room, agent_name)
         except (TimeoutError, ConnectionError) as exc:
             log.warning("dispatch of %s to %s failed: %r", agent_name, room, exc)
-
-    def agent_token(self, room: str, accepted: agent.AvailabilityResponse) -> str:
-        identity = accepted.participant_identity or sid("agent")
-        token = (
-            AccessToken(self.api_key, self.api_secret)
-            .with_identity(identity)
-            .with_name(accepted.participant_name or identity)
-            .with_kind("agent")
-            .with_grants(
-                VideoGrants(
-                    room_join=True,
-                    room=room,
-                    agent=True,
-                    can_publish=True,
-                    can_subscribe=True,
-                    can_publish_data=True,
-                    can_update_own_metadata=True,
-                )
-            )
-        )
-        if accepted.participant_metadata:
-            token = token.with_metadata(accepted.participant_metadata)
-        if accepted.participant_attributes:
-            token = token.with_attributes(dict(accepted.participant_attributes))
-        return token.to_jwt()

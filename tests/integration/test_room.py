@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from control_plane import Family, pair, run_cron_now, sign_up
-from home_room import RATE, HomeRoom, home_room
+from home_room import RATE, HomeRoom, asked, home_room
 from stack import Stack
 from voice_audio import in_room_noise, loud_seconds, silence, spoken, transcribe, wav_pcm
 
@@ -32,13 +32,6 @@ pytestmark = pytest.mark.docker
 QUESTION = "what is the weather tomorrow"
 
 
-def asked(question: str) -> tuple[bytes, float]:
-    """The wake word, a pause (for the earcon), the question, as the family says it near the
-    device, in a quiet room's noise; and where the question ends in it (seconds)."""
-    pcm = silence(0.5) + spoken("okay nabu", voice="en-us") + silence(1.0) + spoken(question)
-    return in_room_noise(pcm + silence(1.5)), len(pcm) / 2 / RATE
-
-
 @pytest.fixture
 async def owner(api: Stack, http) -> Family:
     return await sign_up(http, api.api_url, "Roomers")
@@ -50,15 +43,6 @@ async def room(api: Stack, http, owner: Family, tmp_path: Path) -> AsyncIterator
     async with home_room(api, tmp_path, str(owner.id), device_id, token) as home:
         await home.until(home.ready, 120, "the device and the agent to hear each other")
         yield home
-
-
-async def ask(home: HomeRoom, question: str) -> tuple[bytes, float]:
-    """Ask at the device, after the wake word: the answer its speaker played, and the time from
-    the end of the question to its first sound."""
-    start = len(home.edge.speaker_pcm())
-    ended = await home.say(*asked(question))
-    first_audio, offset = await home.first_audio_after(start, 60)
-    return await home.quiet_after(offset, 1.5, 60), first_audio - ended
 
 
 async def answered(api: Stack, since: float, question: str, answer: bytes) -> str:
@@ -77,7 +61,7 @@ async def answered(api: Stack, since: float, question: str, answer: bytes) -> st
 async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: Stack, room):
     home = room
     since = time.time()
-    answer, latency = await ask(home, QUESTION)
+    answer, latency = await home.ask(QUESTION)
     print(f"end of speech to first audio at the speaker: {latency:.2f} s")
     transcript = await answered(api, since, QUESTION, answer)
     # Heard back by speech-to-text (pocketsphinx's general model mishears espeak-ng's "stub
@@ -89,7 +73,7 @@ async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: 
 
 async def test_the_device_says_when_the_bridge_is_gone_and_talks_again_once_it_is_back(api: Stack, room):
     home = room
-    await ask(home, QUESTION)
+    await home.ask(QUESTION)
     home.kill_bridge()  # as the OOM killer or a crash would: no goodbye
 
     # The device notices its agent left, says so out loud (no agent is there to speak), and
@@ -108,14 +92,14 @@ async def test_the_device_says_when_the_bridge_is_gone_and_talks_again_once_it_i
     home.start_bridge()  # systemd's Restart=
     await home.until(home.ready, 90, "the device and a new agent to hear each other")
     since = time.time()
-    answer, _ = await ask(home, QUESTION)
+    answer, _ = await home.ask(QUESTION)
     await answered(api, since, QUESTION, answer)
 
 
 async def test_talking_over_the_agent_stops_it(api: Stack, room):
     home = room
-    await ask(home, QUESTION)  # a new Hermes session's first turn is slow: then they are even
-    _, latency = await ask(home, QUESTION)
+    await home.ask(QUESTION)  # a new Hermes session's first turn is slow: then they are even
+    _, latency = await home.ask(QUESTION)
     long_question = (
         "please tell me everything about the weather tomorrow and the day after and then all about the week"
     )
@@ -144,13 +128,13 @@ async def test_talking_over_the_agent_stops_it(api: Stack, room):
 
 async def test_the_device_talks_again_after_its_network_was_cut(api: Stack, room):
     home = room
-    await ask(home, QUESTION)
+    await home.ask(QUESTION)
     home.ns.cut()  # the Wi-Fi goes, long enough for LiveKit's signalling to time out (15 s)
     await home.until(lambda: "LiveKit connection interrupted" in home.edge.log(), 30, "the device to notice")
     await asyncio.sleep(5)
     home.ns.restore()
     since = time.time()
-    answer, _ = await ask(home, QUESTION)
+    answer, _ = await home.ask(QUESTION)
     await answered(api, since, QUESTION, answer)
 
 
