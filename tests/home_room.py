@@ -33,7 +33,7 @@ from voice_audio import in_room_noise, silence, spoken
 RATE = 16000
 EDGE = Path(sys.executable).with_name("sudo-edge")
 _namespaces = itertools.count()
-AGENT_WAIT_SEC = 3.0
+AGENT_WAIT_SEC = 10.0
 """How long the device waits for a missing agent before it says so and joins again."""
 LOUD_DBFS = -40.0
 """A 20 ms stretch of the speaker file above this is the agent speaking (its silence is zeros)."""
@@ -168,6 +168,7 @@ class HomeRoom:
         self.edge = Edge(root / "edge")
         self.room_name = ""
         self._relay: asyncio.Server | None = None
+        self._said = 0
 
     async def start(self, user_id: str, device_id: str, device_token: str) -> None:
         self.room_name = f"room_{user_id}_{device_id}"
@@ -294,8 +295,20 @@ enabled = false
         return sorted(t for track in tracks for t, level in track.heard if t > after and level > LOUD_DBFS)
 
     def logs(self) -> str:
+        """The edge's and the bridge's logs, and the room as the server sees it, for a failure."""
         bridge = (self.root / "bridge.log").read_text(errors="replace")
-        return f"--- edge ---\n{self.edge.log()[-4000:]}\n--- bridge ---\n{bridge[-4000:]}"
+        now, room = time.monotonic(), []
+        for p in self.participants():
+            tracks = {
+                sid: sum(1 for t, level in track.heard if t > now - 30 and level > LOUD_DBFS)
+                for sid, track in p.published.items()
+            }
+            room.append(
+                f"{p.identity}: loud frames received in the last 30 s {tracks}, sent {list(p.senders)}"
+            )
+        edge = "\n".join(line for line in self.edge.log().splitlines() if "no callback attached" not in line)
+        parts = ("--- room ---", *room, "--- edge ---", edge[-4000:], "--- bridge ---", bridge[-4000:])
+        return "\n".join(parts)
 
     # Talking to it
 
@@ -304,9 +317,18 @@ enabled = false
         it: a mute and an unmute); when it hears the end of the speech, `speech_end` seconds
         into `pcm` (time.monotonic(), within the few milliseconds the device takes to open)."""
         self.edge.mic_file.write_bytes(pcm)
+        self._said += 1
         await self.edge.command("mute")
         await self.edge.command("unmute")
+        # Once heard, the recording goes: a microphone opened again (the room joined again) hears
+        # the room's silence, not the same words twice.
+        said = self._said
+        asyncio.get_running_loop().call_later(len(pcm) / 2 / RATE + 1.0, self._forget_recording, said)
         return time.monotonic() + speech_end
+
+    def _forget_recording(self, said: int) -> None:
+        if said == self._said:
+            self.edge.mic_file.write_bytes(b"")
 
     async def ask(self, question: str) -> tuple[bytes, float]:
         """Ask at the device, after the wake word: the answer its speaker played, and the time
