@@ -68,7 +68,7 @@ async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: 
     # says" now and then; the rest comes through).
     heard = await asyncio.to_thread(transcribe, answer)
     reply = f"stub says {transcript}"
-    assert len(set(heard.split()) & set(reply.split())) >= 4, (heard, reply)
+    assert len(set(heard.split()) & set(reply.split())) >= 3, (heard, reply)
 
 
 async def test_the_device_says_when_the_bridge_is_gone_and_talks_again_once_it_is_back(api: Stack, room):
