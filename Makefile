@@ -40,6 +40,7 @@ deps:
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	[ $(NATIVE_ARCH) = arm64 ] || command -v qemu-aarch64-static >/dev/null || missing="$$missing qemu-user-static binfmt-support"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \
 	if [ -n "$$missing" ]; then \
 		echo "==> installing$$missing"; \
@@ -124,6 +125,7 @@ bench: venv hermes-image
 	$(BIN)/python tests/bench/bench_runtimes.py
 	$(BIN)/python tests/bench/bench_api.py
 	$(BIN)/python tests/bench/bench_voice.py
+	$(BIN)/python tests/bench/bench_room.py
 	$(BIN)/python tests/edge/bench_edge.py
 
 clean:

@@ -12,7 +12,9 @@ import array
 import asyncio
 import subprocess
 import time
+import wave
 from dataclasses import dataclass, field
+from io import BytesIO
 
 import numpy as np
 from livekit import rtc
@@ -52,6 +54,13 @@ def silence(seconds: float) -> bytes:
     return bytes(2 * int(RATE * seconds))
 
 
+def in_room_noise(pcm: bytes, seed: int = 0) -> bytes:
+    """`pcm` (16 kHz mono) as a microphone in a quiet room hears it: over its noise floor."""
+    noise = np.random.default_rng(seed).normal(0, 32768 * 10 ** (ROOM_NOISE_DBFS / 20), len(pcm) // 2)
+    samples = np.frombuffer(pcm, dtype=np.int16) + noise
+    return np.clip(samples, -32768, 32767).astype(np.int16).tobytes()
+
+
 async def wait_until(predicate, within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not predicate():
@@ -68,7 +77,7 @@ class RecordingInput(io.AudioInput):
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._pending = b""
         self._next_at: float | None = None
-        self._noise = np.random.default_rng(0)
+        self._frames = 0
         self.speech_ended_at: list[float] = []
         """Monotonic times at which each played recording's speech ended (its trailing silence began)."""
 
@@ -93,10 +102,9 @@ class RecordingInput(io.AudioInput):
                 continue
             self._pending += chunk
         data, self._pending = self._pending[: 2 * FRAME], self._pending[2 * FRAME :]
-        samples = np.frombuffer(data.ljust(2 * FRAME, b"\0"), dtype=np.int16) + self._noise.normal(
-            0, 32768 * 10 ** (ROOM_NOISE_DBFS / 20), FRAME
-        )
-        return rtc.AudioFrame(np.clip(samples, -32768, 32767).astype(np.int16).tobytes(), RATE, 1, FRAME)
+        noisy = in_room_noise(data.ljust(2 * FRAME, b"\0"), self._frames)
+        self._frames += 1
+        return rtc.AudioFrame(noisy, RATE, 1, FRAME)
 
 
 @dataclass
@@ -170,3 +178,31 @@ async def heard(speaker: CapturedOutput) -> str:
     frame = rtc.AudioFrame(pcm, speaker.replies[0].sample_rate, 1, len(pcm) // 2)
     event = await PocketsphinxSTT(load_vad(VoiceSettings())).recognize(buffer=frame)
     return event.alternatives[0].text
+
+
+def transcribe(pcm: bytes) -> str:
+    """The words pocketsphinx (the bridge's offline speech-to-text) hears in 16 kHz mono S16_LE."""
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=RATE, loglevel="ERROR")
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    hyp = decoder.hyp()
+    return hyp.hypstr.strip() if hyp else ""
+
+
+def loud_seconds(pcm: bytes, rate: int = RATE, threshold_dbfs: float = -40.0) -> float:
+    """From the first to the last 20 ms of mono S16_LE `pcm` louder than `threshold_dbfs`."""
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], np.int16).astype(np.float64)
+    step = rate // 50
+    chunks = samples[: len(samples) // step * step].reshape(-1, step)
+    levels = 20 * np.log10(np.maximum(np.sqrt((chunks**2).mean(axis=1)), 1e-9) / 32768)
+    loud = np.flatnonzero(levels > threshold_dbfs)
+    return (loud[-1] - loud[0] + 1) / 50 if len(loud) else 0.0
+
+
+def wav_pcm(wav: bytes) -> tuple[bytes, int]:
+    """The samples and rate of a mono WAV (espeak-ng's streamed header has no length)."""
+    with wave.open(BytesIO(wav)) as reader:
+        return reader.readframes(1 << 30), reader.getframerate()

@@ -18,6 +18,10 @@ from livekit import api as livekit
 from sudo_core.families import VOICE_AGENT, room_for
 
 TOKEN_TTL = datetime.timedelta(minutes=15)
+ROOM_DEPARTURE_SEC = 2
+"""How long LiveKit keeps a device's room once the device left it. LiveKit dispatches a room's
+agents only when it creates the room: a device whose agent is gone (the voice bridge
+restarted) leaves and joins again, and must find a new room, with a new agent."""
 
 
 class VoiceNotConfigured(RuntimeError):
@@ -44,7 +48,10 @@ def device_token(settings: dict[str, Any], device: uuid.UUID, family: uuid.UUID)
         .with_ttl(TOKEN_TTL)
         .with_grants(livekit.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True))
         .with_room_config(
-            livekit.RoomConfiguration(agents=[livekit.RoomAgentDispatch(agent_name=VOICE_AGENT)])
+            livekit.RoomConfiguration(
+                agents=[livekit.RoomAgentDispatch(agent_name=VOICE_AGENT)],
+                departure_timeout=ROOM_DEPARTURE_SEC,
+            )
         )
         .to_jwt()
     )

@@ -220,10 +220,13 @@ class Microphone:
         if self.gate is None:
             self._emit([frame])
             return
+        wakes = self.listening.wakes if self.listening is not None else 0
         if (self.half_duplex is not None and self.half_duplex()) or (
             self.listening is not None and not self.listening.admits(frame.pcm, self.gate.open)
         ):
             self.gate.reset()
+            if self.listening is not None and self.listening.wakes != wakes:  # the word, just now
+                self.gate.hold_open(self.listening.follow_up_sec)
             return
         sent = self.gate.push(frame, self.echo(time.monotonic()) if self.echo is not None else None)
         if sent:

@@ -11,7 +11,8 @@ tests/edge/test_edge_room_contract.py checks against every implementation:
   when the room is lost or closed. Only the agent is heard: another device of the family in the
   same room is not played.
 - `agent_states()` yields the agent's `lk.agent.state` ("listening", "thinking", "speaking"...)
-  each time it changes, its value at join first; it ends when the room is lost or closed.
+  each time it changes, its value at join first, and `AGENT_GONE` when the agent leaves the
+  room; it ends when the room is lost or closed.
 - `disconnected` is set when the room is lost for good (after the SDK's own reconnection
   attempts) or closed; `reason` then says why.
 - `close()` leaves the room; it is idempotent and ends both iterators.
@@ -33,6 +34,8 @@ log = logging.getLogger("sudo-edge.room")
 
 AGENT_STATE_ATTRIBUTE = "lk.agent.state"
 """The participant attribute livekit-agents sets to the agent's state."""
+AGENT_GONE = "gone"
+"""What `agent_states()` yields when the agent left the room."""
 
 
 class RoomError(Exception):
@@ -116,6 +119,7 @@ class LiveKitRoom:
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("track_unsubscribed", self._on_track_unsubscribed)
         room.on("participant_connected", self._check_state)
+        room.on("participant_disconnected", self._on_participant_left)
         room.on("participant_attributes_changed", lambda _changed, p: self._check_state(p))
         room.on(
             "reconnecting", lambda: log.warning("LiveKit connection interrupted, the SDK is reconnecting")
@@ -182,6 +186,12 @@ class LiveKitRoom:
         if state and state != self._last_state:
             self._last_state = state
             self._states.put(state)
+
+    def _on_participant_left(self, participant: rtc.RemoteParticipant) -> None:
+        if is_agent(participant) and self._last_state != AGENT_GONE:
+            log.warning("the agent (%s) left the room", participant.identity)
+            self._last_state = AGENT_GONE
+            self._states.put(AGENT_GONE)
 
     def _on_track_subscribed(
         self, track: rtc.Track, _publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant

@@ -48,7 +48,7 @@ from .audio import (
 from .button import watch_button
 from .control import ControlServer
 from .notify import Notifier
-from .room import LiveKitRoom, Room, RoomError, RoomFactory
+from .room import AGENT_GONE, LiveKitRoom, Room, RoomError, RoomFactory
 from .settings import ReconnectSettings, Settings
 from .state import MuteFlag, PairedDevice, TokenStore
 from .vad import SpeechGate
@@ -56,9 +56,16 @@ from .wake import Listening, WakeWord
 
 log = logging.getLogger("sudo-edge")
 
+AGENT_AWAY = "Sorry, the assistant is not answering right now. I will keep trying."
+"""What the device says when its agent is gone, once per outage."""
+
 
 class Unpaired(Exception):
     """sudo-api does not (or no longer) know this device's token."""
+
+
+class AgentAway(Exception):
+    """No agent in the room for `voice.agent_wait_sec`: leave it, and join again later."""
 
 
 class Backoff:
@@ -120,6 +127,7 @@ class Satellite:
         self.muted = False
         self._mute_changed = asyncio.Event()
         self._voice: VoiceToken | None = None
+        self._told_agent_away = False
         self._status: dict[str, str] = {}
 
     # Status: one line for systemd, made of the parts that currently apply
@@ -426,6 +434,13 @@ class Satellite:
             self._set_status("state", f"connected to {voice.room}")
             try:
                 await self._in_room(room, token)
+            except AgentAway as exc:
+                # A new room (the old one gone after its departure timeout) brings a new agent.
+                await room.close()
+                log.warning("%s; joining %s again in %s", exc, voice.room, _seconds(v.agent_wait_sec))
+                self._set_status("state", "paired; the assistant is away, joining its room again")
+                await asyncio.sleep(v.agent_wait_sec)
+                continue
             finally:
                 await room.close()
             delay = backoff.next()
@@ -438,7 +453,7 @@ class Satellite:
             room.disconnected.wait(),
             self._microphone(room),
             self._agent_audio(room),
-            self._cues(room),
+            self._follow_agent(room),
             self._renew_voice_token(token),
         )
 
@@ -500,14 +515,42 @@ class Satellite:
             self.speaker.play(pcm)
         await room.disconnected.wait()
 
-    async def _cues(self, room: Room) -> None:
-        async for state in room.agent_states():
+    async def _follow_agent(self, room: Room) -> None:
+        """The agent's states: the wake word's window and the cue follow them. With no agent
+        in the room for `voice.agent_wait_sec`, say so and leave (`AgentAway`): joining again
+        once the room is gone has LiveKit dispatch a new one (it dispatches a room's agents
+        when it creates the room)."""
+        wait = self.settings.voice.agent_wait_sec
+        states = aiter(room.agent_states())
+        here = False
+        while True:
+            try:
+                state = await asyncio.wait_for(anext(states), None if here else wait)
+            except StopAsyncIteration:
+                await room.disconnected.wait()
+                return
+            except TimeoutError:
+                await self._say_agent_away()
+                raise AgentAway(f"no agent in the room for {_seconds(wait)}") from None
+            here = state != AGENT_GONE
+            if not here:
+                continue
+            self._told_agent_away = False
             log.debug("agent is %s", state)
             if self.listening is not None:
                 self.listening.agent_is(state)
             if state == "listening" and self.settings.cue.enabled:
                 self.speaker.overlay(self._cue)
-        await room.disconnected.wait()
+
+    async def _say_agent_away(self) -> None:
+        if self._told_agent_away:
+            return  # once per outage, not at every try
+        self._told_agent_away = True
+        command, rate = self.settings.pairing.speak_command, self.settings.audio.sample_rate
+        try:
+            self.speaker.play(await synthesize(command, AGENT_AWAY, rate))
+        except SpeechError as exc:
+            log.warning("cannot say that the assistant is away: %s", exc)
 
 
 async def _race(*coros: Coroutine[Any, Any, Any]) -> None:

@@ -161,6 +161,12 @@ class VoiceSettings:
     """After the wake word, and again after each answer, speech within this long goes to the
     agent without the wake word: time to ask, and to reply (seconds)."""
 
+    agent_wait_sec: float = 15.0
+    """With no agent in the room this long (it never came, or it left: the voice bridge
+    restarting), the device says so, leaves, and joins again after as long, when LiveKit has
+    closed the room (sudo-api's tokens close it 2 s after the device left) and dispatches a new
+    agent to the new one (seconds)."""
+
     def __post_init__(self) -> None:
         _check(self.connect_timeout_sec > 0, "voice.connect_timeout_sec", "must be positive")
         _check(self.token_margin_sec >= 0, "voice.token_margin_sec", "must be 0 or more")
@@ -169,6 +175,7 @@ class VoiceSettings:
         words = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
         _check(self.wake_word in words, "voice.wake_word", f"must be one of {', '.join(words)}")
         _check(self.follow_up_sec > 0, "voice.follow_up_sec", "must be positive")
+        _check(self.agent_wait_sec > 0, "voice.agent_wait_sec", "must be positive")
 
 
 @dataclass(frozen=True)

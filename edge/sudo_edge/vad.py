@@ -99,6 +99,7 @@ class SpeechGate:
     def __init__(self, settings: VadSettings, period_ms: int) -> None:
         self.vad = EnergyVad(settings, period_ms)
         self.echo = EchoEstimate(settings)
+        self._period_ms = period_ms
         self._start = max(1, math.ceil(settings.start_ms / period_ms))
         self._hangover = math.ceil(settings.hangover_ms / period_ms)
         self._recent: collections.deque[Frame] = collections.deque(
@@ -131,6 +132,16 @@ class SpeechGate:
         sent = list(self._recent)
         self._recent.clear()
         return sent
+
+    def hold_open(self, seconds: float) -> None:
+        """Send every frame from now on, quiet ones too, until `seconds` pass without speech
+        (then the hangover, as usual). After the wake word the question follows: sent as it
+        comes, it needs no preroll, whose burst would keep the stream a preroll behind real time
+        until the end of the question, and the agent's answer as late."""
+        self.open = True
+        self._run = 0
+        self._recent.clear()
+        self._quiet = -math.ceil(seconds * 1000 / self._period_ms)
 
     def reset(self) -> None:
         """Close the gate and forget the preroll (the noise floor is kept)."""

@@ -10,7 +10,7 @@ equivalent, and only that:
   not pulled), tagged under a name of this test's own, as upstream's would be;
 - livekit-server: a stand-in executable (LIVEKIT_BINARY) that reads the config it is given,
   says which port and key it found, answers "OK" on that port as livekit-server does, and
-  speaks LiveKit's worker protocol there (tests/livekit_stub.py) with the config's key pair;
+  speaks LiveKit's worker protocol there (tests/livekit_dispatch.py) with the config's key pair;
 - TLS: Caddy's own CA (TLS=internal), on free ports, since no certificate authority is reachable;
   for the voice bridge, the public names resolve to 127.0.0.1 and that CA is trusted.
 Caddy itself comes from Debian's apt, as on a real host. The machine has sudo.toml written
@@ -44,7 +44,7 @@ BOOTSTRAP = [f"{SRC}/proxmox/bootstrap.sh", "/root/sudo-bootstrap.conf"]
 
 STANDIN = r'''#!/opt/venvs/sudo/bin/python
 """Stands in for livekit-server in tests/e2e/test_bootstrap.py: what the voice bridge needs of
-one apart from media, its worker protocol (tests/livekit_stub.py), with the key pair of the
+one apart from media, its worker protocol (tests/livekit_dispatch.py), with the key pair of the
 config it is given, on the port that config names; GET / answers "OK" as livekit-server does."""
 import asyncio
 import re
@@ -52,7 +52,7 @@ import sys
 
 sys.path.insert(0, "/opt/sudo-src/tests")
 from aiohttp import web
-from livekit_stub import LiveKitDispatch
+from livekit_dispatch import AgentDispatch
 
 if sys.argv[1:] == ["--version"]:
     print("livekit-server version 0.0.0-standin")
@@ -70,7 +70,7 @@ async def ok(request):
 
 
 async def main():
-    dispatch = LiveKitDispatch(key, secret)
+    dispatch = AgentDispatch(key, secret)
     app = web.Application()
     app.router.add_get("/", ok)
     app.router.add_get("/agent", dispatch.agent)

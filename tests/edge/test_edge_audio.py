@@ -96,6 +96,24 @@ def test_the_noise_floor_follows_a_louder_room_and_speech_still_opens_the_gate(r
     assert len(sent) > 0.5 * speech.size / 320, "speech over the fan is sent"
 
 
+def test_after_the_wake_word_the_question_streams_as_it_comes_with_no_preroll_burst(recording: Recording):
+    gate = SpeechGate(VadSettings(), 20)
+    quiet = np.random.default_rng(3).normal(0, 10, RATE).astype(np.int16).tobytes()  # 1 s, -70 dBFS
+    pause = [quiet[i : i + 640] for i in range(0, len(quiet), 640)]
+    speech = [recording.speech[i : i + 640] for i in range(0, len(recording.speech) - 639, 640)]
+    # Without the wake word's hold, speech opens the gate with its preroll: a burst of frames.
+    bursts = [len(gate.push(Frame(i, pcm))) for i, pcm in enumerate(pause + speech)]
+    assert max(bursts) > 1
+    # Held open at the wake word: every frame leaves when it is heard, the pause before the
+    # question included, one at a time, until the hangover after the question.
+    gate.reset()
+    gate.hold_open(2.0)
+    sent = [gate.push(Frame(i, pcm)) for i, pcm in enumerate(pause + speech + pause + pause)]
+    assert all(len(frames) == 1 for frames in sent[: len(pause) + len(speech)])
+    assert not gate.open, "closed after the hangover that followed the question"
+    assert sum(map(len, sent)) < len(sent)
+
+
 async def test_playback_writes_exactly_the_frames_given(devices: AudioDevices, recording: Recording):
     speaker = Speaker(audio_settings(devices))
     speaker.start()

@@ -1,6 +1,6 @@
 """sudo-voice-bridge as systemd runs it: notify protocol, the LiveKit worker protocol, dispatch.
 
-The LiveKit server is the stand-in of tests/livekit_stub.py (its worker-dispatch half); sudo-api
+The LiveKit server is the stand-in of tests/livekit_server.py (its worker-dispatch half); sudo-api
 and the database are real. The bridge waits for the admin's LiveKit settings, registers under
 the agent name the devices' tokens dispatch, takes rooms of existing families only, registers
 again when the admin changes the server, and stops cleanly.
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from control_plane import pair, sign_up
-from livekit_stub import LiveKitDispatch
+from livekit_server import LiveKitServer
 from stack import BIN, Notifications, Stack, free_port
 
 from sudo_core.families import VOICE_AGENT
@@ -29,7 +29,7 @@ async def notified(notes: Notifications, message: str, within: float = 30.0) -> 
     assert await asyncio.to_thread(notes.wait_for, message, within), (message, notes.seen)
 
 
-async def set_livekit(api: Stack, server: LiveKitDispatch, key: str, secret: str) -> None:
+async def set_livekit(api: Stack, server: LiveKitServer, key: str, secret: str) -> None:
     for name, value in (("url", server.url), ("api_key", key), ("api_secret", secret)):
         await api.db.aio(api.db.set_setting, f"livekit.{name}", value)
 
@@ -61,7 +61,7 @@ async def test_the_bridge_serves_family_rooms_of_the_admins_livekit_server(api: 
     await notified(notes, "STATUS=waiting for the LiveKit settings")
 
     key, secret = "APIbridge", secrets.token_hex(32)
-    livekit = LiveKitDispatch(key, secret)
+    livekit = LiveKitServer(key, secret)
     await livekit.start()
     try:
         await set_livekit(api, livekit, key, secret)
@@ -83,7 +83,7 @@ async def test_the_bridge_serves_family_rooms_of_the_admins_livekit_server(api: 
 
         # The admin moves LiveKit to a new server with a new secret: the bridge follows.
         key2, secret2 = "APIbridge2", secrets.token_hex(32)
-        moved = LiveKitDispatch(key2, secret2)
+        moved = LiveKitServer(key2, secret2)
         await moved.start()
         try:
             await set_livekit(api, moved, key2, secret2)
