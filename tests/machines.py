@@ -1,15 +1,20 @@
 """Debian 12 machines with systemd as PID 1 (containers of the e2e image), driven as an operator would.
 
-Shared by the end-to-end tests: tests/e2e/test_install.py installs the packages on them,
-tests/e2e/test_bootstrap.py runs proxmox/bootstrap.sh on one.
+Shared by the end-to-end tests: tests/e2e/test_install.py installs the packages on them (the
+server on one, sudo-edge on another), tests/e2e/test_edge_arm64.py the Pi's package on an arm64
+one, tests/e2e/test_bootstrap.py runs proxmox/bootstrap.sh on one.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import docker
 
@@ -63,10 +68,11 @@ class Machine:
         )
 
 
-def start_machine(name: str, **options) -> Machine:
-    """A container of the e2e image booting systemd, on the host's network (it reaches 127.0.0.1)."""
+def start_machine(name: str, image: str = IMAGE, **options) -> Machine:
+    """A container of the e2e image (or `image`) booting systemd, on the host's network (it
+    reaches 127.0.0.1)."""
     container = docker.from_env().containers.run(
-        IMAGE,
+        image,
         ["sh", "-c", "mount --make-rshared / && exec /sbin/init"],
         detach=True,
         name=name,
@@ -85,3 +91,77 @@ def start_machine(name: str, **options) -> Machine:
         container.remove(force=True)
         raise
     return machine
+
+
+class Host(Machine):
+    """The installed server (tests/e2e/conftest.py installs it)."""
+
+    def __init__(self, machine: Machine, api: str, network: str, llm_log: Path) -> None:
+        super().__init__(machine.container)
+        self.api, self.network, self.llm_log = api, network, llm_log
+        self.bridge = network.replace("sudo-e2e-", "sudo-e")
+        self.docker = docker.from_env()
+
+    def firewall(self) -> str:
+        """The host's nftables table for this installation's bridge ("" if none): the real
+        host's, since this host shares its network."""
+        listed = subprocess.run(["nft", "list", "table", "inet", self.bridge], capture_output=True, text=True)
+        return listed.stdout
+
+    def runtimes(self) -> list:
+        """The family containers this installation runs, as the real engine lists them."""
+        return self.docker.containers.list(filters={"label": f"sudo.scope={self.network}"})
+
+    def call(self, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
+        args = [
+            "curl",
+            "-s",
+            "-X",
+            method,
+            f"http://{self.api}{path}",
+            "-H",
+            "Content-Type: application/json",
+        ]
+        if token:
+            args += ["-H", f"Authorization: Bearer {token}"]
+        if body is not None:
+            args += ["-d", json.dumps(body)]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
+        return json.loads(out)
+
+
+def status_of(machine: Machine, unit: str) -> str:
+    return machine.sh(f"systemctl show -p StatusText --value {unit}")
+
+
+def install_edge(pi: Machine) -> None:
+    """sudo-edge's package for the machine's architecture, from dist/edge mounted at /debs/edge;
+    its dependencies (espeak-ng, libasound2) from Debian's mirror, as on a Pi."""
+    pi.sh("apt-get update -q > /tmp/update.log 2>&1 || { tail -n 20 /tmp/update.log; exit 1; }")
+    pi.install('/debs/edge/sudo-edge_*_"$(dpkg --print-architecture)".deb')
+
+
+def pair_edge(pi: Machine, host: Host, family: str) -> str:
+    """Point the installed sudo-edge at the host's sudo-api, start it and pair it as a parent
+    would; the pairing code it gave."""
+    pi.sh(f'sed -i \'s|^url = ""|url = "http://{host.api}"|\' /etc/sudo/edge.toml')
+    pi.sh("systemctl reset-failed sudo-edge.service && systemctl start sudo-edge.service")
+    code = pi.wait(
+        lambda: re.search(r"pairing: code (\w+)", status_of(pi, "sudo-edge")), 60, "a pairing code"
+    ).group(1)
+    claimed = host.call("POST", "/v1/devices/pairing/complete", family, {"code": code})
+    said = pi.wait(  # the device says the family's name and a code, which the parent types back
+        lambda: re.search(r"pairing with E2E: type (\d{6})", status_of(pi, "sudo-edge")),
+        30,
+        "the confirmation",
+    ).group(1)
+    confirm = {"pairing_id": claimed["pairing"]["id"], "code": said}
+    host.call("POST", "/v1/devices/pairing/confirm", family, confirm)
+    pi.wait(lambda: status_of(pi, "sudo-edge").startswith("paired"), 30, "the device to pair")
+    return code
+
+
+def heard_from(host: Host, family: str) -> list[dict]:
+    """The family's devices once sudo-api has had a heartbeat from the first; [] before."""
+    devices = host.call("GET", "/v1/devices", family)["devices"]
+    return devices if devices and devices[0]["last_seen_at"] else []

@@ -1,186 +1,19 @@
-"""Install the built .debs into a Debian 12 with systemd as PID 1 and use the result.
-
-The "host" is a container from tests/images/e2e (systemd, the docker CLI) on the host's network,
-given the real Docker engine's socket, so the family containers it starts are real ones next to
-it. Only the LLM provider is a stand-in (tests/llm_stub.py, on 127.0.0.1).
-
-Two details come from running Docker's client inside a container: the docker group inside must
-have the socket's group id, and the plugins directory must have the same path on both sides (the
-engine resolves bind mounts on the real host), so the test points runtime.plugins_dir at a
-shared directory outside /tmp (the units have a private /tmp).
-"""
+"""Install the built .debs into a Debian 12 with systemd as PID 1 and use the result: the
+server (the `host` of tests/e2e/conftest.py) and, on a second machine, sudo-edge."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import secrets
-import shutil
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
-from machines import IMAGE, Machine, free_port, start_machine
+from machines import Host, heard_from, install_edge, pair_edge, start_machine, status_of
 
 ROOT = Path(__file__).resolve().parents[2]
 HERMES_IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
-PLUGINS = "/opt/venvs/sudo/lib/python3.11/site-packages/sudo_provisioner/plugins"
-
-
-class Host(Machine):
-    """The installed server."""
-
-    def __init__(self, machine: Machine, api: str, network: str, llm_log: Path) -> None:
-        super().__init__(machine.container)
-        self.api, self.network, self.llm_log = api, network, llm_log
-        self.bridge = network.replace("sudo-e2e-", "sudo-e")
-        self.docker = docker.from_env()
-
-    def firewall(self) -> str:
-        """The host's nftables table for this installation's bridge ("" if none): the real
-        host's, since this host shares its network."""
-        listed = subprocess.run(["nft", "list", "table", "inet", self.bridge], capture_output=True, text=True)
-        return listed.stdout
-
-    def runtimes(self) -> list:
-        """The family containers this installation runs, as the real engine lists them."""
-        return self.docker.containers.list(filters={"label": f"sudo.scope={self.network}"})
-
-    def call(self, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
-        args = [
-            "curl",
-            "-s",
-            "-X",
-            method,
-            f"http://{self.api}{path}",
-            "-H",
-            "Content-Type: application/json",
-        ]
-        if token:
-            args += ["-H", f"Authorization: Bearer {token}"]
-        if body is not None:
-            args += ["-d", json.dumps(body)]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout
-        return json.loads(out)
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    client = docker.from_env()
-    dist = sorted((ROOT / "dist").glob("*.deb"))
-    if len(dist) < 6:
-        pytest.fail("no packages in dist/: run `make deb` first")
-    for image in (IMAGE, HERMES_IMAGE):
-        try:
-            client.images.get(image)
-        except docker.errors.ImageNotFound:
-            pytest.fail(f"image {image} is missing: run `make e2e-image hermes-image` first")
-    tag = secrets.token_hex(3)
-    shared = Path(f"/var/lib/sudo-e2e/{tag}")
-    (shared / "plugins").mkdir(parents=True)
-    logs = tmp_path_factory.mktemp("e2e")
-    port_file = logs / "llm.port"
-    llm = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests/llm_stub.py"),
-            "--port-file",
-            str(port_file),
-            "--log",
-            str(logs / "llm.log"),
-        ]
-    )
-    while not port_file.exists() or not port_file.read_text():
-        time.sleep(0.05)
-    network = f"sudo-e2e-{tag}"
-    subnet = f"10.216.{secrets.randbelow(250)}.0/24"
-    api, service = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    config = f"""
-[core]
-log_level = "INFO"
-[provisioner]
-idle_exit_sec = 8
-[runtime]
-image = "{HERMES_IMAGE}"
-network = "{network}"
-bridge = "sudo-e{tag}"
-subnet = "{subnet}"
-memory = "768m"
-plugins_dir = "{shared / "plugins"}"
-[gateway]
-port = {free_port()}
-metrics = "127.0.0.1:{free_port()}"
-[api]
-listen = "{api}"
-service_listen = "{service}"
-metrics = "127.0.0.1:{free_port()}"
-secure_cookies = false
-signup = "invite"
-[voice]
-api_url = "http://{service}"
-[llm]
-base_url = "http://127.0.0.1:{port_file.read_text()}/v1"
-model = "e2e-model"
-"""
-    socket_gid = os.stat("/var/run/docker.sock").st_gid
-    h: Host | None = None
-    try:
-        machine = start_machine(
-            f"sudo-e2e-{tag}",
-            volumes={
-                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                "/var/run/docker.sock": {"bind": "/run/docker.sock", "mode": "rw"},
-                str(ROOT / "dist"): {"bind": "/debs", "mode": "ro"},
-                str(shared): {"bind": str(shared), "mode": "rw"},
-            },
-        )
-        h = Host(machine, api, network, logs / "llm.log")
-        h.sh(f"groupmod -g {socket_gid} docker && mkdir -p /etc/sudo")
-        h.write("/etc/sudo/sudo.toml", config)
-        # A drop-in as an operator would write one: a quicker watchdog, for the hang test.
-        h.write("/etc/systemd/system/sudo-api.service.d/watchdog.conf", "[Service]\nWatchdogSec=4s\n")
-        # The test's own runtime subnet, as an operator who changes runtime.subnet allows it.
-        h.write(
-            "/etc/systemd/system/sudo-provisioner.service.d/subnet.conf",
-            f"[Service]\nIPAddressAllow=\nIPAddressAllow={subnet}\n",
-        )
-        h.install("/debs/*.deb")
-        # The engine bind-mounts plugins from the real host: give it the installed ones there.
-        h.sh(f"cp -r {PLUGINS}/. {shared / 'plugins'}/ && systemctl stop sudo-provisioner.service")
-        yield h
-    finally:
-        if h is not None:
-            h.container.remove(force=True)
-        for leftover in client.containers.list(all=True, filters={"label": f"sudo.scope={network}"}):
-            volumes = [m["Name"] for m in leftover.attrs["Mounts"] if m["Type"] == "volume"]
-            leftover.remove(force=True)
-            for volume in volumes:
-                client.volumes.get(volume).remove(force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            client.networks.get(network).remove()
-        subprocess.run(["nft", "delete", "table", "inet", f"sudo-e{tag}"], capture_output=True)
-        llm.terminate()
-        shutil.rmtree(shared, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def family(host: Host) -> str:
-    """A family signed up on the installed system, by the admin's invitation (the packages'
-    sign-up mode is `invite`); its API token."""
-    body = {"email": "e2e@example.org", "password": "a long password", "name": "Eve", "family_name": "E2E"}
-    refused = host.call("POST", "/v1/auth/signup", body=body)
-    assert "invitation" in refused["error"], refused
-    link = host.sh("sudoctl invite --url https://sudo.example 2>/dev/null")
-    assert link.startswith("https://sudo.example/join/"), link
-    signed = host.call("POST", "/v1/auth/join", body=body | {"token": link.rsplit("/", 1)[1]})
-    return signed["token"]
 
 
 def volume_of(host: Host, token: str) -> str:
@@ -338,13 +171,10 @@ def test_an_upgrade_keeps_history_memory_and_secrets(host: Host, family: str):
     assert marker in memory and "Family identity" in memory
 
 
-def status_of(machine: Machine, unit: str) -> str:
-    return machine.sh(f"systemctl show -p StatusText --value {unit}")
-
-
 def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
-    """sudo-edge's package on a second machine (amd64 here, as built on this one; the same
-    package built on arm64 is the Pi's): configured, paired with a code, heartbeating."""
+    """sudo-edge's package on a second machine (amd64 here, as built on this one; the Pi's,
+    built for arm64, is tests/e2e/test_edge_arm64.py's): configured, paired with a code,
+    heartbeating."""
     pi = start_machine(
         f"{host.container.name}-pi",
         volumes={
@@ -355,9 +185,7 @@ def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
     for runtime in host.runtimes():  # the family's agent is not running
         runtime.remove(force=True)
     try:
-        # Its dependencies (espeak-ng, libasound2) come from Debian's mirror, as on a Pi.
-        pi.sh("apt-get update -q > /tmp/update.log 2>&1 || { tail -n 20 /tmp/update.log; exit 1; }")
-        pi.install("/debs/edge/sudo-edge_*.deb")
+        install_edge(pi)
         assert pi.sh("systemctl is-enabled sudo-edge.service") == "enabled"
         assert pi.state("sudo-edge.service") == "inactive", "not started before it is configured"
         # Started unconfigured, it stops at once saying what to set, and is not restarted.
@@ -366,28 +194,10 @@ def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
         assert "api.url is not set" in pi.sh("journalctl -u sudo-edge --no-pager")
         assert pi.sh("systemctl show -p NRestarts --value sudo-edge.service") == "0"
 
-        pi.sh(f'sed -i \'s|^url = ""|url = "http://{host.api}"|\' /etc/sudo/edge.toml')
-        pi.sh("systemctl reset-failed sudo-edge.service && systemctl start sudo-edge.service")
-        code = pi.wait(
-            lambda: re.search(r"pairing: code (\w+)", status_of(pi, "sudo-edge")), 60, "a pairing code"
-        ).group(1)
+        code = pair_edge(pi, host, family)
         assert code in pi.sh("journalctl -u sudo-edge --no-pager"), "the code is logged as well as spoken"
-        claimed = host.call("POST", "/v1/devices/pairing/complete", family, {"code": code})
-        said = pi.wait(  # the device says the family's name and a code, which the parent types back
-            lambda: re.search(r"pairing with E2E: type (\d{6})", status_of(pi, "sudo-edge")),
-            30,
-            "the confirmation",
-        ).group(1)
-        confirm = {"pairing_id": claimed["pairing"]["id"], "code": said}
-        host.call("POST", "/v1/devices/pairing/confirm", family, confirm)
-        pi.wait(lambda: status_of(pi, "sudo-edge").startswith("paired"), 30, "the device to pair")
         assert pi.sh("stat -c '%a' /var/lib/sudo-edge/device.json") == "600"
-
-        def seen() -> list[dict]:
-            devices = host.call("GET", "/v1/devices", family)["devices"]
-            return devices if devices and devices[0]["last_seen_at"] else []
-
-        (device,) = host.wait(seen, 60, "a heartbeat from the device")
+        (device,) = host.wait(lambda: heard_from(host, family), 60, "a heartbeat from the device")
         # The beats warm the family's agent up: the provisioner admits a warm-up by the memory the
         # host has available, which it reads under its hardened unit.
         host.wait(host.runtimes, 120, "the beats to warm the family's agent up")
