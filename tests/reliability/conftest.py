@@ -167,7 +167,7 @@ async def roles(stack: Stack) -> AsyncIterator[Roles]:  # noqa: F811 (the import
 
 VOLATILE = {
     "families": {"last_active_at"},
-    "devices": {"last_seen_at"},
+    "devices": {"last_seen_at", "muted"},  # both kept from the beats, flushed every heartbeat_flush_sec
     "sessions": {"last_seen_at"},  # written at most once a minute as a session is used
     "leases": {"*"},  # requests in flight: come and go with every ensure
     "usage_daily": {"*"},  # counted by the gateway after an answer's last byte, whenever it lands
