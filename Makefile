@@ -24,7 +24,7 @@ DEBBUILD := docker run --rm -v $(CURDIR):/src:ro -v $(CURDIR)/dist:/out \
 DEV_ENV := SUDO_CORE_STATE_DIR=$(CURDIR)/var SUDO_PROVISIONER_SOCKET=$(CURDIR)/var/provisioner.sock \
 	SUDO_RUNTIME_IMAGE=$(HERMES_IMAGE) SUDO_API_LISTEN=127.0.0.1:8600 SUDO_API_SECURE_COOKIES=false
 
-.PHONY: deps venv hermes-image systemd-image e2e-image pi-image deb deb-edge e2e run test lint bench \
+.PHONY: deps venv hermes-image systemd-image e2e-image pi-image deb deb-edge e2e run test test-prerequisites lint bench \
 	reliability clean
 
 deps:
@@ -110,9 +110,13 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests/proxmox/test_shellcheck.py
 
-# make -j2 (CI) starts these in this order, each as soon as a job slot is free: the Pi's package
-# (emulated, about 8 minutes) and the server's, the longest, right after the venv.
-test: venv $(PI_DEB) deb hermes-image systemd-image e2e-image pi-image lint
+# make test builds what the tests need two at a time, in this order, each as soon as a job slot
+# is free: the Pi's package (emulated, about 8 minutes) and the server's, the longest, right
+# after the venv; then runs the tests.
+test-prerequisites: venv $(PI_DEB) deb hermes-image systemd-image e2e-image pi-image lint
+
+test:
+	$(MAKE) -j2 test-prerequisites
 	$(BIN)/python -m pytest -q
 
 # make reliability: tests/reliability at full size (make test runs it bounded); figures in
