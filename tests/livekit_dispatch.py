@@ -13,11 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiohttp import WSMsgType, web
+from google.protobuf.message import Message
 from livekit.api import AccessToken, TokenVerifier, VideoGrants
 from livekit.protocol import agent, models
+
+M = TypeVar("M", bound=Message)
+
+
+async def protobufs(ws: web.WebSocketResponse, message: type[M]) -> AsyncIterator[M]:
+    """The websocket's binary messages, each parsed as a `message` (LiveKit sends no others)."""
+    async for received in ws:
+        if received.type == WSMsgType.BINARY:
+            parsed = message()
+            parsed.ParseFromString(received.data)
+            yield parsed
 
 
 def sid(prefix: str) -> str:
@@ -80,11 +94,7 @@ class AgentDispatch:
         self.workers.append(worker)
         self.registered.set()
         try:
-            async for message in ws:
-                if message.type != WSMsgType.BINARY:
-                    continue
-                incoming = agent.WorkerMessage()
-                incoming.ParseFromString(message.data)
+            async for incoming in protobufs(ws, agent.WorkerMessage):
                 kind = incoming.WhichOneof("message")
                 if kind == "availability":
                     answer = worker.answers.get(incoming.availability.job_id)

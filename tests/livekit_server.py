@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import aioice.ice
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiortc import (
     MediaStreamTrack,
     RTCBundlePolicy,
@@ -50,7 +50,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
-from livekit_dispatch import AgentDispatch, sid
+from livekit_dispatch import AgentDispatch, protobufs, sid
 
 log = logging.getLogger("livekit-test-server")
 
@@ -552,11 +552,7 @@ class LiveKitServer(AgentDispatch):
         self.events.append(("joined", name, participant.identity))
         await room.join(participant)
         try:
-            async for message in ws:
-                if message.type != WSMsgType.BINARY:
-                    continue
-                incoming = rtc.SignalRequest()
-                incoming.ParseFromString(message.data)
+            async for incoming in protobufs(ws, rtc.SignalRequest):
                 try:
                     await participant.handle(incoming)
                 except Exception:
