@@ -343,8 +343,8 @@ class WhatsApp:
             DELIVERED.labels("unlinked").inc()
             return
         media, notices = await self._media(message["media"])
-        for notice in notices:
-            self._background(self.notify(family, message["number"], notice))
+        for i, notice in enumerate(notices):  # once per message, however often delivery is retried
+            self._background(self.notify(family, message["number"], notice, once=f"{message['sid']}:{i}"))
         if not message["body"].strip() and not media:
             await self.db.aio(self.inbox.mark, message["sid"], "delivered", "nothing the agent can read")
             DELIVERED.labels("nothing_readable").inc()
@@ -399,16 +399,19 @@ class WhatsApp:
 
     # Messages from the host
 
-    async def notify(self, family: uuid.UUID | None, number: str, text: str) -> None:
-        """A notice in answer to a message the number just sent (the window is open)."""
+    async def notify(self, family: uuid.UUID | None, number: str, text: str, once: str | None = None) -> None:
+        """A notice in answer to a message the number just sent (the window is open); with
+        `once`, a key, it is sent only the first time that key is given."""
         try:
             account = twilio.Account.from_settings(await self.db.aio(self.db.get_settings, "twilio."))
         except twilio.TwilioNotConfigured as exc:
             log.error("cannot answer %s on WhatsApp: %s", number, exc)
             return
-        message, _ = await self.db.aio(
-            self.outbound.claim, f"notice:{uuid.uuid4().hex}", family, number, text
+        message, mine = await self.db.aio(
+            self.outbound.claim, f"notice:{once or uuid.uuid4().hex}", family, number, text
         )
+        if not mine:
+            return
         result = await deliver(self._http, self.db, account, message, replying=True)
         if result.status >= 400:
             log.error("WhatsApp notice to %s not sent: %s", number, result.message.error)

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 import twilio_stub
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from test_web import client as web_client  # noqa: F401 (the in-process app, as a fixture)
 from twilio.request_validator import RequestValidator
@@ -200,6 +203,20 @@ def hold(db: Database, family: uuid.UUID, number: str, body: str) -> str:
     return message_id
 
 
+@contextlib.asynccontextmanager
+async def twilio_at(db: Database, directory: Path) -> AsyncIterator[Path]:
+    """Twilio's REST API (the stand-in) set up for the host; yields the log of what it was sent."""
+    account, sent = "AC" + "0" * 32, directory / "twilio.jsonl"
+    async with TestServer(twilio_stub.build_app(sent, account, TOKEN)) as twilio:
+        for key, value in {
+            "account_sid": account,
+            "whatsapp_from": "+14155550100",
+            "api_base": str(twilio.make_url("")).rstrip("/"),
+        }.items():
+            db.set_setting(f"twilio.{key}", value)
+        yield sent
+
+
 def status_of(db: Database, message_id: str) -> str | None:
     row = db.query_one("SELECT status FROM whatsapp_outbound WHERE id = ?", (message_id,))
     return row["status"] if row else None
@@ -220,14 +237,7 @@ async def test_what_was_held_for_a_number_goes_only_to_the_family_that_links_it(
         ("n2", str(other.id), LINKED, time.time(), time.time()),
     )
     hold(db, other.id, LINKED, "for the Babbages")
-    account, sent = "AC" + "0" * 32, tmp_path / "twilio.jsonl"
-    async with TestServer(twilio_stub.build_app(sent, account, TOKEN)) as twilio:
-        for key, value in {
-            "account_sid": account,
-            "whatsapp_from": "+14155550100",
-            "api_base": str(twilio.make_url("")).rstrip("/"),
-        }.items():
-            db.set_setting(f"twilio.{key}", value)
+    async with twilio_at(db, tmp_path) as sent:
         form = inbound()  # the number writes: WhatsApp's window is open again
         signature = RequestValidator(TOKEN).compute_signature(PUBLIC, form)
         assert (await post(test_client, form, signature)).status == 200
@@ -244,15 +254,8 @@ async def test_past_the_family_message_rate_a_number_is_told_once_a_minute(clien
     """The family's rate holds on WhatsApp too (shared with the web): what is past it is not
     stored for the agent, and the number hears why once, not once per message."""
     test_client, db, _ = client
-    account, sent = "AC" + "0" * 32, tmp_path / "twilio.jsonl"
     limit = Settings().api.family_messages_per_minute
-    async with TestServer(twilio_stub.build_app(sent, account, TOKEN)) as twilio:
-        for key, value in {
-            "account_sid": account,
-            "whatsapp_from": "+14155550100",
-            "api_base": str(twilio.make_url("")).rstrip("/"),
-        }.items():
-            db.set_setting(f"twilio.{key}", value)
+    async with twilio_at(db, tmp_path) as sent:
         forms = [inbound(body=f"message {i}") for i in range(limit + 10)]
         signed = [RequestValidator(TOKEN).compute_signature(PUBLIC, form) for form in forms]
         answers = await asyncio.gather(*(post(test_client, f, s) for f, s in zip(forms, signed, strict=True)))
@@ -270,14 +273,7 @@ async def test_past_the_family_message_rate_a_number_is_told_once_a_minute(clien
 async def test_past_the_storage_quota_a_number_is_told_its_message_waits(client, tmp_path):
     test_client, db, family = client
     usage.record_volumes(db, {family: 3 * 2**30}, 2**30, time.time())
-    account, sent = "AC" + "0" * 32, tmp_path / "twilio.jsonl"
-    async with TestServer(twilio_stub.build_app(sent, account, TOKEN)) as twilio:
-        for key, value in {
-            "account_sid": account,
-            "whatsapp_from": "+14155550100",
-            "api_base": str(twilio.make_url("")).rstrip("/"),
-        }.items():
-            db.set_setting(f"twilio.{key}", value)
+    async with twilio_at(db, tmp_path) as sent:
         for _ in range(2):
             form = inbound()
             assert (
@@ -291,3 +287,50 @@ async def test_past_the_storage_quota_a_number_is_told_its_message_waits(client,
     assert inbox(db) == []
     bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
     assert len(bodies) == 1 and "storage is full (3.0 GB of 1.0 GB)" in bodies[0], bodies
+
+
+async def test_a_notice_about_a_message_goes_once_however_often_it_is_delivered(client, tmp_path):
+    """The family's agent drops the first delivery of a message with a file it cannot read (it
+    was restarting): the message is delivered again, and the number is told about the file once."""
+    test_client, db, family = client
+    svc = test_client.server.app[SERVICES]
+    member = svc.accounts.create("not a real hash", "Ada", family, "adult", email="ada@example.org")
+    db.execute("UPDATE whatsapp_numbers SET account_id = ? WHERE id = 'n1'", (str(member.id),))
+    delivered: list[dict] = []
+
+    async def agent_inbound(request: web.Request) -> web.Response:
+        if not delivered:
+            delivered.append({})
+            request.transport.close()  # dropped mid-request, as a restarting agent does
+        else:
+            delivered.append(await request.json())
+        return web.json_response({}, status=202)
+
+    async def ensure(request: web.Request) -> web.Response:
+        return web.json_response({"whatsapp_url": str(agent.make_url("")).rstrip("/")})
+
+    agent_app, provisioner = web.Application(), web.Application()
+    agent_app.router.add_post("/inbound", agent_inbound)
+    provisioner.router.add_post("/v1/runtimes/{family}/ensure", ensure)
+    runner = web.AppRunner(provisioner)  # on the socket the services' provisioner client calls
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "nobody.sock")).start()
+    try:
+        async with TestServer(agent_app) as agent, twilio_at(db, tmp_path) as sent:
+            form = inbound(body="what is this?") | {
+                "NumMedia": "1",
+                "MediaUrl0": "https://api.twilio.com/media/ME1",
+                "MediaContentType0": "video/mp4",
+            }
+            signature = RequestValidator(TOKEN).compute_signature(PUBLIC, form)
+            assert (await post(test_client, form, signature)).status == 200
+            for _ in range(200):
+                if len(delivered) == 2 and sent.exists() and sent.read_text():
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # room for a second notice, which must not come
+    finally:
+        await runner.cleanup()
+    assert [d.get("text") for d in delivered] == [None, "what is this?"]
+    bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
+    assert bodies == ["I can read text, photos and voice notes, but not mp4 files yet."]
