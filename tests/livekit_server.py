@@ -47,6 +47,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models, rtc
@@ -298,6 +299,12 @@ class Participant:
     # Media
 
     def _on_media(self, track: MediaStreamTrack) -> None:
+        for receiver in self.publisher.getReceivers():
+            if receiver.track is track:
+                # livekit-server forwards each RTP packet as it comes. aiortc's audio receiver
+                # holds four packets (80 ms) before it decodes the first: none here, so that the
+                # stand-in adds less latency the real server does not (it still transcodes).
+                receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=0)
         info = self.pending.pop(track.id, None)
         if info is None and self.pending:  # an SDK that names its track otherwise: oldest first
             info = self.pending.pop(next(iter(self.pending)))

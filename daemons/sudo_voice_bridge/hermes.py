@@ -9,7 +9,9 @@ is woken again once before it gives up.
 
 Where the agent answers is asked of sudo-api for every turn, and the container there must prove
 it holds the family's key (`FamilyRuntime.for_turn`) before the family's words and key are sent:
-Docker hands a freed address to the next container, which may be another family's.
+Docker hands a freed address to the next container, which may be another family's. The asking
+and the proof start as the family starts speaking (`prepare_turn`), so that the turn does not
+wait for them once they stop; a proof older than PROOF_FRESH_SEC is made again.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ VOICE_PROMPT = (
 STILL_THINKING = "One moment, I'm still thinking. "
 UNREACHABLE = "Sorry, I can't reach your assistant right now. Please try again in a minute."
 CUT_OFF = "Sorry, I lost my train of thought. Please ask me again."
+PROOF_FRESH_SEC = 30.0
+"""The longest a turn uses a proof of where the agent answers made as the family began to speak."""
 
 TURNS = Counter("sudo_voice_turns_total", "Voice turns answered by a family's agent", ["result"])
 IMPOSTORS = Counter(
@@ -120,6 +124,7 @@ class HermesLLM(llm.LLM):
         self.slow_reply_sec = slow_reply_sec
         self.reply_timeout_sec = reply_timeout_sec
         self._http: aiohttp.ClientSession | None = None
+        self._proving: tuple[float, asyncio.Future[Runtime]] | None = None
 
     @property
     def model(self) -> str:
@@ -134,7 +139,26 @@ class HermesLLM(llm.LLM):
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         return self._http
 
+    def prepare_turn(self) -> None:
+        """The family started to speak: find and prove where its agent answers while they do."""
+        if self._proving is None or self._proving[1].done():
+            proving = asyncio.ensure_future(self.runtime.for_turn(self.http()))
+            # A proof no turn takes leaves no "exception never retrieved" in the log.
+            proving.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._proving = (time.monotonic(), proving)
+
+    async def _proven(self) -> Runtime:
+        """Where the agent answers, proven for this turn: as prepared, if that is fresh."""
+        prepared, self._proving = self._proving, None
+        if prepared is not None and time.monotonic() - prepared[0] < PROOF_FRESH_SEC:
+            return await prepared[1]
+        if prepared is not None:
+            prepared[1].cancel()
+        return await self.runtime.for_turn(self.http())
+
     async def aclose(self) -> None:
+        if self._proving is not None:
+            self._proving[1].cancel()
         if self._http is not None:
             await self._http.close()
         await super().aclose()
@@ -158,7 +182,7 @@ class HermesLLM(llm.LLM):
         try:
             async with asyncio.timeout(self.reply_timeout_sec):
                 for attempt in (1, 2):
-                    runtime = await self.runtime.for_turn(self.http())
+                    runtime = await (self._proven() if attempt == 1 else self.runtime.for_turn(self.http()))
                     try:
                         async for piece in self._with_patience(self._stream(runtime, text)):
                             if piece is not STILL_THINKING and not said_anything:

@@ -12,7 +12,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from livekit.agents import Agent, AgentSession, FlushSentinel, ModelSettings, llm, vad
+from livekit.agents import (
+    Agent,
+    AgentSession,
+    FlushSentinel,
+    ModelSettings,
+    UserStateChangedEvent,
+    llm,
+    vad,
+)
 from livekit.plugins import silero
 
 from sudo_core.config import VoiceSettings
@@ -42,8 +50,8 @@ def build_session(
         slow_reply_sec=settings.slow_reply_sec,
         reply_timeout_sec=settings.reply_timeout_sec,
     )
-    return AgentSession(
-        stt=speech.make_stt(settings, vad_model, gateway_url, family.gateway_key),
+    session = AgentSession(
+        stt=speech.make_stt(settings, gateway_url, family.gateway_key),
         vad=vad_model,
         llm=hermes,
         tts=speech.make_tts(settings, gateway_url, family.gateway_key),
@@ -59,6 +67,13 @@ def build_session(
         # Echo is the device's to cancel (sudo-edge ducks its microphone while it plays).
         aec_warmup_duration=None,
     )
+
+    def on_user_state(event: UserStateChangedEvent) -> None:
+        if event.new_state == "speaking":
+            hermes.prepare_turn()
+
+    session.on("user_state_changed", on_user_state)
+    return session
 
 
 class VoiceAgent(Agent):

@@ -23,8 +23,11 @@ from sudo_voice_bridge.sudo_api import Runtime, SudoApi
 pytestmark = pytest.mark.docker
 
 
-async def say(runtime: FamilyRuntime, text: str, sent: list[tuple[str, str | None]]) -> str:
-    """One turn of the bridge's LLM; `sent` gets every request it made (URL, Authorization)."""
+async def say(
+    runtime: FamilyRuntime, text: str, sent: list[tuple[str, str | None]], *, prepared: bool
+) -> str:
+    """One turn of the bridge's LLM; `sent` gets every request it made (URL, Authorization).
+    `prepared`: the proof of where the agent answers was started as the family began to speak."""
 
     async def record(session, context, params: aiohttp.TraceRequestStartParams) -> None:
         sent.append((str(params.url), params.headers.get("Authorization")))
@@ -34,6 +37,8 @@ async def say(runtime: FamilyRuntime, text: str, sent: list[tuple[str, str | Non
     llm = HermesLLM(runtime, f"voice-{uuid.uuid4().hex}", slow_reply_sec=60, reply_timeout_sec=60)
     llm._http = aiohttp.ClientSession(trace_configs=[trace])  # the bridge's own client, watched
     try:
+        if prepared:
+            llm.prepare_turn()
         return "".join([piece async for piece in llm.answer(text)])
     finally:
         await llm.aclose()
@@ -59,16 +64,24 @@ async def test_a_turn_sent_to_an_address_another_family_took_goes_nowhere(api: S
         async def stale(_: uuid.UUID) -> Runtime:  # where A answered before: C's container now
             return old
 
-        sent: list[tuple[str, str | None]] = []
-        said = await say(FamilyRuntime(uuid.UUID(a.id), stale), "the combination is 1234", sent)
-        assert said == hermes.UNREACHABLE
-        assert not [r for r in api.llm_requests() if "1234" in r["last_user"]], "C's agent heard A"
         key = f"Bearer {old.api_key}"
-        assert sent and all(url.startswith(old.identity_url) and auth is None for url, auth in sent), sent
-        assert all(auth != key for url, auth in sent if url.startswith(old.url)), "A's key went to C"
+        for prepared in (False, True):
+            sent: list[tuple[str, str | None]] = []
+            said = await say(
+                FamilyRuntime(uuid.UUID(a.id), stale), "the combination is 1234", sent, prepared=prepared
+            )
+            assert said == hermes.UNREACHABLE
+            assert not [r for r in api.llm_requests() if "1234" in r["last_user"]], "C's agent heard A"
+            assert sent and all(url.startswith(old.identity_url) and auth is None for url, auth in sent), sent
+            assert all(auth != key for url, auth in sent if url.startswith(old.url)), "A's key went to C"
 
         # Asked again, as the bridge does every turn, sudo-api wakes A where it is now.
-        sent.clear()
-        said = await say(FamilyRuntime(uuid.UUID(a.id), client.runtime), "and now for real", sent)
-        assert "stub says" in said, said
-        assert any(url.endswith("/v1/chat/completions") and auth == key for url, auth in sent)
+        for prepared in (False, True):
+            sent = []
+            said = await say(
+                FamilyRuntime(uuid.UUID(a.id), client.runtime), "and now for real", sent, prepared=prepared
+            )
+            assert "stub says" in said, said
+            proofs = [url for url, _ in sent if "/identity" in url]
+            assert len(proofs) == 1, sent  # the prepared proof is the turn's: not made twice
+            assert any(url.endswith("/v1/chat/completions") and auth == key for url, auth in sent)
