@@ -9,6 +9,11 @@ no device. Prints JSON lines:
 
 - room_first_audio_p50 / _p90: seconds, against that baseline (goal: p50 at most 1.0 s).
 
+The speaker's figure is when the sound is in the speaker's file, which alsa-lib's `file` plugin
+writes only once a whole ALSA buffer has been written after it (measured: 0.07-0.09 s after the
+edge wrote the sound to ALSA, 0.02 s before it was due to play): a real speaker sounds it about
+that much sooner.
+
     make bench        (or: .venv/bin/python tests/bench/bench_room.py)
 """
 
