@@ -25,6 +25,7 @@ from sudo_core.families import VOICE_AGENT
 from sudo_core.logs import fields
 from sudo_core.metrics import host_port
 
+from . import speech
 from .announcements import Announcer
 from .hermes import FamilyRuntime
 from .session import build_session, load_vad, start_waking, voice_agent
@@ -65,6 +66,7 @@ class VoiceBridge:
         api = self.sudo_api()
         try:
             self.vad  # noqa: B018 (loaded once, before sessions in several threads want it)
+            speech.segment_vad(self.settings.voice.end_of_turn_sec)  # the same, for speech-to-text
             failures = 0
             while not stop.is_set():
                 server = await self._livekit_settings(api, stop)
