@@ -303,7 +303,7 @@ class Participant:
             if receiver.track is track:
                 # livekit-server forwards each RTP packet as it comes. aiortc's audio receiver
                 # holds four packets (80 ms) before it decodes the first: none here, so that the
-                # stand-in adds less latency the real server does not (it still transcodes).
+                # stand-in adds as little latency as it can (it still transcodes, unlike it).
                 receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=0)
         info = self.pending.pop(track.id, None)
         if info is None and self.pending:  # an SDK that names its track otherwise: oldest first
