@@ -21,7 +21,6 @@ from livekit.agents import (
     llm,
     vad,
 )
-from livekit.plugins import silero
 
 from sudo_core.config import VoiceSettings
 
@@ -33,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def load_vad(settings: VoiceSettings) -> vad.VAD:
-    """Silero's model (shipped in its package), tuned so a pause of end_of_turn_sec ends a turn."""
-    return silero.VAD.load(min_silence_duration=settings.end_of_turn_sec, prefix_padding_duration=0.3)
+    """The turn's VAD: a pause of end_of_turn_sec ends a turn."""
+    return speech.silero_vad(settings.end_of_turn_sec)
 
 
 def build_session(

@@ -266,12 +266,16 @@ class _PiperStream(tts.ChunkedStream):
         output_emitter.flush()
 
 
+def silero_vad(min_silence_sec: float) -> vad.VAD:
+    """Silero's model (shipped in its package), ending speech after a pause this long."""
+    return silero.VAD.load(min_silence_duration=min_silence_sec, prefix_padding_duration=0.3)
+
+
 @functools.cache
 def segment_vad(end_of_turn_sec: float) -> vad.VAD:
-    """Silero's model, loaded once per process, tuned to end a segment STT_LEAD_SEC before the
-    turn ends."""
-    silence = max(end_of_turn_sec - STT_LEAD_SEC, 0.1)
-    return silero.VAD.load(min_silence_duration=silence, prefix_padding_duration=0.3)
+    """The speech-to-text's VAD, loaded once per process: it ends a segment STT_LEAD_SEC before
+    the turn ends."""
+    return silero_vad(max(end_of_turn_sec - STT_LEAD_SEC, 0.1))
 
 
 def make_stt(settings: VoiceSettings, gateway_url: str, gateway_key: str) -> stt.STT:
