@@ -169,6 +169,7 @@ class HomeRoom:
         self.room_name = ""
         self._relay: asyncio.Server | None = None
         self._said = 0
+        self._said_at = 0.0
 
     async def start(self, user_id: str, device_id: str, device_token: str) -> None:
         self.room_name = f"room_{user_id}_{device_id}"
@@ -297,17 +298,21 @@ enabled = false
     def logs(self) -> str:
         """The edge's and the bridge's logs, and the room as the server sees it, for a failure."""
         bridge = (self.root / "bridge.log").read_text(errors="replace")
-        now, room = time.monotonic(), []
+        room = []
         for p in self.participants():
             tracks = {
-                sid: sum(1 for t, level in track.heard if t > now - 30 and level > LOUD_DBFS)
+                sid: (
+                    sum(1 for t, _ in track.heard if t > self._said_at),
+                    sum(1 for t, level in track.heard if t > self._said_at and level > LOUD_DBFS),
+                )
                 for sid, track in p.published.items()
             }
             room.append(
-                f"{p.identity}: loud frames received in the last 30 s {tracks}, sent {list(p.senders)}"
+                f"{p.identity}: frames (all, loud) received since the last words said {tracks}, "
+                f"sent {list(p.senders)}"
             )
         edge = "\n".join(line for line in self.edge.log().splitlines() if "no callback attached" not in line)
-        parts = ("--- room ---", *room, "--- edge ---", edge[-4000:], "--- bridge ---", bridge[-4000:])
+        parts = ("--- room ---", *room, "--- edge ---", edge[-4000:], "--- bridge ---", bridge[-12000:])
         return "\n".join(parts)
 
     # Talking to it
@@ -318,6 +323,7 @@ enabled = false
         into `pcm` (time.monotonic(), within the few milliseconds the device takes to open)."""
         self.edge.mic_file.write_bytes(pcm)
         self._said += 1
+        self._said_at = time.monotonic()
         await self.edge.command("mute")
         await self.edge.command("unmute")
         # Once heard, the recording goes: a microphone opened again (the room joined again) hears

@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator
 from livekit.agents import (
     Agent,
     AgentSession,
+    AgentStateChangedEvent,
     FlushSentinel,
     ModelSettings,
+    UserInputTranscribedEvent,
     UserStateChangedEvent,
     llm,
     vad,
@@ -68,10 +70,21 @@ def build_session(
     )
 
     def on_user_state(event: UserStateChangedEvent) -> None:
+        log.debug(f"family {family.id}: the family is {event.new_state}")
         if event.new_state == "speaking":
             hermes.prepare_turn()
 
+    def on_transcript(event: UserInputTranscribedEvent) -> None:
+        # How much was heard, never what: the family's words stay out of the journal.
+        if event.is_final:
+            log.debug(f"family {family.id}: heard {len(event.transcript.split())} words")
+
+    def on_agent_state(event: AgentStateChangedEvent) -> None:
+        log.debug(f"family {family.id}: the agent is {event.new_state}")
+
     session.on("user_state_changed", on_user_state)
+    session.on("user_input_transcribed", on_transcript)
+    session.on("agent_state_changed", on_agent_state)
     return session
 
 
