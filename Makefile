@@ -112,12 +112,15 @@ lint: venv
 
 # make test builds what the tests need two at a time, in this order, each as soon as a job slot
 # is free: the Pi's package (emulated, about 8 minutes) and the server's, the longest, right
-# after the venv; then runs the tests.
+# after the venv; then runs the tests, and says at the end how long it all took, pass or fail.
 test-prerequisites: venv $(PI_DEB) deb hermes-image systemd-image e2e-image pi-image lint
 
 test:
-	$(MAKE) -j2 test-prerequisites
-	$(BIN)/python -m pytest -q
+	@start=$$(date +%s); status=0; \
+	{ $(MAKE) -j2 test-prerequisites && $(BIN)/python -m pytest -q; } || status=$$?; \
+	took=$$(( $$(date +%s) - start )); \
+	echo "==> make test: $$([ $$status = 0 ] && echo passed || echo FAILED) in $$((took / 60)) min $$((took % 60)) s"; \
+	exit $$status
 
 # make reliability: tests/reliability at full size (make test runs it bounded); figures in
 # $SUDO_RELIABILITY_REPORT (default: /tmp/sudo-reliability.json) and at the end of the output
