@@ -57,7 +57,7 @@
   }
 
   async function copy(button) {
-    const code = button.parentElement.querySelector("pre").textContent;
+    const code = button.parentElement.querySelector("pre").textContent.replace(/\n$/, "");
     try {
       await navigator.clipboard.writeText(code);
       button.textContent = "Copied";
