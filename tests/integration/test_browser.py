@@ -190,7 +190,7 @@ async def a_search_lands_on_the_message(page: Page, base: str, said: str) -> Non
     await page.get_by_role("searchbox", name="Search your messages").fill("story")
     await page.get_by_role("button", name="Search").click()
     await expect(page).to_have_url(f"{base}/chat?q=story")
-    results = page.locator("#results a")
+    results = page.locator("#results li a")
     await expect(results).to_have_count(2)  # the member's message and the answer, newest first
     await expect(results.locator("mark")).to_have_text(["story", "story"])
     await expect(results.last).to_contain_text(said)
