@@ -10,7 +10,9 @@ can rotate keys). Every completion request is appended to a
 JSON-lines log so tests can assert what reached the provider (which key, which model, what
 the agent remembered).
 
-Its answer is "stub says: <the last user message>"; a user message containing `[slow:N]`
+Its answer is "stub says: <the last user message>", or, for a user message containing
+`[answer:NAME]`, the text that `POST /_stub/answers {"name": NAME, "text": ...}` gave that name
+(a test's own answer, written as a model would: Markdown, say); a user message containing `[slow:N]`
 makes it wait N seconds first, to hold a request in flight; `[drip:S]` makes it wait S seconds
 between streamed words, so a reply is seen being written. Spoken messages cannot carry those
 marks: `POST /_stub/delay {"seconds": N}` makes every answer wait N seconds until set back to 0.
@@ -77,6 +79,7 @@ def openai_error(status: int, message: str, code: str | None, param: str | None 
 def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
     delay = {"seconds": 0.0}
     wanted: list[str] = []
+    answers: dict[str, str] = {}
 
     def record(entry: dict) -> None:
         with log_path.open("a") as f:
@@ -128,7 +131,8 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         if slow := re.search(r"\[slow:(\d+(?:\.\d+)?)\]", text):
             await asyncio.sleep(float(slow.group(1)))
         await asyncio.sleep(delay["seconds"])
-        answer = f"stub says: {text}"
+        named = re.search(r"\[answer:([\w-]+)\]", text)
+        answer = answers[named.group(1)] if named and named.group(1) in answers else f"stub says: {text}"
         completion_id = f"chatcmpl-{int(time.time() * 1000)}"
         model = body.get("model") or MODEL
         # Tokens as a provider counts them, roughly: a word each.
@@ -249,6 +253,11 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         delay["seconds"] = float((await request.json())["seconds"])
         return web.json_response(delay)
 
+    async def set_answer(request: web.Request) -> web.Response:
+        body = await request.json()
+        answers[str(body["name"])] = str(body["text"])
+        return web.json_response({"name": body["name"]})
+
     async def look_for(request: web.Request) -> web.Response:
         wanted[:] = [str(t) for t in (await request.json())["texts"]]
         return web.json_response({"texts": wanted})
@@ -260,6 +269,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
     app.router.add_post("/v1/audio/speech", speech)
     app.router.add_post("/_stub/delay", set_delay)
     app.router.add_post("/_stub/look-for", look_for)
+    app.router.add_post("/_stub/answers", set_answer)
     return app
 
 

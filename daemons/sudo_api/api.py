@@ -22,7 +22,7 @@ from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
 
-from . import host_units, membership, numbers, voice, whatsapp
+from . import host_units, membership, numbers, search, voice, whatsapp
 from .announcements import WAIT_MAX_SEC
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
@@ -348,7 +348,9 @@ async def member_reset(request: web.Request) -> web.Response:
 
 
 async def chat_history(request: web.Request) -> web.Response:
-    """The member's own thread (`thread=me`, the default) or the family's Home thread (`home`)."""
+    """The member's own thread (`thread=me`, the default) or the family's Home thread (`home`):
+    the latest messages, those `before` a position, or those `around` a message (a search's
+    match), half of `limit` on either side of it."""
     session, family = await require_family(request)
     try:
         limit = int(request.query.get("limit", "50"))
@@ -360,11 +362,38 @@ async def chat_history(request: web.Request) -> web.Response:
     thread = request.query.get("thread", "me")
     if thread not in ("me", "home"):
         fail(400, "thread must be me or home")
+    around = request.query.get("around")
+    if around is not None and before is not None:
+        fail(400, "ask for messages before a position or around a message, not both")
     member = session.account.id if thread == "me" else None
     svc = services(request)
+    if around is not None:
+        found = await svc.db.aio(svc.chat.store.around, family, member, around, limit // 2)
+        if found is None:
+            fail(404, "no message with this id in this thread")
+        messages, more, newer = found
+        return web.json_response({"messages": [m.to_json() for m in messages], "more": more, "newer": newer})
     messages = await svc.db.aio(svc.chat.store.history, family, member, before, limit + 1)
     more = len(messages) > limit
-    return web.json_response({"messages": [m.to_json() for m in messages[-limit:]], "more": more})
+    return web.json_response(
+        {"messages": [m.to_json() for m in messages[-limit:]], "more": more, "newer": False}
+    )
+
+
+async def chat_search(request: web.Request) -> web.Response:
+    """The member's own messages holding every word of `q`, newest first, each with a snippet."""
+    session, family = await require_family(request)
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        fail(400, "limit must be an integer")
+    if not 1 <= limit <= search.MATCHES_MAX:
+        fail(400, f"limit must be between 1 and {search.MATCHES_MAX}")
+    svc = services(request)
+    matches = await svc.db.aio(
+        search.search, svc.db, family, session.account.id, request.query.get("q", ""), limit
+    )
+    return web.json_response({"matches": [m.to_json() for m in matches]})
 
 
 async def chat_send(request: web.Request) -> web.Response:
@@ -960,6 +989,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/chat/messages", chat_send),
         web.post("/v1/chat/messages/{message_id}/retry", chat_retry),
         web.get("/v1/chat/stream", chat_stream),
+        web.get("/v1/chat/search", chat_search),
         web.post("/v1/runtime/ensure", runtime_ensure),
         web.post("/v1/devices/pairing", pairing_start),
         web.get("/v1/devices/pairing", pairing_status),

@@ -49,6 +49,7 @@ from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 from .announcements import Announcements, AnnouncementStore
 from .devices import Devices
 from .limits import TOO_MANY_MESSAGES, Limiter, check_storage
+from .markdown import to_html
 
 log = logging.getLogger("sudo-api.chat")
 
@@ -101,8 +102,13 @@ class Message:
     created_at: float
     updated_at: float
 
+    @property
+    def html(self) -> str | None:
+        """The agent's Markdown as clean HTML; None for a member's words, which stay plain text."""
+        return to_html(self.text) if self.role == "assistant" else None
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"html": self.html}
 
 
 def _message(row: Any) -> Message:
@@ -188,6 +194,30 @@ class ChatStore:
                 (str(family), str(member), before, limit),
             )
         return [_message(r) for r in reversed(rows)]
+
+    def around(
+        self, family: uuid.UUID, member: uuid.UUID | None, message_id: str, each_side: int
+    ) -> tuple[list[Message], bool, bool] | None:
+        """A message of the member's own thread (None: of the Home thread) with up to `each_side`
+        messages before and after it, and whether there are older and newer ones past those.
+        None: no such message in that thread."""
+        thread, params = (
+            ("home = 1", (str(family),)) if member is None else ("account_id = ?", (str(family), str(member)))
+        )
+        where = f"family_id = ? AND {thread}"
+        row = self.db.query_one(f"SELECT n FROM messages WHERE {where} AND id = ?", (*params, message_id))
+        if row is None:
+            return None
+        older = self.db.query(
+            f"SELECT * FROM messages WHERE {where} AND n < ? ORDER BY n DESC LIMIT ?",
+            (*params, row["n"], each_side + 1),
+        )
+        newer = self.db.query(
+            f"SELECT * FROM messages WHERE {where} AND n >= ? ORDER BY n LIMIT ?",
+            (*params, row["n"], each_side + 2),
+        )
+        shown = [*reversed(older[:each_side]), *newer[: each_side + 1]]
+        return [_message(r) for r in shown], len(older) > each_side, len(newer) > each_side + 1
 
     def open_messages(self, family: uuid.UUID) -> list[Message]:
         rows = self.db.query(
@@ -663,9 +693,9 @@ class Conversations:
             if thread is None:
                 return  # a draft of nobody's turn (a reminder being written): nothing to show
             if kind == "draft":
-                self.hub.publish(
-                    family, {"type": "draft", "reply_to": reply_to, "text": event["text"]}, thread
-                )
+                text = str(event["text"])
+                draft = {"type": "draft", "reply_to": reply_to, "text": text, "html": to_html(text)}
+                self.hub.publish(family, draft, thread)
             else:
                 self.hub.publish(
                     family, {"type": "status", "state": "thinking", "reply_to": reply_to}, thread

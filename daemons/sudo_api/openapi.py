@@ -63,6 +63,12 @@ MESSAGE = {
         "role": {"enum": ["user", "assistant"]},
         "sender": {"type": "string"},
         "text": {"type": "string"},
+        "html": {
+            "type": ["string", "null"],
+            "description": "an agent's message: its Markdown as HTML, cleaned (only formatting tags,"
+            " links to http, https and mailto with rel=noopener noreferrer); a member's: null, its"
+            " text is plain",
+        },
         "status": {
             "enum": [
                 "queued",
@@ -81,6 +87,18 @@ MESSAGE = {
         "error": {"type": ["string", "null"]},
         "created_at": {"type": "number"},
         "updated_at": {"type": "number"},
+    },
+}
+MATCH = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "n": {"type": "integer", "description": "position in the history"},
+        "role": {"enum": ["user", "assistant"]},
+        "sender": {"type": "string"},
+        "created_at": {"type": "number"},
+        "snippet": {"type": "string", "description": "the words around those found, as plain text"},
+        "snippet_html": {"type": "string", "description": "the snippet escaped, words found in <mark>"},
     },
 }
 DEVICE = {
@@ -326,11 +344,28 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         "get",
         "/v1/chat/messages",
         "History, oldest first; page with ?before=<n>&limit=; ?thread=me (the member's own, the"
-        " default) or home (the family's voice turns, which every member reads)",
+        " default) or home (the family's voice turns, which every member reads); ?around=<id>: the"
+        " message and up to limit/2 on either side (404 if it is not in that thread); more: older"
+        " ones exist, newer: newer ones exist past those",
         "session",
         None,
         200,
-        _obj(messages={"type": "array", "items": MESSAGE}, more={"type": "boolean"}),
+        _obj(
+            messages={"type": "array", "items": MESSAGE},
+            more={"type": "boolean"},
+            newer={"type": "boolean"},
+        ),
+    ),
+    (
+        "get",
+        "/v1/chat/search",
+        "Search the member's own thread: ?q=<words> (each a word or a word's start, all required;"
+        " 1 to 200 characters, else 400), ?limit= (1 to 100, default 20); newest first. A match's"
+        " snippet_html is its snippet escaped, each word found in <mark>; /chat?around=<id> shows it",
+        "session",
+        None,
+        200,
+        _obj(matches={"type": "array", "items": MATCH}),
     ),
     (
         "post",
@@ -354,7 +389,7 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         "get",
         "/v1/chat/stream",
         "Server-sent events: message (of the member's thread or, `home` true, the Home thread),"
-        " draft, status, reset",
+        " draft (the answer being written: text, and html as a message's), status, reset",
         "session",
         None,
         200,

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from sudo_core import host_settings, usage
 from sudo_core.accounts import Account, AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
 
-from . import membership
+from . import membership, search
 from .api import attempt_login, claim_pairing, confirm_pairing, fleet_view, link_number
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
@@ -38,12 +38,15 @@ from .context import (
 )
 from .devices import Claim, PairingError
 from .limits import RateLimited, StorageFull
+from .markdown import to_html
 from .numbers import NumberError
 
 log = logging.getLogger("sudo-api.pages")
 
 HERE = Path(__file__).parent
 HISTORY_ON_PAGE = 200
+AROUND_ON_PAGE = 25
+"""Messages shown on either side of the one a search result leads to."""
 templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
     autoescape=True,
@@ -53,6 +56,7 @@ templates.filters["clock"] = lambda t: time.strftime("%H:%M", time.localtime(t))
 templates.filters["day"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""
 templates.filters["mib"] = lambda b: f"{b / 2**20:.0f} MiB" if b else "-"
 templates.filters["size"] = lambda b: "-" if b is None else usage.size_text(b)
+templates.filters["markdown"] = lambda text: Markup(to_html(text))  # cleaned by nh3: see markdown.py
 
 
 def render(name: str, session: Session | None, status: int = 200, **values: Any) -> web.Response:
@@ -208,7 +212,9 @@ async def setup(request: web.Request) -> web.Response:
 
 
 async def chat(request: web.Request) -> web.Response:
-    """The member's own thread; `?thread=home`, the family's Home thread (voice, read only)."""
+    """The member's own thread; `?thread=home`, the family's Home thread (voice, read only).
+    `?q=` searches the member's own thread; `?around=<id>` shows the history around a message
+    (a search's match), marked, where a search result leads."""
     session = await page_session(request)
     svc = services(request)
     family = session.account.family_id
@@ -232,15 +238,35 @@ async def chat(request: web.Request) -> web.Response:
             else:
                 raise web.HTTPSeeOther("/chat")
     member = None if home else session.account.id
-    messages = await svc.db.aio(svc.chat.store.history, family, member, None, HISTORY_ON_PAGE + 1)
-    more = len(messages) > HISTORY_ON_PAGE
+    query, matches = request.query.get("q"), None
+    if query is not None and not home:
+        try:
+            matches = await svc.db.aio(search.search, svc.db, family, session.account.id, query)
+        except InvalidInput as exc:
+            error, status = str(exc), 400
+    around, newer = request.query.get("around") or None, False
+    found = None
+    if around:
+        found = await svc.db.aio(svc.chat.store.around, family, member, around, AROUND_ON_PAGE)
+    if found:
+        messages, more, newer = found
+    else:
+        if around:
+            error, status, around = "no message with this id in this thread", 404, None
+        messages = await svc.db.aio(svc.chat.store.history, family, member, None, HISTORY_ON_PAGE + 1)
+        more = len(messages) > HISTORY_ON_PAGE
+        messages = messages[-HISTORY_ON_PAGE:]
     return render(
         "chat.html",
         session,
         status=status,
         home=home,
-        messages=messages[-HISTORY_ON_PAGE:],
+        messages=messages,
         more=more,
+        newer=newer,
+        around=around,
+        query=query or "",
+        matches=matches,
         error=error,
         draft=text if error else "",
         family_name=await svc.db.aio(lambda: svc.db.get_family(family).name),  # type: ignore[union-attr]

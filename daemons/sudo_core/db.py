@@ -280,6 +280,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX announcements_expiry ON announcements(expires_at);
     CREATE INDEX messages_to_speak ON messages(status) WHERE status = 'to_speak';
     """,
+    """
+    -- Full-text search of the messages (sudo_api/search.py): an FTS5 index over messages.text,
+    -- its content read from messages itself (external content: the text is stored once), kept in
+    -- step by the triggers below (deletes cascaded from an account or a family fire them too),
+    -- and built from the rows already there. unicode61 folds case and accents: cafe finds café.
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        text, content = 'messages', content_rowid = 'n', tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, text) VALUES (new.n, new.text);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.n, old.text);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.n, old.text);
+        INSERT INTO messages_fts (rowid, text) VALUES (new.n, new.text);
+    END;
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+    """,
 )
 
 

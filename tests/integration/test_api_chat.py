@@ -67,6 +67,11 @@ async def test_a_message_is_answered_live_and_kept(api: Stack, http):
     assert all(b.startswith(a.rstrip()) for a, b in itertools.pairwise(drafts))
     reply = seen[-1]["message"]
     assert reply["text"].startswith("stub says: hello")
+    # The agent's words also come as HTML made from their Markdown, as they grow and once kept;
+    # the member's own words never do.
+    drafts_html = [e["html"] for e in seen if e["type"] == "draft"]
+    assert all(html.startswith("<p>stub") for html in drafts_html), drafts_html
+    assert reply["html"].startswith("<p>stub says: hello") and sent["html"] is None
     assert reply["reply_to"] == sent["id"]
 
     history = await wait_status(family, sent["id"], "answered")
@@ -87,7 +92,7 @@ async def test_history_pages_and_bad_input_changes_nothing(api: Stack, http):
         status, body = await family.call("GET", f"/v1/chat/messages?{query}")
         assert status == 400, query
     status, body = await family.call("GET", "/v1/chat/messages")
-    assert status == 200 and body == {"messages": [], "more": False}
+    assert status == 200 and body == {"messages": [], "more": False, "newer": False}
     status, body = await family.call("POST", "/v1/chat/messages/nope/retry")
     assert status == 404
 

@@ -1,7 +1,9 @@
 """A real browser (Debian's chromium, driven by Playwright) against the real sudo-api, provisioner,
 gateway and a real Hermes container: sign up, chat with the reply streaming in, reload, and an
-admin rotating the LLM key with no container restarted; a family of three, each in their own
-browser, chatting at once in their own threads; the family's Home thread of voice turns."""
+admin rotating the LLM key with no container restarted, then an answer in Markdown shown
+formatted with an XSS corpus in it that runs nothing, and a search that lands on the message;
+a family of three, each in their own browser, chatting at once in their own threads; the
+family's Home thread of voice turns."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ async def sign_up(page: Page, base: str, name: str) -> str:
 
 
 @pytest.mark.usefixtures("fresh_settings")
-async def test_a_family_chats_and_an_admin_rotates_the_llm_key(api: Stack, browser: Browser):
+async def test_a_family_chats_and_an_admin_rotates_the_llm_key(api: Stack, browser: Browser, http):
     base = api.api_url
     page = await browser.new_page()
     await sign_up(page, base, "Rosalind")
@@ -101,6 +103,104 @@ async def test_a_family_chats_and_an_admin_rotates_the_llm_key(api: Stack, brows
     assert used == {f"Bearer {new_key}"}
     container.reload()
     assert container.attrs["State"]["StartedAt"] == started_at  # the same container, never restarted
+
+    await formatted_answers_run_nothing(api, http, page)
+    await a_search_lands_on_the_message(page, base, "tell me a story [drip:0.15]")
+
+
+FORMATTED = """Here is a **plan** for the week:
+
+| Day | Meal |
+|-----|------|
+| Mon | pasta |
+| Tue | soup |
+
+```
+print("copy me")
+```
+
+See [the recipe](https://example.org/recipe) or <https://example.org/auto>.
+
+<script>window.__pwned = "script"</script>
+
+<img src=x onerror="window.__pwned = 'img'; alert('img')">
+
+<svg onload="window.__pwned = 'svg'"></svg>
+
+[js](javascript:alert('link')) [entity](&#106;avascript:window.__pwned='entity')
+[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==) <javascript:alert('auto')>
+
+[ref][r] and `<img src=x onerror="window.__pwned = 'code'">`
+
+[r]: javascript:window.__pwned='ref'
+
+***<img src=x onerror="window.__pwned = 'emphasis'">*** <a href="javascript:alert('a')">raw</a>
+"""
+"""The model's answer: Markdown to show formatted, and payloads that try to set window.__pwned
+or open a dialog, as raw HTML, javascript: and data: links (plain, entity-encoded, autolinks,
+reference links), in code spans and emphasis."""
+
+
+async def formatted_answers_run_nothing(api: Stack, http, page: Page) -> None:
+    """An answer in Markdown, as it streams and once stored (live, then rendered by the page):
+    a table, a code block with a copy button that copies it, links with rel=noopener noreferrer;
+    no payload of the corpus opens a dialog, runs, or becomes an element or link."""
+    dialogs: list[str] = []
+
+    async def on_dialog(dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=api.api_url)
+    async with http.post(f"{api.llm_url}/_stub/answers", json={"name": "md", "text": FORMATTED}) as resp:
+        assert resp.status == 200
+    await page.get_by_placeholder("Message your assistant").fill("plan my week [answer:md] [drip:0.05]")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("li.message.assistant.draft .text strong")).to_have_text("plan", timeout=60_000)
+    answer = page.locator("li.message.assistant.final").last
+    await expect(answer.locator("td")).to_have_text(["Mon", "pasta", "Tue", "soup"], timeout=60_000)
+    for shown in ("live", "rendered by the page"):
+        await expect(answer.locator("th")).to_have_text(["Day", "Meal"])
+        await expect(answer.locator("strong").first).to_have_text("plan")
+        await expect(answer.locator("div.code pre")).to_have_text('print("copy me")')
+        link = answer.get_by_role("link", name="the recipe")
+        await expect(link).to_have_attribute("href", "https://example.org/recipe")
+        await expect(link).to_have_attribute("rel", "noopener noreferrer")
+        hrefs = await answer.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+        assert hrefs == ["https://example.org/recipe", "https://example.org/auto"], (shown, hrefs)
+        rels = await answer.locator("a").evaluate_all("links => links.map(a => a.rel)")
+        assert rels == ["noopener noreferrer"] * 2, (shown, rels)
+        assert await answer.locator("script, img, svg, iframe, object, [onerror], [onload]").count() == 0
+        await expect(answer.locator(".text")).to_contain_text("<script>window.__pwned")  # shown, as text
+        await expect(answer.locator(".text")).to_contain_text("[js](javascript:alert('link'))")
+        await answer.locator("button.copy").click()
+        await expect(answer.locator("button.copy")).to_have_text("Copied")
+        assert await page.evaluate("navigator.clipboard.readText()") == 'print("copy me")'
+        assert await page.evaluate("window.__pwned") is None, shown
+        assert dialogs == [], shown
+        await page.reload()
+        await expect(page.locator("body[data-live=yes]")).to_be_attached()
+        answer = page.locator("li.message.assistant.final").last
+
+
+async def a_search_lands_on_the_message(page: Page, base: str, said: str) -> None:
+    """The search box finds the member's message and its answer, the word marked; a result opens
+    the history around the message, which is marked and in view."""
+    await page.get_by_role("searchbox", name="Search your messages").fill("story")
+    await page.get_by_role("button", name="Search").click()
+    await expect(page).to_have_url(f"{base}/chat?q=story")
+    results = page.locator("#results li a")
+    await expect(results).to_have_count(2)  # the member's message and the answer, newest first
+    await expect(results.locator("mark")).to_have_text(["story", "story"])
+    await expect(results.last).to_contain_text(said)
+    await results.last.click()
+    await expect(page).to_have_url(re.compile(rf"^{re.escape(base)}/chat\?around=(\w+)#m-\1$"))
+    found = page.locator("li.message.found")
+    await expect(found).to_have_count(1)
+    await expect(found.locator(".text")).to_have_text(said)
+    assert f"#{await found.get_attribute('id')}" == page.url[page.url.index("#") :]
+    await expect(found).to_be_in_viewport()
 
 
 @pytest.mark.usefixtures("fresh_settings")

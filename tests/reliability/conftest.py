@@ -176,9 +176,16 @@ VOLATILE = {
 
 
 def snapshot(database: Path) -> dict[str, list[tuple]]:
-    """Every table's rows, sorted, less the volatile columns."""
+    """Every table's rows, sorted, less the volatile columns. Full-text indexes (FTS5 virtual tables
+    and their shadow tables) are left out: they only restate the messages, as opaque blobs."""
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN"
+                " (SELECT name FROM pragma_table_list WHERE type IN ('virtual', 'shadow'))"
+            )
+        ]
         result = {}
         for table in tables:
             skip = VOLATILE.get(table, set())

@@ -102,7 +102,10 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
      expect(401, 201, 201, 403, 401, DISABLED, 404, 401, 403, 401)),
     ("DELETE", "/v1/family/members/{member_id}", {"path": {"member_id": "spare_child"}},
      expect(401, 204, 403, 403, 401, DISABLED, 404, 401, 403, 401)),
-    ("GET", "/v1/chat/messages", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("GET", "/v1/chat/messages", {"url": "/v1/chat/messages?around={m}", "path": {"m": "message"}},
+     expect(401, 200, 404, 404, 401, DISABLED, 404, 401, 403, 401)),  # the history around A's message
+    ("GET", "/v1/chat/search", {"url": "/v1/chat/search?q={word}", "path": {"word": "secret_word"}},
+     expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),  # each their own thread: A's word
     ("POST", "/v1/chat/messages", {"json": {"text": ""}},
      expect(401, 400, 400, 400, 401, DISABLED, 400, 401, 403, 401)),
     ("POST", "/v1/chat/messages/{message_id}/retry", {"path": {"message_id": "message"}},
@@ -179,7 +182,8 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     ("POST", "/login", {"data": WRONG_LOGIN}, expect(401, 401, 401, 401, 401, 401, 401, 401, 401, 401)),
     ("GET", "/setup", {}, expect(404, 404, 404, 404, 404, 404, 404, 404, 404, 404)),  # an admin exists
     ("POST", "/setup", {"data": {"email": "x"}}, expect(404, 404, 404, 404, 404, 404, 404, 404, 404, 404)),
-    ("GET", "/chat", {}, expect(303, 200, 200, 200, 303, DISABLED, 200, 303, 303, 303)),
+    ("GET", "/chat", {"url": "/chat?around={m}", "path": {"m": "message"}},
+     expect(303, 200, 404, 404, 303, DISABLED, 404, 303, 303, 303)),
     ("POST", "/chat", {"data": {"text": "forged"}}, expect(303, 403, 403, 403, 303, 403, 403, 303, 303, 303)),
     ("GET", "/integrations", {}, expect(303, 200, 200, 200, 303, DISABLED, 200, 303, 303, 303)),
     ("POST", "/integrations", {"data": {"action": "pair", "code": "ZZZZZZ"}},
@@ -276,7 +280,8 @@ async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> 
 
     family = uuid.UUID(roles.a.id)
     store = ChatStore(api.db)
-    secret_text = f"a's secret {secrets.token_hex(6)}"
+    secret_word = secrets.token_hex(6)
+    secret_text = f"a's secret {secret_word}"
     member = uuid.UUID(roles.a.member_id)
     message = await api.db.aio(store.add_user_message, family, member, secret_text, "A")
     await api.db.aio(store.set_status, message.id, "failed", "test")
@@ -290,6 +295,7 @@ async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> 
     return {
         "message": message.id,
         "secret_text": secret_text,
+        "secret_word": secret_word,
         "spare_device": spare,
         "number": number.id,
         "number2": number2.id,

@@ -1,9 +1,14 @@
 // Live chat: send through /v1, follow /v1/chat/stream (server-sent events), render in place.
 // Without this script the page still works through its form. The Home thread (the family's
-// voice turns) has no form: it only follows the stream's Home messages.
+// voice turns) has no form: it only follows the stream's Home messages. The agent's answers
+// come as HTML the server made from their Markdown and cleaned (`html`): that alone is ever set
+// as HTML here; a member's words are set as text. Each code block gets a copy button.
+// A page showing an older part of the thread (a search result's, with newer messages past it)
+// does not follow the stream: the live thread is at /chat.
 (() => {
   const list = document.getElementById("messages");
   const home = list.dataset.thread === "home";
+  const following = list.dataset.newer !== "yes";
   const form = document.getElementById("send");
   const status = document.getElementById("status");
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
@@ -27,15 +32,55 @@
     return li;
   }
 
+  function addCopyButtons(text) {
+    for (const pre of text.querySelectorAll("pre")) {
+      if (pre.parentElement.classList.contains("code")) continue;
+      const block = document.createElement("div");
+      block.className = "code";
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy";
+      button.textContent = "Copy";
+      pre.replaceWith(block);
+      block.append(button, pre);
+    }
+  }
+
+  function setText(text, m) {
+    if (m.html != null) {
+      text.innerHTML = m.html; // made from Markdown and cleaned by the server (sudo_api/markdown.py)
+      text.classList.add("md");
+      addCopyButtons(text);
+    } else {
+      text.textContent = m.text;
+    }
+  }
+
+  async function copy(button) {
+    const code = button.parentElement.querySelector("pre").textContent.replace(/\n$/, "");
+    try {
+      await navigator.clipboard.writeText(code);
+      button.textContent = "Copied";
+    } catch {
+      // No clipboard here (a page not served over HTTPS): select the code to copy by hand.
+      const range = document.createRange();
+      range.selectNodeContents(button.parentElement.querySelector("pre"));
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      button.textContent = "Selected";
+    }
+    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+  }
+
   function render(m) {
     const draft = m.reply_to && drafts.get(m.reply_to);
     if (m.role === "assistant" && draft) { draft.remove(); drafts.delete(m.reply_to); }
     const li = element(m.id);
-    li.className = `message ${m.role} ${m.status}`;
+    li.className = `message ${m.role} ${m.status}` + (li.classList.contains("found") ? " found" : "");
     li.dataset.n = m.n;
     li.querySelector(".who").textContent = m.role === "user" ? m.sender : "Assistant";
     li.querySelector(".when").textContent = clock(m.created_at);
-    li.querySelector(".text").textContent = m.text;
+    setText(li.querySelector(".text"), m);
     li.querySelector(".failed")?.remove();
     if (m.status === "failed") {
       const p = document.createElement("p");
@@ -52,7 +97,7 @@
     li.scrollIntoView({ block: "end" });
   }
 
-  function renderDraft(replyTo, text) {
+  function renderDraft(replyTo, draft) {
     let li = drafts.get(replyTo);
     if (!li) {
       li = document.createElement("li");
@@ -61,7 +106,7 @@
       list.appendChild(li);
       drafts.set(replyTo, li);
     }
-    li.querySelector(".text").textContent = text;
+    setText(li.querySelector(".text"), draft);
     showStatus("");
     li.scrollIntoView({ block: "end" });
   }
@@ -94,7 +139,11 @@
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
   });
 
+  list.querySelectorAll(".text.md").forEach(addCopyButtons);
+
   list.addEventListener("click", async (event) => {
+    const copyButton = event.target.closest("button.copy");
+    if (copyButton) { copy(copyButton); return; }
     const button = event.target.closest("button.retry");
     if (!button) return;
     try { render((await post(`/v1/chat/messages/${button.dataset.id}/retry`)).message); }
@@ -107,13 +156,14 @@
     ready: "",
   };
 
+  if (!following) return;
   const stream = new EventSource("/v1/chat/stream");
   stream.onmessage = (event) => {
     const e = JSON.parse(event.data);
     if (e.type === "reset") location.reload();
     else if (e.type === "message") { if (e.message.home === home) render(e.message); }
     else if (home) return; // drafts and status are of the member's own thread
-    else if (e.type === "draft") renderDraft(e.reply_to, e.text);
+    else if (e.type === "draft") renderDraft(e.reply_to, e);
     else if (e.type === "status") showStatus(e.state === "failed" ? `Your assistant could not start: ${e.detail}` : states[e.state] || "");
   };
   let opened = false;
