@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from livekit_server import LiveKitServer, Participant
-from stack import BIN, Stack, free_port
+from ports import free_port
+from stack import BIN, Stack
 from voice_audio import in_room_noise, silence, spoken
 
 RATE = 16000

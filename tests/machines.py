@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,11 +19,6 @@ import docker
 
 IMAGE = os.environ.get("E2E_IMAGE", "sudo-e2e:bookworm")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Machine:

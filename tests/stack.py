@@ -27,6 +27,7 @@ import docker
 import docker.errors
 
 from sudo_core import config
+from ports import free_port
 from sudo_core.db import Database, Family
 from sudo_core.families import api_key_for, runtime_name, volume_name
 from sudoctl import firewall
@@ -35,11 +36,6 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):

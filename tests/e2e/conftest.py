@@ -25,7 +25,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from machines import IMAGE, Host, free_port, start_machine
+from machines import IMAGE, Host, start_machine
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERMES_IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")

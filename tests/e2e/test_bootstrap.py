@@ -33,7 +33,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from machines import IMAGE, Machine, free_port, start_machine
+from machines import IMAGE, Machine, start_machine
+from ports import free_port
 from twilio.request_validator import RequestValidator
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -97,11 +97,6 @@ def tone_power(pcm: bytes, frequency: float) -> float:
     return float(spectrum[np.abs(freqs - frequency) < 30].sum() / spectrum.sum())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 async def until(predicate: Callable[[], object], what: str, within: float = 10.0) -> None:
     """Wait for a condition that no event announces (a file growing, a log line)."""

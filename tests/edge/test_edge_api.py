@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from edge_support import free_port
+from ports import free_port
 from standin_api import StandinApi
 
 from sudo_api.devices import CODE_LENGTH

@@ -12,7 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from edge_support import AudioDevices, NotifyListener, free_port
+from edge_support import AudioDevices, NotifyListener
+from ports import free_port
 from standin_api import StandinApi
 
 EXE = Path(sys.executable).with_name("sudo-edge")

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
-from edge_support import free_port
+from ports import free_port
 from loopback_room import LoopbackServer
 
 from sudo_edge.room import LiveKitRoom, Room, RoomError

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 from control_plane import pair, sign_up
 from livekit_server import LiveKitServer
-from stack import BIN, Notifications, Stack, free_port
+from ports import free_port
+from stack import BIN, Notifications, Stack
 
 from sudo_core.families import VOICE_AGENT
 

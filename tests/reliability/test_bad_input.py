@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from conftest import changes, size, snapshot
 from control_plane import sign_up
-from stack import BIN, Stack, free_port, wait_for
+from ports import free_port
+from stack import BIN, Stack, wait_for
 from twilio_stub import sign
 
 from sudo_api.whatsapp import WEBHOOK_MAX
