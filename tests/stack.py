@@ -25,9 +25,9 @@ from pathlib import Path
 
 import docker
 import docker.errors
+from ports import free_port
 
 from sudo_core import config
-from ports import free_port
 from sudo_core.db import Database, Family
 from sudo_core.families import api_key_for, runtime_name, volume_name
 from sudoctl import firewall
@@ -35,7 +35,6 @@ from sudoctl import firewall
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
-
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
