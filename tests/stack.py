@@ -25,7 +25,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
-from ports import free_port
+from ports import free_port, worker_slice
 
 from sudo_core import config
 from sudo_core.db import Database, Family
@@ -53,8 +53,9 @@ def unused_subnet(client: docker.DockerClient) -> str:
         for net in client.api.networks()
         for cfg in (net.get("IPAM") or {}).get("Config") or []
     }
+    low, high = worker_slice(0, 256)  # concurrent pytest-xdist workers never pick the same
     while True:
-        candidate = f"10.214.{random.randrange(256)}.0/24"
+        candidate = f"10.214.{random.randrange(low, high)}.0/24"
         if candidate not in taken:
             return candidate
 
