@@ -348,12 +348,18 @@ class DockerBackend:
             client.close()
 
     async def memory_used(self, name: str) -> int | None:
-        """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`)."""
-        try:
-            stats = await self._run(self._client.api.stats, name, stream=False, one_shot=True)
-        except DockerMissing:
-            return None
-        return (stats.get("memory_stats") or {}).get("usage")
+        """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`).
+
+        A one-shot sample of a container that has just started may come without its memory
+        (seen on a busy host); then a full sample, which waits for the engine's next reading."""
+        for one_shot in (True, False):
+            try:
+                stats = await self._run(self._client.api.stats, name, stream=False, one_shot=one_shot)
+            except DockerMissing:
+                return None
+            if (usage := (stats.get("memory_stats") or {}).get("usage")) is not None:
+                return usage
+        return None
 
     async def logs(self, name: str, tail: int = 30) -> str:
         try:

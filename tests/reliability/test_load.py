@@ -305,11 +305,16 @@ def runtimes(stack: Stack) -> dict[str, dict[str, Any]]:
 
 
 def working_set(stack: Stack) -> list[int]:
-    """Each runtime's memory as `docker stats` shows it: usage less the inactive page cache."""
+    """Each running runtime's memory as `docker stats` shows it: usage less the inactive page
+    cache. (A stopped container, or the provisioner's volume helper, has no memory to show.)"""
     sizes = []
     for container in inspected(stack):
+        if container["State"]["Status"] != "running" or container["Config"]["Labels"].get("sudo.role"):
+            continue
         with contextlib.suppress(docker.errors.NotFound):
             memory = stack.docker.api.stats(container["Id"], stream=False, one_shot=True)["memory_stats"]
+            if "usage" not in memory:  # a one-shot sample on a busy host may lack it: wait for one
+                memory = stack.docker.api.stats(container["Id"], stream=False)["memory_stats"]
             stats = memory.get("stats", {})
             sizes.append(memory["usage"] - stats.get("total_inactive_file", stats.get("inactive_file", 0)))
     return sizes
