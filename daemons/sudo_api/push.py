@@ -279,10 +279,10 @@ class Pusher:
             async with self._http.post(
                 sub.endpoint, data=body, headers=headers, allow_redirects=False
             ) as resp:
-                status, answer = resp.status, (await resp.text())[:200]
+                status, answer = resp.status, (await resp.content.read(200)).decode(errors="replace")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             PUSHES.labels("failed").inc()
-            log.warning("push to %s failed: %s", where, exc or type(exc).__name__)
+            log.warning("push to %s failed: %s", where, str(exc) or type(exc).__name__)
             return
         if status in (200, 201, 202):
             PUSHES.labels("sent").inc()

@@ -1,8 +1,8 @@
 """The installable web app in a real browser (Debian's chromium, driven by Playwright) against
-the real sudo-api: the manifest linked and valid with its icons, the service worker registered
-and controlling the page under the site's strict CSP, the offline page instead of the browser's
-error when the network is gone, a pushed message shown as a notification, and the /account card
-where a member chooses what to be told.
+the real sudo-api: the manifest linked and valid with its icons and the app installable, the
+service worker registered and controlling the page under the site's strict CSP, the offline page
+instead of the browser's error when the network is gone, a pushed message shown as a
+notification, and the /account card where a member chooses what to be told.
 
 Unproven here: pushManager.subscribe() itself. Chromium subscribes at Google's FCM, which is
 unreachable from these machines, so the test pushes with DevTools' ServiceWorker.deliverPushMessage
@@ -17,11 +17,12 @@ import asyncio
 import json
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from control_plane import PASSWORD, sign_up
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from control_plane import PASSWORD, create_admin, sign_up
+from playwright.async_api import BrowserContext, Page, async_playwright, expect
 from stack import Stack
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,23 +42,28 @@ NOTIFICATIONS = """async () => {
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+async def context(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    """A browser with a profile on disk: an incognito one (Playwright's new_context) is never
+    offered to install a web app, which would hide what this test looks for."""
     async with async_playwright() as p:
         # --no-sandbox: the tests run as root in a container, where chromium's sandbox cannot start.
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        await browser.close()
+        context = await p.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=CHROMIUM, args=["--no-sandbox"]
+        )
+        yield context
+        await context.close()
 
 
-async def logged_in(browser: Browser, base: str, email: str) -> tuple[BrowserContext, Page]:
-    context = await browser.new_context()
+async def logged_in(context: BrowserContext, api: Stack, email: str) -> Page:
+    if not await api.db.aio(api.db.query_one, "SELECT 1 FROM accounts WHERE is_admin = 1"):
+        await create_admin(api)  # without one, every page leads to /setup
     page = await context.new_page()
-    await page.goto(f"{base}/login")
+    await page.goto(f"{api.api_url}/login")
     await page.get_by_label("Email").fill(email)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Log in").click()
-    await expect(page).to_have_url(f"{base}/chat")
-    return context, page
+    await expect(page).to_have_url(f"{api.api_url}/chat")
+    return page
 
 
 async def eventually(
@@ -77,10 +83,10 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-async def test_the_app_installs_works_offline_and_shows_a_push(api: Stack, browser: Browser, http):
+async def test_the_app_installs_works_offline_and_shows_a_push(api: Stack, context: BrowserContext, http):
     base = api.api_url
     family = await sign_up(http, base, "Hypatia")
-    context, page = await logged_in(browser, base, family.account["email"])
+    page = await logged_in(context, api, family.account["email"])
     csp_errors: list[str] = []
     page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
 
@@ -105,6 +111,7 @@ async def test_the_app_installs_works_offline_and_shows_a_push(api: Stack, brows
     devtools = await context.new_cdp_session(page)
     parsed = await devtools.send("Page.getAppManifest")
     assert parsed["errors"] == [] and parsed["url"] == base + href
+    assert (await devtools.send("Page.getInstallabilityErrors"))["installabilityErrors"] == []
 
     # No network: a page opens as the offline page, not the browser's error.
     await context.set_offline(True)
@@ -152,4 +159,3 @@ async def test_the_app_installs_works_offline_and_shows_a_push(api: Stack, brows
     status, body = await family.call("GET", "/v1/push/preferences")
     assert (status, body) == (200, {"replies": False, "proactive": True})
     assert csp_errors == []
-    await context.close()
