@@ -22,7 +22,7 @@ from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
 
-from . import host_units, membership, numbers, search, voice, whatsapp
+from . import host_units, membership, numbers, push, search, voice, whatsapp
 from .announcements import WAIT_MAX_SEC
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
@@ -444,6 +444,50 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
                 break
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
     return response
+
+
+# Web Push
+
+
+async def push_key(request: web.Request) -> web.Response:
+    """The host's VAPID public key, for the browser's pushManager.subscribe."""
+    await require_family(request)
+    return web.json_response({"public_key": services(request).push.public_key})
+
+
+async def push_subscribe(request: web.Request) -> web.Response:
+    session, _ = await require_family(request)
+    svc = services(request)
+    try:
+        sub = push.Subscription.parse(await json_body(request), svc.settings.api.push_services)
+    except push.BadSubscription as exc:
+        fail(400, str(exc))
+    await svc.db.aio(svc.push.store.subscribe, session.account.id, sub)
+    return web.json_response({"endpoint": sub.endpoint}, status=201)
+
+
+async def push_unsubscribe(request: web.Request) -> web.Response:
+    session, _ = await require_family(request)
+    svc = services(request)
+    endpoint = text_field(await json_body(request), "endpoint", 1000)
+    if not await svc.db.aio(svc.push.store.unsubscribe, session.account.id, endpoint):
+        fail(404, "no subscription of yours with this endpoint")
+    return web.Response(status=204)
+
+
+async def push_preferences(request: web.Request) -> web.Response:
+    """What the member is notified of; PUT sets both."""
+    session, _ = await require_family(request)
+    svc = services(request)
+    if request.method == "PUT":
+        body = await json_body(request)
+        if not all(isinstance(body.get(kind), bool) for kind in push.KINDS):
+            fail(400, f"{' and '.join(push.KINDS)} are required (true or false)")
+        prefs = push.Preferences(**{kind: body[kind] for kind in push.KINDS})
+        await svc.db.aio(svc.push.store.set_preferences, session.account.id, prefs)
+    else:
+        prefs = await svc.db.aio(svc.push.store.preferences, session.account.id)
+    return web.json_response(asdict(prefs))
 
 
 # Runtime
@@ -991,6 +1035,11 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/chat/stream", chat_stream),
         web.get("/v1/chat/search", chat_search),
         web.post("/v1/runtime/ensure", runtime_ensure),
+        web.get("/v1/push/key", push_key),
+        web.post("/v1/push/subscriptions", push_subscribe),
+        web.delete("/v1/push/subscriptions", push_unsubscribe),
+        web.get("/v1/push/preferences", push_preferences),
+        web.put("/v1/push/preferences", push_preferences),
         web.post("/v1/devices/pairing", pairing_start),
         web.get("/v1/devices/pairing", pairing_status),
         web.post("/v1/devices/pairing/complete", pairing_complete),

@@ -50,6 +50,7 @@ from .announcements import Announcements, AnnouncementStore
 from .devices import Devices
 from .limits import TOO_MANY_MESSAGES, Limiter, check_storage
 from .markdown import to_html
+from .push import PROACTIVE, REPLIES, Pusher
 
 log = logging.getLogger("sudo-api.chat")
 
@@ -296,6 +297,15 @@ class ChatStore:
         )
         return row["id"] if row else None
 
+    def reply_text(self, family: uuid.UUID, message_id: str) -> str:
+        """The agent's words answering a message (a turn may write several messages)."""
+        rows = self.db.query(
+            "SELECT text FROM messages WHERE family_id = ? AND reply_to = ? AND role = 'assistant'"
+            " ORDER BY n",
+            (str(family), message_id),
+        )
+        return "\n\n".join(r["text"] for r in rows)
+
     # The plugin's outbox
 
     def cursor(self, family: uuid.UUID) -> tuple[str | None, int]:
@@ -414,6 +424,10 @@ class Hub:
             if not listeners:
                 self._listeners.pop(family, None)
 
+    def listening(self, family: uuid.UUID, member: str) -> bool:
+        """Whether a page or API stream of the member is open on their thread now."""
+        return member in self._listeners.get(family, {}).values()
+
     def publish(self, family: uuid.UUID, event: dict[str, Any], thread: str | None = None) -> None:
         """To the streams of the member whose thread it is; None: to every member (the agent
         waking, or failing to)."""
@@ -446,12 +460,15 @@ class Conversations:
         settings: ApiSettings,
         messages: Limiter,
         devices: Devices,
+        push: Pusher,
     ) -> None:
         self.db = db
         self.messages = messages
         """The family's message rate, shared with WhatsApp (limits.message_limiter)."""
         self.devices = devices
         """Which home devices are online, to say what the agent says out loud."""
+        self.push = push
+        """Web Push: the agent's words to a member's browsers while no page of theirs is open."""
         self.store = ChatStore(db)
         self.hub = Hub()
         self.announcements = Announcements(db, self._show_stored)
@@ -712,10 +729,25 @@ class Conversations:
                 elif message.status == "answered":
                     REPLY_SECONDS.observe(message.updated_at - message.created_at)
                 self._show(family, message)
+                await self._notify(family, kind, message)
             if kind == "turn_done":
                 self._threads.pop(event.get("reply_to"), None)
                 self._wake.setdefault(family, asyncio.Event()).set()
                 self._settled.set()
+
+    async def _notify(self, family: uuid.UUID, kind: str, message: Message) -> None:
+        """A push to the member's browsers: their message answered (the turn ended) while no page
+        of theirs is open to see it, or a message the agent wrote of its own (a reminder)."""
+        member = message.account_id
+        if member is None or message.home:
+            return
+        if kind == "turn_done" and message.status == "answered" and not self.hub.listening(family, member):
+            text = await self.db.aio(self.store.reply_text, family, message.id)
+            if text:
+                self.push.notify(member, REPLIES, "Your assistant answered", text, "/chat")
+        elif kind == "message" and message.role == "assistant" and message.reply_to is None:
+            url = f"/chat?around={message.id}"
+            self.push.notify(member, PROACTIVE, "A message from your assistant", message.text, url)
 
     async def _deliver(self, family: uuid.UUID, chat_url: str, headers: dict[str, str]) -> None:
         """Give the agent the family's messages in order, each once its previous one is answered.

@@ -131,6 +131,8 @@ def _obj(**props: Any) -> dict[str, Any]:
 
 STRING = {"type": "string"}
 INTEGER = {"type": "integer"}
+BOOLEAN = {"type": "boolean"}
+PUSH_PREFERENCES = _obj(replies=BOOLEAN, proactive=BOOLEAN)
 
 # (method, path, summary, security, request body schema or None, success status, success schema)
 ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any]]] = [
@@ -394,6 +396,52 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         None,
         200,
         {"type": "string", "contentMediaType": "text/event-stream"},
+    ),
+    (
+        "get",
+        "/v1/push/key",
+        "The host's VAPID public key (base64url), the applicationServerKey of pushManager.subscribe",
+        "session",
+        None,
+        200,
+        _obj(public_key=STRING),
+    ),
+    (
+        "post",
+        "/v1/push/subscriptions",
+        "Notify this browser (a PushSubscription's JSON) of the agent's words while no page is open;"
+        " its endpoint must be at one of api.push_services, else 400",
+        "session",
+        _obj(endpoint=STRING, keys=_obj(p256dh=STRING, auth=STRING)),
+        201,
+        _obj(endpoint=STRING),
+    ),
+    (
+        "delete",
+        "/v1/push/subscriptions",
+        "Stop notifying the browser of this endpoint",
+        "session",
+        _obj(endpoint=STRING),
+        204,
+        {},
+    ),
+    (
+        "get",
+        "/v1/push/preferences",
+        "What the member is notified of: the agent's replies, its proactive messages",
+        "session",
+        None,
+        200,
+        PUSH_PREFERENCES,
+    ),
+    (
+        "put",
+        "/v1/push/preferences",
+        "Choose what the member is notified of",
+        "session",
+        PUSH_PREFERENCES,
+        200,
+        PUSH_PREFERENCES,
     ),
     (
         "post",

@@ -434,6 +434,23 @@ async def _wake(svc: Any, family: uuid.UUID) -> None:
         log.warning("waking the assistant of %s from /integrations failed: %s", family, exc)
 
 
+async def service_worker(request: web.Request) -> web.FileResponse:
+    """static/sw.js at the site's root, so that its scope is the whole site; checked for a new
+    version on every visit, never taken from the HTTP cache."""
+    return web.FileResponse(
+        HERE / "static" / "sw.js",
+        headers={"Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-cache"},
+    )
+
+
+async def manifest(request: web.Request) -> web.FileResponse:
+    """The web app's manifest: what a browser installs (name, icons, /chat to start at)."""
+    return web.FileResponse(
+        HERE / "static" / "manifest.webmanifest",
+        headers={"Content-Type": "application/manifest+json", "Cache-Control": "no-cache"},
+    )
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/", index),
@@ -445,5 +462,7 @@ def routes() -> list[web.RouteDef]:
         web.route("*", "/integrations", integrations),
         web.route("*", "/admin", admin_home),
         web.route("*", "/admin/settings", admin_settings),
+        web.get("/sw.js", service_worker),
+        web.get("/manifest.webmanifest", manifest),
         web.static("/static", HERE / "static"),
     ]

@@ -52,6 +52,8 @@ WRONG_LOGIN = {"email": "nobody-{role}@example.org", "password": "wrong password
 TWILIO_FORM = {"MessageSid": "SM" + "0" * 32, "From": "whatsapp:+447700900111", "Body": "hi"}
 JOIN = {"token": "no-such-token", "email": "joiner-{role}@example.org", "password": PASSWORD, "name": "J"}
 BAD_CHILD = {"username": "No Spaces!", "password": PASSWORD, "name": "Kid"}
+FORGED_PUSH = {"endpoint": "http://169.254.169.254/latest/meta-data", "keys": {"p256dh": "x", "auth": "y"}}
+"""A push subscription whose endpoint is no push service's (a cloud's metadata address)."""
 DISABLED = 403
 """What a member of the disabled family gets from every family route: "this family is disabled"."""
 
@@ -113,6 +115,14 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     ("GET", "/v1/chat/stream", {"stream": True},
      expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
     ("POST", "/v1/admin/restart-all", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, (202, 409), 401)),
+    ("GET", "/v1/push/key", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("POST", "/v1/push/subscriptions", {"json": FORGED_PUSH},  # at no push service: 400 for a member
+     expect(401, 400, 400, 400, 401, DISABLED, 400, 401, 403, 401)),
+    ("DELETE", "/v1/push/subscriptions", {"json": {"endpoint": FORGED_PUSH["endpoint"]}},
+     expect(401, 404, 404, 404, 401, DISABLED, 404, 401, 403, 401)),
+    ("GET", "/v1/push/preferences", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("PUT", "/v1/push/preferences", {"json": {"replies": "yes"}},
+     expect(401, 400, 400, 400, 401, DISABLED, 400, 401, 403, 401)),
     ("POST", "/v1/runtime/ensure", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
     ("POST", "/v1/devices/pairing", {"json": {"name": ""}},
      expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
@@ -176,6 +186,8 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     ("GET", "/", {}, expect(303, 303, 303, 303, 303, 303, 303, 303, 303, 303)),
     ("GET", "/healthz", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     ("GET", "/static", {"url": "/static/sudo.css"}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/sw.js", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/manifest.webmanifest", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     ("GET", "/signup", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     ("POST", "/signup", {"data": {"email": "x"}}, expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
     ("GET", "/login", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
