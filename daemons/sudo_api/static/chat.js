@@ -136,7 +136,7 @@
   });
 
   form?.text.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); form.requestSubmit(); }
   });
 
   list.querySelectorAll(".text.md").forEach(addCopyButtons);
