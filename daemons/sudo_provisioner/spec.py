@@ -118,7 +118,10 @@ def build_spec(
         # Hermes probes python and pip in subprocesses as it builds its first system prompt, to
         # warn the agent of pip trouble: about a second of a family's first reply, for a pip
         # that is not used here.
-        "agent": {"environment_probe": False},
+        # A photo a member sends (web chat, WhatsApp) goes to the admin's model as pixels, an
+        # image part of the turn; in Hermes's "auto" it would ask models.dev (unreachable here)
+        # whether the model sees, and otherwise describe the photo through a second LLM call.
+        "agent": {"environment_probe": False, "image_input_mode": "native"},
         # sudo-api, and the WhatsApp plugin's journal, give the next agent process what a stop cut
         # off, under its id. At start Hermes would also resume an interrupted session on its own,
         # with a turn of its own ("the session was restored") racing that redelivery, which then
@@ -197,9 +200,12 @@ def build_spec(
             "long_running_notifications": False,
             "busy_ack_detail": False,
         }
-        # Voice notes are transcribed by Hermes through the gateway's speech-to-text.
+    if "twilio_whatsapp" in plugins.names or "sudo_chat" in plugins.names:
+        # Voice notes are transcribed by Hermes through the gateway's speech-to-text; the
+        # transcript goes to the agent only, never echoed to the member as a reply of its own.
         hermes_config["stt"] = {
             "enabled": True,
+            "echo_transcripts": False,
             "provider": "openai",
             "openai": {"base_url": gateway, "api_key": llm_key_for(secret, family.id), "model": "whisper-1"},
         }
