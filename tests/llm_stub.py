@@ -115,8 +115,9 @@ def audio_pcm(audio: bytes) -> bytes | None:
 
 def recognise(pcm: bytes, phrases: list[str]) -> str:
     """What pocketsphinx hears in 16 kHz mono S16_LE: one of `phrases` (its grammar) if given,
-    else anything its general language model knows. Padded with silence, which it needs around
-    an utterance."""
+    else anything its general language model knows. The clip is framed by a faint noise floor,
+    as a microphone's: it needs quiet around an utterance, and digital silence cuts its end."""
+    import numpy as np
     from pocketsphinx import Decoder
 
     decoder = Decoder(samprate=16000, loglevel="ERROR")
@@ -124,9 +125,9 @@ def recognise(pcm: bytes, phrases: list[str]) -> str:
         words = " | ".join(re.sub(r"[^a-z' ]", "", p.lower()) for p in phrases)
         decoder.add_jsgf_string("phrases", f"#JSGF V1.0;\ngrammar phrases;\npublic <phrase> = {words};")
         decoder.activate_search("phrases")
-    silence = bytes(16000)  # half a second
+    noise = np.random.default_rng(0).normal(0, 5, 24000).astype(np.int16).tobytes()
     decoder.start_utt()
-    decoder.process_raw(silence + pcm + silence, full_utt=True)
+    decoder.process_raw(noise[:16000] + pcm + noise[16000:], full_utt=True)  # 0.5 s, then 1 s
     decoder.end_utt()
     hyp = decoder.hyp()
     return hyp.hypstr.strip() if hyp else ""
