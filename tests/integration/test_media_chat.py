@@ -9,9 +9,11 @@ import hashlib
 import io
 import subprocess
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import av
+import pytest
 from control_plane import Family, add_child, sign_up
 from PIL import Image
 from stack import Stack
@@ -73,11 +75,20 @@ async def fetch(family: Family, path: str) -> tuple[int, bytes, dict]:
         return resp.status, await resp.read(), dict(resp.headers)
 
 
+@pytest.fixture
+async def phrases(api: Stack, http) -> AsyncIterator[None]:
+    """The stand-in's recogniser told the sentences it may hear, for this test only."""
+    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": PHRASES}) as resp:
+        assert resp.status == 200
+    yield
+    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": []}) as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.usefixtures("phrases")
 async def test_a_photo_and_a_voice_note_reach_the_agent_and_only_their_sender(api: Stack, http):
     family = await sign_up(http, api.api_url, "Curie")
     child = await add_child(family, "Irene")
-    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": PHRASES}) as resp:
-        assert resp.status == 200
 
     photo = png()
     sent = await send(family, "what is in this photo?", photo, "red.png", "image/png")
