@@ -20,7 +20,6 @@ import docker
 IMAGE = os.environ.get("E2E_IMAGE", "sudo-e2e:bookworm")
 
 
-
 class Machine:
     """A Debian 12 with systemd as PID 1 (a container of the e2e image), driven as an operator would."""
 

@@ -5,10 +5,12 @@ outgoing connection also draws its source port from. Between the test choosing i
 daemon binding it, a client socket of any process may take it: CI saw sudo-api die with
 "address already in use" on its metrics port that way. So ports are drawn from below the
 ephemeral range, where only listeners live, and none is handed out twice by one process.
+Under pytest-xdist each worker draws from its own slice of that range.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -24,11 +26,19 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+def worker_slice(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's share of [low, high): all of it outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = (high - low) // count
+    return low + int(worker) * width, low + (int(worker) + 1) * width
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on and no outgoing connection will take."""
-    highest = max(_ephemeral_start() - 1, LOWEST + 1000)
+    lowest, highest = worker_slice(LOWEST, max(_ephemeral_start(), LOWEST + 2000))
     for _ in range(1000):
-        port = random.randrange(LOWEST, highest)
+        port = random.randrange(lowest, highest)
         if port in _given:
             continue
         with socket.socket() as s:
@@ -38,4 +48,4 @@ def free_port() -> int:
                 continue
         _given.add(port)
         return port
-    raise RuntimeError(f"no free port between {LOWEST} and {highest}")
+    raise RuntimeError(f"no free port between {lowest} and {highest}")

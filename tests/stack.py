@@ -25,9 +25,9 @@ from pathlib import Path
 
 import docker
 import docker.errors
+from ports import free_port, worker_slice
 
 from sudo_core import config
-from ports import free_port
 from sudo_core.db import Database, Family
 from sudo_core.families import api_key_for, runtime_name, volume_name
 from sudoctl import firewall
@@ -35,7 +35,6 @@ from sudoctl import firewall
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
-
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -54,8 +53,9 @@ def unused_subnet(client: docker.DockerClient) -> str:
         for net in client.api.networks()
         for cfg in (net.get("IPAM") or {}).get("Config") or []
     }
+    low, high = worker_slice(0, 256)  # concurrent pytest-xdist workers never pick the same
     while True:
-        candidate = f"10.214.{random.randrange(256)}.0/24"
+        candidate = f"10.214.{random.randrange(low, high)}.0/24"
         if candidate not in taken:
             return candidate
 

@@ -44,8 +44,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import emit, percentile
 from ports import free_port
+from report import emit, percentile
 from stack import Stack, wait_for
 
 from sudo_api.chat import ChatStore

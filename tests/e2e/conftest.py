@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from pathlib import Path
 import docker
 import pytest
 from machines import IMAGE, Host, start_machine
-from ports import free_port
+from ports import free_port, worker_slice
 
 ROOT = Path(__file__).resolve().parents[2]
 HERMES_IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
@@ -62,7 +63,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     while not port_file.exists() or not port_file.read_text():
         time.sleep(0.05)
     network = f"sudo-e2e-{tag}"
-    subnet = f"10.216.{secrets.randbelow(250)}.0/24"
+    subnet = f"10.216.{random.randrange(*worker_slice(0, 250))}.0/24"
     api, service = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     config = f"""
 [core]

@@ -97,7 +97,6 @@ def tone_power(pcm: bytes, frequency: float) -> float:
     return float(spectrum[np.abs(freqs - frequency) < 30].sum() / spectrum.sum())
 
 
-
 async def until(predicate: Callable[[], object], what: str, within: float = 10.0) -> None:
     """Wait for a condition that no event announces (a file growing, a log line)."""
     deadline = time.monotonic() + within

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
-from ports import free_port
 from loopback_room import LoopbackServer
+from ports import free_port
 
 from sudo_edge.room import LiveKitRoom, Room, RoomError
 from sudo_edge.settings import AudioSettings

@@ -1,21 +1,17 @@
 """The reliability suite: bad input, isolation (and, beside them, faults and load).
 
 By default (`make test`, CI) every test runs a bounded size; `SUDO_RELIABILITY=full` (`make
-reliability`) runs the full size. Tests that try inputs record their figures in the session's
-`figures`: written as JSON to $SUDO_RELIABILITY_REPORT (default: a file in the session's tmp
-directory) and printed at the end of the run.
+reliability`) runs the full size. Tests that try inputs record their figures (tests/figures.py),
+printed at the end of the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import tempfile
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,46 +30,13 @@ from control_plane import (  # noqa: F401 (fixtures)
     sign_up,
     stack,
 )
+from figures import FIGURES, FULL, Tally
 from stack import Stack
-
-FULL = os.environ.get("SUDO_RELIABILITY") == "full"
 
 
 def size(bounded: int, full: int) -> int:
     """How many of something to try: `bounded` by default, `full` under SUDO_RELIABILITY=full."""
     return full if FULL else bounded
-
-
-@dataclass
-class Tally:
-    """One test's figures: inputs tried, the responses they got, and anything else worth a number."""
-
-    inputs: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def tried(self, outcome: int | str, count: int = 1) -> None:
-        """An input was sent and got `outcome`: an HTTP status, or a word such as "reset"."""
-        self.inputs += count
-        self.statuses[str(outcome)] += count
-
-    def as_json(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "statuses": dict(sorted(self.statuses.items()))} | self.notes
-
-
-class Figures:
-    def __init__(self) -> None:
-        self.tests: dict[str, Tally] = {}
-
-    def __call__(self, name: str) -> Tally:
-        return self.tests.setdefault(name, Tally())
-
-    def as_json(self) -> dict[str, Any]:
-        tests = {name: t.as_json() for name, t in sorted(self.tests.items())}
-        return {"full": FULL, "inputs": sum(t.inputs for t in self.tests.values()), "tests": tests}
-
-
-FIGURES = Figures()
 
 
 @pytest.fixture
@@ -82,17 +45,11 @@ def figures(request: pytest.FixtureRequest) -> Tally:
     return FIGURES(request.node.name)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES.tests:
-        return
-    default = Path(tempfile.gettempdir()) / "sudo-reliability.json"
-    path = Path(os.environ.get("SUDO_RELIABILITY_REPORT") or default)
-    report = FIGURES.as_json()
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    terminalreporter.section("reliability figures")
-    for name, tally in report["tests"].items():
-        terminalreporter.write_line(f"FIGURES {json.dumps({'test': name} | tally, sort_keys=True)}")
-    terminalreporter.write_line(f"{report['inputs']} inputs tried in all; written to {path}")
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist, hand this worker's figures to the controller (tests/conftest.py)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["reliability_figures"] = json.dumps(FIGURES.own())
 
 
 # The roles of the authorization matrix and the fuzzers.

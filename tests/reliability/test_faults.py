@@ -27,7 +27,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import Family, Tally, admin_session, sign_up, size
+from conftest import Family, admin_session, sign_up, size
+from figures import Tally
 from ledger import (
     ChatLedger,
     WhatsAppLedger,
