@@ -99,6 +99,14 @@ def build_spec(
             # The gateway is no Ollama: 0 stops Hermes asking it whether it is one on every
             # turn (30 ms a turn, measured) and sends no num_ctx option to the provider.
             "ollama_num_ctx": 0,
+            # A photo a member sends (web chat, WhatsApp) goes to the admin's model as pixels, an
+            # image part of the turn. Hermes asks whether the model sees before it routes a photo
+            # and again before it calls the model, stripping image parts otherwise (the photo then
+            # reaches it as a description, from a second call). With provider "custom", Hermes's
+            # "auto" never asks models.dev (it maps no custom endpoint), so it would always say
+            # no: this declares it, as Hermes says to for a custom endpoint. A model that turns
+            # images down gets the turn again without them (Hermes retries text only).
+            "supports_vision": True,
         },
         "platforms": {
             "api_server": {
@@ -118,10 +126,7 @@ def build_spec(
         # Hermes probes python and pip in subprocesses as it builds its first system prompt, to
         # warn the agent of pip trouble: about a second of a family's first reply, for a pip
         # that is not used here.
-        # A photo a member sends (web chat, WhatsApp) goes to the admin's model as pixels, an
-        # image part of the turn; in Hermes's "auto" it would ask models.dev (unreachable here)
-        # whether the model sees, and otherwise describe the photo through a second LLM call.
-        "agent": {"environment_probe": False, "image_input_mode": "native"},
+        "agent": {"environment_probe": False},
         # sudo-api, and the WhatsApp plugin's journal, give the next agent process what a stop cut
         # off, under its id. At start Hermes would also resume an interrupted session on its own,
         # with a turn of its own ("the session was restored") racing that redelivery, which then
