@@ -41,6 +41,7 @@ from .context import (
 )
 from .devices import Claim, Device, PairingError
 from .limits import Reservation, address_key
+from .media import MediaRefused, form_upload
 from .openapi import document
 
 log = logging.getLogger("sudo-api")
@@ -397,16 +398,52 @@ async def chat_search(request: web.Request) -> web.Response:
 
 
 async def chat_send(request: web.Request) -> web.Response:
+    """A member's message: JSON `{"text"}`, or multipart/form-data with `text` and a photo or
+    voice note as `file` (the text then optional)."""
     session, family = await require_family(request)
-    body = await json_body(request)
-    text = text_field(body, "text", MESSAGE_MAX)
+    media = None
+    if request.content_type == "multipart/form-data":
+        posted = await request.post()  # read whole by app.whole_body, within the upload limit
+        try:
+            media = await form_upload(posted)
+        except MediaRefused as exc:
+            fail(exc.status, str(exc))
+        text = posted.get("text")
+        text = text if isinstance(text, str) else ""
+        if len(text) > MESSAGE_MAX or not (text.strip() or media):
+            fail(400, f"text is required (1 to {MESSAGE_MAX} characters) unless a file is attached")
+    else:
+        text = text_field(await json_body(request), "text", MESSAGE_MAX)
     try:
         message = await services(request).chat.send(
-            family, session.account.id, text, session.account.display_name
+            family, session.account.id, text, session.account.display_name, media
         )
     except ChatUnavailable as exc:
         fail(503, str(exc))
     return web.json_response({"message": message.to_json()}, status=202)
+
+
+async def chat_media(request: web.Request) -> web.Response:
+    """The photo or voice note of one of the caller's own messages; 404 for anyone else's."""
+    session, family = await require_family(request)
+    return await media_response(request, family, session.account.id)
+
+
+async def media_response(request: web.Request, family: uuid.UUID, member: uuid.UUID) -> web.Response:
+    """A message's file as its sender fetches it (here and at /chat/media): its own type, never
+    sniffed, never kept by a shared cache."""
+    try:
+        found = await services(request).chat.media(family, member, request.match_info["message_id"])
+    except ChatUnavailable as exc:
+        fail(503, str(exc))
+    if found is None:
+        fail(404, "no file of yours with this message id")
+    kind, data = found
+    return web.Response(
+        body=data,
+        content_type=kind,
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def chat_retry(request: web.Request) -> web.Response:
@@ -1032,6 +1069,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/chat/messages", chat_history),
         web.post("/v1/chat/messages", chat_send),
         web.post("/v1/chat/messages/{message_id}/retry", chat_retry),
+        web.get("/v1/chat/media/{message_id}", chat_media),
         web.get("/v1/chat/stream", chat_stream),
         web.get("/v1/chat/search", chat_search),
         web.post("/v1/runtime/ensure", runtime_ensure),

@@ -50,6 +50,7 @@ from .announcements import Announcements, AnnouncementStore
 from .devices import Devices
 from .limits import TOO_MANY_MESSAGES, Limiter, check_storage
 from .markdown import to_html
+from .media import Upload
 from .push import PROACTIVE, REPLIES, Pusher
 
 log = logging.getLogger("sudo-api.chat")
@@ -102,14 +103,22 @@ class Message:
     error: str | None
     created_at: float
     updated_at: float
+    media_type: str | None = None
+    """A photo's or voice note's media type (a member's message); its file is on the volume."""
+    media_bytes: int | None = None
 
     @property
     def html(self) -> str | None:
         """The agent's Markdown as clean HTML; None for a member's words, which stay plain text."""
         return to_html(self.text) if self.role == "assistant" else None
 
+    @property
+    def media_url(self) -> str | None:
+        """Where its sender (only they) fetches its photo or voice note through /v1."""
+        return f"/v1/chat/media/{self.id}" if self.media_type else None
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"html": self.html}
+        return asdict(self) | {"html": self.html, "media_url": self.media_url}
 
 
 def _message(row: Any) -> Message:
@@ -126,6 +135,8 @@ def _message(row: Any) -> Message:
         row["error"],
         row["created_at"],
         row["updated_at"],
+        row["media_type"],
+        row["media_bytes"],
     )
 
 
@@ -136,13 +147,31 @@ class ChatStore:
         self.db = db
         self.announcements = AnnouncementStore(db)
 
-    def add_user_message(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
+    def add_user_message(
+        self,
+        family: uuid.UUID,
+        member: uuid.UUID,
+        text: str,
+        sender: str,
+        message_id: str | None = None,
+        media: Upload | None = None,
+    ) -> Message:
         now = time.time()
-        message_id = uuid.uuid4().hex
+        message_id = message_id or uuid.uuid4().hex
         self.db.execute(
             "INSERT INTO messages (id, family_id, account_id, role, sender, text, status, created_at,"
-            " updated_at) VALUES (?, ?, ?, 'user', ?, ?, 'queued', ?, ?)",
-            (message_id, str(family), str(member), sender, text, now, now),
+            " updated_at, media_type, media_bytes) VALUES (?, ?, ?, 'user', ?, ?, 'queued', ?, ?, ?, ?)",
+            (
+                message_id,
+                str(family),
+                str(member),
+                sender,
+                text,
+                now,
+                now,
+                media.type if media else None,
+                len(media.data) if media else None,
+            ),
         )
         self.db.touch_family(family, now)  # a family talking is a family active: no reaping
         return self.get(family, message_id)  # type: ignore[return-value]
@@ -152,6 +181,16 @@ class ChatStore:
             "SELECT * FROM messages WHERE id = ? AND family_id = ?", (message_id, str(family))
         )
         return _message(row) if row else None
+
+    def media_type_of(self, family: uuid.UUID, member: uuid.UUID, message_id: str) -> str | None:
+        """The media type of a file the member sent with a message of their own thread; None for
+        any other message (another member's, the Home thread's, one with no file)."""
+        row = self.db.query_one(
+            "SELECT media_type FROM messages WHERE id = ? AND family_id = ? AND account_id = ?"
+            " AND role = 'user'",
+            (message_id, str(family), str(member)),
+        )
+        return row["media_type"] if row else None
 
     def add_voice_turn(
         self, family: uuid.UUID, device: uuid.UUID, heard: str, answered: str
@@ -517,18 +556,70 @@ class Conversations:
 
     # What the API calls
 
-    async def send(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
+    async def send(
+        self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str, media: Upload | None = None
+    ) -> Message:
         """Store and deliver a member's message; RateLimited past the family's message rate,
-        StorageFull past its volume's quota."""
+        StorageFull past its volume's quota. Its photo or voice note (`media`) is handed to the
+        sudo_chat plugin, which keeps it on the family's volume, before the message is stored:
+        sudo-api keeps no file past the request."""
         if self.closing:
             raise ChatUnavailable("sudo-api is restarting; send again in a moment")
         await check_storage(self.db, family)
         self.messages.reserve(TOO_MANY_MESSAGES, family=str(family))
-        message = await self.db.aio(self.store.add_user_message, family, member, text, sender)
+        message_id = uuid.uuid4().hex
+        if media is not None:
+            await self._put_media(family, message_id, media)
+        message = await self.db.aio(
+            self.store.add_user_message, family, member, text, sender, message_id, media
+        )
         MESSAGES.labels("user").inc()
         self._show(family, message)
         self.kick(family)
         return message
+
+    async def _put_media(self, family: uuid.UUID, message_id: str, media: Upload) -> None:
+        """Hand a message's file to the plugin, waking the runtime (open pages hear "waking")."""
+        try:
+            runtime = await self._wake_runtime(family)
+            async with self._http.put(
+                f"{runtime['chat_url']}/media/{message_id}",
+                data=media.data,
+                headers=self._headers(family) | {"Content-Type": media.type},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:
+                if resp.status != 201:
+                    detail = (await resp.json(content_type=None) or {}).get("error", resp.reason)
+                    raise ChatUnavailable(f"your assistant did not take the file ({detail}); send it again")
+        except (ProvisionerError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            log.warning("cannot hand a file to the assistant of %s: %s", family, exc)
+            raise ChatUnavailable(
+                "your assistant could not be reached; send the file again in a moment"
+            ) from exc
+
+    async def media(self, family: uuid.UUID, member: uuid.UUID, message_id: str) -> tuple[str, bytes] | None:
+        """The photo or voice note the member sent with a message of their own thread, from the
+        family's volume (the runtime woken for it); None for any other message."""
+        kind = await self.db.aio(self.store.media_type_of, family, member, message_id)
+        if kind is None:
+            return None
+        try:
+            runtime = await self.provisioner.ensure(family)
+            async with self._http.get(
+                f"{runtime['chat_url']}/media/{message_id}",
+                headers=self._headers(family),
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:
+                if resp.status == 404:  # gone from the volume (a volume restored from before it)
+                    return None
+                resp.raise_for_status()
+                return kind, await resp.read()
+        except (ProvisionerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("cannot fetch a file from the assistant of %s: %s", family, exc)
+            raise ChatUnavailable("your assistant could not be reached; try again in a moment") from exc
+
+    def _headers(self, family: uuid.UUID) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key_for(self._secret, family)}"}
 
     async def add_voice_turn(
         self, family: uuid.UUID, device: uuid.UUID, heard: str, answered: str
@@ -663,7 +754,7 @@ class Conversations:
 
     async def _follow(self, family: uuid.UUID, runtime: dict[str, Any]) -> None:
         """Read the plugin's events until the stream ends, delivering messages alongside."""
-        headers = {"Authorization": f"Bearer {api_key_for(self._secret, family)}"}
+        headers = self._headers(family)
         boot, seq = await self.db.aio(self.store.cursor, family)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
         url = f"{runtime['chat_url']}/events"
@@ -798,7 +889,7 @@ class Conversations:
             "text": message.text,
             "chat": message.account_id,
             "sender": speaker_label(*speaker),
-        }
+        } | ({"media": message.media_type} if message.media_type else {})
         try:
             async with self._http.post(
                 f"{chat_url}/messages",

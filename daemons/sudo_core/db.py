@@ -318,6 +318,12 @@ MIGRATIONS: tuple[str, ...] = (
         proactive INTEGER NOT NULL         -- what the agent says first (a reminder)
     );
     """,
+    """
+    -- A photo or voice note sent with a member's message (sudo_api/media.py): its media type
+    -- and size. The file itself is on the family's volume, kept by the sudo_chat plugin.
+    ALTER TABLE messages ADD COLUMN media_type TEXT;
+    ALTER TABLE messages ADD COLUMN media_bytes INTEGER;
+    """,
 )
 
 
