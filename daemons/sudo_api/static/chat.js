@@ -156,8 +156,13 @@
     const body = new FormData();
     body.append("text", text);
     if (photo) body.append("file", photo);
-    if (await send(body)) { form.text.value = ""; form.file.value = ""; }
+    if (await send(body)) { form.text.value = ""; form.file.value = ""; showAttached(); }
   });
+
+  // The chosen photo's name shows in its button, the file input itself being unseen.
+  const attached = document.getElementById("attached");
+  const showAttached = () => { if (attached) attached.textContent = form.file.files[0]?.name ?? ""; };
+  form?.file?.addEventListener("change", showAttached);
 
   // Voice notes: record, then stop to send.
   const record = document.getElementById("record");
@@ -186,7 +191,8 @@
         stream.getTracks().forEach((t) => t.stop());
         const blob = new Blob(chunks, { type: recorder.mimeType });
         recorder = null;
-        record.textContent = "Record a voice note";
+        record.textContent = "Voice note";
+        record.setAttribute("aria-label", "Record a voice note");
         record.classList.remove("recording");
         elapsed.hidden = true;
         const body = new FormData();
@@ -195,6 +201,7 @@
       };
       recorder.start();
       record.textContent = "Stop and send";
+      record.setAttribute("aria-label", "Stop and send");
       record.classList.add("recording");
       elapsed.hidden = false;
     });
