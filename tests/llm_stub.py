@@ -20,12 +20,21 @@ marks: `POST /_stub/delay {"seconds": N}` makes every answer wait N seconds unti
 that appear anywhere in the request's messages, the system prompt included (where Hermes puts
 the agent's memory), without logging the prompt itself.
 
+A user message's image parts (OpenAI's `image_url` content parts, as vision models take them)
+are logged as `images`: each data: URL's media type, size and sha256, so tests can tell that a
+photo reached the model byte for byte.
+
 It also transcribes speech as OpenAI does: `POST /v1/audio/transcriptions`, multipart fields
 `file` and `model`, optional `response_format` (`json`, the default, gives `{"text": ...}`;
 `text` a plain-text body; `verbose_json` adds `language` and `duration`), with the same key
-check. The transcript, "voice note <first 12 hex of the file's sha256> <N> bytes", shows the
-tests that the audio arrived intact; each request is logged too (`path`, `bytes`, `sha12`,
-`filename`). Completion entries carry `path` "/v1/chat/completions".
+check. Audio (any container PyAV decodes: WhatsApp's ogg, a browser's webm, wav) is heard by a
+real offline recogniser, pocketsphinx's US English model; its general language model hears
+synthetic speech poorly, so `POST /_stub/phrases {"phrases": [...]}` gives it a grammar of the
+sentences a test may say (as a real provider takes a prompt of expected words), of which it
+must hear the one spoken. Bytes that are no audio are named instead, "voice note <first 12 hex
+of the file's sha256> <N> bytes", which shows the tests that the file arrived intact; each
+request is logged too (`path`, `bytes`, `sha12`, `filename`, `text`). Completion entries carry
+`path` "/v1/chat/completions".
 
 And it speaks: `POST /v1/audio/speech` (JSON `model`, `input`, `voice`, `response_format`
 `pcm` (24 kHz mono S16_LE, OpenAI's), `wav` or `mp3`... of which it makes `pcm` and `wav`),
@@ -38,7 +47,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
+import io
 import json
 import re
 import subprocess
@@ -60,6 +71,68 @@ def last_user_text(messages: list[dict]) -> str:
     return ""
 
 
+def content_text(content: object) -> str:
+    """A message's words: its text parts, without the bytes of its images."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def image_parts(messages: list[dict]) -> list[dict]:
+    """The images of the user messages (OpenAI `image_url` parts with a data: URL): type, size, sha256."""
+    images = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") != "user" or not isinstance(content, list):
+            continue
+        for part in content:
+            url = str((part.get("image_url") or {}).get("url", "")) if isinstance(part, dict) else ""
+            if part.get("type") == "image_url" and url.startswith("data:"):
+                header, _, data = url.partition(",")
+                raw = base64.b64decode(data)
+                kind = header.removeprefix("data:").split(";")[0]
+                images.append({"type": kind, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
+    return images
+
+
+def audio_pcm(audio: bytes) -> bytes | None:
+    """Audio decoded by PyAV (FFmpeg) to 16 kHz mono S16_LE, the recogniser's; None: not audio."""
+    import av
+
+    pcm = bytearray()
+    try:
+        with av.open(io.BytesIO(audio)) as container:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    pcm += out.to_ndarray().tobytes()
+            for out in resampler.resample(None):
+                pcm += out.to_ndarray().tobytes()
+    except (av.error.FFmpegError, IndexError, ValueError):
+        return None
+    return bytes(pcm) or None
+
+
+def recognise(pcm: bytes, phrases: list[str]) -> str:
+    """What pocketsphinx hears in 16 kHz mono S16_LE: one of `phrases` (its grammar) if given,
+    else anything its general language model knows. The clip is framed by a faint noise floor,
+    as a microphone's: it needs quiet around an utterance, and digital silence cuts its end."""
+    import numpy as np
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=16000, loglevel="ERROR")
+    if phrases:
+        words = " | ".join(re.sub(r"[^a-z' ]", "", p.lower()) for p in phrases)
+        decoder.add_jsgf_string("phrases", f"#JSGF V1.0;\ngrammar phrases;\npublic <phrase> = {words};")
+        decoder.activate_search("phrases")
+    noise = np.random.default_rng(0).normal(0, 5, 24000).astype(np.int16).tobytes()
+    decoder.start_utt()
+    decoder.process_raw(noise[:16000] + pcm + noise[16000:], full_utt=True)  # 0.5 s, then 1 s
+    decoder.end_utt()
+    hyp = decoder.hyp()
+    return hyp.hypstr.strip() if hyp else ""
+
+
 def chunk(completion_id: str, model: str, delta: dict, finish: str | None) -> bytes:
     body = {
         "id": completion_id,
@@ -79,6 +152,7 @@ def openai_error(status: int, message: str, code: str | None, param: str | None 
 def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
     delay = {"seconds": 0.0}
     wanted: list[str] = []
+    phrases: list[str] = []
     answers: dict[str, str] = {}
 
     def record(entry: dict) -> None:
@@ -110,7 +184,10 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
                 "stream": bool(body.get("stream")),
                 "last_user": text,
                 # the conversation the agent sent along: what it remembers of the family
-                "user_messages": [str(m.get("content")) for m in messages if m.get("role") == "user"],
+                "user_messages": [
+                    content_text(m.get("content")) for m in messages if m.get("role") == "user"
+                ],
+                "images": image_parts(messages),
                 # who the agent was told is speaking: Hermes writes it into the system prompt
                 "speaker": next(
                     (
@@ -122,7 +199,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
                     ),
                     None,
                 ),
-                "found": [t for t in wanted if any(t in str(m.get("content")) for m in messages)],
+                "found": [t for t in wanted if any(t in content_text(m.get("content")) for m in messages)],
                 "at": time.time(),
             }
         )
@@ -179,6 +256,11 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         audio = upload.file.read() if upload else b""
         sha12 = hashlib.sha256(audio).hexdigest()[:12]
         model = form.get("model")
+        pcm = await asyncio.to_thread(audio_pcm, audio) if upload else None
+        if pcm is None:
+            text = f"voice note {sha12} {len(audio)} bytes"
+        else:
+            text = await asyncio.to_thread(recognise, pcm, list(phrases))
         record(
             {
                 "path": request.path,
@@ -187,6 +269,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
                 "bytes": len(audio),
                 "sha12": sha12 if upload else None,
                 "filename": upload.filename if upload else None,
+                "text": text,
                 # what readers of completion entries filter on
                 "last_user": "",
                 "user_messages": [],
@@ -203,7 +286,6 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
             return openai_error(
                 400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"
             )
-        text = f"voice note {sha12} {len(audio)} bytes"
         response_format = form.get("response_format", "json")
         if response_format == "json":
             return web.json_response({"text": text})
@@ -258,6 +340,10 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         answers[str(body["name"])] = str(body["text"])
         return web.json_response({"name": body["name"]})
 
+    async def set_phrases(request: web.Request) -> web.Response:
+        phrases[:] = [str(p) for p in (await request.json())["phrases"]]
+        return web.json_response({"phrases": phrases})
+
     async def look_for(request: web.Request) -> web.Response:
         wanted[:] = [str(t) for t in (await request.json())["texts"]]
         return web.json_response({"texts": wanted})
@@ -270,6 +356,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
     app.router.add_post("/_stub/delay", set_delay)
     app.router.add_post("/_stub/look-for", look_for)
     app.router.add_post("/_stub/answers", set_answer)
+    app.router.add_post("/_stub/phrases", set_phrases)
     return app
 
 

@@ -24,6 +24,7 @@ from .devices import Devices
 from .fleet import FleetRestart
 from .limits import LoginLimiter, message_limiter
 from .numbers import Numbers
+from .push import Pusher
 from .whatsapp import WhatsApp
 
 log = logging.getLogger("sudo-api")
@@ -48,17 +49,19 @@ async def serve(settings: config.Settings) -> int:
     api = settings.api
     messages = message_limiter(api.family_messages_per_minute)
     devices = Devices(db, provisioner, api)
+    push = Pusher(db, secret, api)
     services = Services(
         settings=settings,
         db=db,
         provisioner=provisioner,
         accounts=Accounts(db, api.session_days, api.signup),
         limiter=LoginLimiter(api.login_attempts, api.login_attempts_per_address, api.login_window_sec),
-        chat=Conversations(db, provisioner, secret, api, messages, devices),
+        chat=Conversations(db, provisioner, secret, api, messages, devices, push),
         devices=devices,
         fleet=FleetRestart(provisioner),
         numbers=Numbers(db),
         whatsapp=WhatsApp(db, provisioner, secret, api, messages),
+        push=push,
         secret=secret,
         service_token=read_credential(SERVICE_TOKEN, settings.core.state_dir, generate=True) or "",
         pairing=pairing_limiter(api),
@@ -89,6 +92,7 @@ async def serve(settings: config.Settings) -> int:
     notifier.status("finishing replies in progress")
     log.info("stopping: finishing replies in progress")
     await services.chat.stop()  # pages stay connected meanwhile, so the replies still reach them
+    await push.stop()
     await runner.cleanup()
     await service_runner.cleanup()
     await metrics_runner.cleanup()

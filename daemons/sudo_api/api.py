@@ -22,7 +22,7 @@ from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
 
-from . import host_units, membership, numbers, search, voice, whatsapp
+from . import host_units, membership, numbers, push, search, voice, whatsapp
 from .announcements import WAIT_MAX_SEC
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
@@ -41,6 +41,7 @@ from .context import (
 )
 from .devices import Claim, Device, PairingError
 from .limits import Reservation, address_key
+from .media import MediaRefused, form_upload
 from .openapi import document
 
 log = logging.getLogger("sudo-api")
@@ -397,16 +398,52 @@ async def chat_search(request: web.Request) -> web.Response:
 
 
 async def chat_send(request: web.Request) -> web.Response:
+    """A member's message: JSON `{"text"}`, or multipart/form-data with `text` and a photo or
+    voice note as `file` (the text then optional)."""
     session, family = await require_family(request)
-    body = await json_body(request)
-    text = text_field(body, "text", MESSAGE_MAX)
+    media = None
+    if request.content_type == "multipart/form-data":
+        posted = await request.post()  # read whole by app.whole_body, within the upload limit
+        try:
+            media = await form_upload(posted)
+        except MediaRefused as exc:
+            fail(exc.status, str(exc))
+        text = posted.get("text")
+        text = text if isinstance(text, str) else ""
+        if len(text) > MESSAGE_MAX or not (text.strip() or media):
+            fail(400, f"text is required (1 to {MESSAGE_MAX} characters) unless a file is attached")
+    else:
+        text = text_field(await json_body(request), "text", MESSAGE_MAX)
     try:
         message = await services(request).chat.send(
-            family, session.account.id, text, session.account.display_name
+            family, session.account.id, text, session.account.display_name, media
         )
     except ChatUnavailable as exc:
         fail(503, str(exc))
     return web.json_response({"message": message.to_json()}, status=202)
+
+
+async def chat_media(request: web.Request) -> web.Response:
+    """The photo or voice note of one of the caller's own messages; 404 for anyone else's."""
+    session, family = await require_family(request)
+    return await media_response(request, family, session.account.id)
+
+
+async def media_response(request: web.Request, family: uuid.UUID, member: uuid.UUID) -> web.Response:
+    """A message's file as its sender fetches it (here and at /chat/media): its own type, never
+    sniffed, never kept by a shared cache."""
+    try:
+        found = await services(request).chat.media(family, member, request.match_info["message_id"])
+    except ChatUnavailable as exc:
+        fail(503, str(exc))
+    if found is None:
+        fail(404, "no file of yours with this message id")
+    kind, data = found
+    return web.Response(
+        body=data,
+        content_type=kind,
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def chat_retry(request: web.Request) -> web.Response:
@@ -444,6 +481,50 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
                 break
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
     return response
+
+
+# Web Push
+
+
+async def push_key(request: web.Request) -> web.Response:
+    """The host's VAPID public key, for the browser's pushManager.subscribe."""
+    await require_family(request)
+    return web.json_response({"public_key": services(request).push.public_key})
+
+
+async def push_subscribe(request: web.Request) -> web.Response:
+    session, _ = await require_family(request)
+    svc = services(request)
+    try:
+        sub = push.Subscription.parse(await json_body(request), svc.settings.api.push_services)
+    except push.BadSubscription as exc:
+        fail(400, str(exc))
+    await svc.db.aio(svc.push.store.subscribe, session.account.id, sub)
+    return web.json_response({"endpoint": sub.endpoint}, status=201)
+
+
+async def push_unsubscribe(request: web.Request) -> web.Response:
+    session, _ = await require_family(request)
+    svc = services(request)
+    endpoint = text_field(await json_body(request), "endpoint", 1000)
+    if not await svc.db.aio(svc.push.store.unsubscribe, session.account.id, endpoint):
+        fail(404, "no subscription of yours with this endpoint")
+    return web.Response(status=204)
+
+
+async def push_preferences(request: web.Request) -> web.Response:
+    """What the member is notified of; PUT sets both."""
+    session, _ = await require_family(request)
+    svc = services(request)
+    if request.method == "PUT":
+        body = await json_body(request)
+        if not all(isinstance(body.get(kind), bool) for kind in push.KINDS):
+            fail(400, f"{' and '.join(push.KINDS)} are required (true or false)")
+        prefs = push.Preferences(**{kind: body[kind] for kind in push.KINDS})
+        await svc.db.aio(svc.push.store.set_preferences, session.account.id, prefs)
+    else:
+        prefs = await svc.db.aio(svc.push.store.preferences, session.account.id)
+    return web.json_response(asdict(prefs))
 
 
 # Runtime
@@ -988,9 +1069,15 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/chat/messages", chat_history),
         web.post("/v1/chat/messages", chat_send),
         web.post("/v1/chat/messages/{message_id}/retry", chat_retry),
+        web.get("/v1/chat/media/{message_id}", chat_media),
         web.get("/v1/chat/stream", chat_stream),
         web.get("/v1/chat/search", chat_search),
         web.post("/v1/runtime/ensure", runtime_ensure),
+        web.get("/v1/push/key", push_key),
+        web.post("/v1/push/subscriptions", push_subscribe),
+        web.delete("/v1/push/subscriptions", push_unsubscribe),
+        web.get("/v1/push/preferences", push_preferences),
+        web.put("/v1/push/preferences", push_preferences),
         web.post("/v1/devices/pairing", pairing_start),
         web.get("/v1/devices/pairing", pairing_status),
         web.post("/v1/devices/pairing/complete", pairing_complete),

@@ -14,9 +14,14 @@ from sudo_core.accounts import AccountError
 from . import api, family_pages, pages
 from .context import SERVICES, Services, status_of
 from .limits import RateLimited, StorageFull
+from .media import TOO_LARGE, UPLOAD_BODY_MAX
 
 log = logging.getLogger("sudo-api")
 
+BODY_MAX = 256 * 1024
+"""Any request's body, but those of UPLOADS."""
+UPLOADS = frozenset({api.chat_send, pages.chat})
+"""The handlers that take a photo or voice note: their bodies may reach UPLOAD_BODY_MAX."""
 REQUESTS = Counter("sudo_api_requests_total", "HTTP requests answered", ["status"])
 SECURITY_HEADERS = {
     # Everything is served from here: scripts, styles, and nothing from a CDN.
@@ -89,13 +94,40 @@ async def same_origin(request: web.Request, handler) -> web.StreamResponse:
 
 @web.middleware
 async def whole_body(request: web.Request, handler) -> web.StreamResponse:
-    """Read a request's whole body before its handler, within `api.client_timeout_sec` (and the
-    app's size limit): a client that sends it slower is cut off with 408 instead of holding a
-    handler, and what it sent reaches no handler."""
+    """Read a request's whole body before its handler, within `api.client_timeout_sec` and
+    BODY_MAX (UPLOAD_BODY_MAX for UPLOADS, whose forms are parsed here too): a client that sends
+    it slower is cut off with 408 instead of holding a handler, and what it sent reaches no
+    handler."""
     if request.can_read_body:
+        upload = request.match_info.handler in UPLOADS
+        if upload:
+            request = request.clone(client_max_size=UPLOAD_BODY_MAX)
         try:
             async with asyncio.timeout(request.app[SERVICES].settings.api.client_timeout_sec):
-                await request.read()
+                if upload and request.content_type == "multipart/form-data":
+                    await request.post()  # parsed once: its files are spooled for the handler
+                else:
+                    await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            if not upload:
+                raise
+            if request.path.startswith("/v1/"):
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=UPLOAD_BODY_MAX,
+                    actual_size=request.content_length or 0,
+                    text=web.json_response({"error": TOO_LARGE}).text,
+                    content_type="application/json",
+                ) from None
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=UPLOAD_BODY_MAX, actual_size=request.content_length or 0, text=TOO_LARGE
+            ) from None
+        except ValueError:  # a multipart form that cannot be parsed
+            message = "the form could not be read"
+            if request.path.startswith("/v1/"):
+                raise web.HTTPBadRequest(
+                    text=web.json_response({"error": message}).text, content_type="application/json"
+                ) from None
+            raise web.HTTPBadRequest(text=message) from None
         except TimeoutError:
             # Answered, then the connection closed at once: the rest is not waited for.
             response = web.json_response({"error": "the request's body came too slowly"}, status=408)
@@ -125,7 +157,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def build_app(services: Services) -> web.Application:
     """The public app (`api.listen`, behind Caddy): the website and /v1, without /v1/service."""
-    app = web.Application(middlewares=[errors, same_origin, whole_body], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[errors, same_origin, whole_body], client_max_size=BODY_MAX)
     app[SERVICES] = services
     app.add_routes([web.get("/healthz", healthz), *api.routes(), *pages.routes(), *family_pages.routes()])
     return app
@@ -134,7 +166,7 @@ def build_app(services: Services) -> web.Application:
 def build_service_app(services: Services) -> web.Application:
     """The voice bridge's lookups (/v1/service/*) on `api.service_listen`, loopback only. No
     browser page is served here, so the same-origin check has nothing to guard."""
-    app = web.Application(middlewares=[errors, whole_body], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[errors, whole_body], client_max_size=BODY_MAX)
     app[SERVICES] = services
     app.add_routes([web.get("/healthz", healthz), *api.service_routes()])
     return app

@@ -50,6 +50,8 @@ from .announcements import Announcements, AnnouncementStore
 from .devices import Devices
 from .limits import TOO_MANY_MESSAGES, Limiter, check_storage
 from .markdown import to_html
+from .media import Upload
+from .push import PROACTIVE, REPLIES, Pusher
 
 log = logging.getLogger("sudo-api.chat")
 
@@ -101,14 +103,22 @@ class Message:
     error: str | None
     created_at: float
     updated_at: float
+    media_type: str | None = None
+    """A photo's or voice note's media type (a member's message); its file is on the volume."""
+    media_bytes: int | None = None
 
     @property
     def html(self) -> str | None:
         """The agent's Markdown as clean HTML; None for a member's words, which stay plain text."""
         return to_html(self.text) if self.role == "assistant" else None
 
+    @property
+    def media_url(self) -> str | None:
+        """Where its sender (only they) fetches its photo or voice note through /v1."""
+        return f"/v1/chat/media/{self.id}" if self.media_type else None
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"html": self.html}
+        return asdict(self) | {"html": self.html, "media_url": self.media_url}
 
 
 def _message(row: Any) -> Message:
@@ -125,6 +135,8 @@ def _message(row: Any) -> Message:
         row["error"],
         row["created_at"],
         row["updated_at"],
+        row["media_type"],
+        row["media_bytes"],
     )
 
 
@@ -135,13 +147,31 @@ class ChatStore:
         self.db = db
         self.announcements = AnnouncementStore(db)
 
-    def add_user_message(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
+    def add_user_message(
+        self,
+        family: uuid.UUID,
+        member: uuid.UUID,
+        text: str,
+        sender: str,
+        message_id: str | None = None,
+        media: Upload | None = None,
+    ) -> Message:
         now = time.time()
-        message_id = uuid.uuid4().hex
+        message_id = message_id or uuid.uuid4().hex
         self.db.execute(
             "INSERT INTO messages (id, family_id, account_id, role, sender, text, status, created_at,"
-            " updated_at) VALUES (?, ?, ?, 'user', ?, ?, 'queued', ?, ?)",
-            (message_id, str(family), str(member), sender, text, now, now),
+            " updated_at, media_type, media_bytes) VALUES (?, ?, ?, 'user', ?, ?, 'queued', ?, ?, ?, ?)",
+            (
+                message_id,
+                str(family),
+                str(member),
+                sender,
+                text,
+                now,
+                now,
+                media.type if media else None,
+                len(media.data) if media else None,
+            ),
         )
         self.db.touch_family(family, now)  # a family talking is a family active: no reaping
         return self.get(family, message_id)  # type: ignore[return-value]
@@ -151,6 +181,16 @@ class ChatStore:
             "SELECT * FROM messages WHERE id = ? AND family_id = ?", (message_id, str(family))
         )
         return _message(row) if row else None
+
+    def media_type_of(self, family: uuid.UUID, member: uuid.UUID, message_id: str) -> str | None:
+        """The media type of a file the member sent with a message of their own thread; None for
+        any other message (another member's, the Home thread's, one with no file)."""
+        row = self.db.query_one(
+            "SELECT media_type FROM messages WHERE id = ? AND family_id = ? AND account_id = ?"
+            " AND role = 'user'",
+            (message_id, str(family), str(member)),
+        )
+        return row["media_type"] if row else None
 
     def add_voice_turn(
         self, family: uuid.UUID, device: uuid.UUID, heard: str, answered: str
@@ -296,6 +336,15 @@ class ChatStore:
         )
         return row["id"] if row else None
 
+    def reply_text(self, family: uuid.UUID, message_id: str) -> str:
+        """The agent's words answering a message (a turn may write several messages)."""
+        rows = self.db.query(
+            "SELECT text FROM messages WHERE family_id = ? AND reply_to = ? AND role = 'assistant'"
+            " ORDER BY n",
+            (str(family), message_id),
+        )
+        return "\n\n".join(r["text"] for r in rows)
+
     # The plugin's outbox
 
     def cursor(self, family: uuid.UUID) -> tuple[str | None, int]:
@@ -414,6 +463,10 @@ class Hub:
             if not listeners:
                 self._listeners.pop(family, None)
 
+    def listening(self, family: uuid.UUID, member: str) -> bool:
+        """Whether a page or API stream of the member is open on their thread now."""
+        return member in self._listeners.get(family, {}).values()
+
     def publish(self, family: uuid.UUID, event: dict[str, Any], thread: str | None = None) -> None:
         """To the streams of the member whose thread it is; None: to every member (the agent
         waking, or failing to)."""
@@ -446,12 +499,15 @@ class Conversations:
         settings: ApiSettings,
         messages: Limiter,
         devices: Devices,
+        push: Pusher,
     ) -> None:
         self.db = db
         self.messages = messages
         """The family's message rate, shared with WhatsApp (limits.message_limiter)."""
         self.devices = devices
         """Which home devices are online, to say what the agent says out loud."""
+        self.push = push
+        """Web Push: the agent's words to a member's browsers while no page of theirs is open."""
         self.store = ChatStore(db)
         self.hub = Hub()
         self.announcements = Announcements(db, self._show_stored)
@@ -500,18 +556,70 @@ class Conversations:
 
     # What the API calls
 
-    async def send(self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str) -> Message:
+    async def send(
+        self, family: uuid.UUID, member: uuid.UUID, text: str, sender: str, media: Upload | None = None
+    ) -> Message:
         """Store and deliver a member's message; RateLimited past the family's message rate,
-        StorageFull past its volume's quota."""
+        StorageFull past its volume's quota. Its photo or voice note (`media`) is handed to the
+        sudo_chat plugin, which keeps it on the family's volume, before the message is stored:
+        sudo-api keeps no file past the request."""
         if self.closing:
             raise ChatUnavailable("sudo-api is restarting; send again in a moment")
         await check_storage(self.db, family)
         self.messages.reserve(TOO_MANY_MESSAGES, family=str(family))
-        message = await self.db.aio(self.store.add_user_message, family, member, text, sender)
+        message_id = uuid.uuid4().hex
+        if media is not None:
+            await self._put_media(family, message_id, media)
+        message = await self.db.aio(
+            self.store.add_user_message, family, member, text, sender, message_id, media
+        )
         MESSAGES.labels("user").inc()
         self._show(family, message)
         self.kick(family)
         return message
+
+    async def _put_media(self, family: uuid.UUID, message_id: str, media: Upload) -> None:
+        """Hand a message's file to the plugin, waking the runtime (open pages hear "waking")."""
+        try:
+            runtime = await self._wake_runtime(family)
+            async with self._http.put(
+                f"{runtime['chat_url']}/media/{message_id}",
+                data=media.data,
+                headers=self._headers(family) | {"Content-Type": media.type},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:
+                if resp.status != 201:
+                    detail = (await resp.json(content_type=None) or {}).get("error", resp.reason)
+                    raise ChatUnavailable(f"your assistant did not take the file ({detail}); send it again")
+        except (ProvisionerError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            log.warning("cannot hand a file to the assistant of %s: %s", family, exc)
+            raise ChatUnavailable(
+                "your assistant could not be reached; send the file again in a moment"
+            ) from exc
+
+    async def media(self, family: uuid.UUID, member: uuid.UUID, message_id: str) -> tuple[str, bytes] | None:
+        """The photo or voice note the member sent with a message of their own thread, from the
+        family's volume (the runtime woken for it); None for any other message."""
+        kind = await self.db.aio(self.store.media_type_of, family, member, message_id)
+        if kind is None:
+            return None
+        try:
+            runtime = await self.provisioner.ensure(family)
+            async with self._http.get(
+                f"{runtime['chat_url']}/media/{message_id}",
+                headers=self._headers(family),
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:
+                if resp.status == 404:  # gone from the volume (a volume restored from before it)
+                    return None
+                resp.raise_for_status()
+                return kind, await resp.read()
+        except (ProvisionerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("cannot fetch a file from the assistant of %s: %s", family, exc)
+            raise ChatUnavailable("your assistant could not be reached; try again in a moment") from exc
+
+    def _headers(self, family: uuid.UUID) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key_for(self._secret, family)}"}
 
     async def add_voice_turn(
         self, family: uuid.UUID, device: uuid.UUID, heard: str, answered: str
@@ -646,7 +754,7 @@ class Conversations:
 
     async def _follow(self, family: uuid.UUID, runtime: dict[str, Any]) -> None:
         """Read the plugin's events until the stream ends, delivering messages alongside."""
-        headers = {"Authorization": f"Bearer {api_key_for(self._secret, family)}"}
+        headers = self._headers(family)
         boot, seq = await self.db.aio(self.store.cursor, family)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
         url = f"{runtime['chat_url']}/events"
@@ -712,10 +820,25 @@ class Conversations:
                 elif message.status == "answered":
                     REPLY_SECONDS.observe(message.updated_at - message.created_at)
                 self._show(family, message)
+                await self._notify(family, kind, message)
             if kind == "turn_done":
                 self._threads.pop(event.get("reply_to"), None)
                 self._wake.setdefault(family, asyncio.Event()).set()
                 self._settled.set()
+
+    async def _notify(self, family: uuid.UUID, kind: str, message: Message) -> None:
+        """A push to the member's browsers: their message answered (the turn ended) while no page
+        of theirs is open to see it, or a message the agent wrote of its own (a reminder)."""
+        member = message.account_id
+        if member is None or message.home:
+            return
+        if kind == "turn_done" and message.status == "answered" and not self.hub.listening(family, member):
+            text = await self.db.aio(self.store.reply_text, family, message.id)
+            if text:
+                self.push.notify(member, REPLIES, "Your assistant answered", text, "/chat")
+        elif kind == "message" and message.role == "assistant" and message.reply_to is None:
+            url = f"/chat?around={message.id}"
+            self.push.notify(member, PROACTIVE, "A message from your assistant", message.text, url)
 
     async def _deliver(self, family: uuid.UUID, chat_url: str, headers: dict[str, str]) -> None:
         """Give the agent the family's messages in order, each once its previous one is answered.
@@ -766,7 +889,7 @@ class Conversations:
             "text": message.text,
             "chat": message.account_id,
             "sender": speaker_label(*speaker),
-        }
+        } | ({"media": message.media_type} if message.media_type else {})
         try:
             async with self._http.post(
                 f"{chat_url}/messages",

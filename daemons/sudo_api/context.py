@@ -33,6 +33,7 @@ from .devices import Devices
 from .fleet import FleetRestart
 from .limits import Limiter, LoginLimiter
 from .numbers import Numbers
+from .push import Pusher
 from .whatsapp import WhatsApp, is_trusted
 
 SESSION_COOKIE = "sudo_session"
@@ -52,6 +53,7 @@ class Services:
     fleet: FleetRestart
     numbers: Numbers
     whatsapp: WhatsApp
+    push: Pusher
     secret: bytes
     service_token: str
     """What the voice bridge presents to the service endpoints (a credential, read at start)."""

@@ -17,7 +17,7 @@ from sudo_core import usage
 from sudo_core.accounts import InvalidInput
 from sudo_core.members import require_owner
 
-from . import membership
+from . import membership, push
 from .context import public_base, services
 from .pages import (
     REFUSED,
@@ -121,6 +121,10 @@ async def account(request: web.Request) -> web.Response:
             elif action == "end-others":
                 ended = await svc.db.aio(svc.accounts.close_sessions, session)
                 message = f"Logged out everywhere else ({ended} session{'' if ended == 1 else 's'})."
+            elif action == "notifications" and session.account.family_id:
+                prefs = push.Preferences(**{kind: kind in data for kind in push.KINDS})
+                await svc.db.aio(svc.push.store.set_preferences, session.account.id, prefs)
+                message = "Notifications saved."
             else:
                 raise InvalidInput("unknown action")
         except REFUSED as exc:
@@ -131,6 +135,7 @@ async def account(request: web.Request) -> web.Response:
         replace(session, account=fresh or session.account),
         status=status,
         sessions=await svc.db.aio(svc.accounts.sessions_of, session),
+        notifications=await svc.db.aio(svc.push.store.preferences, session.account.id),
         message=message,
         error=error,
     )

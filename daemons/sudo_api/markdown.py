@@ -12,6 +12,7 @@ The pages' script sets innerHTML from this alone; a member's own words are alway
 from __future__ import annotations
 
 import functools
+import html
 
 import nh3
 from markdown_it import MarkdownIt
@@ -43,3 +44,8 @@ _cleaner = nh3.Cleaner(
 def to_html(text: str) -> str:
     """The Markdown `text` as clean HTML (a history page renders the same answers again and again)."""
     return _cleaner.clean(_parser.render(text)).strip()
+
+
+def to_text(text: str) -> str:
+    """The Markdown `text` as plain text, its markup dropped (a notification's body)."""
+    return html.unescape(nh3.clean(_parser.render(text), tags=set()))

@@ -87,6 +87,15 @@ MESSAGE = {
         "error": {"type": ["string", "null"]},
         "created_at": {"type": "number"},
         "updated_at": {"type": "number"},
+        "media_type": {
+            "type": ["string", "null"],
+            "description": "a member's photo or voice note sent with it: its media type",
+        },
+        "media_bytes": {"type": ["integer", "null"]},
+        "media_url": {
+            "type": ["string", "null"],
+            "description": "where its sender (only they) fetches the file: /v1/chat/media/<id>",
+        },
     },
 }
 MATCH = {
@@ -131,6 +140,8 @@ def _obj(**props: Any) -> dict[str, Any]:
 
 STRING = {"type": "string"}
 INTEGER = {"type": "integer"}
+BOOLEAN = {"type": "boolean"}
+PUSH_PREFERENCES = _obj(replies=BOOLEAN, proactive=BOOLEAN)
 
 # (method, path, summary, security, request body schema or None, success status, success schema)
 ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any]]] = [
@@ -377,6 +388,17 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         _obj(message=MESSAGE),
     ),
     (
+        "get",
+        "/v1/chat/media/{message_id}",
+        "The photo or voice note the caller sent with a message of their own thread, with its own"
+        " Content-Type (nosniff, Cache-Control private), fetched from the family's volume (the agent"
+        " is woken for it); 404 for any other member's message, one without a file, or none",
+        "session",
+        None,
+        200,
+        None,
+    ),
+    (
         "post",
         "/v1/chat/messages/{message_id}/retry",
         "Send a failed message again",
@@ -394,6 +416,52 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         None,
         200,
         {"type": "string", "contentMediaType": "text/event-stream"},
+    ),
+    (
+        "get",
+        "/v1/push/key",
+        "The host's VAPID public key (base64url), the applicationServerKey of pushManager.subscribe",
+        "session",
+        None,
+        200,
+        _obj(public_key=STRING),
+    ),
+    (
+        "post",
+        "/v1/push/subscriptions",
+        "Notify this browser (a PushSubscription's JSON) of the agent's words while no page is open;"
+        " its endpoint must be at one of api.push_services, else 400",
+        "session",
+        _obj(endpoint=STRING, keys=_obj(p256dh=STRING, auth=STRING)),
+        201,
+        _obj(endpoint=STRING),
+    ),
+    (
+        "delete",
+        "/v1/push/subscriptions",
+        "Stop notifying the browser of this endpoint",
+        "session",
+        _obj(endpoint=STRING),
+        204,
+        {},
+    ),
+    (
+        "get",
+        "/v1/push/preferences",
+        "What the member is notified of: the agent's replies, its proactive messages",
+        "session",
+        None,
+        200,
+        PUSH_PREFERENCES,
+    ),
+    (
+        "put",
+        "/v1/push/preferences",
+        "Choose what the member is notified of",
+        "session",
+        PUSH_PREFERENCES,
+        200,
+        PUSH_PREFERENCES,
     ),
     (
         "post",
@@ -707,11 +775,13 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
 
 UNAVAILABLE = {
     ("post", "/v1/chat/messages"): {
+        "413": "the file is over 16 MB (the error says so, as the page does)",
         "429": "the family sent api.family_messages_per_minute this minute (Retry-After says when)",
-        "503": "sudo-api is stopping: send again in a moment",
+        "503": "sudo-api is stopping, or the agent could not be woken to take the file: send again",
         "507": "the family's storage is past runtime.volume_quota: new messages wait",
     },
     ("post", "/v1/chat/messages/{message_id}/retry"): {"503": "sudo-api is stopping: retry in a moment"},
+    ("get", "/v1/chat/media/{message_id}"): {"503": "the agent could not be woken: try again"},
     ("post", "/v1/runtime/ensure"): {"502": "the agent could not be started (the reason is given)"},
     ("post", "/v1/whatsapp/numbers"): {
         "502": "Twilio refused or could not be reached: nothing was recorded",
@@ -748,6 +818,21 @@ SERVICE_ONLY = (
 """What every /v1/service operation says of where it is served."""
 FORM_BODIES = {"/v1/whatsapp/inbound", "/v1/whatsapp/status"}
 """Twilio's webhooks: form-encoded, as Twilio sends them."""
+MULTIPART_BODIES = {
+    ("post", "/v1/chat/messages"): _obj(
+        text={"type": "string", "description": "optional when a file is attached; at most 8000 characters"},
+        file={
+            "type": "string",
+            "contentMediaType": "image/jpeg, image/png, image/webp, audio/ogg, audio/webm, audio/mpeg,"
+            " audio/amr, audio/mp4, audio/aac",
+            "description": "one photo or voice note, at most 16 MB; any other type is refused (400)"
+            " with a message naming it, a larger one (413) with the limit",
+        },
+    )
+}
+"""Bodies also taken as multipart/form-data, beside JSON."""
+FILE_RESPONSES = {("get", "/v1/chat/media/{message_id}"): ("image/*", "audio/*")}
+"""Answers that are a file, of the media types given."""
 
 
 def document() -> dict[str, Any]:
@@ -771,6 +856,14 @@ def document() -> dict[str, Any]:
         if body:
             kind = "application/x-www-form-urlencoded" if path in FORM_BODIES else "application/json"
             operation["requestBody"] = {"required": True, "content": {kind: {"schema": body}}}
+            if (method, path) in MULTIPART_BODIES:
+                multipart = {"schema": MULTIPART_BODIES[(method, path)]}
+                operation["requestBody"]["content"]["multipart/form-data"] = multipart
+        if (method, path) in FILE_RESPONSES:
+            operation["responses"][str(status)]["content"] = {
+                kind: {"schema": {"type": "string", "contentMediaType": kind}}
+                for kind in FILE_RESPONSES[(method, path)]
+            }
         paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",

@@ -24,7 +24,7 @@ from sudo_core import host_settings, usage
 from sudo_core.accounts import Account, AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
 
 from . import membership, search
-from .api import attempt_login, claim_pairing, confirm_pairing, fleet_view, link_number
+from .api import attempt_login, claim_pairing, confirm_pairing, fleet_view, link_number, media_response
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
@@ -39,6 +39,7 @@ from .context import (
 from .devices import Claim, PairingError
 from .limits import RateLimited, StorageFull
 from .markdown import to_html
+from .media import MediaRefused, form_upload
 from .numbers import NumberError
 
 log = logging.getLogger("sudo-api.pages")
@@ -224,11 +225,15 @@ async def chat(request: web.Request) -> web.Response:
     if request.method == "POST":
         data = await form(request, session)
         text = data.get("text", "").strip()
-        if not text or len(text) > MESSAGE_MAX:
-            error, status = f"a message is 1 to {MESSAGE_MAX} characters", 400
-        else:
+        try:
+            media = await form_upload(await request.post())
+        except MediaRefused as exc:
+            media, error, status = None, str(exc), exc.status
+        if not error and (len(text) > MESSAGE_MAX or not (text or media)):
+            error, status = f"a message is 1 to {MESSAGE_MAX} characters, or a photo", 400
+        if not error:
             try:
-                await svc.chat.send(family, session.account.id, text, session.account.display_name)
+                await svc.chat.send(family, session.account.id, text, session.account.display_name, media)
             except ChatUnavailable as exc:
                 error, status = str(exc), 503
             except RateLimited as exc:
@@ -271,6 +276,13 @@ async def chat(request: web.Request) -> web.Response:
         draft=text if error else "",
         family_name=await svc.db.aio(lambda: svc.db.get_family(family).name),  # type: ignore[union-attr]
     )
+
+
+async def chat_media(request: web.Request) -> web.Response:
+    """A photo or voice note the member sent, for their history page; 404 for anyone else's."""
+    session = await page_session(request)
+    assert session.account.family_id is not None
+    return await media_response(request, session.account.family_id, session.account.id)
 
 
 async def integrations(request: web.Request) -> web.Response:
@@ -434,6 +446,23 @@ async def _wake(svc: Any, family: uuid.UUID) -> None:
         log.warning("waking the assistant of %s from /integrations failed: %s", family, exc)
 
 
+async def service_worker(request: web.Request) -> web.FileResponse:
+    """static/sw.js at the site's root, so that its scope is the whole site; checked for a new
+    version on every visit, never taken from the HTTP cache."""
+    return web.FileResponse(
+        HERE / "static" / "sw.js",
+        headers={"Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-cache"},
+    )
+
+
+async def manifest(request: web.Request) -> web.FileResponse:
+    """The web app's manifest: what a browser installs (name, icons, /chat to start at)."""
+    return web.FileResponse(
+        HERE / "static" / "manifest.webmanifest",
+        headers={"Content-Type": "application/manifest+json", "Cache-Control": "no-cache"},
+    )
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/", index),
@@ -442,8 +471,11 @@ def routes() -> list[web.RouteDef]:
         web.post("/logout", logout),
         web.route("*", "/setup", setup),
         web.route("*", "/chat", chat),
+        web.get("/chat/media/{message_id}", chat_media),
         web.route("*", "/integrations", integrations),
         web.route("*", "/admin", admin_home),
         web.route("*", "/admin/settings", admin_settings),
+        web.get("/sw.js", service_worker),
+        web.get("/manifest.webmanifest", manifest),
         web.static("/static", HERE / "static"),
     ]

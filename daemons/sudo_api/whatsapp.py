@@ -43,25 +43,12 @@ from sudo_core.whatsapp import OutboundStore, deliver
 
 from .chat import runtimes_http
 from .limits import TOO_MANY_MESSAGES, Limiter, RateLimited, StorageFull, check_storage
+from .media import MEDIA_MAX, MEDIA_TYPES, TOO_LARGE, UNSUPPORTED, kind_name, media_type
 from .numbers import E164
 
 log = logging.getLogger("sudo-api.whatsapp")
 
 WEBHOOK_MAX = 64 * 1024
-MEDIA_MAX = 16 * 1024 * 1024
-"""WhatsApp's own limit for a media file."""
-MEDIA_TYPES = frozenset(
-    {
-        "image/jpeg",
-        "image/png",
-        "image/webp",
-        "audio/ogg",
-        "audio/mpeg",
-        "audio/amr",
-        "audio/mp4",
-        "audio/aac",
-    }
-)
 INBOX_KEEP_SEC = 2 * 86400
 """Delivered messages are kept this long: Twilio's retries are deduplicated, the window is known."""
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -71,8 +58,6 @@ STRANGER_REPLY = (
     "assistant here, add this number on the Integrations page of your family's Sudo account, "
     "then write again."
 )
-UNSUPPORTED = "I can read text, photos and voice notes, but not {kinds} files yet."
-TOO_LARGE = "That file is too large for me: the limit is 16 MB."
 UNREACHABLE = "Sorry, your assistant could not be reached just now. Please send your message again later."
 
 INBOUND = Counter("sudo_api_whatsapp_inbound_total", "WhatsApp webhooks", ["outcome"])
@@ -379,9 +364,9 @@ class WhatsApp:
             return files, []
         account = twilio.Account.from_settings(await self.db.aio(self.db.get_settings, "twilio."))
         for item in items:
-            kind = item["type"].split(";")[0].strip().lower()
+            kind = media_type(item["type"])
             if kind not in MEDIA_TYPES:
-                unsupported.append(kind.split("/")[-1] or "unknown")
+                unsupported.append(kind_name(kind))
                 continue
             fetched = await twilio.fetch_media(self._http, account, item["url"], MEDIA_MAX)
             if fetched is None:

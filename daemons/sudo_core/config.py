@@ -315,7 +315,23 @@ class ApiSettings:
     invitation the admin issued from /admin or `sudoctl invite`) or `closed` (nobody). Members
     join existing families by their parents' invitations in every mode."""
 
+    push_services: tuple[str, ...] = (
+        "https://fcm.googleapis.com/",
+        "https://updates.push.services.mozilla.com/",
+        "https://*.notify.windows.com/",
+        "https://web.push.apple.com/",
+    )
+    """The push services (URL prefixes; `*.` for any subdomain) a browser's Web Push subscription
+    may point at: Chrome's, Firefox's, Edge's and Safari's. sudo-api POSTs notifications to no
+    other address, whatever a client sends as its endpoint."""
+
+    push_contact: str = "mailto:root@localhost"
+    """The VAPID `sub`: how a push service's operator reaches this host's (a mailto: or https:
+    URL). Set it to a real address: Apple's service refuses one at localhost."""
+
     def __post_init__(self) -> None:
+        if not self.push_contact.startswith(("mailto:", "https://")):
+            raise ConfigError(f"api.push_contact: {self.push_contact!r} is not a mailto: or https: URL")
         if self.signup not in SIGNUP_MODES:
             raise ConfigError(f"api.signup: {self.signup!r} is not one of {', '.join(SIGNUP_MODES)}")
         host = self.service_listen.rpartition(":")[0].strip("[]")

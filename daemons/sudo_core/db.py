@@ -300,6 +300,30 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
     """,
+    """
+    -- Web Push (sudo_api/push.py): each browser a member subscribed (its push service's endpoint,
+    -- the browser's P-256 key and auth secret), and what each member wants to be told (no row:
+    -- everything). Both go with the member's account.
+    CREATE TABLE push_subscriptions (
+        endpoint TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        p256dh TEXT NOT NULL,
+        auth TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX push_subscriptions_account ON push_subscriptions(account_id);
+    CREATE TABLE push_preferences (
+        account_id TEXT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        replies INTEGER NOT NULL,          -- the agent's answers
+        proactive INTEGER NOT NULL         -- what the agent says first (a reminder)
+    );
+    """,
+    """
+    -- A photo or voice note sent with a member's message (sudo_api/media.py): its media type
+    -- and size. The file itself is on the family's volume, kept by the sudo_chat plugin.
+    ALTER TABLE messages ADD COLUMN media_type TEXT;
+    ALTER TABLE messages ADD COLUMN media_bytes INTEGER;
+    """,
 )
 
 

@@ -99,6 +99,14 @@ def build_spec(
             # The gateway is no Ollama: 0 stops Hermes asking it whether it is one on every
             # turn (30 ms a turn, measured) and sends no num_ctx option to the provider.
             "ollama_num_ctx": 0,
+            # A photo a member sends (web chat, WhatsApp) goes to the admin's model as pixels, an
+            # image part of the turn. Hermes asks whether the model sees before it routes a photo
+            # and again before it calls the model, stripping image parts otherwise (the photo then
+            # reaches it as a description, from a second call). With provider "custom", Hermes's
+            # "auto" never asks models.dev (it maps no custom endpoint), so it would always say
+            # no: this declares it, as Hermes says to for a custom endpoint. A model that turns
+            # images down gets the turn again without them (Hermes retries text only).
+            "supports_vision": True,
         },
         "platforms": {
             "api_server": {
@@ -197,9 +205,12 @@ def build_spec(
             "long_running_notifications": False,
             "busy_ack_detail": False,
         }
-        # Voice notes are transcribed by Hermes through the gateway's speech-to-text.
+    if "twilio_whatsapp" in plugins.names or "sudo_chat" in plugins.names:
+        # Voice notes are transcribed by Hermes through the gateway's speech-to-text; the
+        # transcript goes to the agent only, never echoed to the member as a reply of its own.
         hermes_config["stt"] = {
             "enabled": True,
+            "echo_transcripts": False,
             "provider": "openai",
             "openai": {"base_url": gateway, "api_key": llm_key_for(secret, family.id), "model": "whisper-1"},
         }

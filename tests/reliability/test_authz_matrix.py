@@ -52,12 +52,15 @@ WRONG_LOGIN = {"email": "nobody-{role}@example.org", "password": "wrong password
 TWILIO_FORM = {"MessageSid": "SM" + "0" * 32, "From": "whatsapp:+447700900111", "Body": "hi"}
 JOIN = {"token": "no-such-token", "email": "joiner-{role}@example.org", "password": PASSWORD, "name": "J"}
 BAD_CHILD = {"username": "No Spaces!", "password": PASSWORD, "name": "Kid"}
+FORGED_PUSH = {"endpoint": "http://169.254.169.254/latest/meta-data", "keys": {"p256dh": "x", "auth": "y"}}
+"""A push subscription whose endpoint is no push service's (a cloud's metadata address)."""
 DISABLED = 403
 """What a member of the disabled family gets from every family route: "this family is disabled"."""
 
 # (method, route as the router names it, request, expected status by role)
 # The request's path parameters name A's things: {spare_device} is a second device of A,
-# {message} a failed message of A's owner, {number} and {number2} two of the owner's (unverified)
+# {message} a failed message of A's owner, {photo} a message of theirs with a photo,
+# {number} and {number2} two of the owner's (unverified)
 # numbers, {spare_child} a child of A, {child} A's child role, {nobody} an id that is no one's.
 # "listener": "service" asks sudo-api's loopback service listener instead of the public one.
 # fmt: off
@@ -112,7 +115,17 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
      expect(401, 202, 404, 404, 401, DISABLED, 404, 401, 403, 401)),
     ("GET", "/v1/chat/stream", {"stream": True},
      expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("GET", "/v1/chat/media/{message_id}", {"path": {"message_id": "photo"}, "stream": True},
+     expect(401, 200, 404, 404, 401, DISABLED, 404, 401, 403, 401)),  # only its sender: A's owner
     ("POST", "/v1/admin/restart-all", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, (202, 409), 401)),
+    ("GET", "/v1/push/key", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("POST", "/v1/push/subscriptions", {"json": FORGED_PUSH},  # at no push service: 400 for a member
+     expect(401, 400, 400, 400, 401, DISABLED, 400, 401, 403, 401)),
+    ("DELETE", "/v1/push/subscriptions", {"json": {"endpoint": FORGED_PUSH["endpoint"]}},
+     expect(401, 404, 404, 404, 401, DISABLED, 404, 401, 403, 401)),
+    ("GET", "/v1/push/preferences", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
+    ("PUT", "/v1/push/preferences", {"json": {"replies": "yes"}},
+     expect(401, 400, 400, 400, 401, DISABLED, 400, 401, 403, 401)),
     ("POST", "/v1/runtime/ensure", {}, expect(401, 200, 200, 200, 401, DISABLED, 200, 401, 403, 401)),
     ("POST", "/v1/devices/pairing", {"json": {"name": ""}},
      expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
@@ -176,6 +189,8 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     ("GET", "/", {}, expect(303, 303, 303, 303, 303, 303, 303, 303, 303, 303)),
     ("GET", "/healthz", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     ("GET", "/static", {"url": "/static/sudo.css"}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/sw.js", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/manifest.webmanifest", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     ("GET", "/signup", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
     ("POST", "/signup", {"data": {"email": "x"}}, expect(400, 400, 400, 400, 400, 400, 400, 400, 400, 400)),
     ("GET", "/login", {}, expect(200, 200, 200, 200, 200, 200, 200, 200, 200, 200)),
@@ -185,6 +200,8 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
     ("GET", "/chat", {"url": "/chat?around={m}", "path": {"m": "message"}},
      expect(303, 200, 404, 404, 303, DISABLED, 404, 303, 303, 303)),
     ("POST", "/chat", {"data": {"text": "forged"}}, expect(303, 403, 403, 403, 303, 403, 403, 303, 303, 303)),
+    ("GET", "/chat/media/{message_id}", {"path": {"message_id": "photo"}, "stream": True},
+     expect(303, 200, 404, 404, 303, DISABLED, 404, 303, 303, 303)),
     ("GET", "/integrations", {}, expect(303, 200, 200, 200, 303, DISABLED, 200, 303, 303, 303)),
     ("POST", "/integrations", {"data": {"action": "pair", "code": "ZZZZZZ"}},
      expect(303, 403, 403, 403, 303, 403, 403, 303, 303, 303)),
@@ -285,6 +302,13 @@ async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> 
     member = uuid.UUID(roles.a.member_id)
     message = await api.db.aio(store.add_user_message, family, member, secret_text, "A")
     await api.db.aio(store.set_status, message.id, "failed", "test")
+    form = aiohttp.FormData()
+    form.add_field(
+        "file", b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(64), filename="a.png", content_type="image/png"
+    )
+    async with http.post(f"{api.api_url}/v1/chat/messages", data=form, headers=roles.a.headers) as resp:
+        assert resp.status == 202, await resp.text()  # its file is on A's volume
+        photo = (await resp.json())["message"]["id"]
     spare, _ = await pair(http, api, roles.a, "Spare Pi")
     numbers = Numbers(api.db)
     number, _ = await api.db.aio(numbers.start, family, member, "+447700900201")
@@ -294,6 +318,7 @@ async def things_of_a(api: Stack, http: aiohttp.ClientSession, roles: Roles) -> 
     await api.db.aio(api.db.set_setting, "livekit.api_secret", secrets.token_hex(32))
     return {
         "message": message.id,
+        "photo": photo,
         "secret_text": secret_text,
         "secret_word": secret_word,
         "spare_device": spare,

@@ -5,6 +5,9 @@
 // as HTML here; a member's words are set as text. Each code block gets a copy button.
 // A page showing an older part of the thread (a search result's, with newer messages past it)
 // does not follow the stream: the live thread is at /chat.
+// A photo goes with the message (the form's file input); a voice note is recorded here with
+// MediaRecorder and sent as its own message when the recording stops. Both show in the history:
+// a thumbnail or a player, fetched from /v1/chat/media/<id> (only their sender gets them).
 (() => {
   const list = document.getElementById("messages");
   const home = list.dataset.thread === "home";
@@ -72,10 +75,21 @@
     setTimeout(() => { button.textContent = "Copy"; }, 2000);
   }
 
+  function addMedia(li, m) {
+    if (!m.media_url || li.querySelector(".media")) return;
+    const media = document.createElement(m.media_type.startsWith("image/") ? "img" : "audio");
+    media.className = "media";
+    media.src = m.media_url;
+    if (media.tagName === "IMG") media.alt = "A photo you sent";
+    else { media.controls = true; media.preload = "none"; }
+    li.querySelector(".text").before(media);
+  }
+
   function render(m) {
     const draft = m.reply_to && drafts.get(m.reply_to);
     if (m.role === "assistant" && draft) { draft.remove(); drafts.delete(m.reply_to); }
     const li = element(m.id);
+    addMedia(li, m);
     li.className = `message ${m.role} ${m.status}` + (li.classList.contains("found") ? " found" : "");
     li.dataset.n = m.n;
     li.querySelector(".who").textContent = m.role === "user" ? m.sender : "Assistant";
@@ -112,31 +126,89 @@
   }
 
   async function post(url, body) {
+    const form = body instanceof FormData; // multipart: the browser writes its Content-Type
     const resp = await fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-      body: JSON.stringify(body || {}),
+      headers: form ? { "X-CSRF-Token": csrf } : { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: form ? body : JSON.stringify(body || {}),
     });
     const data = await resp.json();
     if (!resp.ok) throw new Error(data.error || resp.statusText);
     return data;
   }
 
+  async function send(body) {
+    try {
+      const { message } = await post("/v1/chat/messages", body);
+      render(message);
+      return true;
+    } catch (err) {
+      showStatus(`Could not send: ${err.message}`);
+      return false;
+    }
+  }
+
   form?.addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = form.text.value.trim();
-    if (!text) return;
-    try {
-      const { message } = await post("/v1/chat/messages", { text });
-      form.text.value = "";
-      render(message);
-    } catch (err) {
-      showStatus(`Could not send: ${err.message}`);
-    }
+    const photo = form.file.files[0];
+    if (!text && !photo) return;
+    const body = new FormData();
+    body.append("text", text);
+    if (photo) body.append("file", photo);
+    if (await send(body)) { form.text.value = ""; form.file.value = ""; showAttached(); }
   });
 
+  // The chosen photo's name shows in its button, the file input itself being unseen.
+  const attached = document.getElementById("attached");
+  const showAttached = () => { if (attached) attached.textContent = form.file.files[0]?.name ?? ""; };
+  form?.file?.addEventListener("change", showAttached);
+
+  // Voice notes: record, then stop to send.
+  const record = document.getElementById("record");
+  const elapsed = document.getElementById("elapsed");
+  let recorder = null;
+  if (record && window.MediaRecorder && navigator.mediaDevices?.getUserMedia) {
+    record.hidden = false;
+    record.addEventListener("click", async () => {
+      if (recorder) { recorder.stop(); return; }
+      let stream;
+      try { stream = await navigator.mediaDevices.getUserMedia({ audio: true }); }
+      catch (err) { showStatus(`No microphone: ${err.message}`); return; }
+      const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus"].find((t) => MediaRecorder.isTypeSupported(t));
+      recorder = new MediaRecorder(stream, type ? { mimeType: type } : {});
+      const chunks = [];
+      const started = Date.now();
+      const tick = () => {
+        const s = Math.floor((Date.now() - started) / 1000);
+        elapsed.textContent = `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+      };
+      tick();
+      const timer = setInterval(tick, 250);
+      recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+      recorder.onstop = async () => {
+        clearInterval(timer);
+        stream.getTracks().forEach((t) => t.stop());
+        const blob = new Blob(chunks, { type: recorder.mimeType });
+        recorder = null;
+        record.textContent = "Voice note";
+        record.setAttribute("aria-label", "Record a voice note");
+        record.classList.remove("recording");
+        elapsed.hidden = true;
+        const body = new FormData();
+        body.append("file", blob, blob.type.startsWith("audio/ogg") ? "voice-note.ogg" : "voice-note.webm");
+        await send(body);
+      };
+      recorder.start();
+      record.textContent = "Stop and send";
+      record.setAttribute("aria-label", "Stop and send");
+      record.classList.add("recording");
+      elapsed.hidden = false;
+    });
+  }
+
   form?.text.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); form.requestSubmit(); }
   });
 
   list.querySelectorAll(".text.md").forEach(addCopyButtons);

@@ -5,8 +5,12 @@ only client; it authenticates with the family's API key. Each member has their o
 its chat id is the member's account id, so Hermes keeps a session per member, and `sender`
 says who speaks (name and role). Protocol:
 
-    POST /messages            {"id", "text", "chat", "sender"}  -> 202 accepted | 200 duplicate
-                                                         | 503 starting or stopping (try again)
+    POST /messages            {"id", "text", "chat", "sender", "media"?}  -> 202 accepted
+                                  | 200 duplicate | 503 starting or stopping (try again)
+                                  `media`: the type of the file put for this id (text may be "")
+    PUT  /media/<id>          the body is a message's photo or voice note, Content-Type its
+                              type -> 201; kept on the family's volume (media/<id>.<ext>)
+    GET  /media/<id>          that file back, for its sender's history -> 200 | 404
     POST /deliver             {"text", "chat"?, "speak"?}  a proactive message from another Hermes
                                         process in the container (`hermes cron run`), through the
                                         live adapter; `speak`: the sudo_voice plugin's, for the
@@ -42,6 +46,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -67,6 +72,22 @@ PING_SEC = 15.0
 COMPACT_AFTER = 500
 """Entries sudo-api has acknowledged before the outbox file is rewritten without them."""
 MAX_TEXT = 32_000
+MEDIA_MAX = 16 * 1024 * 1024
+"""sudo-api's limit for a file (sudo_api/media.py)."""
+EXTENSIONS = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "audio/ogg": ".ogg",
+    "audio/webm": ".webm",
+    "audio/mpeg": ".mp3",
+    "audio/mp4": ".m4a",
+    "audio/aac": ".aac",
+    "audio/amr": ".amr",
+}
+"""The file name Hermes reads a type from: its speech-to-text takes a voice note by extension."""
+MEDIA_ID = re.compile(r"[0-9a-f]{32}")
+"""sudo-api's message ids, the files' names."""
 AGENT_MODULES = ("run_agent", "model_tools", "openai")
 """Hermes's agent, its tool registry and its LLM client, imported by its first turn (Hermes 0.19)."""
 
@@ -138,6 +159,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         self._key = str(extra.get("key", ""))
         home = Path(os.environ.get("HERMES_HOME", "/opt/data"))
         self._outbox = Outbox(home / NAME / "outbox.jsonl")
+        self._media = home / NAME / "media"
         self._outbox_lock = asyncio.Lock()
         self._boot = uuid.uuid4().hex
         self._seen: set[str] = set()
@@ -162,8 +184,10 @@ class SudoChatAdapter(BasePlatformAdapter):
         if len(self._key) < 16:
             self._set_fatal_error("sudo_chat_no_key", "sudo_chat needs extra.key", retryable=False)
             return False
-        app = web.Application(client_max_size=256 * 1024)
+        app = web.Application(client_max_size=MEDIA_MAX + 64 * 1024)
         app.router.add_post("/messages", self._post_message)
+        app.router.add_put("/media/{id}", self._put_media)
+        app.router.add_get("/media/{id}", self._get_media)
         app.router.add_get("/events", self._events)
         app.router.add_post("/deliver", self._deliver)
         app.router.add_get("/identity", self._identity)
@@ -223,6 +247,15 @@ class SudoChatAdapter(BasePlatformAdapter):
     async def get_chat_info(self, chat_id: str) -> dict[str, Any]:
         return {"name": "Sudo chat", "type": "dm", "chat_id": chat_id}
 
+    def extract_local_files(self, content: str) -> tuple[list[str], str]:
+        """Hermes sends a reply's paths to existing files as attachments, which this chat has no
+        way to show ("Couldn't deliver the image attachment"). A member's own photo or voice
+        note, which the agent may name by its path, is in their thread already: it stays words."""
+        files, text = super().extract_local_files(content)
+        if any(Path(f).resolve().is_relative_to(self._media.resolve()) for f in files):
+            return [], content
+        return files, text
+
     async def on_processing_start(self, event: MessageEvent) -> None:
         self._turn = event.message_id
         self._publish({"type": "turn_started", "reply_to": event.message_id})
@@ -260,11 +293,16 @@ class SudoChatAdapter(BasePlatformAdapter):
             return web.json_response({"error": "unauthorized"}, status=401)
         try:
             body = await request.json()
-            message_id, text = str(body["id"]), str(body["text"])
+            message_id, text, media = str(body["id"]), str(body["text"]), body.get("media")
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "expected JSON with id and text"}, status=400)
-        if not text.strip() or len(text) > MAX_TEXT:
-            return web.json_response({"error": f"text must be 1 to {MAX_TEXT} characters"}, status=400)
+        path = self._media_path(message_id, media) if media else None
+        if media and (path is None or not path.is_file()):
+            return web.json_response({"error": "no file of that type was put for this message"}, status=400)
+        if not (text.strip() or path) or len(text) > MAX_TEXT:
+            return web.json_response(
+                {"error": f"text must be 1 to {MAX_TEXT} characters, or a file come with it"}, status=400
+            )
         if self._last_turn is not None and not self._last_turn.done():
             # sudo-api sends the next message on turn_done, which this hook writes before Hermes
             # frees the session: handed over in between, Hermes takes the message for an
@@ -283,8 +321,17 @@ class SudoChatAdapter(BasePlatformAdapter):
         source = self.build_source(
             chat_id=chat, chat_name=sender, chat_type="dm", user_id=chat, user_name=sender
         )
+        kind = MessageType.TEXT  # a photo goes to the model as pixels, a voice note to speech-to-text
+        if media:
+            kind = MessageType.PHOTO if media.startswith("image/") else MessageType.VOICE
         event = MessageEvent(
-            text=text, message_type=MessageType.TEXT, source=source, raw_message=body, message_id=message_id
+            text=text,
+            message_type=kind,
+            source=source,
+            raw_message=body,
+            message_id=message_id,
+            media_urls=[str(path)] if path else [],
+            media_types=[str(media)] if path else [],
         )
         try:
             await self.handle_message(event)
@@ -292,6 +339,33 @@ class SudoChatAdapter(BasePlatformAdapter):
             self._seen.discard(message_id)  # not taken: the next hand-over must not be a duplicate
             raise
         return web.json_response({"status": "accepted", "boot": self._boot}, status=202)
+
+    def _media_path(self, message_id: str, kind: Any) -> Path | None:
+        """Where a message's file of this type is kept; None for an id or a type not ours."""
+        if not MEDIA_ID.fullmatch(message_id) or kind not in EXTENSIONS:
+            return None
+        return self._media / f"{message_id}{EXTENSIONS[kind]}"
+
+    async def _put_media(self, request: web.Request) -> web.Response:
+        if not sudo_plugins.authorized(request, self._key):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        path = self._media_path(request.match_info["id"], request.content_type)
+        if path is None:
+            return web.json_response({"error": "a message id and a photo's or voice note's type"}, status=400)
+        data = await request.read()
+        if not data:
+            return web.json_response({"error": "the file is empty"}, status=400)
+        await asyncio.to_thread(_write_file, path, data)
+        return web.json_response({"bytes": len(data)}, status=201)
+
+    async def _get_media(self, request: web.Request) -> web.StreamResponse:
+        if not sudo_plugins.authorized(request, self._key):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        message_id = request.match_info["id"]
+        found = MEDIA_ID.fullmatch(message_id) and next(self._media.glob(f"{message_id}.*"), None)
+        if not found:
+            return web.json_response({"error": "no file for this message"}, status=404)
+        return web.FileResponse(found)
 
     async def _deliver(self, request: web.Request) -> web.Response:
         if not sudo_plugins.authorized(request, self._key):
@@ -349,6 +423,17 @@ class SudoChatAdapter(BasePlatformAdapter):
     def _publish(self, event: dict[str, Any]) -> None:
         for queue in self._listeners:
             queue.put_nowait(event)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Written whole and fsynced before sudo-api stores the message that names it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")  # never taken for the file by GET /media
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _check() -> bool:
