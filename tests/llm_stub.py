@@ -27,12 +27,13 @@ photo reached the model byte for byte.
 It also transcribes speech as OpenAI does: `POST /v1/audio/transcriptions`, multipart fields
 `file` and `model`, optional `response_format` (`json`, the default, gives `{"text": ...}`;
 `text` a plain-text body; `verbose_json` adds `language` and `duration`), with the same key
-check. Audio (any container PyAV decodes: WhatsApp's ogg, a browser's webm, wav) is heard by a
-real offline recogniser, pocketsphinx's US English model; its general language model hears
-synthetic speech poorly, so `POST /_stub/phrases {"phrases": [...]}` gives it a grammar of the
-sentences a test may say (as a real provider takes a prompt of expected words), of which it
-must hear the one spoken. Bytes that are no audio are named instead, "voice note <first 12 hex
-of the file's sha256> <N> bytes", which shows the tests that the file arrived intact; each
+check. Once a test has said what may be spoken, `POST /_stub/phrases {"phrases": [...]}` (as a
+real provider takes a prompt of expected words), audio (any container PyAV decodes: WhatsApp's
+ogg, a browser's webm, wav) is heard by a real offline recogniser, pocketsphinx's US English
+model with those sentences as its grammar, of which it must hear the one spoken (its general
+language model hears synthetic speech too poorly to test with). Otherwise, and for bytes that
+are no audio, the file is named instead, "voice note <first 12 hex of the file's sha256> <N>
+bytes", which shows the tests that the file arrived intact; each
 request is logged too (`path`, `bytes`, `sha12`, `filename`, `text`). Completion entries carry
 `path` "/v1/chat/completions".
 
@@ -256,7 +257,7 @@ def build_app(log_path: Path, keys_path: Path | None) -> web.Application:
         audio = upload.file.read() if upload else b""
         sha12 = hashlib.sha256(audio).hexdigest()[:12]
         model = form.get("model")
-        pcm = await asyncio.to_thread(audio_pcm, audio) if upload else None
+        pcm = await asyncio.to_thread(audio_pcm, audio) if upload and phrases else None
         if pcm is None:
             text = f"voice note {sha12} {len(audio)} bytes"
         else:

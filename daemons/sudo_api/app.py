@@ -6,7 +6,7 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from prometheus_client import Counter
 
 from sudo_core.accounts import AccountError
@@ -95,16 +95,17 @@ async def same_origin(request: web.Request, handler) -> web.StreamResponse:
 @web.middleware
 async def whole_body(request: web.Request, handler) -> web.StreamResponse:
     """Read a request's whole body before its handler, within `api.client_timeout_sec` and
-    BODY_MAX (UPLOAD_BODY_MAX for UPLOADS, whose forms are parsed here too): a client that sends
-    it slower is cut off with 408 instead of holding a handler, and what it sent reaches no
-    handler."""
+    BODY_MAX (UPLOAD_BODY_MAX for the multipart forms of UPLOADS, parsed here too): a client
+    that sends it slower is cut off with 408 instead of holding a handler, and what it sent
+    reaches no handler."""
     if request.can_read_body:
-        upload = request.match_info.handler in UPLOADS
+        # Only a form may carry a file: JSON to the same route keeps the small limit.
+        upload = request.match_info.handler in UPLOADS and request.content_type == "multipart/form-data"
         if upload:
             request = request.clone(client_max_size=UPLOAD_BODY_MAX)
         try:
             async with asyncio.timeout(request.app[SERVICES].settings.api.client_timeout_sec):
-                if upload and request.content_type == "multipart/form-data":
+                if upload:
                     await request.post()  # parsed once: its files are spooled for the handler
                 else:
                     await request.read()
@@ -121,7 +122,7 @@ async def whole_body(request: web.Request, handler) -> web.StreamResponse:
             raise web.HTTPRequestEntityTooLarge(
                 max_size=UPLOAD_BODY_MAX, actual_size=request.content_length or 0, text=TOO_LARGE
             ) from None
-        except ValueError:  # a multipart form that cannot be parsed
+        except (ValueError, http_exceptions.HttpProcessingError):  # a form that cannot be parsed
             message = "the form could not be read"
             if request.path.startswith("/v1/"):
                 raise web.HTTPBadRequest(

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BRIDGE_NAME = "com.docker.network.bridge.name"
 DF_TIMEOUT_SEC = 900
+DF_WAIT_SEC = 240  # for another caller's count: within ProvisionerClient's 300 s
 CONTAINER_CHANGES = ("start", "die", "oom", "destroy")
 IMAGE_CHANGES = ("pull", "tag", "untag", "delete", "import", "load")
 
@@ -321,13 +323,16 @@ class DockerBackend:
     async def volume_sizes(self) -> dict[str, int]:
         """Bytes each volume on the engine holds, by name: Docker's own count, as `docker system
         df -v` shows it (it walks every volume: seconds on a big host, so the reaper asks). The
-        engine counts for one caller at a time and refuses the others meanwhile: wait for it."""
-        for attempt in range(60):
+        engine counts for one caller at a time and refuses the others meanwhile: wait for it,
+        as long as a caller of the provisioner waits (another count, on a busy host, took more
+        than the minute this once waited)."""
+        deadline = time.monotonic() + DF_WAIT_SEC
+        while True:
             try:
                 usage = await self._run(self._df)
                 break
             except DockerRefused as exc:
-                if "already running" not in exc.explanation or attempt == 59:
+                if "already running" not in exc.explanation or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(1.0)
         return {
@@ -348,18 +353,12 @@ class DockerBackend:
             client.close()
 
     async def memory_used(self, name: str) -> int | None:
-        """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`).
-
-        A one-shot sample of a container that has just started may come without its memory
-        (seen on a busy host); then a full sample, which waits for the engine's next reading."""
-        for one_shot in (True, False):
-            try:
-                stats = await self._run(self._client.api.stats, name, stream=False, one_shot=one_shot)
-            except DockerMissing:
-                return None
-            if (usage := (stats.get("memory_stats") or {}).get("usage")) is not None:
-                return usage
-        return None
+        """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`)."""
+        try:
+            stats = await self._run(self._client.api.stats, name, stream=False, one_shot=True)
+        except DockerMissing:
+            return None
+        return (stats.get("memory_stats") or {}).get("usage")
 
     async def logs(self, name: str, tail: int = 30) -> str:
         try:

@@ -67,9 +67,9 @@ async def logged_in(context: BrowserContext, api: Stack, email: str) -> Page:
 
 
 async def eventually(
-    read: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], within: float = 10
+    read: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], within: float = 30
 ) -> Any:
-    """What `read` gives once `ok` holds of it."""
+    """What `read` gives once `ok` holds of it (on a busy host a service worker may take seconds to wake)."""
     async with asyncio.timeout(within):
         while True:
             value = await read()

@@ -120,6 +120,15 @@ async def test_v1_takes_a_file_with_or_without_words_and_refuses_bad_ones_plainl
     await refused(form("x" * 8001, (PNG, "a.png", "image/png")), 400, "1 to 8000 characters")
     # Past what any upload may be, refused before it is parsed, in the same words.
     await refused(form("", (b"x" * UPLOAD_BODY_MAX, "huge.png", "image/png")), 413, "the limit is 16 MB")
+    # A part whose headers are no headers (found by the fuzzer: it was a 500).
+    boundary = "b0undary"
+    garbled = client.post(
+        "/v1/chat/messages",
+        data=f"--{boundary}\r\n\U0002d169--{boundary}--\r\n".encode(),
+        headers=owner | {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    async with garbled as resp:
+        assert resp.status == 400 and (await resp.json())["error"] == "the form could not be read"
     # A good photo passes every rule and goes on to the agent's runtime: none runs here.
     await refused(form("", (PNG, "a.png", "image/png")), 503, "could not be reached")
     # Refused, nothing was kept: only the words sent alone.
