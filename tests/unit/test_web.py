@@ -168,6 +168,7 @@ async def test_login_form_errors_and_admin_pages_are_for_admins(client):
     page = await client.get("/admin", headers=admin)
     text = await page.text()
     assert page.status == 200 and "Bo" in text and "cannot ask systemd" in text  # no bus here: said so
+    assert "Backups: no nightly backup has run yet" in text
     settings = await client.get("/admin/settings", headers=admin)
     assert settings.status == 200 and "LLM API key" in await settings.text()
 
