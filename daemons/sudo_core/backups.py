@@ -115,8 +115,10 @@ def decrypt_into(path: Path, plain: IO[bytes], keys: list[pyrage.x25519.Identity
     try:
         with path.open("rb") as encrypted:
             pyrage.decrypt_io(encrypted, plain, keys)
-    except pyrage.DecryptError as exc:
-        raise BackupError(f"{path} cannot be decrypted with this identity, or is damaged: {exc}") from exc
+    except pyrage.DecryptError as exc:  # the header: no identity matches, or it is not age's
+        raise BackupError(f"{path} cannot be decrypted with this identity: {exc}") from exc
+    except OSError as exc:  # the payload: a chunk fails its authentication (damaged, or cut)
+        raise BackupError(f"{path} is damaged, or cannot be read: {exc}") from exc
     plain.seek(0)
 
 

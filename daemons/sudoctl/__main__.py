@@ -201,13 +201,13 @@ def backup_or_restore(settings: config.Settings, args: argparse.Namespace) -> in
             return verify(settings, what[1], args.identity)
         if len(what) != 1:
             raise ValueError("backup takes one family's id")
-    family = None if args.command == "restore" and len(args.what) == 1 else parse_family_id(args.what[0])
-    if args.command == "restore" and len(args.what) not in (1, 2):
+    elif len(args.what) > 2:
         raise ValueError("restore takes [FAMILY] FILE")
+    # A restore without the family's id restores the family the file holds.
+    family = parse_family_id(args.what[0]) if args.command == "backup" or len(args.what) == 2 else None
     db = Database(settings.core.database_path)
     try:
-        if args.command == "backup":
-            assert family is not None
+        if family is not None and args.command == "backup":
             out = args.output or Path(f"sudo-family-{family}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
             backup(db, settings.provisioner.socket, family, out)
         else:

@@ -273,13 +273,13 @@ def decrypted(path: Path, identity: Path | None) -> Iterator[IO[bytes] | None]:
 # the nightly backups (sudo-backup.timer)
 
 
-def backup_all(settings: Settings, today: datetime.date | None = None) -> int:
+def backup_all(settings: Settings) -> int:
     """Every family's archive, encrypted, into tonight's directory; the manifest, the status
     sudo-api shows, and (if every family was backed up) the retention. 1 if anything failed."""
     started = time.time()
     state_dir = settings.core.state_dir
     previous = backups.read_status(state_dir) or backups.Status()
-    night = (today or datetime.date.today()).isoformat()
+    night = datetime.date.today().isoformat()  # the host's local date, as the timer's 03:00
     try:
         to = backups.recipients(settings.backup.recipients)
         night_dir = settings.backup.dir / night
@@ -290,11 +290,10 @@ def backup_all(settings: Settings, today: datetime.date | None = None) -> int:
         db = Database(settings.core.database_path)
         try:
             done, errors = asyncio.run(_back_up_families(db, settings.provisioner.socket, night_dir, to))
-            total = len(db.list_families())
         finally:
             db.close()
     except (backups.BackupError, OSError) as exc:
-        backups.write_status(state_dir, _status(previous, started, 0, 1, f"{exc}"))
+        backups.write_status(state_dir, _status(previous, started, 0, 0, str(exc)))
         raise
     backups.write_json(
         night_dir / backups.MANIFEST,
@@ -310,7 +309,7 @@ def backup_all(settings: Settings, today: datetime.date | None = None) -> int:
         },
     )
     if errors:
-        error = f"{len(errors)} of {total} families failed: " + "; ".join(
+        error = f"{len(errors)} of {len(done) + len(errors)} families failed: " + "; ".join(
             f"{e['family']}: {e['error']}" for e in errors
         )
     else:
