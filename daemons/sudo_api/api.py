@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sudo_core import family_archive, host_settings, twilio, usage
+from sudo_core import backups, family_archive, host_settings, twilio, usage
 from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
@@ -1034,6 +1034,7 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
         "units": units,
         "units_error": units_error,
         "whatsapp_problems": whatsapp_problems,
+        "backup": backups.summary(await asyncio.to_thread(backups.read_status, svc.settings.core.state_dir)),
     }
 
 

@@ -709,11 +709,12 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
     (
         "get",
         "/v1/admin/fleet",
-        "Each family's runtime, activity, memory and tokens used today; the host's units",
+        "Each family's runtime, activity, memory and tokens used today; the host's units; the nightly "
+        "backups' last run (backup.state: ok, failed, or none yet)",
         "admin",
         None,
         200,
-        _obj(families={"type": "array"}, units={"type": "array"}),
+        _obj(families={"type": "array"}, units={"type": "array"}, backup={"type": "object"}),
     ),
     (
         "delete",

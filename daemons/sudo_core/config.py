@@ -400,6 +400,47 @@ class VoiceSettings:
             raise ConfigError("voice.piper_voice: the piper text-to-speech needs a voice file")
 
 
+AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+"""An age X25519 public key: "age1" and 58 characters of bech32."""
+
+
+def _age_key_checks(key: str) -> bool:
+    """The key's bech32 checksum holds (a mistyped character is caught when the file is read)."""
+    import pyrage  # only where recipients are set: most daemons never need it
+
+    try:
+        pyrage.x25519.Recipient.from_str(key)
+    except pyrage.RecipientError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    dir: Path = Path("/var/backups/sudo")
+    """Where `sudoctl backup --all` (sudo-backup.timer, nightly) writes each night's encrypted
+    archives, `<dir>/<YYYY-MM-DD>/<family id>.tar.age`, and the night's manifest.json."""
+
+    recipients: tuple[str, ...] = ()
+    """age public keys (age1...) every archive is encrypted to. Their private keys stay off this
+    host: a restore or a verify is given one (`--identity`). Empty: nightly backups refuse to run."""
+
+    keep_daily: int = 7
+    """The newest nights kept."""
+
+    keep_weekly: int = 4
+    """Besides those, the newest night of each of the newest weeks (ISO weeks) that have one."""
+
+    def __post_init__(self) -> None:
+        for key in self.recipients:
+            if not AGE_RECIPIENT.fullmatch(key) or not _age_key_checks(key):
+                raise ConfigError(f"backup.recipients: {key!r} is not an age public key (age1...)")
+        if self.keep_daily < 1:
+            raise ConfigError(f"backup.keep_daily: {self.keep_daily} keeps no night: at least 1")
+        if self.keep_weekly < 0:
+            raise ConfigError(f"backup.keep_weekly: {self.keep_weekly} is below 0")
+
+
 @dataclass(frozen=True)
 class Settings:
     core: CoreSettings = field(default_factory=CoreSettings)
@@ -409,6 +450,7 @@ class Settings:
     llm: LLMSettings = field(default_factory=LLMSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     voice: VoiceSettings = field(default_factory=VoiceSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
 
 def load(environ: typing.Mapping[str, str] | None = None) -> Settings:

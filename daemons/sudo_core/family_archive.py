@@ -4,8 +4,8 @@ The file is a gzipped tar of two members:
 - `family.json`: the format and its version, the family's row, and its rows of `TABLES`.
   Sessions, invitations, reset links, pairings, leases and announcements stay out: they are
   short-lived and bound to the host.
-- `volume.tar`: the family's data volume as the provisioner gives it (with the runtime stopped,
-  so Hermes's files are copied consistent).
+- `volume.tar`: the family's data volume as the provisioner gives it (with the runtime paused,
+  after any request in flight, so Hermes's files are copied consistent).
 
 `sudoctl backup` writes it and `sudoctl restore` reads it; a family's owner downloads the same
 file from sudo-api. Account rows hold password hashes and device rows token hashes: the file is
@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import pyrage
 
+from sudo_core import backups
 from sudo_core.db import Database
-from sudo_core.provisioner_client import ProvisionerClient, volume_tar_problem
+from sudo_core.provisioner_client import Pause, ProvisionerClient, volume_tar_problem
 
 FORMAT = "sudo-family-backup"
 VERSION = 1
@@ -60,13 +62,20 @@ async def make_archive(
     family: uuid.UUID,
     out: Path,
     progress: Progress | None = None,
+    recipients: list[pyrage.x25519.Recipient] | None = None,
+    pause: Pause | None = None,
 ) -> dict[str, Any]:
-    """Write the family's archive to `out` (mode 0600, renamed into place whole); its rows."""
+    """Write the family's archive to `out` (mode 0600, renamed into place whole); its rows.
+
+    With recipients, the file is the archive encrypted to them with age (`backups`); the plain
+    archive is made in an unnamed temporary file first. `pause` is told how long the family's
+    runtime was paused for the copy of its volume.
+    """
     if await db.aio(db.get_family, family) is None:
         raise ArchiveError(f"no family {family}")
     with tempfile.TemporaryFile(dir=out.parent) as volume:
         try:
-            async for chunk in provisioner.get_volume(family):
+            async for chunk in provisioner.get_volume(family, pause):
                 await asyncio.to_thread(volume.write, chunk)
                 if progress:
                     progress("volume copied", len(chunk))
@@ -76,7 +85,10 @@ async def make_archive(
         if problem:
             raise ArchiveError(f"the provisioner's copy of the volume is not a whole tar: {problem}")
         rows = await db.aio(read_rows, db, family)
-        await asyncio.to_thread(write_archive, out, rows, volume, progress)
+        if recipients is None:
+            await asyncio.to_thread(write_archive, out, rows, volume, progress)
+        else:
+            await asyncio.to_thread(write_encrypted, out, rows, volume, recipients, progress)
     return rows
 
 
@@ -101,19 +113,37 @@ def write_archive(
     """Write the archive beside `out` (mode 0600), then rename it into place whole."""
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as partial:
         try:
-            with tarfile.open(fileobj=partial, mode="w:gz", compresslevel=6) as archive:
-                data = json.dumps(rows, indent=1).encode()
-                info = tarfile.TarInfo("family.json")
-                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
-                archive.addfile(info, io.BytesIO(data))
-                info = tarfile.TarInfo("volume.tar")
-                info.size, info.mtime, info.mode = volume.seek(0, os.SEEK_END), int(time.time()), 0o600
-                volume.seek(0)
-                archive.addfile(info, _Counted(volume, progress))
+            pack(partial, rows, volume, progress)
         except BaseException:
             os.unlink(partial.name)
             raise
     os.replace(partial.name, out)
+
+
+def write_encrypted(
+    out: Path,
+    rows: dict[str, Any],
+    volume: IO[bytes],
+    recipients: list[pyrage.x25519.Recipient],
+    progress: Progress | None = None,
+) -> None:
+    """The archive encrypted to the recipients at `out`, renamed into place whole."""
+    with tempfile.TemporaryFile(dir=out.parent) as plain:
+        pack(plain, rows, volume, progress)
+        backups.encrypt_into(out, plain, recipients)
+
+
+def pack(file: IO[bytes], rows: dict[str, Any], volume: IO[bytes], progress: Progress | None = None) -> None:
+    """The gzipped tar of family.json and volume.tar, written to `file`."""
+    with tarfile.open(fileobj=file, mode="w:gz", compresslevel=6) as archive:
+        data = json.dumps(rows, indent=1).encode()
+        info = tarfile.TarInfo("family.json")
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
+        archive.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("volume.tar")
+        info.size, info.mtime, info.mode = volume.seek(0, os.SEEK_END), int(time.time()), 0o600
+        volume.seek(0)
+        archive.addfile(info, _Counted(volume, progress))
 
 
 class _Counted:

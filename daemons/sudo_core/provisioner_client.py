@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -27,6 +29,14 @@ def volume_tar_problem(file: IO[bytes]) -> str | None:
     except (tarfile.TarError, EOFError) as exc:
         return str(exc)
     return None
+
+
+@dataclass
+class Pause:
+    """How long a family's runtime was paused for a copy of its volume, as the client saw it: from
+    the provisioner's answer (sent once paused) to the tar's end; 0 if it was not running."""
+
+    seconds: float = 0.0
 
 
 class ProvisionerError(RuntimeError):
@@ -110,14 +120,18 @@ class ProvisionerClient:
                 if line.strip():
                     yield json.loads(line)
 
-    async def get_volume(self, family: uuid.UUID) -> AsyncIterator[bytes]:
-        """A tar of the family's data volume, chunk by chunk; its runtime is stopped first."""
+    async def get_volume(self, family: uuid.UUID, pause: Pause | None = None) -> AsyncIterator[bytes]:
+        """A tar of the family's data volume, chunk by chunk, taken with its runtime paused (after
+        any request in flight ends: 409 if none ends in time). `pause` is told how long."""
         url = f"http://provisioner/v1/runtimes/{family}/volume"
         async with self._session.get(url, timeout=VOLUME_TIMEOUT) as resp:
             if resp.status >= 400:
                 raise ProvisionerError(resp.status, await resp.json(content_type=None))
+            began = time.monotonic()
             async for chunk in resp.content.iter_chunked(1 << 20):
                 yield chunk
+            if pause is not None and resp.headers.get("X-Sudo-Paused") == "true":
+                pause.seconds = time.monotonic() - began
 
     async def put_volume(self, family: uuid.UUID, tar: AsyncIterable[bytes]) -> dict[str, Any]:
         """Replace the family's data volume by this tar (as get_volume gives it), sent as it is read."""

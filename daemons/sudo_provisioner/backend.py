@@ -87,6 +87,11 @@ class RuntimeBackend(Protocol):
 
     async def remove_volume(self, volume: str) -> bool: ...
 
+    async def pause(self, name: str) -> None:
+        """Freeze the container's processes (cgroup freezer), for a consistent copy of its volume."""
+
+    async def unpause(self, name: str) -> None: ...
+
     async def export_volume(
         self, family: uuid.UUID, image_id: str, write: Callable[[bytes], Awaitable[None]]
     ) -> None: ...

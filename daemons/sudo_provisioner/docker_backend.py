@@ -272,6 +272,12 @@ class DockerBackend:
         except DockerMissing:
             return False
 
+    async def pause(self, name: str) -> None:
+        await self._run(self._client.api.pause, name)
+
+    async def unpause(self, name: str) -> None:
+        await self._run(self._client.api.unpause, name)
+
     # Data volumes, copied through a helper container that is created but never started: Docker
     # mounts its volumes for get_archive and put_archive. It is made from the runtime image and
     # mounts the volume where the runtime does, so a fresh volume gets the same initial content

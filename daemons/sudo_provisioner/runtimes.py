@@ -80,6 +80,10 @@ class AtCapacity(RuntimeError):
     host has not the memory for one more."""
 
 
+class Busy(RuntimeError):
+    """The family has a request in flight that did not end in time (409)."""
+
+
 class SpawnFailed(RuntimeError):
     def __init__(self, message: str, logs: str = "") -> None:
         super().__init__(message)
@@ -378,12 +382,44 @@ class RuntimeManager:
 
     # the data volume, for backup and restore
 
-    async def export_volume(self, family_id: uuid.UUID, write: Callable[[bytes], Awaitable[None]]) -> None:
-        """Stop the runtime so the copy is consistent, then pass a tar of its volume to `write`."""
+    async def export_volume(
+        self,
+        family_id: uuid.UUID,
+        write: Callable[[bytes], Awaitable[None]],
+        paused: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> float:
+        """Pass a tar of the family's volume to `write`, its runtime paused meanwhile (so Hermes's
+        files are copied consistent) and unpaused after, whatever happens; the seconds it was
+        paused. A request in flight (a lease) is waited for first, up to restart_grace_sec:
+        past that the copy is refused (Busy), since freezing a turn midway may cut it.
+        `paused(running)` is told once the runtime is paused, or found not running."""
         await self.family(family_id)
+        image = await self._image()
         async with self._lock(family_id):
-            await self._stop_for_copy(family_id)
-            await self.backend.export_volume(family_id, (await self._image()).id, write)
+            if not await self._await_quiet(family_id):
+                raise Busy(
+                    f"family {family_id} has a request in flight that did not end within "
+                    f"{self.settings.provisioner.restart_grace_sec:g} s: its volume was not copied"
+                )
+            runtime = await self.backend.get(runtime_name(family_id))
+            running = runtime is not None and runtime.running
+            if running:
+                await self.backend.pause(runtime.name)
+            began = time.monotonic()
+            try:
+                if paused:
+                    await paused(running)
+                await self.backend.export_volume(family_id, image.id, write)
+            finally:
+                if running:
+                    await self.backend.unpause(runtime.name)
+            seconds = time.monotonic() - began if running else 0.0
+        if running:
+            log.info(
+                f"copied the data volume of {runtime_name(family_id)}, paused {seconds:.1f} s",
+                extra=fields(family=family_id),
+            )
+        return seconds
 
     async def import_volume(self, family_id: uuid.UUID, archive: IO[bytes]) -> None:
         """Stop the runtime and replace its volume by the tar's contents; the next ensure uses it."""
@@ -612,10 +648,11 @@ class RuntimeManager:
                 await self._remove(current)
             await self._spawn(spec, Claim(Priority.RECREATE))
 
-    async def _await_quiet(self, family_id: uuid.UUID) -> None:
-        """Give requests in flight (leases) up to restart_grace_sec to finish."""
+    async def _await_quiet(self, family_id: uuid.UUID) -> bool:
+        """Give requests in flight (leases) up to restart_grace_sec to finish; whether they did."""
         deadline = time.monotonic() + self.settings.provisioner.restart_grace_sec
         while time.monotonic() < deadline:
             if not await self.db.aio(self.db.has_active_lease, family_id):
-                return
+                return True
             await asyncio.sleep(0.5)
+        return not await self.db.aio(self.db.has_active_lease, family_id)

@@ -21,7 +21,7 @@ from sudo_core.systemd import Notifier
 
 from .admission import Priority
 from .backend import BackendError
-from .runtimes import AtCapacity, FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
+from .runtimes import AtCapacity, Busy, FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -75,6 +75,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(502, str(exc), logs=exc.logs)
     except AtCapacity as exc:
         return error(503, str(exc))
+    except Busy as exc:
+        return error(409, str(exc))
     except BackendError as exc:
         log.exception(f"{request.method} {request.path}: the engine failed")
         return error(503, f"the Docker engine failed: {exc}")
@@ -162,17 +164,20 @@ async def stop_runtime(request: web.Request) -> web.Response:
 
 
 async def get_volume(request: web.Request) -> web.StreamResponse:
-    """A tar of the family's data volume, taken with its runtime stopped (the next ensure starts it)."""
+    """A tar of the family's data volume, taken with its runtime paused.
+
+    The response starts once the runtime is paused (header `X-Sudo-Paused`: whether it was
+    running), so the client sees how long the pause lasts: until the tar's end.
+    """
     family = family_id(request)
     response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
 
-    async def write(chunk: bytes) -> None:
-        if not response.prepared:  # only now: a failure before the first byte is a JSON error
-            await response.prepare(request)
-        await response.write(chunk)
+    async def paused(running: bool) -> None:
+        response.headers["X-Sudo-Paused"] = "true" if running else "false"
+        await response.prepare(request)
 
     try:
-        await request.app[MANAGER].export_volume(family, write)
+        await request.app[MANAGER].export_volume(family, response.write, paused)
     except Exception:
         if not response.prepared:
             raise

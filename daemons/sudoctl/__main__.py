@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from sudo_core import config, family_admin, host_settings
+from sudo_core import backups, config, family_admin, host_settings
 from sudo_core.accounts import AccountError, Accounts
 from sudo_core.db import Database
 from sudo_core.families import BadFamilyId, parse_family_id
@@ -21,7 +21,7 @@ from sudo_core.members import Members
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
 from . import firewall
-from .backup import backup, restore
+from .backup import backup, backup_all, list_nights, restore, verify
 from .status import NoSystemd, runtime_line, status
 
 
@@ -187,14 +187,31 @@ async def runtimes(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def backup_or_restore(settings: config.Settings, args: argparse.Namespace) -> int:
-    family = parse_family_id(args.family)
+    if args.command == "backup":
+        what = args.what
+        if args.all != (not what):
+            raise ValueError("backup takes a family's id, list, verify FILE|NIGHT, or --all")
+        if args.all:
+            return backup_all(settings)
+        if what == ["list"]:
+            return list_nights(settings)
+        if what[0] == "verify":
+            if len(what) != 2 or args.identity is None:
+                raise ValueError("backup verify takes one FILE or NIGHT and --identity KEYFILE")
+            return verify(settings, what[1], args.identity)
+        if len(what) != 1:
+            raise ValueError("backup takes one family's id")
+    elif len(args.what) > 2:
+        raise ValueError("restore takes [FAMILY] FILE")
+    # A restore without the family's id restores the family the file holds.
+    family = parse_family_id(args.what[0]) if args.command == "backup" or len(args.what) == 2 else None
     db = Database(settings.core.database_path)
     try:
-        if args.command == "backup":
+        if family is not None and args.command == "backup":
             out = args.output or Path(f"sudo-family-{family}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz")
             backup(db, settings.provisioner.socket, family, out)
         else:
-            restore(db, settings.provisioner.socket, family, args.file, args.replace)
+            restore(db, settings.provisioner.socket, family, Path(args.what[-1]), args.replace, args.identity)
     finally:
         db.close()
     return 0
@@ -251,10 +268,17 @@ def main() -> None:
     secret = "The file holds password and device token hashes: keep it as secret as the host's keys."
     bak = sub.add_parser(
         "backup",
-        help="save a family's data volume and database rows to a secret file (stops its runtime)",
-        description=f"Save a family's data volume and database rows to one file (mode 0600). {secret}",
+        help="save a family's data volume and database rows to a secret file; or every family's, "
+        "encrypted (--all, nightly); list or verify those",
+        description=f"Save a family's data volume and database rows to one file (mode 0600). {secret} "
+        "With --all (what sudo-backup.timer runs nightly): every family's, encrypted with age to "
+        "backup.recipients, into backup.dir/<date>/. `backup list` shows the nights; `backup verify "
+        "FILE|NIGHT --identity KEYFILE` decrypts and checks archives without restoring them. A "
+        "family's runtime is paused for the copy of its volume, once no request of it is in flight.",
     )
-    bak.add_argument("family", help="the family's id (a UUID)")
+    bak.add_argument("what", nargs="*", metavar="FAMILY | list | verify FILE|NIGHT")
+    bak.add_argument("--all", action="store_true", help="every family, encrypted, into backup.dir")
+    bak.add_argument("--identity", type=Path, metavar="KEYFILE", help="the age private key, for verify")
     bak.add_argument(
         "-o",
         "--output",
@@ -265,10 +289,18 @@ def main() -> None:
     res = sub.add_parser(
         "restore",
         help="restore a family from a backup file, on this or a fresh host",
-        description=f"Restore a family's rows and data volume from a `sudoctl backup` file. {secret}",
+        description=f"Restore a family's rows and data volume from a `sudoctl backup` file, or an "
+        f"encrypted nightly one with --identity. {secret}",
     )
-    res.add_argument("family", help="the family's id (a UUID): must be the one in the file")
-    res.add_argument("file", type=Path, help="a file written by sudoctl backup")
+    res.add_argument(
+        "what",
+        nargs="+",
+        metavar="[FAMILY] FILE",
+        help="the file written by sudoctl backup; the family's id, if given, must be the one in it",
+    )
+    res.add_argument(
+        "--identity", type=Path, metavar="KEYFILE", help="the age private key of an encrypted file"
+    )
     res.add_argument("--replace", action="store_true", help="overwrite the family if it exists here")
     adm = sub.add_parser("create-admin", help="create an admin account (asks for the password)")
     adm.add_argument("--email", required=True)
@@ -321,6 +353,7 @@ def main() -> None:
         ValueError,
         ProvisionerError,
         ArchiveError,
+        backups.BackupError,
         firewall.FirewallError,
     ) as exc:
         sys.exit(f"sudoctl: {exc}")

@@ -5,9 +5,11 @@ volume API underneath refuses what it cannot restore whole, changing nothing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
+import shlex
 import subprocess
 import tarfile
 import uuid
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import pyrage
 import pytest
 from control_plane import Family, join, sign_up
 from stack import BIN, Stack
@@ -108,7 +111,7 @@ async def test_a_family_moves_to_a_fresh_host(api: Stack, fresh: Stack, http, tm
     assert made.returncode == 0, made.stderr
     assert "volume copied: " in made.stdout and f"backed up family {family.id} (Lovelace)" in made.stdout
     assert "1 account(s), 2 message(s)" in made.stdout
-    assert api.container(family_id) is None  # stopped for a consistent copy
+    assert api.container(family_id).status == "running"  # paused for the copy only
     assert out.stat().st_mode & 0o777 == 0o600  # password hashes inside
     with tarfile.open(out) as archive:
         assert archive.getnames() == ["family.json", "volume.tar"]
@@ -161,6 +164,86 @@ async def test_a_family_moves_to_a_fresh_host(api: Stack, fresh: Stack, http, tm
     assert fresh.container(family_id) is None  # stopped for its volume to be replaced
     moved = await log_in(http, fresh, family.account["email"])
     assert await history(moved) == before
+
+
+UNITS = Path(__file__).resolve().parents[2] / "units"
+
+
+def exec_start(unit: str) -> list[str]:
+    """The unit's ExecStart= as a command line here: the packaged virtualenv's bin is ours."""
+    line = next(x for x in (UNITS / unit).read_text().splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    return [str(BIN / Path(argv[0]).name), *argv[1:]]
+
+
+async def test_the_nightly_backup_is_encrypted_and_restores_with_the_key_only(
+    api: Stack, fresh: Stack, http, tmp_path: Path
+):
+    """sudo-backup.service's command, as the timer runs it: every family's archive encrypted to
+    the recipients, the runtime paused (not stopped) for its copy; the bytes say nothing without
+    the key; with it, the family comes back whole on a fresh host."""
+    family = await sign_up(http, api.api_url, "Curie")
+    family_id = uuid.UUID(family.id)
+    await wait_status(family, await family.send("remember the radium notebook"), "answered", 180)
+    marker = uuid.uuid4().hex
+    wrote = api.container(family_id).exec_run(["sh", "-c", f"echo {marker} > /opt/data/marker.txt"])
+    assert wrote.exit_code == 0, wrote.output
+    before = await history(family)
+    running = api.container(family_id).id
+
+    key = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "backup.key"
+    key_file.write_text(f"{key}\n")
+    backup_dir = tmp_path / "backups"
+    env = api.env | {"SUDO_BACKUP_DIR": str(backup_dir), "SUDO_BACKUP_RECIPIENTS": str(key.to_public())}
+    night = await asyncio.to_thread(
+        subprocess.run,
+        exec_start("sudo-backup.service"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert night.returncode == 0, night.stderr
+    [night_dir] = backup_dir.iterdir()
+    manifest = json.loads((night_dir / "manifest.json").read_text())
+    entry = next(f for f in manifest["families"] if f["family"] == family.id)
+    assert manifest["errors"] == [] and entry["paused_sec"] > 0
+    assert (
+        f"{family.id}: {entry['bytes']:,} bytes in " in night.stdout and "its runtime paused" in night.stdout
+    )
+    container = api.container(family_id)
+    assert container.id == running and container.status == "running"  # paused, never stopped
+
+    archive = night_dir / f"{family.id}.tar.age"
+    data = archive.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
+    assert data.startswith(b"age-encryption.org/v1\n") and not tarfile.is_tarfile(archive)
+    for secret in (b"radium notebook", marker.encode(), family.account["email"].encode(), b"Curie"):
+        assert secret not in data
+    async with http.get(f"http://{api.settings.api.metrics}/metrics") as resp:
+        metrics = await resp.text()
+    assert "sudo_backup_last_failed 0.0" in metrics
+    assert "sudo_backup_last_success_timestamp 0.0" not in metrics
+
+    stranger = tmp_path / "stranger.key"
+    stranger.write_text(f"{pyrage.x25519.Identity.generate()}\n")
+    refused = await sudoctl(fresh, "restore", "--identity", str(stranger), str(archive))
+    assert refused.returncode == 1 and "cannot be decrypted with this identity" in refused.stderr
+    verified = await sudoctl(api, "backup", "verify", str(archive), "--identity", str(key_file))
+    assert verified.returncode == 0 and f"ok {archive}: family {family.id} (Curie)" in verified.stdout
+
+    restored = await sudoctl(fresh, "restore", "--identity", str(key_file), str(archive))
+    assert restored.returncode == 0, restored.stderr
+    moved = await log_in(http, fresh, family.account["email"])
+    assert await history(moved) == before
+    asked = len(fresh.llm_requests())
+    message_id = await moved.send("what should you remember?")
+    await wait_status(moved, message_id, "answered", 180)
+    question = next(r for r in fresh.llm_requests()[asked:] if r["last_user"].startswith("what should"))
+    assert any("radium notebook" in m for m in question["user_messages"]), question
+    shown = fresh.container(family_id).exec_run(["cat", "/opt/data/marker.txt"])
+    assert shown.output.decode().strip() == marker
 
 
 def tar_of(files: dict[str, bytes]) -> bytes:

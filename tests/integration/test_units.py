@@ -17,7 +17,7 @@ from sudo_core.config import RuntimeSettings
 IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = Path(__file__).resolve().parents[2] / "units"
 DAEMONS = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
-SERVICES = (*DAEMONS, "sudo-firewall", "livekit-server", "sudo-edge")
+SERVICES = (*DAEMONS, "sudo-firewall", "sudo-backup", "livekit-server", "sudo-edge")
 EXECUTABLES = (
     *(f"/opt/venvs/sudo/bin/{daemon}" for daemon in (*DAEMONS, "sudoctl")),
     "/usr/local/bin/livekit-server",

@@ -16,15 +16,15 @@ from sudo_api.numbers import Numbers
 from sudo_api.push import Pusher
 from sudo_api.whatsapp import WhatsApp
 from sudo_core.accounts import Accounts
-from sudo_core.config import Settings
+from sudo_core.config import CoreSettings, Settings
 from sudo_core.db import Database
 from sudo_core.provisioner_client import ProvisionerClient
 
 
 @contextlib.asynccontextmanager
 async def offline_services(directory: Path, service_token: str) -> AsyncIterator[Services]:
-    settings = Settings()
-    db = Database(directory / "sudo.db")
+    settings = Settings(core=CoreSettings(state_dir=directory))
+    db = Database(settings.core.database_path)
     provisioner = ProvisionerClient(directory / "nobody.sock")
     messages = message_limiter(settings.api.family_messages_per_minute)
     devices = Devices(db, provisioner, settings.api)

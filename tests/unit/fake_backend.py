@@ -94,6 +94,16 @@ class FakeBackend:
         self._call()
         return self.volumes.pop(volume, None) is not None
 
+    async def pause(self, name: str) -> None:
+        self._call()
+        runtime = self.containers[name]
+        assert runtime.running, f"pausing {name}, which is {runtime.state}"
+        self.containers[name] = dataclasses.replace(runtime, state="paused")
+
+    async def unpause(self, name: str) -> None:
+        self._call()
+        self.containers[name] = dataclasses.replace(self.containers[name], state="running")
+
     async def export_volume(
         self, family: uuid.UUID, image_id: str, write: Callable[[bytes], Awaitable[None]]
     ) -> None:

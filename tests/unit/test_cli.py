@@ -18,11 +18,14 @@ from sudo_core.members import Members
 BIN = Path(sys.executable).parent
 
 
-def run(tool: str, *args: str, state: Path, stdin: str = "") -> subprocess.CompletedProcess:
+def run(
+    tool: str, *args: str, state: Path, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = os.environ | {
         "SUDO_CONFIG": "",
         "SUDO_CORE_STATE_DIR": str(state),
         "SUDO_PROVISIONER_SOCKET": str(state / "nobody-listens.sock"),
+        **(env or {}),
     }
     return subprocess.run(
         [str(BIN / tool), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60

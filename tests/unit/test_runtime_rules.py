@@ -20,7 +20,7 @@ from sudo_core.config import ProvisionerSettings, RuntimeSettings, Settings
 from sudo_core.db import Database
 from sudo_core.families import runtime_name
 from sudo_provisioner.admission import Claim, Priority, Slots
-from sudo_provisioner.runtimes import AtCapacity, RuntimeManager
+from sudo_provisioner.runtimes import AtCapacity, Busy, RuntimeManager
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,13 @@ async def rig_with(tmp_path, health_port):
     """A manager on a fake backend, with the settings the test asks for."""
     made: list[tuple[RuntimeManager, Database]] = []
 
-    async def make(max_running: int = 32, spawns: int = 4, memory: str = "1k") -> Rig:
+    async def make(max_running: int = 32, spawns: int = 4, memory: str = "1k", grace: float = 30.0) -> Rig:
         runtime = RuntimeSettings(
             image="sudo-hermes:test", api_port=health_port, max_running=max_running, memory=memory
         )
-        provisioner = ProvisionerSettings(max_concurrent_spawns=spawns, health_timeout_sec=5)
+        provisioner = ProvisionerSettings(
+            max_concurrent_spawns=spawns, health_timeout_sec=5, restart_grace_sec=grace
+        )
         settings = dataclasses.replace(Settings(), runtime=runtime, provisioner=provisioner)
         db = Database(tmp_path / f"sudo-{len(made)}.db")
         backend = FakeBackend()
@@ -163,6 +165,57 @@ async def test_idle_eviction_spares_a_family_with_a_request_in_flight(rig_with):
     summary = await rig.manager.evict_idle(idle_sec=60)
     assert summary["evicted"] == [str(idle)] and summary["kept"] == 1
     assert list(rig.backend.containers) == [runtime_name(busy)]
+
+
+async def test_a_volume_is_copied_with_the_runtime_paused_then_running_again(rig_with):
+    """The backup's copy freezes the runtime rather than stopping it: the same container runs on
+    after, and is unpaused even when the copy fails midway."""
+    rig = await rig_with()
+    family = await rig.family("Paused")
+    runtime = await rig.manager.ensure(family)
+    seen: list[str] = []
+    told: list[bool] = []
+
+    async def write(chunk: bytes) -> None:
+        container = rig.backend.containers.get(runtime.name)
+        seen.append(container.state if container else "none")
+
+    async def paused(running: bool) -> None:
+        told.append(running)
+
+    seconds = await rig.manager.export_volume(family, write, paused)
+    assert seen == ["paused"] and told == [True] and seconds > 0
+    after = rig.backend.containers[runtime.name]
+    assert after.state == "running" and after.container_id == runtime.container_id
+
+    async def broken(chunk: bytes) -> None:
+        raise ConnectionResetError("the client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await rig.manager.export_volume(family, broken)
+    assert rig.backend.containers[runtime.name].state == "running"
+
+    await rig.manager.stop(family)
+    assert await rig.manager.export_volume(family, write, paused) == 0.0
+    assert told == [True, False] and seen[-1] == "none"
+
+
+async def test_a_volume_copy_waits_for_a_request_in_flight_then_refuses(rig_with):
+    rig = await rig_with(grace=0.3)
+    family = await rig.family("Busy")
+    runtime = await rig.manager.ensure(family)
+    lease = await rig.db.aio(rig.db.acquire_lease, family, "gateway", 60)
+    copied: list[bytes] = []
+
+    async def write(chunk: bytes) -> None:
+        copied.append(chunk)
+
+    with pytest.raises(Busy, match="request in flight"):
+        await rig.manager.export_volume(family, write)
+    assert copied == [] and rig.backend.containers[runtime.name].state == "running"
+    await rig.db.aio(rig.db.release_lease, lease)
+    await rig.manager.export_volume(family, write)
+    assert len(copied) == 1
 
 
 async def test_room_is_made_from_a_runtime_without_a_lease_and_never_by_a_warm_up(rig_with):

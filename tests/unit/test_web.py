@@ -15,7 +15,7 @@ from api_services import offline_services
 
 from sudo_api.app import build_app
 from sudo_api.context import SERVICES
-from sudo_core import usage
+from sudo_core import backups, usage
 from sudo_core.accounts import Accounts
 from sudo_core.config import Settings
 from sudo_core.db import Database
@@ -147,7 +147,7 @@ async def test_pages_need_a_login_and_every_form_its_csrf_token(client):
     assert (await client.get("/chat", headers=headers, allow_redirects=False)).status == 303
 
 
-async def test_login_form_errors_and_admin_pages_are_for_admins(client):
+async def test_login_form_errors_and_admin_pages_are_for_admins(client, tmp_path: Path):
     client, db = client
     form = {"email": "bo@example.org", "password": PASSWORD, "name": "Bo", "family_name": "Bo"}
     cookie = session_cookie(await client.post("/signup", data=form, allow_redirects=False))
@@ -168,6 +168,15 @@ async def test_login_form_errors_and_admin_pages_are_for_admins(client):
     page = await client.get("/admin", headers=admin)
     text = await page.text()
     assert page.status == 200 and "Bo" in text and "cannot ask systemd" in text  # no bus here: said so
+    assert "Backups: no nightly backup has run yet" in text
+    failed = backups.Status(
+        last_run_at=time.time(), ok=False, families=2, failed=1, error="1 of 3 families failed"
+    )
+    backups.write_status(tmp_path, failed)
+    text = await (await client.get("/admin", headers=admin)).text()
+    assert (
+        "Backups: FAILED, 2 families in the last run,\n  last success never: 1 of 3 families failed." in text
+    )
     settings = await client.get("/admin/settings", headers=admin)
     assert settings.status == 200 and "LLM API key" in await settings.text()
 
