@@ -70,7 +70,9 @@ self.addEventListener("notificationclick", (event) => {
     self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((windows) => {
       const open = windows.find((client) => new URL(client.url).origin === self.location.origin);
       if (!open) return self.clients.openWindow(url);
-      return open.focus().then((client) => (client.url === url ? client : client.navigate(url)));
+      // Focus may be refused (no user activation left): the window still turns to the thread.
+      const focused = open.focus().catch(() => open);
+      return focused.then((client) => (client.url === url ? client : client.navigate(url)));
     }),
   );
 });
