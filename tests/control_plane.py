@@ -5,6 +5,7 @@ the API, paired devices and admin sessions. Each suite's conftest imports the fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import uuid
@@ -133,6 +134,19 @@ async def pair(http: aiohttp.ClientSession, api: Stack, family: Family, name: st
     async with http.get(f"{api.api_url}/v1/devices/pairing", headers=device_auth) as resp:
         assert (await resp.json())["state"] == "paired"
     return body["device"]["id"], token
+
+
+@contextlib.asynccontextmanager
+async def phrases_heard(http: aiohttp.ClientSession, api: Stack, phrases: list[str]) -> AsyncIterator[None]:
+    """The LLM stand-in's recogniser told the sentences it may hear (tests/llm_stub.py), for the
+    block only: outside it, audio is named by its hash, as the other voice tests expect."""
+    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": phrases}) as resp:
+        assert resp.status == 200
+    try:
+        yield
+    finally:
+        async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": []}) as resp:
+            assert resp.status == 200
 
 
 def run_cron_now(container, prompt: str, deliver: str) -> None:

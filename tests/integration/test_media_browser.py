@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from control_plane import phrases_heard
 from PIL import Image
 from playwright.async_api import Browser, async_playwright, expect
 from stack import Stack
@@ -66,12 +67,8 @@ def png() -> bytes:
 
 @pytest.fixture
 async def phrases(api: Stack, http) -> AsyncIterator[None]:
-    """The stand-in's recogniser told the sentences it may hear, for this test only."""
-    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": PHRASES}) as resp:
-        assert resp.status == 200
-    yield
-    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": []}) as resp:
-        assert resp.status == 200
+    async with phrases_heard(http, api, PHRASES):
+        yield
 
 
 @pytest.mark.usefixtures("phrases")

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import av
 import pytest
-from control_plane import Family, add_child, sign_up
+from control_plane import Family, add_child, phrases_heard, sign_up
 from PIL import Image
 from stack import Stack
 
@@ -77,12 +77,8 @@ async def fetch(family: Family, path: str) -> tuple[int, bytes, dict]:
 
 @pytest.fixture
 async def phrases(api: Stack, http) -> AsyncIterator[None]:
-    """The stand-in's recogniser told the sentences it may hear, for this test only."""
-    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": PHRASES}) as resp:
-        assert resp.status == 200
-    yield
-    async with http.post(f"{api.llm_url}/_stub/phrases", json={"phrases": []}) as resp:
-        assert resp.status == 200
+    async with phrases_heard(http, api, PHRASES):
+        yield
 
 
 @pytest.mark.usefixtures("phrases")
