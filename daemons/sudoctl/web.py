@@ -62,7 +62,8 @@ def caddyfile(settings: config.Settings) -> str:
     )
     return template.render(
         web=web,
-        domain=domain,
+        domain=f"[{domain}]" if ":" in domain else domain,
+        https_suffix="" if web.https_port == 443 else f":{web.https_port}",
         upstream=address,
         peer=peer,
         tls_domain=tls_domain,

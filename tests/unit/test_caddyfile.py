@@ -44,6 +44,7 @@ def test_a_public_name_gets_its_certificate_by_acme(tmp_path: Path):
     assert "tls" not in block.split()  # Caddy's automatic HTTPS: ACME, and HTTP redirected
     assert "\temail ops@example.org\n" in text and "skip_install_trust" not in text
     assert "\thttp_port 80\n" in text and "\thttps_port 443\n" in text and "\tadmin off\n" in text
+    assert "\tredir https://{host}{uri} 308\n" in site(text, "http://sudo.example.org")
     assert 'header Strict-Transport-Security "max-age=31536000"' in block
     # To sudo-api where it listens; the chat's stream flushed as it is written.
     assert re.search(
@@ -54,11 +55,18 @@ def test_a_public_name_gets_its_certificate_by_acme(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "name", ["sudo.lan", "family.local", "sudo.home.arpa", "box.internal", "sudo", "192.168.1.20"]
+    ("name", "address"),
+    [
+        *(
+            (n, n)
+            for n in ("sudo.lan", "family.local", "sudo.home.arpa", "box.internal", "sudo", "192.168.1.20")
+        ),
+        ("fd00::20", "[fd00::20]"),
+    ],
 )
-def test_a_lan_name_gets_caddys_own_ca(tmp_path: Path, name: str):
+def test_a_lan_name_gets_caddys_own_ca(tmp_path: Path, name: str, address: str):
     text = render(tmp_path, web_domain=name)
-    assert "\ttls internal\n" in site(text, name)
+    assert "\ttls internal\n" in site(text, address)
     assert "\tskip_install_trust\n" in text  # Caddy touches no trust store of the host
 
 
@@ -90,6 +98,8 @@ def test_livekit_signalling_under_its_own_name_when_set(tmp_path: Path):
     assert "\treverse_proxy 127.0.0.1:7999\n" in block and "\ttls internal\n" in block
     assert "tls" not in site(text, "sudo.example.org").split()
     assert "\thttp_port 8080\n" in text and "\thttps_port 8443\n" in text
+    # Plain HTTP redirects to the HTTPS port itself, not to 443.
+    assert "\tredir https://{host}:8443{uri} 308\n" in site(text, "http://sudo.example.org")
 
 
 def test_the_upstream_is_sudo_apis_listener_on_loopback(tmp_path: Path):
