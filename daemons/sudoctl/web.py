@@ -35,16 +35,24 @@ def site_name(web: config.WebSettings) -> str:
     return name
 
 
+def believed(peer: str, trusted_proxies: tuple[str, ...]) -> bool:
+    """Whether sudo-api takes X-Forwarded headers from this address."""
+    try:
+        return ipaddress.ip_address(peer) in {ipaddress.ip_address(t) for t in trusted_proxies}
+    except ValueError:
+        return False
+
+
+def site_address(name: str) -> str:
+    """A name as a Caddyfile site address (an IPv6 address in brackets)."""
+    return f"[{name}]" if ":" in name else name
+
+
 def caddyfile(settings: config.Settings) -> str:
     """The Caddyfile for these settings; ConfigError when sudo-api would not believe Caddy."""
     web = settings.web
     address, peer = upstream(settings.api.listen)
-    trusted = {ipaddress.ip_address(t) for t in settings.api.trusted_proxies}
-    try:
-        believed = ipaddress.ip_address(peer) in trusted
-    except ValueError:
-        believed = False
-    if not believed:
+    if not believed(peer, settings.api.trusted_proxies):
         raise config.ConfigError(
             f"api.trusted_proxies must include {peer}, where Caddy reaches sudo-api ({settings.api.listen})"
             " from: sudo-api checks Twilio's signatures over the public URL it rebuilds from"
@@ -62,7 +70,8 @@ def caddyfile(settings: config.Settings) -> str:
     )
     return template.render(
         web=web,
-        domain=f"[{domain}]" if ":" in domain else domain,
+        domain=site_address(domain),
+        livekit_domain=site_address(web.livekit_domain),
         https_suffix="" if web.https_port == 443 else f":{web.https_port}",
         upstream=address,
         peer=peer,
