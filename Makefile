@@ -39,6 +39,7 @@ deps:
 	pkg-config --exists alsa 2>/dev/null || missing="$$missing libasound2-dev"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
+	command -v caddy >/dev/null || missing="$$missing caddy"; \
 	[ $(NATIVE_ARCH) = arm64 ] || command -v qemu-aarch64-static >/dev/null || missing="$$missing qemu-user-static binfmt-support"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v docker >/dev/null || { echo "Docker is required: install docker.io and start it"; exit 1; }; \

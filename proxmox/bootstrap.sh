@@ -7,8 +7,8 @@
 # In order: Docker (docker.io, unless `docker info` already answers), the Sudo packages, the
 # Hermes image (pulled unless present, tagged for the provisioner), livekit-server (binary,
 # units/livekit-server.service, a config whose key pair is made once), Sudo's LiveKit settings
-# and public address, Caddy (TLS for sudo-api, Twilio's webhooks and LiveKit's signalling), and
-# the administrator. Each step leaves what is already right alone, so a second run changes
+# and public address, HTTPS (the sudo-web package's Caddy, for sudo-api, Twilio's webhooks and
+# LiveKit's signalling, given this file's names and ports), and the administrator. Each step leaves what is already right alone, so a second run changes
 # nothing and an upgrade is the same command with newer packages. It stops at the first error
 # saying what to do, and prints no secret.
 set -Eeuo pipefail
@@ -84,8 +84,10 @@ need HERMES_IMAGE "the Hermes Agent image to run, e.g. sudo-hermes:0.19.0 (make 
 [[ ${cfg[HERMES_TAG]} =~ ^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_.-]+$ ]] || die "$conf: HERMES_TAG must be NAME:TAG, such as sudo-hermes-upstream:0.19.0"
 if [ -n "${cfg[SUDO_DEBS]}" ]; then
     [[ ${cfg[SUDO_DEBS]} == /* ]] || die "$conf: SUDO_DEBS must be an absolute path"
-    compgen -G "${cfg[SUDO_DEBS]}/sudo-server_*.deb" >/dev/null \
-        || die "$conf: SUDO_DEBS=${cfg[SUDO_DEBS]} holds no sudo-server_*.deb: copy the .debs of \`make deb\` (dist/*.deb) there"
+    for pkg in sudo-server sudo-web; do
+        compgen -G "${cfg[SUDO_DEBS]}/${pkg}_*.deb" >/dev/null \
+            || die "$conf: SUDO_DEBS=${cfg[SUDO_DEBS]} holds no ${pkg}_*.deb: copy the .debs of \`make deb\` (dist/*.deb) there"
+    done
 fi
 if [ -n "${cfg[LIVEKIT_BINARY]}" ]; then
     [[ -f ${cfg[LIVEKIT_BINARY]} && -x ${cfg[LIVEKIT_BINARY]} ]] \
@@ -186,17 +188,38 @@ if [ -n "${cfg[SUDO_DEBS]}" ]; then
             stale+=("$pkg=$version")
         fi
     done
+fi
+# sudo-web's settings first: its package starts Caddy at once, on these names and ports. They
+# are the environment of its unit, which wins over [web] in /etc/sudo/sudo.toml.
+web_env=(
+    "SUDO_WEB_DOMAIN=${cfg[SUDO_DOMAIN]}" "SUDO_WEB_TLS=${cfg[TLS]}" "SUDO_WEB_ACME_EMAIL=${cfg[ACME_EMAIL]}"
+    "SUDO_WEB_HTTP_PORT=${cfg[HTTP_PORT]}" "SUDO_WEB_HTTPS_PORT=${cfg[HTTPS_PORT]}"
+    "SUDO_WEB_LIVEKIT_DOMAIN=${cfg[LIVEKIT_DOMAIN]}" "SUDO_WEB_LIVEKIT_UPSTREAM=127.0.0.1:${cfg[LIVEKIT_PORT]}"
+)
+{
+    echo "# Written by proxmox/bootstrap.sh from its settings: run it again rather than editing."
+    echo "# sudo-web's [web] settings; these win over /etc/sudo/sudo.toml."
+    echo "[Service]"
+    printf 'Environment=%s\n' "${web_env[@]}"
+} >"$work/sudo-web.conf"
+web_changed=""
+if put 0644 "$work/sudo-web.conf" /etc/systemd/system/sudo-web.service.d/bootstrap.conf; then
+    systemctl daemon-reload
+    web_changed=1
+    did "sudo-web set for ${cfg[SUDO_DOMAIN]} and ${cfg[LIVEKIT_DOMAIN]} (TLS ${cfg[TLS]})"
+fi
+if [ -n "${cfg[SUDO_DEBS]}" ]; then
     if [ ${#stale[@]} -eq 0 ]; then
         same "${#debs[@]} packages at the versions in ${cfg[SUDO_DEBS]}"
     else
         apt_install "${debs[@]}"
         did "installed ${stale[*]}"
     fi
-elif installed sudo-server; then
+elif installed sudo-server && installed sudo-web; then
     same "sudo-server $(dpkg-query -W -f='${Version}' sudo-server) installed"
 else
-    apt_install sudo-server
-    did "installed sudo-server from the configured repository"
+    apt_install sudo-server sudo-web
+    did "installed sudo-server and sudo-web from the configured repository"
 fi
 wait_active sudo-api.service
 
@@ -336,78 +359,20 @@ setting livekit.api_key "$livekit_key"
 setting livekit.api_secret "$livekit_secret"
 setting twilio.public_url "$(public https "${cfg[SUDO_DOMAIN]}")"
 
-# --- Caddy -----------------------------------------------------------------------------------
+# --- HTTPS: sudo-web ---------------------------------------------------------------------------
 
-step "Caddy"
-# sudo-api's listener and trusted proxies, as the daemons read them (file, defaults, overrides).
-read -r listen trusted < <("$venv/bin/python" -c \
-    'from sudo_core import config; a = config.load().api; print(a.listen, ",".join(a.trusted_proxies))')
-upstream=${listen/#0.0.0.0:/127.0.0.1:}
-[[ ",$trusted," == *,127.0.0.1,* ]] \
-    || die "api.trusted_proxies in /etc/sudo/sudo.toml must include 127.0.0.1: sudo-api checks Twilio's signatures over the public URL it rebuilds from Caddy's X-Forwarded headers"
-{
-    echo "# Written by proxmox/bootstrap.sh from its settings and api.listen ($listen): run it again"
-    echo "# rather than editing this file, which it rewrites when they change."
-    echo "{"
-    echo "	http_port ${cfg[HTTP_PORT]}"
-    echo "	https_port ${cfg[HTTPS_PORT]}"
-    if [ "${cfg[TLS]}" = internal ]; then
-        echo "	# Caddy's own CA: browsers and devices must be given its root certificate."
-        echo "	local_certs"
-        echo "	skip_install_trust"
-    elif [ -n "${cfg[ACME_EMAIL]}" ]; then
-        echo "	email ${cfg[ACME_EMAIL]}"
-    fi
-    echo "}"
-    echo
-    echo "# sudo-api: the website, the /v1 API (chat streams as server-sent events) and Twilio's webhooks."
-    echo "${cfg[SUDO_DOMAIN]} {"
-    echo "	# Twilio signs each webhook over the URL it called: sudo-api rebuilds that URL from the"
-    echo "	# X-Forwarded-Proto and X-Forwarded-Host Caddy sets, believing them from 127.0.0.1 only."
-    echo "	@twilio path /v1/whatsapp/inbound /v1/whatsapp/status"
-    echo "	handle @twilio {"
-    echo "		request_body {"
-    echo "			max_size 1MB"
-    echo "		}"
-    echo "		reverse_proxy $upstream"
-    echo "	}"
-    echo "	handle {"
-    echo "		reverse_proxy $upstream"
-    echo "	}"
-    echo "}"
-    echo
-    echo "# LiveKit's signalling (WebSocket); media go straight to the ports in $livekit_conf."
-    echo "${cfg[LIVEKIT_DOMAIN]} {"
-    echo "	reverse_proxy 127.0.0.1:${cfg[LIVEKIT_PORT]}"
-    echo "}"
-} >"$work/Caddyfile"
-
-validate() {
-    caddy validate --adapter caddyfile --config "$1" >"$work/validate.log" 2>&1 \
-        || { tail -n 20 "$work/validate.log" >&2; die "Caddy refuses the Caddyfile it was given (above): check the settings in $conf"; }
-}
-if ! installed caddy; then
-    # Ours goes in first: the package keeps it (confold) and starts Caddy with it.
-    put 0644 "$work/Caddyfile" /etc/caddy/Caddyfile || true
-    apt_install caddy
-    validate /etc/caddy/Caddyfile
-    did "installed Caddy with a Caddyfile for ${cfg[SUDO_DOMAIN]} and ${cfg[LIVEKIT_DOMAIN]}"
-    systemctl restart caddy.service
-elif validate "$work/Caddyfile" && put 0644 "$work/Caddyfile" /etc/caddy/Caddyfile; then
-    if systemctl is-active --quiet caddy.service; then
-        systemctl reload caddy.service
-    else
-        systemctl restart caddy.service
-    fi
-    did "Caddyfile rewritten and Caddy reloaded"
+step "HTTPS (sudo-web)"
+# The Caddyfile sudo-web renders with these settings: sudoctl says what in them is wrong.
+env "${web_env[@]}" "$sudoctl" web caddyfile >"$work/Caddyfile" \
+    || die "sudo-web cannot serve these settings (above): fix them in $conf or /etc/sudo/sudo.toml"
+if [ -n "$web_changed" ] || ! systemctl is-active --quiet sudo-web.service; then
+    systemctl restart sudo-web.service \
+        || die "sudo-web (Caddy) does not start: \`journalctl -u sudo-web\` says why"
+    did "sudo-web serves $(public https "${cfg[SUDO_DOMAIN]}") and $(public wss "${cfg[LIVEKIT_DOMAIN]}")"
 else
-    same "Caddyfile for ${cfg[SUDO_DOMAIN]} and ${cfg[LIVEKIT_DOMAIN]}"
+    same "sudo-web serves $(public https "${cfg[SUDO_DOMAIN]}") and $(public wss "${cfg[LIVEKIT_DOMAIN]}")"
 fi
-if ! systemctl is-active --quiet caddy.service; then
-    systemctl restart caddy.service || die "Caddy does not start: \`journalctl -u caddy\` says why"
-    did "Caddy started"
-fi
-wait_active caddy.service
+wait_active sudo-web.service
 
 # --- The administrator -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import docker
 
 IMAGE = os.environ.get("E2E_IMAGE", "sudo-e2e:bookworm")
+WEB_DOMAIN = "sudo.lan"  # the installed server's site (sudo-web): a LAN name, so Caddy's own CA
 
 
 class Machine:
@@ -89,9 +90,12 @@ def start_machine(name: str, image: str = IMAGE, **options) -> Machine:
 class Host(Machine):
     """The installed server (tests/e2e/conftest.py installs it)."""
 
-    def __init__(self, machine: Machine, api: str, network: str, llm_log: Path) -> None:
+    def __init__(
+        self, machine: Machine, api: str, network: str, llm_log: Path, web: tuple[int, int] = (0, 0)
+    ) -> None:
         super().__init__(machine.container)
         self.api, self.network, self.llm_log = api, network, llm_log
+        self.http_port, self.https_port = web  # sudo-web's (Caddy's), on this host's network
         self.bridge = network.replace("sudo-e2e-", "sudo-e")
         self.docker = docker.from_env()
 

@@ -441,6 +441,85 @@ class BackupSettings:
             raise ConfigError(f"backup.keep_weekly: {self.keep_weekly} is below 0")
 
 
+HOST_NAME = re.compile(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+LAN_SUFFIXES = (".lan", ".local", ".home.arpa", ".internal", ".localhost")
+TLS_MODES = ("acme", "internal")
+
+
+def is_lan_name(name: str) -> bool:
+    """A name no public certificate authority can vouch for: an IP address, a bare host name,
+    or one under a suffix kept for private networks (.lan, .local, .home.arpa, .internal)."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return "." not in name or name == "localhost" or name.endswith(LAN_SUFFIXES)
+
+
+def _site_name(key: str, name: str) -> None:
+    try:
+        ipaddress.ip_address(name)
+        return
+    except ValueError:
+        pass
+    if not HOST_NAME.fullmatch(name) or len(name) > 253:
+        raise ConfigError(f"{key}: {name!r} is not a lowercase DNS name (sudo.example.org) or an IP address")
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """sudo-web: Caddy in front of sudo-api (`sudoctl web caddyfile` renders its Caddyfile)."""
+
+    domain: str = ""
+    """The name families reach this site by (a DNS name or an IP address); empty means this
+    machine's host name."""
+
+    tls: str = ""
+    """Where the certificate comes from: "acme" (Let's Encrypt or ZeroSSL: the name must resolve
+    to this host and ports 80 or 443 be reachable from the internet) or "internal" (Caddy's own
+    CA, whose root the family's devices must trust). Empty chooses by the name: internal for an
+    IP address, a bare host name, or one under .lan, .local, .home.arpa or .internal; acme
+    otherwise."""
+
+    acme_email: str = ""
+    """Given to the certificate authority for expiry notices (optional)."""
+
+    http_port: int = 80
+    """Port of plain HTTP: it redirects to HTTPS, and answers ACME's HTTP challenge."""
+
+    https_port: int = 443
+    """Port of HTTPS."""
+
+    livekit_domain: str = ""
+    """The name of the LiveKit server's signalling (WebSocket), served apart from the website
+    and proxied to livekit_upstream; empty when this host runs no LiveKit server."""
+
+    livekit_upstream: str = "127.0.0.1:7880"
+    """Where livekit-server listens for signalling (host:port, its config's `port`)."""
+
+    def __post_init__(self) -> None:
+        if self.tls not in ("", *TLS_MODES):
+            raise ConfigError(f"web.tls: {self.tls!r} is not one of acme, internal (or empty: by the name)")
+        for key in ("domain", "livekit_domain"):
+            if name := getattr(self, key):
+                _site_name(f"web.{key}", name)
+        if self.livekit_domain and self.livekit_domain == self.domain:
+            raise ConfigError("web.livekit_domain: LiveKit's signalling needs a name of its own")
+        if self.acme_email and not re.fullmatch(r"[^@\s{}\"]+@[^@\s{}\"]+\.[^@\s{}\"]+", self.acme_email):
+            raise ConfigError(f"web.acme_email: {self.acme_email!r} is not an email address")
+        for key in ("http_port", "https_port"):
+            if not 0 < getattr(self, key) < 65536:
+                raise ConfigError(f"web.{key}: {getattr(self, key)} is not a port number")
+        if self.http_port == self.https_port:
+            raise ConfigError("web.http_port and web.https_port must differ")
+        if not re.fullmatch(r"(\[[0-9a-f:.]+\]|[A-Za-z0-9.-]+):[1-9]\d{0,4}", self.livekit_upstream):
+            raise ConfigError(f"web.livekit_upstream: {self.livekit_upstream!r} is not host:port")
+
+    def tls_for(self, name: str) -> str:
+        """The TLS mode of a site name: the setting, else chosen by the name."""
+        return self.tls or ("internal" if is_lan_name(name) else "acme")
+
+
 @dataclass(frozen=True)
 class Settings:
     core: CoreSettings = field(default_factory=CoreSettings)
@@ -451,6 +530,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     voice: VoiceSettings = field(default_factory=VoiceSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
 
 def load(environ: typing.Mapping[str, str] | None = None) -> Settings:

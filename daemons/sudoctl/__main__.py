@@ -20,7 +20,7 @@ from sudo_core.family_archive import ArchiveError
 from sudo_core.members import Members
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
-from . import firewall
+from . import firewall, web
 from .backup import backup, backup_all, list_nights, restore, verify
 from .status import NoSystemd, runtime_line, status
 
@@ -232,6 +232,15 @@ def host_firewall(settings: config.Settings, action: str) -> int:
     return 0
 
 
+def web_caddyfile(settings: config.Settings, output: Path | None) -> int:
+    text = web.caddyfile(settings)
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text)
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="sudoctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,6 +331,9 @@ def main() -> None:
         help="apply, remove or show the host's firewall for the family runtimes (nftables; as root)",
     )
     fw.add_argument("action", choices=("apply", "remove", "show"))
+    site = sub.add_parser("web", help="sudo-web's Caddyfile, from the settings ([web], api.listen)")
+    site.add_argument("action", choices=("caddyfile",))
+    site.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it there, not to stdout")
     args = parser.parse_args()
     try:
         settings = config.load()
@@ -343,6 +355,8 @@ def main() -> None:
             sys.exit(backup_or_restore(settings, args))
         if args.command == "firewall":
             sys.exit(host_firewall(settings, args.action))
+        if args.command == "web":
+            sys.exit(web_caddyfile(settings, args.output))
         sys.exit(asyncio.run(runtimes(settings, args)))
     except NoSystemd as exc:
         print(f"sudoctl: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@ it. Only the LLM provider is a stand-in (tests/llm_stub.py, on 127.0.0.1).
 Two details come from running Docker's client inside a container: the docker group inside must
 have the socket's group id, and the plugins directory must have the same path on both sides (the
 engine resolves bind mounts on the real host), so the test points runtime.plugins_dir at a
-shared directory outside /tmp (the units have a private /tmp).
+shared directory outside /tmp (the units have a private /tmp). sudo-web's Caddy serves
+WEB_DOMAIN on free ports, since the host's 80 and 443 are the real host's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from machines import IMAGE, Host, start_machine
+from machines import IMAGE, WEB_DOMAIN, Host, start_machine
 from ports import free_port, worker_slice
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     network = f"sudo-e2e-{tag}"
     subnet = f"10.216.{random.randrange(*worker_slice(0, 250))}.0/24"
     api, service = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    web = free_port(), free_port()
     config = f"""
 [core]
 log_level = "INFO"
@@ -88,6 +90,10 @@ secure_cookies = false
 signup = "invite"
 [voice]
 api_url = "http://{service}"
+[web]
+domain = "{WEB_DOMAIN}"
+http_port = {web[0]}
+https_port = {web[1]}
 [llm]
 base_url = "http://127.0.0.1:{port_file.read_text()}/v1"
 model = "e2e-model"
@@ -104,7 +110,7 @@ model = "e2e-model"
                 str(shared): {"bind": str(shared), "mode": "rw"},
             },
         )
-        h = Host(machine, api, network, logs / "llm.log")
+        h = Host(machine, api, network, logs / "llm.log", web)
         h.sh(f"groupmod -g {socket_gid} docker && mkdir -p /etc/sudo")
         h.write("/etc/sudo/sudo.toml", config)
         # A drop-in as an operator would write one: a quicker watchdog, for the hang test.

@@ -13,9 +13,9 @@ equivalent, and only that:
   speaks LiveKit's worker protocol there (tests/livekit_dispatch.py) with the config's key pair;
 - TLS: Caddy's own CA (TLS=internal), on free ports, since no certificate authority is reachable;
   for the voice bridge, the public names resolve to 127.0.0.1 and that CA is trusted.
-Caddy itself comes from Debian's apt, as on a real host. The machine has sudo.toml written
-first, with ports and a runtime network of its own (it shares the host's network). The packages
-come from dist/ (SUDO_E2E_DEBS names another directory).
+Caddy itself is Debian's, which the e2e image holds (its own unit masked) for sudo-web. The
+machine has sudo.toml written first, with ports and a runtime network of its own (it shares the
+host's network). The packages come from dist/ (SUDO_E2E_DEBS names another directory).
 """
 
 from __future__ import annotations
@@ -96,13 +96,13 @@ asyncio.run(main())
 # written), the image tag, and the main processes (nothing restarted).
 FINGERPRINT = """
 cd /
-sha256sum etc/caddy/Caddyfile etc/livekit/livekit.yaml usr/local/bin/livekit-server \
-    etc/systemd/system/livekit-server.service \
+sha256sum run/sudo-web/Caddyfile etc/livekit/livekit.yaml usr/local/bin/livekit-server \
+    etc/systemd/system/livekit-server.service etc/systemd/system/sudo-web.service.d/bootstrap.conf \
     etc/systemd/system/sudo-provisioner.service.d/hermes-image.conf root/sudo-admin-password
-stat -c '%n %a %U %Y' etc/caddy/Caddyfile etc/livekit/livekit.yaml usr/local/bin/livekit-server \
-    etc/systemd/system/livekit-server.service root/sudo-admin-password
+stat -c '%n %a %U %Y' etc/systemd/system/sudo-web.service.d/bootstrap.conf etc/livekit/livekit.yaml \
+    usr/local/bin/livekit-server etc/systemd/system/livekit-server.service root/sudo-admin-password
 dpkg-query -W 'sudo-*' caddy docker.io
-systemctl show -p MainPID --value caddy livekit-server sudo-api sudo-gateway
+systemctl show -p MainPID --value sudo-web livekit-server sudo-api sudo-gateway
 /opt/venvs/sudo/bin/python -c 'import sqlite3; print(sqlite3.connect("/var/lib/sudo/sudo.db").execute(
     "SELECT key, updated_at FROM settings ORDER BY key").fetchall())'
 /opt/venvs/sudo/bin/sudoctl admins
@@ -244,7 +244,8 @@ def test_bad_settings_stop_it_before_anything_changes(lxc: Lxc):
     code, out = lxc.bootstrap("/root/missing.conf")
     assert code == 1 and "no such file: copy proxmox/bootstrap.conf.example there" in out
     assert lxc.sh("dpkg-query -W sudo-core 2>&1 || true").startswith("dpkg-query: no packages found")
-    assert lxc.sh("ls /etc/livekit /etc/caddy 2>&1 || true").count("No such file") == 2
+    untouched = lxc.sh("ls /etc/livekit /etc/systemd/system/sudo-web.service.d 2>&1 || true")
+    assert untouched.count("No such file") == 2, untouched
 
 
 def test_the_first_run_sets_up_the_host(lxc: Lxc):
@@ -260,7 +261,8 @@ def test_the_first_run_sets_up_the_host(lxc: Lxc):
         "installed /usr/local/bin/livekit-server from /root/livekit-server",
         "wrote /etc/livekit/livekit.yaml with a new key pair (root only)",
         "livekit.api_secret set",
-        "installed Caddy with a Caddyfile for sudo.test and voice.test",
+        "sudo-web set for sudo.test and voice.test (TLS internal)",
+        f"sudo-web serves https://sudo.test:{lxc.https} and wss://voice.test:{lxc.https}",
         "created admin admin@sudo.test; the password is in /root/sudo-admin-password (root only)",
     ):
         assert done in out, out
@@ -287,11 +289,11 @@ def test_the_units_run(lxc: Lxc):
         "sudo-reaper.timer",
         "sudo-voice-bridge.service",
         "livekit-server.service",
-        "caddy.service",
+        "sudo-web.service",
     ):
         # The voice bridge may still be loading its VAD model (it is Type=notify).
         lxc.wait(lambda u=unit: lxc.state(u) == "active", 60, unit)
-    assert lxc.sh("systemctl is-enabled livekit-server.service caddy.service") == "enabled\nenabled"
+    assert lxc.sh("systemctl is-enabled livekit-server.service sudo-web.service") == "enabled\nenabled"
 
 
 def test_livekit_server_runs_with_the_generated_config(lxc: Lxc):
@@ -311,10 +313,10 @@ def test_livekit_server_runs_with_the_generated_config(lxc: Lxc):
     assert said in lxc.sh("journalctl -u livekit-server --no-pager")
 
 
-def test_caddy_has_a_valid_config_and_serves_both_names(lxc: Lxc):
-    lxc.sh("caddy validate --adapter caddyfile --config /etc/caddy/Caddyfile")
-    caddyfile = lxc.sh("cat /etc/caddy/Caddyfile")
-    assert f"https_port {lxc.https}" in caddyfile and "local_certs" in caddyfile
+def test_sudo_web_serves_both_names(lxc: Lxc):
+    caddyfile = lxc.sh("cat /run/sudo-web/Caddyfile")
+    assert f"https_port {lxc.https}" in caddyfile and caddyfile.count("\ttls internal\n") == 2
+    assert f"reverse_proxy 127.0.0.1:{lxc.livekit_port}" in caddyfile
     api = lxc.sh(
         "/opt/venvs/sudo/bin/python -c 'from sudo_core import config; print(config.load().api.listen)'"
     )
@@ -365,7 +367,7 @@ def test_the_voice_bridge_registers_with_livekit_through_caddy(lxc: Lxc):
     # This machine's DNS and trust, as an operator with TLS=internal gives them to the host.
     lxc.sh("echo '127.0.0.1 sudo.test voice.test' >> /etc/hosts")
     lxc.sh(
-        "cp /var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+        "cp /var/lib/sudo-web/caddy/pki/authorities/local/root.crt"
         " /usr/local/share/ca-certificates/caddy-local.crt && update-ca-certificates >/dev/null 2>&1"
     )
     lxc.sh("systemctl restart sudo-voice-bridge.service")
@@ -458,7 +460,7 @@ done
 def test_an_upgrade_is_the_same_command_with_newer_packages(lxc: Lxc):
     kept = (
         "cd / && sha256sum etc/livekit/livekit.yaml etc/sudo/credentials/* root/sudo-admin-password"
-        " etc/caddy/Caddyfile"
+        " etc/systemd/system/sudo-web.service.d/bootstrap.conf run/sudo-web/Caddyfile"
     )
     before = lxc.sh(kept), lxc.sh("/opt/venvs/sudo/bin/sudoctl settings list")
     api_pid = lxc.sh("systemctl show -p MainPID --value sudo-api.service")

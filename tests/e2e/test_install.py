@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import uuid
 from pathlib import Path
 
 import docker
 import pytest
-from machines import Host, heard_from, install_edge, pair_edge, start_machine, status_of
+from machines import WEB_DOMAIN, Host, heard_from, install_edge, pair_edge, start_machine, status_of
+from twilio_stub import sign
 
 ROOT = Path(__file__).resolve().parents[2]
 HERMES_IMAGE = os.environ.get("HERMES_IMAGE", "sudo-hermes:0.19.0")
@@ -64,6 +67,104 @@ def test_the_installed_system_serves_a_family(host: Host, family: str):
     # The first request started the provisioner through its socket; idle, it exits again.
     host.wait(lambda: host.state("sudo-provisioner.service") == "inactive", 60, "the provisioner's idle exit")
     assert host.state("sudo-provisioner.socket") == "active"
+
+
+class Browser:
+    """A client of sudo-web from outside, as a family's device: WEB_DOMAIN resolves to the host,
+    and Caddy's root certificate, copied from the host, is the one it trusts (no -k)."""
+
+    def __init__(self, host: Host, ca: Path) -> None:
+        self.host, self.ca = host, ca
+
+    def args(self, scheme: str, path: str) -> list[str]:
+        port = self.host.https_port if scheme == "https" else self.host.http_port
+        return [
+            "curl", "-sS", "--max-time", "120", "--cacert", str(self.ca),
+            "--resolve", f"{WEB_DOMAIN}:{port}:127.0.0.1", f"{scheme}://{WEB_DOMAIN}:{port}{path}",
+        ]  # fmt: skip
+
+    def get(self, path: str, *options: str, scheme: str = "https", check: bool = True) -> str:
+        done = subprocess.run(
+            [*self.args(scheme, path), *options], capture_output=True, text=True, timeout=130
+        )
+        assert done.returncode == 0 or not check, done.stderr
+        return done.stdout if done.returncode == 0 else ""
+
+
+@pytest.fixture(scope="module")
+def browser(host: Host, tmp_path_factory: pytest.TempPathFactory) -> Browser:
+    root = "/var/lib/sudo-web/caddy/pki/authorities/local/root.crt"
+    ca = tmp_path_factory.mktemp("web") / "root.crt"
+    ca.write_text(host.wait(lambda: host.sh(f"cat {root} 2>/dev/null || true"), 60, "Caddy's own CA"))
+    return Browser(host, ca)
+
+
+def test_sudo_web_serves_https_and_redirects_http(host: Host, browser: Browser):
+    assert host.state("sudo-web.service") == "active"
+    assert host.sh("systemctl is-enabled sudo-web.service") == "enabled"
+    # A LAN name: Caddy's own CA, by default, which this client trusts and nothing else.
+    headers = host.wait(
+        lambda: browser.get("/healthz", "-o", "/dev/null", "-D", "-", check=False),
+        60,
+        "sudo-api through sudo-web",
+    )
+    assert re.match(r"HTTP/\S+ 200", headers), headers
+    assert "strict-transport-security: max-age=31536000" in headers.lower()
+    redirect = browser.get(
+        "/login?next=/chat", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", scheme="http"
+    )
+    assert redirect == f"308 https://{WEB_DOMAIN}:{host.https_port}/login?next=/chat"
+
+
+def test_a_reply_streams_through_sudo_web_as_it_is_written(host: Host, family: str, browser: Browser):
+    stream = subprocess.Popen(
+        [*browser.args("https", "/v1/chat/stream"), "-N", "-H", f"Authorization: Bearer {family}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stream.stdout.readline() == "retry: 2000\n"  # the stream is open, through Caddy
+        text = "tell me through the proxy, word by word [drip:0.5]"
+        sent = host.call("POST", "/v1/chat/messages", family, {"text": text})["message"]["id"]
+        drafts = 0
+        for line in stream.stdout:
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["type"] == "draft" and drafts == 0:
+                # Seen while the agent is still writing: the reply is not stored yet.
+                mine = host.call("GET", "/v1/chat/messages", family)["messages"]
+                assert [m["status"] for m in mine if m["id"] == sent] == ["delivered"], mine[-2:]
+            drafts += event["type"] == "draft"
+            if event["type"] == "message" and event["message"]["role"] == "assistant":
+                break
+        assert drafts >= 2 and event["message"]["text"].startswith("stub says: tell me"), event
+    finally:
+        stream.kill()
+        stream.wait()
+
+
+def test_twilio_signatures_verify_over_the_public_https_url(host: Host, browser: Browser):
+    """sudo-api rebuilds the URL Twilio called from Caddy's X-Forwarded headers, which Caddy sets
+    itself: a client's own X-Forwarded-Host is not passed on."""
+    token = uuid.uuid4().hex
+    host.sh(f"printf '%s\\n' {token} | sudoctl settings set twilio.auth_token")
+    params = {"MessageSid": "SM" + uuid.uuid4().hex, "MessageStatus": "delivered"}
+    form = "&".join(f"{k}={v}" for k, v in params.items())
+
+    def post(url: str, *options: str) -> str:
+        signature = sign(url, params, token)
+        return browser.get(
+            "/v1/whatsapp/status", "-o", "/dev/null", "-w", "%{http_code}",
+            "-H", f"X-Twilio-Signature: {signature}", "-d", form, *options,
+        )  # fmt: skip
+
+    assert post(f"https://{WEB_DOMAIN}:{host.https_port}/v1/whatsapp/status") == "200"
+    assert post("https://sudo.example.org/v1/whatsapp/status") == "403"
+    assert (
+        post("https://sudo.example.org/v1/whatsapp/status", "-H", "X-Forwarded-Host: sudo.example.org")
+        == "403"
+    )
 
 
 def test_a_hung_api_is_restarted_by_the_watchdog(host: Host):
@@ -236,7 +337,9 @@ def test_purge_removes_everything(host: Host, family: str):
     purge_log = host.sh("cat /tmp/purge.log")
     assert "deleted the family data volumes and the runtime network" in purge_log, purge_log
     assert host.sh("dpkg -l 'sudo-*' 2>/dev/null | grep -E '^(ii|rc)' || true") == ""
-    assert host.sh("ls /var/lib/sudo /etc/sudo/credentials 2>&1 || true").count("No such file") == 2
+    # The database, the secrets, and sudo-web's certificates and CA key.
+    gone = host.sh("ls /var/lib/sudo /etc/sudo/credentials /var/lib/private/sudo-web 2>&1 || true")
+    assert gone.count("No such file") == 3, gone
     assert host.sh("systemctl list-units --all --no-legend 'sudo*' | grep -v not-found || true") == ""
     assert not host.runtimes()
     assert not host.docker.containers.list(all=True, filters={"label": f"sudo.scope={host.network}"})

@@ -17,11 +17,12 @@ from sudo_core.config import RuntimeSettings
 IMAGE = os.environ.get("SYSTEMD_IMAGE", "sudo-systemd:bookworm")
 UNITS = Path(__file__).resolve().parents[2] / "units"
 DAEMONS = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
-SERVICES = (*DAEMONS, "sudo-firewall", "sudo-backup", "livekit-server", "sudo-edge")
+SERVICES = (*DAEMONS, "sudo-firewall", "sudo-backup", "sudo-web", "livekit-server", "sudo-edge")
 EXECUTABLES = (
     *(f"/opt/venvs/sudo/bin/{daemon}" for daemon in (*DAEMONS, "sudoctl")),
     "/usr/local/bin/livekit-server",
     "/opt/venvs/sudo-edge/bin/sudo-edge",
+    "/usr/bin/caddy",
 )
 # Installs the units as the packages do, with stand-ins for the daemons' executables (verify
 # checks that ExecStart= exists), then analyzes them.
