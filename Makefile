@@ -117,12 +117,12 @@ lint: venv
 test-prerequisites: venv $(PI_DEB) deb hermes-image systemd-image e2e-image pi-image lint
 
 # The tests run on two pytest-xdist workers, a test module at a time on each (they wait on
-# containers more than they compute); the real-time audio ones then run alone.
+# containers more than they compute); those marked `alone` then run one after another.
 test:
 	@start=$$(date +%s); status=0; \
 	{ $(MAKE) -j2 test-prerequisites \
-		&& { $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not realtime" || status=$$?; \
-			$(BIN)/python -m pytest -q -m realtime; }; } || status=$$?; \
+		&& { $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not alone" || status=$$?; \
+			$(BIN)/python -m pytest -q -m alone; }; } || status=$$?; \
 	took=$$(( $$(date +%s) - start )); \
 	echo "==> make test: $$([ $$status = 0 ] && echo passed || echo FAILED) in $$((took / 60)) min $$((took % 60)) s"; \
 	exit $$status

@@ -20,7 +20,7 @@ def audio_settings(devices: AudioDevices, **overrides) -> AudioSettings:
     return AudioSettings(mic_device=devices.mic, speaker_device=devices.speaker, **overrides)
 
 
-@pytest.mark.realtime  # paced by the clock; beside two busy workers it once read stray bytes past the end
+@pytest.mark.alone  # paced by the clock; beside two busy workers it once read stray bytes past the end
 async def test_capture_reads_the_recording_paced_in_real_time(devices: AudioDevices, recording: Recording):
     devices.prepare_mic(recording.pcm)
     frames = round(recording.duration / PERIOD)

@@ -408,6 +408,7 @@ async def test_whatsapp_numbers_are_linked_with_a_code_sent_to_them(api: Stack, 
 
 
 @pytest.mark.usefixtures("fresh_settings")
+@pytest.mark.alone  # beside a second busy worker, the engine's stats lacked the runtime's memory
 async def test_admin_settings_and_a_model_change_restarts_every_runtime(api: Stack, http, provisioner):
     admin = await admin_session(api, http)
     family = await sign_up(http, api.api_url, "Shannon")
@@ -449,16 +450,9 @@ async def test_admin_settings_and_a_model_change_restarts_every_runtime(api: Sta
     assert new.id != old.id  # recreated with the new model in its config
     assert new.labels["sudo.config-hash"] != old.labels["sudo.config-hash"]
 
-    # The fleet shows the recreated runtime and its memory. On a busy host the engine's sample of
-    # a container that has just started may come without its memory (shown as unknown): the
-    # next look has it.
-    for _ in range(20):
-        async with http.get(f"{api.api_url}/v1/admin/fleet", headers=admin) as resp:
-            fleet = await resp.json()
-        mine = next(f for f in fleet["families"] if f["user_id"] == family.id)
-        if mine["memory_bytes"] is not None:
-            break
-        await asyncio.sleep(1)
+    async with http.get(f"{api.api_url}/v1/admin/fleet", headers=admin) as resp:
+        fleet = await resp.json()
+    mine = next(f for f in fleet["families"] if f["user_id"] == family.id)
     assert mine["state"] == "running" and mine["memory_bytes"] > 10 * 2**20, mine
     assert fleet["units"] == [] and "D-Bus" in fleet["units_error"]  # no systemd on this host
     await provisioner.stop(uuid.UUID(family.id))

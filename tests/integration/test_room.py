@@ -28,7 +28,7 @@ from sudo_edge.settings import PairingSettings
 from sudo_voice_bridge.speech import espeak_wav
 
 # Real-time audio: on a busy CPU a turn's timing is lost, so `make test` runs these alone.
-pytestmark = [pytest.mark.docker, pytest.mark.realtime]
+pytestmark = [pytest.mark.docker, pytest.mark.alone]
 
 QUESTION = "what is the weather tomorrow"
 

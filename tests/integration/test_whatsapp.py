@@ -280,6 +280,7 @@ async def with_status(api: Stack, number: str, status: str) -> list[dict[str, An
     return [r for r in await outbound(api, number) if r["status"] == status]
 
 
+@pytest.mark.alone  # its timed window was seen missed beside a second busy worker
 async def test_messages_outside_the_window_are_held_or_sent_as_the_template(api: Stack, http, twilio):
     number = "+447700900205"
     family = await linked_family(api, http, "Meitner", number)

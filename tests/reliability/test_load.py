@@ -313,8 +313,6 @@ def working_set(stack: Stack) -> list[int]:
             continue
         with contextlib.suppress(docker.errors.NotFound):
             memory = stack.docker.api.stats(container["Id"], stream=False, one_shot=True)["memory_stats"]
-            if "usage" not in memory:  # a one-shot sample on a busy host may lack it: wait for one
-                memory = stack.docker.api.stats(container["Id"], stream=False)["memory_stats"]
             stats = memory.get("stats", {})
             sizes.append(memory["usage"] - stats.get("total_inactive_file", stats.get("inactive_file", 0)))
     return sizes
@@ -359,6 +357,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 @pytest.mark.timeout(size(600, 3600))
+@pytest.mark.alone  # load figures; beside a second busy worker the engine's stats lacked memory
 async def test_many_families_at_once(host: Stack, figures: Tally) -> None:
     load = Load(figures)
     began, used_before = time.monotonic(), host_used()
