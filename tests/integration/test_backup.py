@@ -66,6 +66,20 @@ async def history(family: Family) -> list[dict]:
     return [{k: v for k, v in m.items() if k != "n"} for m in body["messages"]]  # n is per host
 
 
+async def family_with_a_past(
+    api: Stack, http, name: str, said: str
+) -> tuple[Family, uuid.UUID, str, list[dict]]:
+    """A family that told its agent `said` (answered) and has a marker file on its volume: the
+    family, its id, the marker, and its history as it stands."""
+    family = await sign_up(http, api.api_url, name)
+    family_id = uuid.UUID(family.id)
+    await wait_status(family, await family.send(said), "answered", 180)
+    marker = uuid.uuid4().hex
+    wrote = api.container(family_id).exec_run(["sh", "-c", f"echo {marker} > /opt/data/marker.txt"])
+    assert wrote.exit_code == 0, wrote.output
+    return family, family_id, marker, await history(family)
+
+
 def family_count(stack: Stack) -> int:
     return len(stack.db.list_families())
 
@@ -98,13 +112,9 @@ async def test_the_owner_downloads_the_familys_archive_and_it_restores(
 
 
 async def test_a_family_moves_to_a_fresh_host(api: Stack, fresh: Stack, http, tmp_path: Path):
-    family = await sign_up(http, api.api_url, "Lovelace")
-    family_id = uuid.UUID(family.id)
-    await wait_status(family, await family.send("remember the blue kite"), "answered", 180)
-    marker = uuid.uuid4().hex
-    wrote = api.container(family_id).exec_run(["sh", "-c", f"echo {marker} > /opt/data/marker.txt"])
-    assert wrote.exit_code == 0, wrote.output
-    before = await history(family)
+    family, family_id, marker, before = await family_with_a_past(
+        api, http, "Lovelace", "remember the blue kite"
+    )
 
     out = tmp_path / "lovelace.tar.gz"
     made = await sudoctl(api, "backup", family.id, "-o", str(out))
@@ -182,13 +192,9 @@ async def test_the_nightly_backup_is_encrypted_and_restores_with_the_key_only(
     """sudo-backup.service's command, as the timer runs it: every family's archive encrypted to
     the recipients, the runtime paused (not stopped) for its copy; the bytes say nothing without
     the key; with it, the family comes back whole on a fresh host."""
-    family = await sign_up(http, api.api_url, "Curie")
-    family_id = uuid.UUID(family.id)
-    await wait_status(family, await family.send("remember the radium notebook"), "answered", 180)
-    marker = uuid.uuid4().hex
-    wrote = api.container(family_id).exec_run(["sh", "-c", f"echo {marker} > /opt/data/marker.txt"])
-    assert wrote.exit_code == 0, wrote.output
-    before = await history(family)
+    family, family_id, marker, before = await family_with_a_past(
+        api, http, "Curie", "remember the radium notebook"
+    )
     running = api.container(family_id).id
 
     key = pyrage.x25519.Identity.generate()
