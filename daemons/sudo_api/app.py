@@ -112,23 +112,11 @@ async def whole_body(request: web.Request, handler) -> web.StreamResponse:
         except web.HTTPRequestEntityTooLarge:
             if not upload:
                 raise
-            if request.path.startswith("/v1/"):
-                raise web.HTTPRequestEntityTooLarge(
-                    max_size=UPLOAD_BODY_MAX,
-                    actual_size=request.content_length or 0,
-                    text=web.json_response({"error": TOO_LARGE}).text,
-                    content_type="application/json",
-                ) from None
             raise web.HTTPRequestEntityTooLarge(
                 max_size=UPLOAD_BODY_MAX, actual_size=request.content_length or 0, text=TOO_LARGE
             ) from None
         except (ValueError, http_exceptions.HttpProcessingError):  # a form that cannot be parsed
-            message = "the form could not be read"
-            if request.path.startswith("/v1/"):
-                raise web.HTTPBadRequest(
-                    text=web.json_response({"error": message}).text, content_type="application/json"
-                ) from None
-            raise web.HTTPBadRequest(text=message) from None
+            raise web.HTTPBadRequest(text="the form could not be read") from None
         except TimeoutError:
             # Answered, then the connection closed at once: the rest is not waited for.
             response = web.json_response({"error": "the request's body came too slowly"}, status=408)
@@ -143,6 +131,9 @@ async def whole_body(request: web.Request, handler) -> web.StreamResponse:
 
 
 def reason(request: web.Request, exc: web.HTTPException) -> str:
+    """What a /v1 error says: the text it was raised with, else what its status means here."""
+    if exc.text and exc.text != f"{exc.status}: {exc.reason}":
+        return exc.text
     if exc.status == 404:
         return f"{request.path} is not an API endpoint"
     if exc.status == 405:
