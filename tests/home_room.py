@@ -308,9 +308,13 @@ enabled = false
                 )
                 for sid, track in p.published.items()
             }
+            sent = {
+                sid: sum(1 for t in sender.track.sent if t > self._said_at)
+                for sid, sender in p.senders.items()
+            }
             room.append(
                 f"{p.identity}: frames (all, loud) received since the last words said {tracks}, "
-                f"sent {list(p.senders)}"
+                f"frames sent to it since {sent}"
             )
         edge = "\n".join(line for line in self.edge.log().splitlines() if "no callback attached" not in line)
         parts = ("--- room ---", *room, "--- edge ---", edge[-4000:], "--- bridge ---", bridge[-12000:])

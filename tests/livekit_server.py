@@ -45,6 +45,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.jitterbuffer import JitterBuffer
@@ -80,6 +81,8 @@ class ForwardedTrack(MediaStreamTrack):
         super().__init__()
         self.track_sid = track_sid
         self.frames: asyncio.Queue = asyncio.Queue(FORWARD_QUEUE_FRAMES)
+        self.sent: list[float] = []
+        """When (time.monotonic()) the connection took each frame to send: the media flows."""
 
     @property
     def id(self) -> str:
@@ -93,7 +96,9 @@ class ForwardedTrack(MediaStreamTrack):
     async def recv(self):
         if self.readyState != "live":
             raise MediaStreamError
-        return await self.frames.get()
+        frame = await self.frames.get()
+        self.sent.append(time.monotonic())
+        return frame
 
 
 @dataclass
@@ -140,7 +145,7 @@ class Participant:
         self.published: dict[str, Publication] = {}
         self.channels: dict[str, RTCDataChannel] = {}
         """The server's data channels on the subscriber connection, by label."""
-        self.senders: dict[str, object] = {}
+        self.senders: dict[str, RTCRtpSender] = {}
         """The subscriber connection's senders, by track sid."""
         self.unconfirmed: set[str] = set()
         """Tracks added to the subscriber connection whose publishers have not been told yet."""

@@ -208,6 +208,7 @@ class HermesLLM(llm.LLM):
             try:
                 done, _ = await asyncio.wait({first}, timeout=self.slow_reply_sec)
                 if not done:
+                    log.info(f"family {self.runtime.family}: no answer yet after {self.slow_reply_sec:g} s")
                     yield STILL_THINKING
                 piece = await first
             finally:
