@@ -24,8 +24,8 @@ DEBBUILD := docker run --rm -v $(CURDIR):/src:ro -v $(CURDIR)/dist:/out \
 DEV_ENV := SUDO_CORE_STATE_DIR=$(CURDIR)/var SUDO_PROVISIONER_SOCKET=$(CURDIR)/var/provisioner.sock \
 	SUDO_RUNTIME_IMAGE=$(HERMES_IMAGE) SUDO_API_LISTEN=127.0.0.1:8600 SUDO_API_SECURE_COOKIES=false
 
-.PHONY: deps venv hermes-image systemd-image e2e-image pi-image deb deb-edge e2e run test test-prerequisites lint bench \
-	reliability clean
+.PHONY: deps venv litellm-venv hermes-image systemd-image e2e-image pi-image deb deb-edge e2e run test \
+	test-prerequisites lint bench reliability clean
 
 deps:
 	@missing=""; \
@@ -55,6 +55,17 @@ $(VENV)/.installed: pyproject.toml edge/pyproject.toml | deps
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The real litellm proxy that tests/integration/test_litellm.py puts behind sudo-gateway, in a
+# virtualenv of its own: it pins aiohttp, pydantic, openai... to versions that are not the project's.
+LITELLM_VENV := .venv-litellm
+$(LITELLM_VENV)/.installed: tests/litellm/requirements.txt | deps
+	rm -rf $(LITELLM_VENV)
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q -r tests/litellm/requirements.txt
+	touch $@
+
+litellm-venv: $(LITELLM_VENV)/.installed
 
 hermes-image: deps
 	tests/images/build-image hermes $(HERMES_IMAGE)
@@ -114,7 +125,7 @@ lint: venv
 # make test builds what the tests need two at a time, in this order, each as soon as a job slot
 # is free: the Pi's package (emulated, about 8 minutes) and the server's, the longest, right
 # after the venv; then runs the tests, and says at the end how long it all took, pass or fail.
-test-prerequisites: venv $(PI_DEB) deb hermes-image systemd-image e2e-image pi-image lint
+test-prerequisites: venv $(PI_DEB) deb hermes-image systemd-image e2e-image pi-image litellm-venv lint
 
 # The tests run on two pytest-xdist workers, a test module at a time on each (they wait on
 # containers more than they compute); those marked `alone` then run one after another.
@@ -141,4 +152,4 @@ bench: venv hermes-image
 	$(BIN)/python tests/edge/bench_edge.py
 
 clean:
-	rm -rf $(VENV) var dist
+	rm -rf $(VENV) $(LITELLM_VENV) var dist
