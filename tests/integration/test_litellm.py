@@ -1,6 +1,6 @@
 """The real litellm proxy (PyPI, its own virtualenv: `make litellm-venv`) as the provider behind
 sudo-gateway, with the LLM stand-in behind litellm, run from the example config README points to
-(docs/litellm.yaml). A family's chat goes Hermes → gateway → litellm → stand-in and streams all the
+(debian/litellm.yaml). A family's chat goes Hermes → gateway → litellm → stand-in and streams all the
 way; the admin's provider key is litellm's master key; the family's key never reaches litellm."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from sudo_core.families import llm_key_for
 
 REPO = Path(__file__).resolve().parents[2]
 LITELLM = REPO / ".venv-litellm" / "bin" / "litellm"
-EXAMPLE = REPO / "docs" / "litellm.yaml"
+EXAMPLE = REPO / "debian" / "litellm.yaml"
 
 
 @dataclass(frozen=True)
