@@ -534,6 +534,8 @@ class Satellite:
                 raise AgentAway(f"no agent in the room for {_seconds(wait)}") from None
             here = state != AGENT_GONE
             if not here:
+                if self.listening is not None:
+                    self.listening.close()
                 continue
             self._told_agent_away = False
             log.debug("agent is %s", state)

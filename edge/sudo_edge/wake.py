@@ -85,8 +85,15 @@ class Listening:
                 if self._open_until > self.clock():  # a turn was going on: the reply's window
                     self._open_until = self.clock() + self.follow_up_sec
 
+    @property
+    def awake(self) -> bool:
+        """Whether frames go now without the word (a turn or its reply's window is on)."""
+        with self._lock:
+            return self.clock() < self._open_until
+
     def close(self) -> None:
-        """Asleep at once (the device was muted)."""
+        """Asleep at once: the device was muted, or the agent left (no turn goes on without it,
+        and a new agent's first "listening" must not open a reply's window)."""
         with self._lock:
             self._open_until = 0.0
 

@@ -31,6 +31,7 @@ from sudo_edge.audio import earcon, tone
 from sudo_edge.button import EV_KEY, EVENT
 from sudo_edge.control import ControlError, ask
 from sudo_edge.notify import Notifier
+from sudo_edge.room import AGENT_GONE
 from sudo_edge.satellite import Satellite
 from sudo_edge.settings import (
     ApiSettings,
@@ -429,6 +430,24 @@ async def test_only_what_follows_the_wake_word_reaches_the_agent(rig: Rig):
     assert start <= second_start and second_end <= start + len(sent), "the whole second question"
     assert rig.devices.speaker_pcm() == earcon(rig.settings.cue, 16000, rising=True)
     assert rig.log("wake word heard")
+
+
+async def test_the_agent_leaving_the_room_puts_the_wake_word_back_on_guard(rig: Rig):
+    """An agent gone in the middle of its answer (the bridge crashed) leaves no window open: what
+    is said next at home goes nowhere without the wake word, even once a new agent listens."""
+    with_voice(rig, wake="wakeword", follow_up_sec=5.0)
+    rig.paired_before()
+    async with rig.running() as satellite:
+        await rig.livekit.wait_for(lambda: rig.livekit.joins, "a join")
+        listening = satellite.listening
+        assert listening is not None
+        rig.livekit.set_state("speaking")
+        await until(lambda: listening.awake, "open while the agent speaks", 5)
+        rig.livekit.set_state(AGENT_GONE)
+        await until(lambda: not listening.awake, "asleep once the agent left", 5)
+        rig.livekit.set_state("listening")  # the next agent
+        await until(lambda: rig.devices.speaker_pcm(), "the new agent's cue", 5)
+        assert not listening.awake
 
 
 async def test_a_mute_closes_the_microphone_and_holds_across_restarts(rig: Rig, recording: Recording):

@@ -95,3 +95,15 @@ def test_a_mute_puts_it_to_sleep_at_once(listening: Listening, clock: Clock):
     listening.agent_is("speaking")
     listening.close()
     assert not listening.admits(SILENCE, False)
+
+
+def test_the_agent_leaving_mid_answer_puts_it_to_sleep(listening: Listening, clock: Clock):
+    """The voice bridge gone while it answered: the window it held open closes, and the next
+    agent's first "listening" opens no reply's window."""
+    say(listening, clock, speak("okay nabu"))
+    listening.agent_is("speaking")
+    assert listening.awake
+    listening.close()  # what the satellite does when the agent leaves the room
+    clock.now += 30
+    listening.agent_is("listening")
+    assert not listening.awake and not listening.admits(SILENCE, False)
