@@ -36,9 +36,13 @@ from sudo_core.whatsapp import OutboundStore, deliver
 from .metering import UsageMeter, budget_spent_answer
 
 log = logging.getLogger(__name__)
-# Not forwarded: hop-by-hop headers, and the length (the answer is re-chunked as it streams).
-# Content-Encoding is kept: the body passes through undecoded (auto_decompress=False).
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+# The provider's response headers a family's agent gets: what it needs to read the answer (the
+# body passes through undecoded: auto_decompress=False) and to back off. Nothing else: a proxy
+# such as litellm adds its own (its address, the cost, the spend of its key across families),
+# and a provider's cookies or organisation are the host's. The length never: the answer is
+# re-chunked as it streams.
+FORWARDED_HEADERS = {"content-type", "content-encoding", "cache-control", "retry-after", "x-request-id"}
+FORWARDED_PREFIX = "x-ratelimit-"
 
 REQUESTS = Counter("sudo_gateway_requests_total", "LLM requests", ["status"])
 FIRST_BYTE = Histogram("sudo_gateway_upstream_first_byte_seconds", "Provider time to first byte")
@@ -376,7 +380,7 @@ class Gateway:
                 REQUESTS.labels(str(upstream.status)).inc()
                 response = web.StreamResponse(
                     status=upstream.status,
-                    headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP},
+                    headers={k: v for k, v in upstream.headers.items() if forwarded(k)},
                 )
                 await response.prepare(request)
                 if meter is not None and upstream.status == 200:
@@ -397,6 +401,11 @@ class Gateway:
                 raise
             REQUESTS.labels("502").inc()
             return openai_error(502, f"the LLM provider could not be reached: {exc}", "server_error")
+
+
+def forwarded(header: str) -> bool:
+    name = header.lower()
+    return name in FORWARDED_HEADERS or name.startswith(FORWARDED_PREFIX)
 
 
 async def not_found(request: web.Request) -> web.Response:

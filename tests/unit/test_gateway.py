@@ -223,6 +223,37 @@ async def test_compressed_answers_pass_through_intact(gateway):
         await server.close()
 
 
+async def test_only_the_headers_an_agent_needs_come_back_from_the_provider(gateway):
+    """A proxy such as litellm says where it forwards to and what its key has spent across every
+    family; a provider sets cookies: none of it reaches a family's agent."""
+
+    async def chatty(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"choices": [{"message": {"content": "hello"}}]},
+            headers={
+                "x-litellm-key-spend": "12.5",
+                "x-litellm-model-api-base": "http://10.0.0.5:8000/v1",
+                "llm_provider-openai-organization": "host-org",
+                "Set-Cookie": "session=provider",
+                "Retry-After": "3",
+                "x-ratelimit-remaining-requests": "99",
+                "x-request-id": "req-1",
+            },
+        )
+
+    client, db = gateway
+    server = await upstream_server(chatty)
+    try:
+        db.set_setting("llm.base_url", str(server.make_url("/v1")))
+        resp = await client.post("/v1/chat/completions", json=BODY, headers=auth(db))
+        assert resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"] == "hello"
+        names = {name.lower() for name in resp.headers}
+        assert {"retry-after", "x-ratelimit-remaining-requests", "x-request-id", "content-type"} <= names
+        assert not {n for n in names if "litellm" in n or "llm_provider" in n or n == "set-cookie"}, names
+    finally:
+        await server.close()
+
+
 async def test_voice_notes_reach_the_speech_provider_with_the_admins_model_and_key(gateway):
     seen: dict = {}
 
