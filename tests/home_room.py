@@ -317,6 +317,8 @@ enabled = false
                 f"frames sent to it since {sent}"
             )
         edge = "\n".join(line for line in self.edge.log().splitlines() if "no callback attached" not in line)
+        workers = [w.registration.agent_name for w in self.livekit.workers]
+        room.append(f"workers registered: {workers}; the server's last events: {self.livekit.events[-8:]}")
         parts = ("--- room ---", *room, "--- edge ---", edge[-4000:], "--- bridge ---", bridge[-12000:])
         return "\n".join(parts)
 

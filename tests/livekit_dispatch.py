@@ -55,7 +55,8 @@ class AgentDispatch:
         self.refused: list[str] = []
         """Why connections were refused (bad token, missing grant)."""
         self.events: list[tuple[str, str, str]] = []
-        """What happened, in order: ("joined" | "left" | "dispatched" | "no worker", room, who)."""
+        """What happened, in order: ("joined" | "left" | "dispatched" | "no worker" |
+        "dispatch failed", room, who)."""
         self.registered = asyncio.Event()
         self.url = ""
         """Where assigned agents join (the server's own URL)."""

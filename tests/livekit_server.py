@@ -598,4 +598,5 @@ class LiveKitServer(AgentDispatch):
         try:
             await self.offer(room, agent_name)
         except (TimeoutError, ConnectionError) as exc:
+            self.events.append(("dispatch failed", room, agent_name))
             log.warning("dispatch of %s to %s failed: %r", agent_name, room, exc)
