@@ -77,7 +77,9 @@ class ProvisionerSettings:
 @dataclass(frozen=True)
 class RuntimeSettings:
     image: str = "sudo-hermes:0.19.0"
-    """Hermes Agent image: the locally built one in development, the retagged upstream one in production."""
+    """Hermes Agent image: the locally built one in development, the retagged upstream one in
+    production. Once `sudoctl image upgrade` has run, the image it chose is used instead
+    (`<state_dir>/runtime-image.json`)."""
 
     idle_sec: float = 1800.0
     """A runtime with no activity and no request in flight for this long is evicted (seconds)."""

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "runtime-image.json"
+REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
+"""What an image reference given to an upgrade may look like (sudo-hermes:0.20.0, name@sha256:...)."""
 HISTORY = 10
 """Upgrades and rollbacks kept in the file, newest first."""
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import tempfile
 import time
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sudo_core import runtime_image
 from sudo_core.families import BadFamilyId, parse_family_id
 from sudo_core.metrics import metrics
 from sudo_core.provisioner_client import volume_tar_problem
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MANAGER = web.AppKey("manager", RuntimeManager)
 UPGRADES = web.AppKey("upgrades", ImageUpgrades)
-IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
 
 
 class Activity:
@@ -260,7 +259,7 @@ async def image_upgrade(request: web.Request) -> web.StreamResponse:
     """Canary, then the fleet, on the image `ref` names (NDJSON progress, as restart-all); the
     last event's `outcome` is "upgraded" or "rolled back"."""
     ref = (await read_json(request, {"ref"})).get("ref")
-    if not isinstance(ref, str) or not IMAGE_REF.fullmatch(ref):
+    if not isinstance(ref, str) or not runtime_image.REF.fullmatch(ref):
         return error(400, "ref must name a local image, e.g. sudo-hermes:0.20.0")
     return await fleet_change(request, f"upgrade to {ref}", lambda p: request.app[UPGRADES].upgrade(ref, p))
 
