@@ -104,6 +104,7 @@ class ImageChange:
 
     async def _run(self, ref: str | None) -> None:
         events = self.provisioner.image_upgrade(ref) if ref else self.provisioner.image_rollback()
+        finished = False
         try:
             async for event in events:
                 kind = event["event"]
@@ -118,10 +119,10 @@ class ImageChange:
                         "reason": event.get("reason"),
                         "failed": event["failed"],
                     }
-                    break
+                    finished = True
                 else:  # canary, canary passed, rolling back
                     self.progress["step"] = kind
-            else:
+            if not finished:  # the provisioner died midway, its stream cut short between events
                 raise ProvisionerError(502, {"error": "the provisioner stopped before it finished"})
         except (ProvisionerError, aiohttp.ClientError, OSError, ValueError) as exc:
             log.error("image %s failed: %s", self.progress["action"], exc)

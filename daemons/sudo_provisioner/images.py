@@ -93,7 +93,9 @@ class ImageUpgrades:
             return await self._roll_back(upgrade, f"the canary failed: {exc}", progress)
         await progress({"event": "canary passed", "user_id": str(canary)})
         limit = self.settings.image.max_failures
-        summary = await self.manager.recreate(running, progress, only_stale=True, max_failures=limit)
+        # ...and those started meanwhile, still on the image before.
+        families = list(dict.fromkeys([*running, *await self.manager.running_families()]))
+        summary = await self.manager.recreate(families, progress, only_stale=True, max_failures=limit)
         failed = len(summary["failed"])
         if failed > limit:
             reason = f"{failed} runtime(s) failed on it, more than image.max_failures ({limit})"
@@ -124,6 +126,8 @@ class ImageUpgrades:
     async def rollback(self, progress: Progress) -> dict[str, Any]:
         """Back to the previous image, which becomes the one to go forward to again."""
         current, previous = self.state.current, self.state.previous
+        if self.state.upgrade is not None:
+            raise UpgradeRefused(f"an upgrade to {self.state.upgrade.target.ref} is under way")
         if current is None or previous is None:
             raise UpgradeRefused("there is no previous image: no upgrade has happened on this host")
         running = await self.manager.running_families()

@@ -65,6 +65,8 @@ def builds(upgrade_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
             client.images.build(path=str(context), tag=names[build], rm=True)
         yield names | {"marker": marker}
     finally:
+        for container in upgrade_stack.containers():  # an image in use is not removed
+            container.remove(force=True)
         scope = upgrade_stack.network.lower()
         for name in (f"{scope}:current", f"{scope}:previous", names["broken"], names["second"]):
             with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
