@@ -117,6 +117,7 @@ async def serve(settings: config.Settings) -> int:
     await services.whatsapp.stop()
     await services.devices.stop()
     await services.fleet.stop()
+    await services.image.stop()
     await provisioner.close()
     db.close()
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sudo_core import backups, family_archive, host_settings, twilio, usage
+from sudo_core import backups, family_archive, host_settings, runtime_image, twilio, usage
 from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
@@ -40,6 +40,7 @@ from .context import (
     text_field,
 )
 from .devices import Claim, Device, PairingError
+from .fleet import image_view
 from .limits import Reservation, address_key
 from .media import MediaRefused, form_upload
 from .openapi import document
@@ -925,6 +926,23 @@ async def admin_restart_all(request: web.Request) -> web.Response:
     return web.json_response({"progress": fleet.progress}, status=202 if request.method == "POST" else 200)
 
 
+async def admin_image(request: web.Request) -> web.Response:
+    """GET: the runtimes' image (current, previous, history) and the progress of a change started
+    here. POST .../upgrade {"ref"}: canary, then the fleet; POST .../rollback: the previous image."""
+    await require_admin(request)
+    svc = services(request)
+    if request.method == "POST":
+        ref = None
+        if request.path.endswith("/upgrade"):
+            ref = (await json_body(request)).get("ref")
+            if not isinstance(ref, str) or not runtime_image.REF.fullmatch(ref):
+                fail(400, "ref must name an image on this host, e.g. sudo-hermes:0.20.0")
+        if not svc.image.start(ref):
+            fail(409, "an image upgrade or rollback is already running", progress=svc.image.progress)
+    body = {"image": await image_view(svc.settings), "progress": svc.image.progress}
+    return web.json_response(body, status=202 if request.method == "POST" else 200)
+
+
 def family_id_of(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["user_id"])
@@ -1035,6 +1053,7 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
         "units_error": units_error,
         "whatsapp_problems": whatsapp_problems,
         "backup": backups.summary(await asyncio.to_thread(backups.read_status, svc.settings.core.state_dir)),
+        "image": await image_view(svc.settings),
     }
 
 
@@ -1098,6 +1117,9 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/admin/restart-all", admin_restart_all),
         web.post("/v1/admin/restart-all", admin_restart_all),
         web.get("/v1/admin/fleet", admin_fleet),
+        web.get("/v1/admin/image", admin_image),
+        web.post("/v1/admin/image/upgrade", admin_image),
+        web.post("/v1/admin/image/rollback", admin_image),
         web.delete("/v1/admin/families/{user_id}", admin_family),
         web.post("/v1/admin/families/{user_id}/disable", admin_family_disabled),
         web.post("/v1/admin/families/{user_id}/enable", admin_family_disabled),

@@ -30,7 +30,7 @@ from sudo_core.provisioner_client import ProvisionerClient
 
 from .chat import Conversations
 from .devices import Devices
-from .fleet import FleetRestart
+from .fleet import FleetRestart, ImageChange
 from .limits import Limiter, LoginLimiter
 from .numbers import Numbers
 from .push import Pusher
@@ -66,9 +66,12 @@ class Services:
     """What /setup asks for while the host has no admin: new at every start, printed then."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     members: Members = field(init=False)
+    image: ImageChange = field(init=False)
+    """An image upgrade or rollback started from /admin."""
 
     def __post_init__(self) -> None:
         self.members = Members(self.accounts)
+        self.image = ImageChange(self.provisioner)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run without waiting, keeping a reference so the task is not collected midway."""

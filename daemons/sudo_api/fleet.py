@@ -1,4 +1,5 @@
-"""The fleet restart the admin starts (from the settings page or /v1), and its progress."""
+"""The fleet restart, and the image upgrade or rollback, an admin starts (from the pages or
+/v1), and their progress."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import aiohttp
 
+from sudo_core import runtime_image
+from sudo_core.config import Settings
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 
 log = logging.getLogger("sudo-api.admin")
@@ -66,3 +69,77 @@ class FleetRestart:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+@dataclass
+class ImageChange:
+    """The image upgrade or rollback an admin started from /admin, as the page follows it.
+
+    What the provisioner did is kept by it (runtime-image.json, read by `image_view`); this
+    holds only the progress of the one started here, which the page shows while it runs."""
+
+    provisioner: ProvisionerClient
+    progress: dict[str, Any] = field(default_factory=lambda: {"state": "idle"})
+    _task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self, ref: str | None) -> bool:
+        """Upgrade to `ref`, or (None) roll back to the previous image; False if one runs."""
+        if self.running:
+            return False
+        self.progress = {
+            "state": "running",
+            "action": "upgrade" if ref else "rollback",
+            "image": ref,
+            "step": "starting",
+            "started_at": time.time(),
+            "done": 0,
+            "total": None,
+        }
+        self._task = asyncio.create_task(self._run(ref), name="image-change")
+        return True
+
+    async def _run(self, ref: str | None) -> None:
+        events = self.provisioner.image_upgrade(ref) if ref else self.provisioner.image_rollback()
+        finished = False
+        try:
+            async for event in events:
+                kind = event["event"]
+                if kind == "start":
+                    self.progress |= {"total": event["total"], "done": 0}
+                elif kind in ("restarted", "kept", "failed"):
+                    self.progress["done"] = event["done"]
+                elif kind == "done":
+                    self.progress |= {
+                        "state": event["outcome"],
+                        "image": event["image"],
+                        "reason": event.get("reason"),
+                        "failed": event["failed"],
+                    }
+                    finished = True
+                else:  # canary, canary passed, rolling back
+                    self.progress["step"] = kind
+            if not finished:  # the provisioner died midway, its stream cut short between events
+                raise ProvisionerError(502, {"error": "the provisioner stopped before it finished"})
+        except (ProvisionerError, aiohttp.ClientError, OSError, ValueError) as exc:
+            log.error("image %s failed: %s", self.progress["action"], exc)
+            self.progress |= {"state": "failed", "error": str(exc)}
+        self.progress["finished_at"] = time.time()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def image_view(settings: Settings) -> dict[str, Any]:
+    """The runtimes' image, the previous one, an upgrade under way and the last upgrades and
+    rollbacks, as the provisioner keeps them (read from its state file: no provisioner woken)."""
+    try:
+        state = await asyncio.to_thread(runtime_image.read, settings.core.state_dir)
+    except runtime_image.StateUnreadable as exc:
+        return runtime_image.summary(runtime_image.ImageState(), "unknown") | {"error": str(exc)}
+    return runtime_image.summary(state, settings.runtime.image) | {"error": None}

@@ -714,7 +714,41 @@ ROUTES: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str, Any
         "admin",
         None,
         200,
-        _obj(families={"type": "array"}, units={"type": "array"}, backup={"type": "object"}),
+        _obj(
+            families={"type": "array"},
+            units={"type": "array"},
+            backup={"type": "object"},
+            image={"type": "object"},
+        ),
+    ),
+    (
+        "get",
+        "/v1/admin/image",
+        "The runtimes' Hermes image, the previous one, an upgrade under way, the last upgrades and "
+        "rollbacks; the progress of a change started from this API or /admin",
+        "admin",
+        None,
+        200,
+        _obj(image={"type": "object"}, progress={"type": "object"}),
+    ),
+    (
+        "post",
+        "/v1/admin/image/upgrade",
+        "Upgrade to the local image `ref`: a canary runtime (healthy, a chat turn), then every running "
+        "runtime; rolled back if the canary or more than image.max_failures fail (409 while one runs)",
+        "admin",
+        _obj(ref=STRING),
+        202,
+        _obj(image={"type": "object"}, progress={"type": "object"}),
+    ),
+    (
+        "post",
+        "/v1/admin/image/rollback",
+        "Every runtime back on the previous image (409 while a change runs)",
+        "admin",
+        None,
+        202,
+        _obj(image={"type": "object"}, progress={"type": "object"}),
     ),
     (
         "delete",

@@ -20,8 +20,16 @@ import segno
 from aiohttp import web
 from markupsafe import Markup
 
-from sudo_core import host_settings, usage
-from sudo_core.accounts import Account, AccountError, FamilyDisabled, InvalidInput, NotAllowed, Session
+from sudo_core import host_settings, runtime_image, usage
+from sudo_core.accounts import (
+    Account,
+    AccountError,
+    Conflict,
+    FamilyDisabled,
+    InvalidInput,
+    NotAllowed,
+    Session,
+)
 
 from . import membership, search
 from .api import attempt_login, claim_pairing, confirm_pairing, fleet_view, link_number, media_response
@@ -375,6 +383,17 @@ async def admin_home(request: web.Request) -> web.Response:
             elif action == "revoke-invitation":
                 await svc.db.aio(svc.members.revoke, None, data.get("invitation_id", ""))
                 message = "Invitation revoked."
+            elif action in ("image-upgrade", "image-rollback"):
+                ref = data.get("ref", "").strip() if action == "image-upgrade" else None
+                if ref is not None and not runtime_image.REF.fullmatch(ref):
+                    raise InvalidInput("name an image on this host, e.g. sudo-hermes:0.20.0")
+                if not svc.image.start(ref):
+                    raise Conflict("an image upgrade or rollback is already running")
+                message = (
+                    f"Upgrading to {ref}: a canary runtime first, then every running one."
+                    if ref
+                    else "Rolling back to the previous image."
+                )
             elif action == "reset":
                 account = await svc.db.aio(svc.accounts.by_login, data.get("login", ""))
                 if account is None:
@@ -398,6 +417,7 @@ async def admin_home(request: web.Request) -> web.Response:
         shown=shown,
         message=message,
         error=error,
+        image_progress=svc.image.progress,
         **view,
     )
 

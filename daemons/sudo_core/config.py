@@ -77,7 +77,9 @@ class ProvisionerSettings:
 @dataclass(frozen=True)
 class RuntimeSettings:
     image: str = "sudo-hermes:0.19.0"
-    """Hermes Agent image: the locally built one in development, the retagged upstream one in production."""
+    """Hermes Agent image: the locally built one in development, the retagged upstream one in
+    production. Once `sudoctl image upgrade` has run, the image it chose is used instead
+    (`<state_dir>/runtime-image.json`)."""
 
     idle_sec: float = 1800.0
     """A runtime with no activity and no request in flight for this long is evicted (seconds)."""
@@ -441,6 +443,25 @@ class BackupSettings:
             raise ConfigError(f"backup.keep_weekly: {self.keep_weekly} is below 0")
 
 
+@dataclass(frozen=True)
+class ImageSettings:
+    """`sudoctl image upgrade REF` (and /admin): a canary runtime on the new image, then the fleet."""
+
+    max_failures: int = 1
+    """Runtimes that may fail to come back on a new image while it rolls through the fleet; one
+    more stops the roll and puts every runtime back on the image before (the canary failing
+    always does)."""
+
+    canary_timeout_sec: float = 120.0
+    """Longest the canary's chat turn (through the gateway to the provider) may take (seconds)."""
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 0:
+            raise ConfigError(f"image.max_failures: {self.max_failures} is below 0")
+        if self.canary_timeout_sec <= 0:
+            raise ConfigError(f"image.canary_timeout_sec: {self.canary_timeout_sec} must be above 0")
+
+
 HOST_NAME = re.compile(r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 LAN_SUFFIXES = (".lan", ".local", ".home.arpa", ".internal", ".localhost")
 TLS_MODES = ("acme", "internal")
@@ -530,6 +551,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     voice: VoiceSettings = field(default_factory=VoiceSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    image: ImageSettings = field(default_factory=ImageSettings)
     web: WebSettings = field(default_factory=WebSettings)
 
 

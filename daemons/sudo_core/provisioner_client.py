@@ -48,6 +48,8 @@ class ProvisionerError(RuntimeError):
 
 # A volume may take long to copy: no total limit, only one on each wait for the next bytes.
 VOLUME_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+# A fleet's change waits on spawns (each up to provisioner.health_timeout_sec) between events.
+FLEET_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
 
 
 class ProvisionerClient:
@@ -112,8 +114,28 @@ class ProvisionerClient:
 
     async def restart_all(self) -> AsyncIterator[dict[str, Any]]:
         """Progress events as the provisioner streams them (NDJSON), ending with a "done" event."""
-        url = "http://provisioner/v1/runtimes/restart-all"
-        async with self._session.post(url) as resp:
+        async for event in self._stream("/v1/runtimes/restart-all"):
+            yield event
+
+    async def image(self) -> dict[str, Any]:
+        """The runtimes' image and the previous one, an upgrade under way, the last upgrades and
+        rollbacks (sudo_core.runtime_image.summary)."""
+        return await self._call("GET", "/v1/image")
+
+    async def image_upgrade(self, ref: str) -> AsyncIterator[dict[str, Any]]:
+        """Canary, then the fleet, on the local image `ref`; progress as restart_all's, the "done"
+        event's `outcome` "upgraded" or "rolled back". 409 if it cannot begin."""
+        async for event in self._stream("/v1/image/upgrade", {"ref": ref}):
+            yield event
+
+    async def image_rollback(self) -> AsyncIterator[dict[str, Any]]:
+        """Back to the previous image; progress as restart_all's."""
+        async for event in self._stream("/v1/image/rollback"):
+            yield event
+
+    async def _stream(self, path: str, body: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """A change of the whole fleet, which may take long: no limit but on connecting."""
+        async with self._session.post(f"http://provisioner{path}", json=body, timeout=FLEET_TIMEOUT) as resp:
             if resp.status >= 400:
                 raise ProvisionerError(resp.status, await resp.json(content_type=None))
             async for line in resp.content:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sudo_core import config, logs
+from sudo_core import config, logs, runtime_image
 from sudo_core.credentials import host_secret
 from sudo_core.db import Database
 from sudo_core.families import volume_name
@@ -30,8 +30,9 @@ from sudo_core.systemd import Notifier, listen_fds
 
 from .backend import BackendError
 from .docker_backend import DockerBackend
+from .images import ImageUpgrades
 from .runtimes import RuntimeManager
-from .server import Activity, build_app
+from .server import Activity, build_app, resume_upgrade
 
 log = logging.getLogger("sudo_provisioner")
 
@@ -68,17 +69,22 @@ async def serve(settings: config.Settings, bind: bool) -> int:
         log.error(f"cannot use the Docker engine: {exc}")
         return 1
     manager = RuntimeManager(settings, db, backend, host_secret(settings.core.state_dir))
+    try:
+        upgrades = ImageUpgrades(manager, settings.core.state_dir)
+    except runtime_image.StateUnreadable as exc:
+        log.error(f"{exc}: which image the runtimes run is unknown; restore or remove the file")
+        return 1
     notifier.status("following Docker's events; reconciling runtimes")
     await manager.start()
     summary = await manager.reconcile()
 
     activity = Activity()
     timeout = settings.provisioner.client_timeout_sec
-    runner = web.AppRunner(
-        build_app(manager, activity, notifier, timeout), handle_signals=False, keepalive_timeout=timeout
-    )
+    app = build_app(manager, upgrades, activity, notifier, timeout)
+    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=timeout)
     await runner.setup()
     await web.SockSite(runner, sock).start()
+    resuming = asyncio.create_task(resume_upgrade(app, activity)) if upgrades.interrupted else None
     ready = f"serving; adopted {summary['adopted']}, removed {len(summary['removed'])}"
     async with notifier.serving(ready) as stop:
         log.info(
@@ -91,6 +97,8 @@ async def serve(settings: config.Settings, bind: bool) -> int:
             if idle_exit and activity.idle_for() >= idle_exit:
                 log.info(f"idle for {idle_exit:.0f} s, exiting; systemd keeps the socket")
                 break
+    if resuming is not None:
+        resuming.cancel()  # stopped midway, it is rolled back again at the next start
     await runner.cleanup()
     await manager.close()
     db.close()

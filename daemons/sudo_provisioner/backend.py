@@ -1,9 +1,10 @@
 """What the provisioner asks of a container engine: the RuntimeBackend contract.
 
 Narrow, in the manner of JupyterHub's Spawner: create, get, list, remove, logs, the data
-volumes, and a stream of changes. Errors are the engine's trouble in words that name no engine,
-so that runtimes.py and server.py know nothing of Docker. DockerBackend (docker_backend.py) is
-the one implementation; tests/unit/fake_backend.py keeps the same contract in memory.
+volumes, an image by name (and a name given to one), and a stream of changes. Errors are the
+engine's trouble in words that name no engine, so that runtimes.py and server.py know nothing
+of Docker. DockerBackend (docker_backend.py) is the one implementation;
+tests/unit/fake_backend.py keeps the same contract in memory.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ class RuntimeBackend(Protocol):
         """Make what runtimes need on the host (their network), if missing."""
 
     async def image(self, ref: str) -> Image:
-        """The image `ref` points at now; ImageMissing if none."""
+        """The image `ref` (a name, or a content id) points at now; ImageMissing if none."""
+
+    async def tag(self, image_id: str, ref: str) -> None:
+        """Give the image `ref` (repository:tag) as a name too, moving the name if another image
+        had it: an image named is never pruned, so a rollback finds it."""
 
     async def get(self, name: str) -> Runtime | None: ...
 

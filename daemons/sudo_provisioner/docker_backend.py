@@ -184,6 +184,10 @@ class DockerBackend:
         entrypoint = info.get("Config", {}).get("Entrypoint") or ()
         return Image(ref=ref, id=info["Id"], entrypoint=tuple(entrypoint))
 
+    async def tag(self, image_id: str, ref: str) -> None:
+        repository, _, tag = ref.rpartition(":")
+        await self._run(self._client.api.tag, image_id, repository, tag, force=True)
+
     # Runtimes
 
     async def get(self, name: str) -> Runtime | None:

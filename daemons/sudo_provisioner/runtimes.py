@@ -1,4 +1,4 @@
-"""The runtime lifecycle: ensure, stop, evict, reconcile, restart-all.
+"""The runtime lifecycle: ensure, stop, evict, reconcile, restart-all, an image's canary.
 
 Concurrency rules (design principle 6):
 - one lock per family serializes everything that changes that family's container, so spawn,
@@ -18,6 +18,7 @@ rarer decisions (stop, revive, reconcile, restart-all) re-read the engine under 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -32,8 +33,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from sudo_core import usage
 from sudo_core.config import Settings
 from sudo_core.db import Database, Family
-from sudo_core.families import runtime_name, volume_name
+from sudo_core.families import api_key_for, runtime_name, volume_name
 from sudo_core.logs import fields
+from sudo_core.runtime_image import ImageRef
 
 from .admission import Claim, Priority, Slots, memory_available
 from .backend import ImageMissing, NameConflict, Runtime, RuntimeBackend
@@ -65,6 +67,9 @@ POLL_FAST_SEC = 10.0
 """A new runtime's /health is polled every POLL_SEC for this long, then less and less often."""
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
+
+CANARY_PROMPT = "Sudo is checking that a new version of this assistant works. Reply with the one word: ready."
+"""The canary's chat turn (images.py): a session of its own, nothing of the family's in it."""
 
 
 class FamilyNotFound(LookupError):
@@ -105,6 +110,7 @@ class RuntimeManager:
         self._slots = Slots(settings.provisioner.max_concurrent_spawns)
         self._room = asyncio.Lock()
         self._healthy: set[str] = set()  # container ids this process saw answer /health
+        self._pinned: ImageRef | None = None
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3))
 
     async def start(self) -> None:
@@ -129,20 +135,46 @@ class RuntimeManager:
             raise FamilyNotFound(f"no family {family_id}")
         return family
 
-    async def _image(self) -> Image:
-        ref = self.settings.runtime.image
+    def pin(self, image: ImageRef | None) -> None:
+        """The image runtimes are made from, by content id (images.py keeps it on disk); None:
+        runtime.image, whatever it points at."""
+        self._pinned = image
+
+    async def _image(self, image: ImageRef | None = None) -> Image:
+        """`image`, else the pinned one, else runtime.image as it points now."""
+        chosen = image or self._pinned
+        if chosen is None:
+            ref = self.settings.runtime.image
+            try:
+                return await self.index.image(ref)
+            except ImageMissing:
+                raise SpawnFailed(
+                    f"image {ref} is not on this Docker engine: build it (make hermes-image) "
+                    "or retag the upstream image, then retry"
+                ) from None
         try:
-            return await self.index.image(ref)
+            return dataclasses.replace(await self.index.image(chosen.id), ref=chosen.ref)
         except ImageMissing:
             raise SpawnFailed(
-                f"image {ref} is not on this Docker engine: build it (make hermes-image) "
-                "or retag the upstream image, then retry"
+                f"image {chosen.ref} ({chosen.id}) is no longer on this Docker engine"
             ) from None
 
-    async def _desired(self, family_id: uuid.UUID, touch: bool = False) -> tuple[Family, RuntimeSpec]:
-        """The family, and the spec of its runtime as it should be now; with touch, the family
-        is marked active (unless disabled). The database is read in one trip to its thread."""
+    async def current_image(self) -> ImageRef:
         image = await self._image()
+        return ImageRef(image.ref, image.id)
+
+    async def resolve(self, ref: str) -> ImageRef:
+        """The image `ref` names now; ImageMissing if none."""
+        image = await self.backend.image(ref)
+        return ImageRef(ref, image.id)
+
+    async def _desired(
+        self, family_id: uuid.UUID, touch: bool = False, image: ImageRef | None = None
+    ) -> tuple[Family, RuntimeSpec]:
+        """The family, and the spec of its runtime as it should be now (on `image`, if given);
+        with touch, the family is marked active (unless disabled). The database is read in one
+        trip to its thread."""
+        image = await self._image(image)
         family, model, home = await self.db.aio(self._spec_inputs, family_id, touch)
         inputs = (family.name, image.id, model, home)  # all a spec depends on, past the settings
         known = self._specs.get(family_id)
@@ -593,44 +625,63 @@ class RuntimeManager:
             log.info(f"removed {runtime.name}: {reason}", extra=fields(runtime=runtime.name))
         return {"adopted": adopted, "removed": removed}
 
-    # restart-all
+    # restart-all, and an image rolling through the fleet
 
     async def restart_all(self, progress: Progress) -> dict[str, Any]:
         """Recreate every running runtime, a bounded number at once; failures are reported."""
-        targets = [r for r in await self.backend.list() if r.running and r.owner]
-        total = len(targets)
+        targets = [r.owner for r in await self.backend.list() if r.running and r.owner]
+        return await self.recreate(targets, progress)
+
+    async def recreate(
+        self,
+        families: list[uuid.UUID],
+        progress: Progress,
+        *,
+        only_stale: bool = False,
+        max_failures: int | None = None,
+    ) -> dict[str, Any]:
+        """Recreate each family's runtime, restart_concurrency at once, in the list's order, at
+        restart priority (a spawn someone waits on goes first). With only_stale, a runtime already
+        running on the current config is kept, and a family deleted or disabled since is passed
+        over. Once more than max_failures failed, the families not begun yet are left as they are
+        (`stopped`). Failures are reported, and the others carry on."""
+        total = len(families)
         concurrency = self.restart_concurrency()
         await progress({"event": "start", "total": total, "concurrency": concurrency})
         slots = asyncio.Semaphore(concurrency)
-        done = 0
+        done = kept = 0
         failed: list[dict[str, str]] = []
 
-        async def recreate(runtime: Runtime) -> None:
-            nonlocal done
-            assert runtime.owner is not None
-            started = time.monotonic()
+        def stopped() -> bool:
+            return max_failures is not None and len(failed) > max_failures
+
+        async def one(family: uuid.UUID) -> None:
+            nonlocal done, kept
             async with slots:
+                if stopped():
+                    return
+                started = time.monotonic()
                 try:
-                    await self._recreate(runtime.owner)
-                    event = {"event": "restarted"}
+                    event = {"event": "restarted" if await self._recreate(family, only_stale) else "kept"}
                 except Exception as exc:  # reported, and the others carry on
-                    log.exception(f"restart of {runtime.name} failed")
-                    failed.append({"user_id": str(runtime.owner), "error": str(exc)})
+                    log.exception(f"recreating {runtime_name(family)} failed")
+                    failed.append({"user_id": str(family), "error": str(exc)})
                     event = {"event": "failed", "error": str(exc)}
                 done += 1
+                kept += event["event"] == "kept"
                 await progress(
                     event
                     | {
-                        "user_id": str(runtime.owner),
+                        "user_id": str(family),
                         "done": done,
                         "total": total,
                         "seconds": round(time.monotonic() - started, 2),
                     }
                 )
 
-        await asyncio.gather(*(recreate(r) for r in targets))
-        summary = {"event": "done", "total": total, "restarted": total - len(failed)}
-        return summary | {"failed": failed}
+        await asyncio.gather(*(one(f) for f in families))
+        summary = {"event": "done", "total": total, "restarted": done - kept - len(failed), "kept": kept}
+        return summary | {"failed": failed, "stopped": stopped()}
 
     def restart_concurrency(self) -> int:
         """provisioner.restart_concurrency, or (0) what the host's cores and memory allow now."""
@@ -639,14 +690,94 @@ class RuntimeManager:
         by_memory = memory_available() // self.settings.runtime.memory_bytes
         return max(1, min(os.cpu_count() or 1, by_memory))
 
-    async def _recreate(self, family_id: uuid.UUID) -> None:
+    async def _recreate(self, family_id: uuid.UUID, only_stale: bool = False) -> bool:
+        """Remove the family's runtime and make it again; whether it did (see recreate)."""
         async with self._lock(family_id):
+            try:
+                family, spec = await self._desired(family_id)
+            except FamilyNotFound:
+                if only_stale:
+                    return False
+                raise
+            current = self.index.get(spec.name)
+            if only_stale and (
+                family.disabled_at is not None
+                or (current is not None and current.running and current.config_hash == spec.config_hash)
+            ):
+                return False
             await self._await_quiet(family_id)
-            _, spec = await self._desired(family_id)
             current = await self.backend.get(spec.name)
             if current is not None:
                 await self._remove(current)
             await self._spawn(spec, Claim(Priority.RECREATE))
+            return True
+
+    async def canary(
+        self, family_id: uuid.UUID, image: ImageRef, passed: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Recreate the family's runtime on `image`, have it answer a chat turn (Hermes, through
+        the gateway, to the provider), then call `passed` still under the family's lock, so no
+        ensure puts it back on the fleet's image before the fleet's image is this one. SpawnFailed
+        if it does not come up or answer; what it made is removed then."""
+        async with self._lock(family_id):
+            await self._await_quiet(family_id)
+            _, spec = await self._desired(family_id, image=image)
+            current = await self.backend.get(spec.name)
+            if current is not None:
+                await self._remove(current)
+            runtime = await self._spawn(spec, Claim(Priority.RECREATE))
+            try:
+                await self._turn(runtime, family_id)
+            except BaseException:
+                await self._remove(runtime, graceful=False)
+                raise
+            await passed()
+
+    async def _turn(self, runtime: Runtime, family_id: uuid.UUID) -> None:
+        """One chat turn through the runtime's api_server, as the voice bridge has them."""
+        url = self.urls(runtime)["url"]
+        timeout = self.settings.image.canary_timeout_sec
+        try:
+            async with self._http.post(
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {api_key_for(self._secret, family_id)}"},
+                json={"model": "hermes-agent", "messages": [{"role": "user", "content": CANARY_PROMPT}]},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                body = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            logs = await self.backend.logs(runtime.name)
+            raise SpawnFailed(
+                f"{runtime.name} answered no chat turn within {timeout:g} s: {exc!r}", logs
+            ) from None
+        try:
+            answer = body["choices"][0]["message"]["content"]
+        except (TypeError, KeyError, IndexError):
+            answer = None
+        if status != 200 or not isinstance(answer, str) or not answer.strip():
+            logs = await self.backend.logs(runtime.name)
+            raise SpawnFailed(f"{runtime.name} answered the chat turn {status} without a reply: {body}", logs)
+
+    async def running_families(self) -> list[uuid.UUID]:
+        """The families whose runtimes run, the least recently active first."""
+        families = {f.id: f for f in await self.db.aio(self.db.list_families)}
+        owners = [r.owner for r in await self.backend.list() if r.running and r.owner in families]
+        return sorted(owners, key=lambda f: families[f].last_active_at or 0.0)
+
+    async def canary_family(self, running: list[uuid.UUID]) -> uuid.UUID | None:
+        """Whose runtime tries a new image first: the least recently active running family
+        holding no request in flight, else any running one; with none running, the least
+        recently active enabled family (its runtime is started for it)."""
+        families = {f.id: f for f in await self.db.aio(self.db.list_families) if f.disabled_at is None}
+        running = [f for f in running if f in families]
+        for family in running:
+            if not await self.db.aio(self.db.has_active_lease, family):
+                return family
+        if running:
+            return running[0]
+        idlest = sorted(families.values(), key=lambda f: f.last_active_at or 0.0)
+        return idlest[0].id if idlest else None
 
     async def _await_quiet(self, family_id: uuid.UUID) -> bool:
         """Give requests in flight (leases) up to restart_grace_sec to finish; whether they did."""

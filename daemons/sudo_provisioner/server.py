@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sudo_core import runtime_image
 from sudo_core.families import BadFamilyId, parse_family_id
 from sudo_core.metrics import metrics
 from sudo_core.provisioner_client import volume_tar_problem
@@ -21,11 +22,13 @@ from sudo_core.systemd import Notifier
 
 from .admission import Priority
 from .backend import BackendError
+from .images import ImageUpgrades, UpgradeRefused
 from .runtimes import AtCapacity, Busy, FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MANAGER = web.AppKey("manager", RuntimeManager)
+UPGRADES = web.AppKey("upgrades", ImageUpgrades)
 
 
 class Activity:
@@ -75,7 +78,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(502, str(exc), logs=exc.logs)
     except AtCapacity as exc:
         return error(503, str(exc))
-    except Busy as exc:
+    except (Busy, UpgradeRefused) as exc:
         return error(409, str(exc))
     except BackendError as exc:
         log.exception(f"{request.method} {request.path}: the engine failed")
@@ -240,27 +243,84 @@ NOTIFIER = web.AppKey("notifier", Notifier)
 
 async def restart_all(request: web.Request) -> web.StreamResponse:
     """Streams progress as NDJSON, one event per line, the last one {"event": "done", ...}."""
+    notifier = request.app[NOTIFIER]
+
+    async def run(progress: Progress) -> dict[str, Any]:
+        summary = await request.app[MANAGER].restart_all(progress)
+        notifier.status(
+            f"serving; last restart-all: {summary['restarted']} restarted, {len(summary['failed'])} failed"
+        )
+        return summary
+
+    return await fleet_change(request, "restart-all", run)
+
+
+async def image_upgrade(request: web.Request) -> web.StreamResponse:
+    """Canary, then the fleet, on the image `ref` names (NDJSON progress, as restart-all); the
+    last event's `outcome` is "upgraded" or "rolled back"."""
+    ref = (await read_json(request, {"ref"})).get("ref")
+    if not isinstance(ref, str) or not runtime_image.REF.fullmatch(ref):
+        return error(400, "ref must name a local image, e.g. sudo-hermes:0.20.0")
+    return await fleet_change(request, f"upgrade to {ref}", lambda p: request.app[UPGRADES].upgrade(ref, p))
+
+
+async def image_rollback(request: web.Request) -> web.StreamResponse:
+    return await fleet_change(request, "rollback", request.app[UPGRADES].rollback)
+
+
+async def image_state(request: web.Request) -> web.Response:
+    return web.json_response(request.app[UPGRADES].summary())
+
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def fleet_change(
+    request: web.Request, what: str, run: Callable[[Progress], Awaitable[dict[str, Any]]]
+) -> web.StreamResponse:
+    """Run one change of the whole fleet (restart-all, an upgrade, a rollback: one at a time),
+    streaming its progress as NDJSON; it goes on if the caller leaves. A change refused before
+    it began is a JSON error, as any other."""
     lock = request.app[RESTARTING]
     if lock.locked():
-        return error(409, "a restart-all is already running")
+        return error(409, "a restart-all, an upgrade or a rollback is already running")
     async with lock:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
 
         async def progress(event: dict[str, Any]) -> None:
-            if "done" in event:  # shown by `systemctl status sudo-provisioner`
-                request.app[NOTIFIER].status(f"restart-all: {event['done']}/{event['total']} done")
-            # If the caller left, the restart goes on (and is logged) all the same.
+            if "done" in event and "total" in event:  # shown by `systemctl status sudo-provisioner`
+                request.app[NOTIFIER].status(f"{what}: {event['done']}/{event['total']} done")
+            if not response.prepared:
+                await response.prepare(request)
+            # If the caller left, the change goes on (and is logged) all the same.
             with contextlib.suppress(ConnectionError):
                 await response.write(json.dumps(event).encode() + b"\n")
 
-        summary = await request.app[MANAGER].restart_all(progress)
+        summary = await run(progress)
         await progress(summary)
-        request.app[NOTIFIER].status(
-            f"serving; last restart-all: {summary['restarted']} restarted, {len(summary['failed'])} failed"
-        )
         await response.write_eof()
         return response
+
+
+async def resume_upgrade(app: web.Application, activity: Activity) -> None:
+    """At start: roll back an upgrade a stopped provisioner left under way (images.py), holding
+    the fleet's lock and counting as a request, so the provisioner does not exit idle meanwhile."""
+    activity.in_flight += 1
+    try:
+        async with app[RESTARTING]:
+
+            async def progress(event: dict[str, Any]) -> None:
+                if "done" in event and "total" in event:
+                    app[NOTIFIER].status(
+                        f"rolling back an interrupted upgrade: {event['done']}/{event['total']}"
+                    )
+
+            await app[UPGRADES].resume(progress)
+    except Exception:
+        log.exception("rolling back the interrupted upgrade failed; it is tried again at the next start")
+    finally:
+        activity.in_flight -= 1
+        activity.last_change = time.monotonic()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -268,11 +328,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 def build_app(
-    manager: RuntimeManager, activity: Activity, notifier: Notifier, client_timeout: float = 60.0
+    manager: RuntimeManager,
+    upgrades: ImageUpgrades,
+    activity: Activity,
+    notifier: Notifier,
+    client_timeout: float = 60.0,
 ) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=64 * 1024)
     app[CLIENT_TIMEOUT] = client_timeout
     app[MANAGER] = manager
+    app[UPGRADES] = upgrades
     app[ACTIVITY] = activity
     app[NOTIFIER] = notifier
     app[RESTARTING] = asyncio.Lock()
@@ -289,4 +354,7 @@ def build_app(
     app.router.add_post("/v1/volumes/measure", measure_volumes)
     app.router.add_get("/v1/runtimes/{user_id}/volume", get_volume)
     app.router.add_put("/v1/runtimes/{user_id}/volume", put_volume)
+    app.router.add_get("/v1/image", image_state)
+    app.router.add_post("/v1/image/upgrade", image_upgrade)
+    app.router.add_post("/v1/image/rollback", image_rollback)
     return app

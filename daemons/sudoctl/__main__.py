@@ -171,19 +171,62 @@ async def runtimes(settings: config.Settings, args: argparse.Namespace) -> int:
         elif args.command == "restart-all":
             failed = 0
             async for event in provisioner.restart_all():
-                if event["event"] == "start":
-                    print(f"recreating {event['total']} runtime(s)")
-                elif event["event"] in ("restarted", "failed"):
-                    failed += event["event"] == "failed"
-                    detail = f": {event['error']}" if "error" in event else ""
-                    print(
-                        f"[{event['done']}/{event['total']}] {event['user_id']} "
-                        f"{event['event']} in {event['seconds']} s{detail}"
-                    )
+                if event["event"] == "done":
+                    failed = len(event["failed"])
+                    print(f"done: {event['restarted']} restarted, {failed} failed")
                 else:
-                    print(f"done: {event['restarted']} restarted, {len(event['failed'])} failed")
+                    print_progress(event)
             return 1 if failed else 0
     return 0
+
+
+def print_progress(event: dict) -> None:
+    """One line per event of a fleet change (restart-all, an image upgrade or rollback)."""
+    kind = event["event"]
+    if kind == "start":
+        print(f"recreating {event['total']} runtime(s)")
+    elif kind in ("restarted", "failed", "kept"):
+        detail = f": {event['error']}" if "error" in event else ""
+        print(f"[{event['done']}/{event['total']}] {event['user_id']} {kind} in {event['seconds']} s{detail}")
+    elif kind == "canary":
+        print(f"trying {event['image']} (now {event['from']}) on the canary {event['user_id']}")
+    elif kind == "canary passed":
+        print(f"the canary {event['user_id']} is healthy and answered a chat turn")
+    elif kind == "rolling back":
+        print(f"rolling back to {event['image']}: {event['reason']}")
+
+
+async def image(settings: config.Settings, args: argparse.Namespace) -> int:
+    """The runtimes' Hermes image: shown, upgraded through a canary, rolled back."""
+    async with ProvisionerClient(settings.provisioner.socket) as provisioner:
+        if args.action == "show":
+            shown = await provisioner.image()
+            current, previous = shown["current"], shown["previous"]
+            print(f"current:  {current['ref']}" + (f" ({current['id']})" if current["id"] else ""))
+            print(f"previous: {previous['ref']} ({previous['id']})" if previous else "previous: none")
+            if shown["upgrade"]:
+                print(f"under way: {shown['upgrade']['target']} ({shown['upgrade']['phase']})")
+            for event in shown["history"]:
+                at = time.strftime("%Y-%m-%d %H:%M", time.localtime(event["at"]))
+                reason = f": {event['reason']}" if event["reason"] else ""
+                print(f"{at}  {event['kind']} to {event['image']} from {event['from_image']}{reason}")
+            return 0
+        events = (
+            provisioner.image_upgrade(args.ref) if args.action == "upgrade" else provisioner.image_rollback()
+        )
+        async for event in events:
+            if event["event"] != "done":
+                print_progress(event)
+                continue
+            failed = len(event["failed"])
+            if event["outcome"] == "upgraded":
+                print(f"upgraded to {event['image']} ({failed} runtime(s) failed)")
+                return 1 if failed else 0
+            print(
+                f"rolled back to {event['image']} from {event['from']} ({failed} failed): {event['reason']}"
+            )
+            return 0 if args.action == "rollback" and not failed else 1
+    return 1
 
 
 def backup_or_restore(settings: config.Settings, args: argparse.Namespace) -> int:
@@ -271,6 +314,20 @@ def main() -> None:
         if name == "stop":
             p.add_argument("--purge", action="store_true", help="also delete its data volume")
     sub.add_parser("restart-all", help="recreate every running runtime, showing progress")
+    img = sub.add_parser(
+        "image",
+        help="the runtimes' Hermes image: show it, upgrade it through a canary, roll it back",
+        description="`upgrade REF` tries the local image REF (built, or pulled and tagged, on this host) "
+        "on one canary runtime, which must become healthy and answer a chat turn; then recreates the "
+        "running runtimes on it, the least recently active first. The canary failing, or more than "
+        "image.max_failures runtimes, rolls every runtime back to the image before. `rollback` goes "
+        "back to the previous image. Exit 1 when it rolled back or a runtime failed.",
+    )
+    img_sub = img.add_subparsers(dest="action", required=True)
+    img_sub.add_parser("show", help="the current and previous image, the last upgrades and rollbacks")
+    up = img_sub.add_parser("upgrade", help="canary, then every running runtime, on REF")
+    up.add_argument("ref", metavar="REF", help="a local image, e.g. sudo-hermes:0.20.0")
+    img_sub.add_parser("rollback", help="every runtime back on the previous image")
     sub.add_parser(
         "status", help="the sudo units' states (exit 1 if one is unhealthy), then the family runtimes"
     )
@@ -357,6 +414,8 @@ def main() -> None:
             sys.exit(host_firewall(settings, args.action))
         if args.command == "web":
             sys.exit(web_caddyfile(settings, args.output))
+        if args.command == "image":
+            sys.exit(asyncio.run(image(settings, args)))
         sys.exit(asyncio.run(runtimes(settings, args)))
     except NoSystemd as exc:
         print(f"sudoctl: {exc}", file=sys.stderr)

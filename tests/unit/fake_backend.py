@@ -5,7 +5,8 @@ tests/reliability) stay the proof that DockerBackend keeps the contract and that
 this backend lets the rules above it (shared ensures, the family lock, eviction, revival,
 priorities, admission) be driven step by step. A container "runs" as soon as it is created,
 reached at 127.0.0.1, where the test's own HTTP server answers /health as Hermes would. A test
-holds creations back with `gate`, and makes a container die with `kill`.
+holds creations back with `gate`, makes a container die with `kill`, and has the containers of
+an image (`crash_images`, by id) or of a family (`crash_names`) exit as soon as they start.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class FakeBackend:
         """Names, in the order their creation began."""
         self.calls = 0
         """Calls the manager made, of every kind but the change stream."""
+        self.crash_images: set[str] = set()
+        self.crash_names: set[str] = set()
         self.gate = asyncio.Event()
         self.gate.set()
         self._changes: asyncio.Queue[Change] = asyncio.Queue()
@@ -40,11 +43,26 @@ class FakeBackend:
     async def prepare(self) -> None:
         self._call()
 
+    def build(self, ref: str) -> Image:
+        """A new image named `ref`, as `docker build -t ref` makes one."""
+        image = Image(ref, "sha256:" + uuid.uuid4().hex * 2, ("/entry",))
+        self.images[ref] = image
+        self._changes.put_nowait(Change("image"))
+        return image
+
     async def image(self, ref: str) -> Image:
         self._call()
-        if ref not in self.images:
+        if ref in self.images:
+            return self.images[ref]
+        by_id = [i for i in self.images.values() if i.id == ref]
+        if not by_id:
             raise ImageMissing(f"no such image: {ref}")
-        return self.images[ref]
+        return dataclasses.replace(by_id[0], ref=ref)
+
+    async def tag(self, image_id: str, ref: str) -> None:
+        self._call()
+        self.images[ref] = dataclasses.replace(await self.image(image_id), ref=ref)
+        self._changes.put_nowait(Change("image"))
 
     async def get(self, name: str) -> Runtime | None:
         self._call()
@@ -72,6 +90,9 @@ class FakeBackend:
         )
         self.containers[spec.name] = runtime
         self._changes.put_nowait(Change("start", runtime.name, runtime.container_id))
+        if spec.name in self.crash_names or runtime.image in self.crash_images:
+            self.kill(spec.name)  # exited by the time the engine is asked how it is
+            return self.containers[spec.name]
         return runtime
 
     def kill(self, name: str, oom: bool = False) -> None:
