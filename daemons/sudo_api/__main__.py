@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import Gauge
 
-from sudo_core import backups, config, logs
+from sudo_core import config, logs
 from sudo_core.accounts import Accounts
 from sudo_core.credentials import SERVICE_TOKEN, host_secret, read_credential
 from sudo_core.db import Database
@@ -25,26 +23,12 @@ from .context import Services, code_limiter, pairing_limiter
 from .devices import Devices
 from .fleet import FleetRestart
 from .limits import LoginLimiter, message_limiter
+from .monitor import Monitor
 from .numbers import Numbers
 from .push import Pusher
 from .whatsapp import WhatsApp
 
 log = logging.getLogger("sudo-api")
-
-BACKUP_SUCCESS = Gauge(
-    "sudo_backup_last_success_timestamp", "When the last nightly backup of every family succeeded (0: never)"
-)
-BACKUP_FAILED = Gauge(
-    "sudo_backup_last_failed", "1 if the last nightly backup failed or no night succeeded within 36 hours"
-)
-
-
-def watch_backups(state_dir: Path) -> None:
-    """The gauges read `sudoctl backup --all`'s status file at each scrape (a few hundred bytes)."""
-    BACKUP_SUCCESS.set_function(
-        lambda: (backups.read_status(state_dir) or backups.Status()).last_success_at or 0
-    )
-    BACKUP_FAILED.set_function(lambda: backups.summary(backups.read_status(state_dir))["state"] == "failed")
 
 
 async def listen(app: web.Application, address: str, keepalive_sec: float) -> web.AppRunner:
@@ -87,7 +71,8 @@ async def serve(settings: config.Settings) -> int:
     runner = await listen(build_app(services), api.listen, api.idle_timeout_sec)
     # The voice bridge's lookups (every family's runtime address and key): loopback only.
     service_runner = await listen(build_service_app(services), api.service_listen, api.idle_timeout_sec)
-    watch_backups(settings.core.state_dir)
+    monitor = Monitor(settings, db, provisioner)
+    monitor.start()
     metrics_runner = await start_metrics(api.metrics)
     await services.chat.start()
     await services.whatsapp.start()
@@ -114,6 +99,7 @@ async def serve(settings: config.Settings) -> int:
     await runner.cleanup()
     await service_runner.cleanup()
     await metrics_runner.cleanup()
+    await monitor.stop()
     await services.whatsapp.stop()
     await services.devices.stop()
     await services.fleet.stop()

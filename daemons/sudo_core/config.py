@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import sys
 import tomllib
 import types
@@ -292,6 +293,10 @@ class ApiSettings:
     watch_interval_sec: float = 10.0
     """How often running runtimes are listed to read their proactive messages (seconds)."""
 
+    monitor_interval_sec: float = 30.0
+    """How often sudo-api samples what its metrics tell of the host (seconds): each runtime's
+    memory, the volumes' last measured sizes, and the certificate sudo-web serves."""
+
     shutdown_grace_sec: float = 30.0
     """On SIGTERM, how long replies in progress may take to finish (seconds)."""
 
@@ -535,6 +540,17 @@ class WebSettings:
             raise ConfigError("web.http_port and web.https_port must differ")
         if not re.fullmatch(r"(\[[0-9a-f:.]+\]|[A-Za-z0-9.-]+):[1-9]\d{0,4}", self.livekit_upstream):
             raise ConfigError(f"web.livekit_upstream: {self.livekit_upstream!r} is not host:port")
+
+    def site(self) -> str:
+        """The site's name: web.domain, or this machine's host name when it is empty."""
+        name = self.domain or socket.gethostname().lower()
+        try:
+            _site_name("web.domain", name)
+        except ConfigError:
+            raise ConfigError(
+                f"web.domain: empty, and the host name {name!r} is no DNS name: set it"
+            ) from None
+        return name
 
     def tls_for(self, name: str) -> str:
         """The TLS mode of a site name: the setting, else chosen by the name."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 import time
@@ -12,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import aiohttp
+from prometheus_client import Counter, Gauge
 
 
 def volume_tar_problem(file: IO[bytes]) -> str | None:
@@ -39,6 +41,19 @@ class Pause:
     seconds: float = 0.0
 
 
+# What sudo-api's metrics tell of the provisioner, which is not scraped (it exits when idle):
+# whether its socket takes connections, and the runtime starts it reported failed.
+SOCKET_UP = Gauge(
+    "sudo_provisioner_socket_up",
+    "1 if the provisioner's socket took this process's last connection, 0 if it was refused",
+    ["socket"],  # no series in a process that never called it
+)
+SPAWN_FAILURES = Counter(
+    "sudo_runtime_spawn_failures_total",
+    "Runtimes the provisioner failed to start for this process (they exited or never became healthy)",
+)
+
+
 class ProvisionerError(RuntimeError):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(f"provisioner answered {status}: {body.get('error', body)}")
@@ -54,6 +69,7 @@ FLEET_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
 
 class ProvisionerClient:
     def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
+        self._socket_up = SOCKET_UP.labels(str(socket_path))
         self._session = aiohttp.ClientSession(
             # A connection per request: the provisioner exits when idle and restarts at any
             # time, so a pooled connection would often be one it already closed. No cap on
@@ -72,8 +88,22 @@ class ProvisionerClient:
     async def close(self) -> None:
         await self._session.close()
 
+    @contextlib.asynccontextmanager
+    async def _request(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A request, its connection counted in SOCKET_UP and a failed spawn (502) in SPAWN_FAILURES."""
+        try:
+            response = await self._session.request(method, f"http://provisioner{path}", **kwargs)
+        except aiohttp.ClientConnectorError:  # refused, or no socket at all
+            self._socket_up.set(0)
+            raise
+        self._socket_up.set(1)
+        if response.status == 502:  # SpawnFailed, the one 502 the provisioner gives
+            SPAWN_FAILURES.inc()
+        async with response:
+            yield response
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with self._session.request(method, f"http://provisioner{path}", **kwargs) as resp:
+        async with self._request(method, path, **kwargs) as resp:
             body = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise ProvisionerError(resp.status, body if isinstance(body, dict) else {})
@@ -135,18 +165,20 @@ class ProvisionerClient:
 
     async def _stream(self, path: str, body: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
         """A change of the whole fleet, which may take long: no limit but on connecting."""
-        async with self._session.post(f"http://provisioner{path}", json=body, timeout=FLEET_TIMEOUT) as resp:
+        async with self._request("POST", path, json=body, timeout=FLEET_TIMEOUT) as resp:
             if resp.status >= 400:
                 raise ProvisionerError(resp.status, await resp.json(content_type=None))
             async for line in resp.content:
                 if line.strip():
-                    yield json.loads(line)
+                    event = json.loads(line)
+                    if event.get("event") == "failed":
+                        SPAWN_FAILURES.inc()
+                    yield event
 
     async def get_volume(self, family: uuid.UUID, pause: Pause | None = None) -> AsyncIterator[bytes]:
         """A tar of the family's data volume, chunk by chunk, taken with its runtime paused (after
         any request in flight ends: 409 if none ends in time). `pause` is told how long."""
-        url = f"http://provisioner/v1/runtimes/{family}/volume"
-        async with self._session.get(url, timeout=VOLUME_TIMEOUT) as resp:
+        async with self._request("GET", f"/v1/runtimes/{family}/volume", timeout=VOLUME_TIMEOUT) as resp:
             if resp.status >= 400:
                 raise ProvisionerError(resp.status, await resp.json(content_type=None))
             began = time.monotonic()

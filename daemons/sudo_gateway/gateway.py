@@ -50,6 +50,11 @@ IN_FLIGHT = Gauge("sudo_gateway_in_flight", "LLM requests in flight")
 TRANSCRIPTIONS = Counter("sudo_gateway_transcriptions_total", "Speech-to-text requests", ["status"])
 WHATSAPP = Counter("sudo_gateway_whatsapp_messages_total", "WhatsApp messages from agents", ["result"])
 SPEECHES = Counter("sudo_gateway_speeches_total", "Text-to-speech requests", ["status"])
+PROVIDER_ERRORS = Counter(
+    "sudo_gateway_provider_errors_total",
+    "The provider's failures: its HTTP error status, `unreachable`, or `cut` (an answer broken off)",
+    ["status"],
+)
 REFUSED_BUSY = Counter("sudo_gateway_family_busy_total", "Refused: the family had too many in flight")
 SPEECH_MODELS = {"stt": "whisper-1", "tts": "tts-1"}
 COMPLETION_FIELDS = frozenset(
@@ -378,6 +383,8 @@ class Gateway:
             async with self._http.post(url, headers=headers, **payload) as upstream:
                 FIRST_BYTE.observe(time.monotonic() - started)
                 REQUESTS.labels(str(upstream.status)).inc()
+                if upstream.status >= 400:
+                    PROVIDER_ERRORS.labels(str(upstream.status)).inc()
                 response = web.StreamResponse(
                     status=upstream.status,
                     headers={k: v for k, v in upstream.headers.items() if forwarded(k)},
@@ -398,7 +405,9 @@ class Gateway:
             if response is not None and response.prepared:
                 # Mid-answer: drop the connection so the agent sees a broken stream, never a
                 # short answer that looks complete.
+                PROVIDER_ERRORS.labels("cut").inc()
                 raise
+            PROVIDER_ERRORS.labels("unreachable").inc()
             REQUESTS.labels("502").inc()
             return openai_error(502, f"the LLM provider could not be reached: {exc}", "server_error")
 

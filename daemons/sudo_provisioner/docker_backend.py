@@ -363,12 +363,18 @@ class DockerBackend:
             client.close()
 
     async def memory_used(self, name: str) -> int | None:
-        """Bytes of memory the container uses now (one sample, as `docker stats --no-stream`)."""
+        """Bytes of memory the container uses now (one sample), counted as `docker stats` does:
+        without the inactive page cache, which the kernel drops before it nears the limit."""
         try:
             stats = await self._run(self._client.api.stats, name, stream=False, one_shot=True)
         except DockerMissing:
             return None
-        return (stats.get("memory_stats") or {}).get("usage")
+        memory = stats.get("memory_stats") or {}
+        if (used := memory.get("usage")) is None:
+            return None
+        detail = memory.get("stats") or {}
+        cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))  # cgroup v2, v1
+        return used - cache if cache < used else used
 
     async def logs(self, name: str, tail: int = 30) -> str:
         try:

@@ -7,7 +7,6 @@ with it, so /etc/sudo/sudo.toml stays the one place the site is configured.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from importlib import resources
 
 import jinja2
@@ -21,18 +20,6 @@ def upstream(listen: str) -> tuple[str, str]:
     host, _, port = listen.rpartition(":")
     host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
     return f"{host}:{port}", host.strip("[]")
-
-
-def site_name(web: config.WebSettings) -> str:
-    """web.domain, or this machine's host name when it is empty."""
-    name = web.domain or socket.gethostname().lower()
-    try:
-        config.WebSettings(domain=name)
-    except config.ConfigError:
-        raise config.ConfigError(
-            f"web.domain: empty, and the host name {name!r} is no DNS name: set it"
-        ) from None
-    return name
 
 
 def believed(peer: str, trusted_proxies: tuple[str, ...]) -> bool:
@@ -58,7 +45,7 @@ def caddyfile(settings: config.Settings) -> str:
             " from: sudo-api checks Twilio's signatures over the public URL it rebuilds from"
             " Caddy's X-Forwarded headers"
         )
-    domain = site_name(web)
+    domain = web.site()
     tls_domain = web.tls_for(domain)
     tls_livekit = web.tls_for(web.livekit_domain) if web.livekit_domain else ""
     template = jinja2.Template(

@@ -3,16 +3,26 @@ server (the `host` of tests/e2e/conftest.py) and, on a second machine, sudo-edge
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
+import tarfile
+import time
+import tomllib
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import docker
+import pyrage
 import pytest
+import yaml
 from machines import WEB_DOMAIN, Host, heard_from, install_edge, pair_edge, start_machine, status_of
+from ports import free_port
 from twilio_stub import sign
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -325,6 +335,174 @@ def test_a_home_device_installs_pairs_and_heartbeats(host: Host, family: str):
         pi.wait(lambda: "muted" in status_of(pi, "sudo-edge"), 30, "the mute kept across the restart")
     finally:
         pi.container.remove(force=True)
+
+
+OBSERVABILITY = "/usr/share/sudo/observability"
+
+
+class Prometheus:
+    """Debian's prometheus on the installed host, read through its HTTP API."""
+
+    def __init__(self, host: Host, port: int) -> None:
+        self.host, self.url = host, f"http://127.0.0.1:{port}/api/v1"
+
+    def get(self, path: str, **params: str) -> Any:
+        with urllib.request.urlopen(f"{self.url}/{path}?{urllib.parse.urlencode(params)}", timeout=30) as r:
+            answer = json.load(r)
+        assert answer["status"] == "success", answer
+        return answer["data"]
+
+    def query(self, expr: str) -> dict[str, float]:
+        """Each series of an instant query, by its labels (as text), with its value."""
+        result = self.get("query", query=expr)["result"]
+        return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in result}
+
+    def firing(self) -> dict[str, dict]:
+        """The alerts firing, by name."""
+        return {a["labels"]["alertname"]: a for a in self.get("alerts")["alerts"] if a["state"] == "firing"}
+
+
+@pytest.fixture(scope="module")
+def prometheus(host: Host) -> Prometheus:
+    """Prometheus as an operator sets it up from sudo-observability: the shipped prometheus.yml
+    with the targets this host's sudo.toml gives its metrics listeners, and the shipped alert
+    rules as they are. The test's own overrides: a scrape and an evaluation every second, and a
+    port of its own (this host shares the real host's network)."""
+    settings = tomllib.loads(host.sh("cat /etc/sudo/sudo.toml"))
+    listeners = {"sudo-api": settings["api"]["metrics"], "sudo-gateway": settings["gateway"]["metrics"]}
+    shipped = yaml.safe_load(host.sh(f"cat {OBSERVABILITY}/prometheus.yml"))
+    assert shipped["rule_files"] == [f"{OBSERVABILITY}/alerts.yml"]
+    assert {job["job_name"] for job in shipped["scrape_configs"]} == set(listeners)
+    for job in shipped["scrape_configs"]:
+        job["static_configs"] = [{"targets": [listeners[job["job_name"]]]}]
+    shipped["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    host.write("/etc/prometheus/prometheus.yml", yaml.safe_dump(shipped))
+    port = free_port()
+    host.write("/etc/default/prometheus", f'ARGS="--web.listen-address=127.0.0.1:{port}"\n')
+    # Debian's promtool checks the configuration and, through it, the shipped rules.
+    checked = host.sh("promtool check config /etc/prometheus/prometheus.yml 2>&1")
+    assert f"Checking {OBSERVABILITY}/alerts.yml" in checked, checked
+    host.sh("systemctl unmask prometheus.service && systemctl start prometheus.service")
+    return Prometheus(host, port)
+
+
+def test_prometheus_scrapes_the_daemons_with_the_shipped_files(
+    host: Host, family: str, prometheus: Prometheus
+):
+    rules = host.sh(f"promtool check rules {OBSERVABILITY}/alerts.yml 2>&1")
+    assert re.search(r"SUCCESS: \d+ rules found", rules), rules
+    # Each alert, on the series that should and should not make it fire (tests/e2e/alerts_test.yml).
+    host.write("/tmp/alerts_test.yml", (Path(__file__).parent / "alerts_test.yml").read_text())
+    tested = host.sh("promtool test rules /tmp/alerts_test.yml 2>&1", check=False)
+    assert tested.endswith("SUCCESS"), tested
+
+    chat(host, family, "are you being watched?")
+    host.wait(lambda: len(prometheus.query('up{job=~"sudo-.*"} == 1')) == 2, 60, "both daemons scraped")
+    family_id = host.call("GET", "/v1/me", family)["account"]["user_id"]
+    live = {
+        "sudo_api_chat_messages_total": 'sudo_api_chat_messages_total{role="assistant"} > 0',
+        "sudo_gateway_requests_total": 'sudo_gateway_requests_total{status="200"} > 0',
+        # sudo-api's watcher reaches the provisioner's socket (starting it) every few seconds.
+        "sudo_provisioner_socket_up": "sudo_provisioner_socket_up == 1",
+        "sudo_runtime_memory_bytes": f'sudo_runtime_memory_bytes{{family="{family_id}"}} > 10e6',
+        "sudo_runtime_memory_limit_bytes": (
+            f'sudo_runtime_memory_limit_bytes{{family="{family_id}"}} == 768 * 2^20'
+        ),
+        # measured by the reaper's runs (test_the_reaper_timer_evicts_an_idle_runtime)
+        "sudo_volume_used_bytes": f'sudo_volume_used_bytes{{family="{family_id}"}} > 0',
+        "sudo_volume_quota_bytes": f'sudo_volume_quota_bytes{{family="{family_id}"}} == 5 * 2^30',
+        # what Caddy serves: its own CA's certificate, valid now and for hours yet
+        "sudo_web_certificate_expiry_timestamp_seconds": (
+            f'sudo_web_certificate_expiry_timestamp_seconds{{domain="{WEB_DOMAIN}"}} - time() > 3600'
+        ),
+        "sudo_web_certificate_issued_timestamp_seconds": (
+            f'sudo_web_certificate_issued_timestamp_seconds{{domain="{WEB_DOMAIN}"}} < time()'
+        ),
+    }
+    (runtime,) = host.runtimes()
+    if not host.docker.api.stats(runtime.id, stream=False, one_shot=True)["memory_stats"]:
+        # An engine that samples no memory (`docker stats` says 0B: some sandboxed ones) gives
+        # the provisioner none to report.
+        del live["sudo_runtime_memory_bytes"], live["sudo_runtime_memory_limit_bytes"]
+    for name, expr in live.items():
+        # sudo-api samples the runtimes, volumes and certificate every api.monitor_interval_sec (30 s)
+        host.wait(lambda expr=expr: prometheus.query(expr), 60, f"{name} in Prometheus: {expr}")
+    # Every metric an alert reads is one the daemons expose (its HELP and TYPE are scraped even
+    # while a labelled counter has no series yet), and nothing fires on a healthy host.
+    known = set(prometheus.get("metadata"))
+    used = set(re.findall(r"\bsudo_\w+", host.sh(f"cat {OBSERVABILITY}/alerts.yml")))
+    assert used <= known, f"the alerts read metrics no daemon exposes: {sorted(used - known)}"
+    assert not prometheus.firing(), prometheus.firing()
+
+
+def test_the_backup_timer_writes_encrypted_archives_and_a_failed_night_alerts(
+    host: Host, family: str, prometheus: Prometheus, tmp_path: Path
+):
+    """sudo-backup.timer fires under systemd, made to elapse soon by a drop-in. Its first run,
+    with no backup.recipients, fails, and the alert fires; with the operator's public key, the
+    next writes the family's archive, which only the private key (kept off the host) opens."""
+    family_id = host.call("GET", "/v1/me", family)["account"]["user_id"]
+    host.write(
+        "/etc/systemd/system/sudo-backup.timer.d/soon.conf",
+        "[Timer]\nOnCalendar=\nOnActiveSec=1s\nRandomizedDelaySec=0\nAccuracySec=1s\n",
+    )
+
+    def ended() -> str:
+        return host.sh("systemctl show -p ExecMainExitTimestampMonotonic --value sudo-backup.service")
+
+    def fire_timer() -> None:
+        """Restart the timer (its OnActiveSec counts from then) and wait for the run it starts."""
+        before = ended()
+        host.sh("systemctl reset-failed sudo-backup.service; systemctl daemon-reload")
+        host.sh("systemctl restart sudo-backup.timer")
+        host.wait(
+            lambda: ended() != before and host.state("sudo-backup.service") in ("inactive", "failed"),
+            120,
+            "the backup timer's run",
+        )
+        # the timer started it (a restart sets its last trigger back to none)
+        assert host.sh("systemctl show -p LastTriggerUSecMonotonic --value sudo-backup.timer") != "0"
+
+    fire_timer()
+    assert host.state("sudo-backup.service") == "failed"
+    assert "backup.recipients is empty" in host.sh("journalctl -u sudo-backup --no-pager")
+    alert = host.wait(lambda: prometheus.firing().get("SudoBackupFailed"), 30, "the failed backup's alert")
+    assert alert["labels"]["severity"] == "critical"
+    assert prometheus.query("sudo_backup_last_success_timestamp == 0")
+
+    identity = pyrage.x25519.Identity.generate()  # the operator's, kept on this side
+    host.sh(f"printf '\\n[backup]\\nrecipients = [\"{identity.to_public()}\"]\\n' >> /etc/sudo/sudo.toml")
+    started = time.time()
+    fire_timer()
+    assert host.state("sudo-backup.service") == "inactive"  # succeeded
+    night = host.sh("ls /var/backups/sudo")
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", night), night
+    manifest = json.loads(host.sh(f"cat /var/backups/sudo/{night}/manifest.json"))
+    (entry,) = manifest["families"]
+    assert entry["family"] == family_id and not manifest["errors"], manifest
+    archive = f"/var/backups/sudo/{night}/{family_id}.tar.age"
+    assert host.sh(f"stat -c '%a %U' {archive}") == "600 sudo-backup"
+    # Without the key it is age ciphertext, no tar; another key does not open it.
+    encrypted = tmp_path / "archive.tar.age"
+    encrypted.write_bytes(base64.b64decode(host.sh(f"base64 -w0 {archive}")))
+    assert encrypted.read_bytes().startswith(b"age-encryption.org/v1\n")
+    with pytest.raises(tarfile.TarError):
+        tarfile.open(encrypted).close()
+    with pytest.raises(pyrage.DecryptError):
+        pyrage.decrypt(encrypted.read_bytes(), [pyrage.x25519.Identity.generate()])
+    # The operator brings the key for a verify, and takes it away again.
+    host.write("/root/operator.key", f"{identity}\n")
+    try:
+        verified = host.sh(f"sudoctl backup verify {night} --identity /root/operator.key")
+    finally:
+        host.sh("rm /root/operator.key")
+    assert verified.startswith(f"ok {archive}: family {family_id} (E2E)"), verified
+    # The night succeeded: the alert resolves and the metric says when.
+    host.wait(lambda: "SudoBackupFailed" not in prometheus.firing(), 30, "the backup alert to resolve")
+    assert prometheus.query(f"sudo_backup_last_success_timestamp > {started}")
+    host.sh("rm -r /etc/systemd/system/sudo-backup.timer.d && systemctl daemon-reload")
+    host.sh("systemctl restart sudo-backup.timer")
+    print(f"backup: {entry['bytes']:,} bytes in {entry['seconds']} s, paused {entry['paused_sec']} s")
 
 
 def test_purge_removes_everything(host: Host, family: str):

@@ -78,9 +78,9 @@ def test_the_tls_setting_wins_over_the_name(tmp_path: Path):
 
 
 def test_no_domain_is_this_machines_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(web.socket, "gethostname", lambda: "Kitchen-Server")
+    monkeypatch.setattr(config.socket, "gethostname", lambda: "Kitchen-Server")
     assert "\ttls internal\n" in site(render(tmp_path), "kitchen-server")
-    monkeypatch.setattr(web.socket, "gethostname", lambda: "under_score")
+    monkeypatch.setattr(config.socket, "gethostname", lambda: "under_score")
     with pytest.raises(config.ConfigError, match=r"web\.domain: empty, and the host name 'under_score'"):
         web.caddyfile(settings())
 

@@ -21,7 +21,14 @@ OBSERVABILITY = ROOT / "units" / "observability"
 DATASOURCES = {"prometheus": "${prometheus}", "loki": "${loki}"}
 
 # The modules whose metrics Prometheus scrapes (sudo-api's and sudo-gateway's).
-SCRAPED_MODULES = ("sudo_api.app", "sudo_api.chat", "sudo_api.devices", "sudo_gateway.gateway")
+SCRAPED_MODULES = (
+    "sudo_api.app",
+    "sudo_api.chat",
+    "sudo_api.devices",
+    "sudo_api.monitor",
+    "sudo_core.provisioner_client",
+    "sudo_gateway.gateway",
+)
 
 
 def promtail() -> dict[str, Any]:
@@ -77,8 +84,15 @@ def test_the_yaml_files_parse():
     assert prometheus["global"]["scrape_interval"] == "15s"
 
 
+def alert_rules() -> list[dict[str, Any]]:
+    (group,) = yaml.safe_load((OBSERVABILITY / "alerts.yml").read_text())["groups"]
+    return group["rules"]
+
+
 def test_prometheus_scrapes_the_default_metrics_listeners_and_not_the_provisioner():
     prometheus = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    # the alert rules, where sudo-observability installs them
+    assert prometheus["rule_files"] == ["/usr/share/sudo/observability/alerts.yml"]
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     scraped = {name: [t for c in job["static_configs"] for t in c["targets"]] for name, job in jobs.items()}
     assert scraped == {"sudo-api": [ApiSettings().metrics], "sudo-gateway": [GatewaySettings().metrics]}
@@ -95,6 +109,21 @@ def test_every_metric_in_the_dashboard_is_registered_by_a_scraped_daemon():
         used |= names
     assert not {n for n in used if n.startswith("sudo_provisioner_")}, "the provisioner is never scraped"
     assert used <= registered, f"not registered: {sorted(used - registered)}"
+
+
+def test_every_alert_reads_metrics_of_the_scraped_daemons_and_says_what_to_do():
+    registered = registered_metrics()
+    rules = alert_rules()
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names)), names
+    for rule in rules:
+        used = set(re.findall(r"\bsudo_\w+", rule["expr"]))
+        assert used <= registered, f"{rule['alert']} reads what no daemon exposes: {used - registered}"
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+    # tests/e2e/alerts_test.yml has promtool test each of them
+    tested = yaml.safe_load((ROOT / "tests" / "e2e" / "alerts_test.yml").read_text())["tests"]
+    assert {t["alertname"] for case in tested for t in case["alert_rule_test"]} == set(names)
 
 
 def test_no_metric_name_reaches_loki():
