@@ -127,7 +127,8 @@ class Satellite:
         self.muted = False
         self._mute_changed = asyncio.Event()
         self._voice: VoiceToken | None = None
-        self._told_agent_away = False
+        self._aways = 0
+        """Rooms left in a row for want of an agent."""
         self._status: dict[str, str] = {}
 
     # Status: one line for systemd, made of the parts that currently apply
@@ -436,10 +437,17 @@ class Satellite:
                 await self._in_room(room, token)
             except AgentAway as exc:
                 # A new room (the old one gone after its departure timeout) brings a new agent.
+                # The device's token asks LiveKit to close its room 2 s after it left; a room an
+                # agent's late join made again has the server's own timeout, and a device that
+                # came back sooner would keep that room, with no agent, for ever.
                 await room.close()
-                log.warning("%s; joining %s again in %s", exc, voice.room, _seconds(v.agent_wait_sec))
+                self._aways += 1
+                wait = v.agent_wait_sec
+                if self._aways > 1:
+                    wait = max(wait, v.room_departure_sec + 2)
+                log.warning("%s; joining %s again in %s", exc, voice.room, _seconds(wait))
                 self._set_status("state", "paired; the assistant is away, joining its room again")
-                await asyncio.sleep(v.agent_wait_sec)
+                await asyncio.sleep(wait)
                 continue
             finally:
                 await room.close()
@@ -537,7 +545,7 @@ class Satellite:
                 if self.listening is not None:
                     self.listening.close()
                 continue
-            self._told_agent_away = False
+            self._aways = 0
             log.debug("agent is %s", state)
             if self.listening is not None:
                 self.listening.agent_is(state)
@@ -545,9 +553,8 @@ class Satellite:
                 self.speaker.overlay(self._cue)
 
     async def _say_agent_away(self) -> None:
-        if self._told_agent_away:
+        if self._aways:
             return  # once per outage, not at every try
-        self._told_agent_away = True
         command, rate = self.settings.pairing.speak_command, self.settings.audio.sample_rate
         try:
             self.speaker.play(await synthesize(command, AGENT_AWAY, rate))

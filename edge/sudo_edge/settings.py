@@ -167,6 +167,12 @@ class VoiceSettings:
     closed the room (sudo-api's tokens close it 2 s after the device left) and dispatches a new
     agent to the new one (seconds)."""
 
+    room_departure_sec: float = 20.0
+    """How long the LiveKit server keeps a room that another participant's join created (the
+    agent's, come late) after its last participant left: livekit-server's
+    `room.departure_timeout`. A second join in a row with no agent in the room stays out longer
+    than this, so that the room is gone and the next join makes a new one (seconds)."""
+
     def __post_init__(self) -> None:
         _check(self.connect_timeout_sec > 0, "voice.connect_timeout_sec", "must be positive")
         _check(self.token_margin_sec >= 0, "voice.token_margin_sec", "must be 0 or more")
@@ -176,6 +182,7 @@ class VoiceSettings:
         _check(self.wake_word in words, "voice.wake_word", f"must be one of {', '.join(words)}")
         _check(self.follow_up_sec > 0, "voice.follow_up_sec", "must be positive")
         _check(self.agent_wait_sec > 0, "voice.agent_wait_sec", "must be positive")
+        _check(self.room_departure_sec >= 0, "voice.room_departure_sec", "must be 0 or more")
 
 
 @dataclass(frozen=True)

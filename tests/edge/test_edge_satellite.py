@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -448,6 +449,26 @@ async def test_the_agent_leaving_the_room_puts_the_wake_word_back_on_guard(rig: 
         rig.livekit.set_state("listening")  # the next agent
         await until(lambda: rig.devices.speaker_pcm(), "the new agent's cue", 5)
         assert not listening.awake
+
+
+async def test_a_room_without_an_agent_is_left_long_enough_for_it_to_close(rig: Rig):
+    """No agent comes: the device leaves and joins again soon, since its token has LiveKit close
+    the room 2 s after it left; from the second try it stays out longer than the server's own
+    departure timeout, in case an agent's late join made the room again (it would never close)."""
+    with_voice(rig, agent_wait_sec=0.3, room_departure_sec=1.0)
+    rig.paired_before()
+    joined_at: list[float] = []
+    async with rig.running():
+        deadline = time.monotonic() + 20
+        while len(joined_at) < 3 and time.monotonic() < deadline:
+            if len(rig.livekit.joins) > len(joined_at):
+                joined_at.append(time.monotonic())
+            await asyncio.sleep(0.01)
+    assert len(joined_at) == 3, joined_at
+    first, second = joined_at[1] - joined_at[0], joined_at[2] - joined_at[1]
+    assert first < 1.0 + 2, f"the first try comes back after agent_wait_sec: {first:.2f} s"
+    assert second >= 1.0 + 2, f"the second stays out past the departure timeout: {second:.2f} s"
+    assert rig.log("no agent in the room")
 
 
 async def test_a_mute_closes_the_microphone_and_holds_across_restarts(rig: Rig, recording: Recording):

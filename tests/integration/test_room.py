@@ -99,7 +99,8 @@ async def test_the_device_says_when_the_bridge_is_gone_and_talks_again_once_it_i
     assert abs(loud_seconds(notice) - expected) < 0.15 * expected, (loud_seconds(notice), expected)
     await home.until(lambda: "no agent in the room for" in home.edge.log(), 30, "the device's log line")
     no_worker = ("no worker", home.room_name, VOICE_AGENT)
-    await home.until(lambda: no_worker in home.livekit.events, 30, "a join with no worker to dispatch")
+    # (Within a second try: a room an agent's late join made keeps the server's own timeout.)
+    await home.until(lambda: no_worker in home.livekit.events, 60, "a join with no worker to dispatch")
 
     home.start_bridge()  # systemd's Restart=
     await home.until(home.ready, 90, "the device and a new agent to hear each other")
