@@ -51,7 +51,7 @@ deps:
 $(VENV)/.installed: pyproject.toml edge/pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]' -e ./edge
+	$(BIN)/pip install -q -e '.[server,voice,test]' -e ./edge
 	touch $@
 
 venv: $(VENV)/.installed

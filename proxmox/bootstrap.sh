@@ -84,7 +84,7 @@ need HERMES_IMAGE "the Hermes Agent image to run, e.g. sudo-hermes:0.19.0 (make 
 [[ ${cfg[HERMES_TAG]} =~ ^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_.-]+$ ]] || die "$conf: HERMES_TAG must be NAME:TAG, such as sudo-hermes-upstream:0.19.0"
 if [ -n "${cfg[SUDO_DEBS]}" ]; then
     [[ ${cfg[SUDO_DEBS]} == /* ]] || die "$conf: SUDO_DEBS must be an absolute path"
-    for pkg in sudo-server sudo-web; do
+    for pkg in sudo-server sudo-web sudo-voice-bridge; do
         compgen -G "${cfg[SUDO_DEBS]}/${pkg}_*.deb" >/dev/null \
             || die "$conf: SUDO_DEBS=${cfg[SUDO_DEBS]} holds no ${pkg}_*.deb: copy the .debs of \`make deb\` (dist/*.deb) there"
     done
@@ -215,11 +215,11 @@ if [ -n "${cfg[SUDO_DEBS]}" ]; then
         apt_install "${debs[@]}"
         did "installed ${stale[*]}"
     fi
-elif installed sudo-server && installed sudo-web; then
+elif installed sudo-server && installed sudo-web && installed sudo-voice-bridge; then
     same "sudo-server $(dpkg-query -W -f='${Version}' sudo-server) installed"
 else
-    apt_install sudo-server sudo-web
-    did "installed sudo-server and sudo-web from the configured repository"
+    apt_install sudo-server sudo-web sudo-voice-bridge
+    did "installed sudo-server, sudo-web and sudo-voice-bridge from the configured repository"
 fi
 wait_active sudo-api.service
 

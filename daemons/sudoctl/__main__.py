@@ -284,7 +284,8 @@ def web_caddyfile(settings: config.Settings, output: Path | None) -> int:
     return 0
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """sudoctl's command line; its manual page (tools/manpage.py) is written from it at build time."""
     parser = argparse.ArgumentParser(prog="sudoctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fam = sub.add_parser("families", help="list, add, disable, enable or delete families")
@@ -391,7 +392,11 @@ def main() -> None:
     site = sub.add_parser("web", help="sudo-web's Caddyfile, from the settings ([web], api.listen)")
     site.add_argument("action", choices=("caddyfile",))
     site.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it there, not to stdout")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     try:
         settings = config.load()
         if args.command == "families" and args.action in ("disable", "enable", "delete"):

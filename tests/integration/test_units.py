@@ -19,7 +19,11 @@ UNITS = Path(__file__).resolve().parents[2] / "units"
 DAEMONS = ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudo-voice-bridge")
 SERVICES = (*DAEMONS, "sudo-firewall", "sudo-backup", "sudo-web", "livekit-server", "sudo-edge")
 EXECUTABLES = (
-    *(f"/opt/venvs/sudo/bin/{daemon}" for daemon in (*DAEMONS, "sudoctl")),
+    *(
+        f"/opt/venvs/sudo/bin/{exe}"
+        for exe in ("sudo-api", "sudo-gateway", "sudo-provisioner", "sudo-reaper", "sudoctl")
+    ),
+    "/opt/venvs/sudo-voice-bridge/bin/sudo-voice-bridge",
     "/usr/local/bin/livekit-server",
     "/opt/venvs/sudo-edge/bin/sudo-edge",
     "/usr/bin/caddy",
@@ -28,7 +32,7 @@ EXECUTABLES = (
 # checks that ExecStart= exists), then analyzes them.
 SCRIPT = """
 set -e
-mkdir -p /opt/venvs/sudo/bin /opt/venvs/sudo-edge/bin
+mkdir -p /opt/venvs/sudo/bin /opt/venvs/sudo-voice-bridge/bin /opt/venvs/sudo-edge/bin
 for exe in {executables}; do printf '#!/bin/sh\\n' > $exe; chmod +x $exe; done
 mkdir -p /etc/livekit && : > /etc/livekit/livekit.yaml
 cp /units/*.service /units/*.socket /units/*.timer /units/*.target /etc/systemd/system/
