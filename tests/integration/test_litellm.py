@@ -184,8 +184,12 @@ async def test_the_gateway_streams_and_meters_litellm_answers(stack: Stack, http
     # as they were written, not together at the end.
     assert len(arrivals) >= 6, arrivals
     assert arrivals[-1] - arrivals[0] >= 1.2, arrivals
-    # Metered from the `usage` litellm passed on: the stand-in's count, a word a token.
-    day = await stack.db.aio(usage.of_family, stack.db, family.id)
+    # Metered from the `usage` litellm passed on: the stand-in's count, a word a token (recorded
+    # once the answer has gone out, so a moment after the agent read its end).
+    for _ in range(100):
+        if day := await stack.db.aio(usage.of_family, stack.db, family.id):
+            break
+        await asyncio.sleep(0.1)
     assert [(d.tokens_in, d.tokens_out, d.answers) for d in day] == [(6, 8, 1)], day
 
     form = aiohttp.FormData()

@@ -171,6 +171,11 @@ MATRIX: list[tuple[str, str, dict[str, Any], Expected]] = [
      expect(401, 403, 403, 403, 401, 403, 403, 401, 400, 401)),
     ("GET", "/v1/admin/restart-all", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
     ("GET", "/v1/admin/fleet", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
+    ("GET", "/v1/admin/image", {}, expect(401, 403, 403, 403, 401, 403, 403, 401, 200, 401)),
+    ("POST", "/v1/admin/image/upgrade", {"json": {"ref": ""}},  # no image named: nothing starts
+     expect(401, 403, 403, 403, 401, 403, 403, 401, 400, 401)),
+    ("POST", "/v1/admin/image/rollback", {},  # no upgrade ever ran here: refused by the provisioner
+     expect(401, 403, 403, 403, 401, 403, 403, 401, (202, 409), 401)),
     ("DELETE", "/v1/admin/families/{user_id}", {"path": {"user_id": "nobody_uuid"}},
      expect(401, 403, 403, 403, 401, 403, 403, 401, 404, 401)),
     ("POST", "/v1/admin/families/{user_id}/disable", {"path": {"user_id": "nobody_uuid"}},
