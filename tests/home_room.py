@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -53,13 +54,25 @@ def asked(question: str) -> tuple[bytes, float]:
     return in_room_noise(pcm + silence(1.5)), len(pcm) / 2 / RATE
 
 
+def unused_room_subnet(start: int) -> int:
+    """The third byte of a 10.215.x.0/30 for a namespace, from 64 to 127 beginning at `start`,
+    that no interface of the host holds (another worker's room, or one a killed run left)."""
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True)
+    taken = {int(m) for m in re.findall(r"inet 10\.215\.(\d+)\.", shown.stdout)}
+    for step in range(64):
+        subnet = 64 + (start + step) % 64
+        if subnet not in taken:
+            return subnet
+    raise RuntimeError("every 10.215.64-127 subnet is taken: leftover sudo-room namespaces? (ip netns)")
+
+
 class Namespace:
     """A network namespace with a veth pair to the host: `host_ip` on the host, `ip` inside."""
 
     def __init__(self, index: int) -> None:
         self.name = f"sudo-room-{os.getpid()}-{index}"
         self.host_side, self.inside = f"srh{os.getpid() % 10000}{index}", "eth0"
-        subnet = 64 + (os.getpid() + index) % 64
+        subnet = unused_room_subnet(os.getpid() + index)
         self.host_ip, self.ip = f"10.215.{subnet}.1", f"10.215.{subnet}.2"
 
     def create(self) -> None:
