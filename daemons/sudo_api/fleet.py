@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,9 @@ log = logging.getLogger("sudo-api.admin")
 
 
 @dataclass
-class FleetRestart:
-    """The one restart-all in progress (or the last one), as the admin page shows it."""
+class FleetChange:
+    """A change of the whole fleet an admin started, run in the background, and its progress as
+    the admin page shows it: one at a time of each kind."""
 
     provisioner: ProvisionerClient
     progress: dict[str, Any] = field(default_factory=lambda: {"state": "idle"})
@@ -30,18 +32,27 @@ class FleetRestart:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def start(self, reason: str) -> bool:
+    def _begin(
+        self, progress: dict[str, Any], run: Callable[[], Coroutine[Any, Any, None]], name: str
+    ) -> bool:
+        """Start `run()` with `progress` shown; False (and nothing started) if one is running."""
         if self.running:
             return False
-        self.progress = {
-            "state": "running",
-            "reason": reason,
-            "started_at": time.time(),
-            "done": 0,
-            "total": None,
-        }
-        self._task = asyncio.create_task(self._run(), name="restart-all")
+        self.progress = progress | {"state": "running", "started_at": time.time(), "done": 0, "total": None}
+        self._task = asyncio.create_task(run(), name=name)
         return True
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class FleetRestart(FleetChange):
+    """The one restart-all in progress (or the last one)."""
+
+    def start(self, reason: str) -> bool:
+        return self._begin({"reason": reason}, self._run, "restart-all")
 
     async def _run(self) -> None:
         failed: list[dict[str, str]] = []
@@ -65,42 +76,19 @@ class FleetRestart:
             self.progress |= {"state": "failed", "error": str(exc), "failed": failed}
         self.progress["finished_at"] = time.time()
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
-
-@dataclass
-class ImageChange:
+class ImageChange(FleetChange):
     """The image upgrade or rollback an admin started from /admin, as the page follows it.
 
     What the provisioner did is kept by it (runtime-image.json, read by `image_view`); this
     holds only the progress of the one started here, which the page shows while it runs."""
 
-    provisioner: ProvisionerClient
-    progress: dict[str, Any] = field(default_factory=lambda: {"state": "idle"})
-    _task: asyncio.Task[None] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     def start(self, ref: str | None) -> bool:
         """Upgrade to `ref`, or (None) roll back to the previous image; False if one runs."""
-        if self.running:
-            return False
-        self.progress = {
-            "state": "running",
-            "action": "upgrade" if ref else "rollback",
-            "image": ref,
-            "step": "starting",
-            "started_at": time.time(),
-            "done": 0,
-            "total": None,
-        }
-        self._task = asyncio.create_task(self._run(ref), name="image-change")
-        return True
+        action = "upgrade" if ref else "rollback"
+        return self._begin(
+            {"action": action, "image": ref, "step": "starting"}, lambda: self._run(ref), "image-change"
+        )
 
     async def _run(self, ref: str | None) -> None:
         events = self.provisioner.image_upgrade(ref) if ref else self.provisioner.image_rollback()
@@ -128,11 +116,6 @@ class ImageChange:
             log.error("image %s failed: %s", self.progress["action"], exc)
             self.progress |= {"state": "failed", "error": str(exc)}
         self.progress["finished_at"] = time.time()
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def image_view(settings: Settings) -> dict[str, Any]:
