@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -281,6 +282,20 @@ class Stack:
         firewall.remove(self.settings)
         self.db.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_host(root: Path, **overrides: dict) -> Iterator[Stack]:
+    """A whole host as its packages run it: the gateway, the provisioner and sudo-api, stopped and
+    their containers removed afterwards."""
+    stack = Stack(root, **overrides)
+    try:
+        stack.start_gateway()
+        stack.start_provisioner()
+        stack.start_api()
+        yield stack
+    finally:
+        stack.close()
 
 
 class Notifications:

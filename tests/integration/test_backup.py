@@ -20,7 +20,7 @@ import aiohttp
 import pyrage
 import pytest
 from control_plane import Family, join, sign_up
-from stack import BIN, Stack
+from stack import BIN, Stack, running_host
 from test_api_chat import wait_status
 
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
@@ -31,14 +31,8 @@ PASSWORD = "correct horse battery"  # what conftest.sign_up sets
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A second host: its own state directory, database, secrets, network, provisioner and sudo-api."""
-    s = Stack(tmp_path_factory.mktemp("fresh"))
-    try:
-        s.start_gateway()
-        s.start_provisioner()
-        s.start_api()
+    with running_host(tmp_path_factory.mktemp("fresh")) as s:
         yield s
-    finally:
-        s.close()
 
 
 async def sudoctl(stack: Stack, *args: str) -> subprocess.CompletedProcess:

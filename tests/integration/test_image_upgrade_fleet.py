@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import docker.errors
 import pytest
 from control_plane import admin_session, sign_up
-from stack import BIN, IMAGE, Stack
+from stack import BIN, IMAGE, Stack, running_host
 
 from sudo_provisioner.runtimes import CANARY_PROMPT
 
@@ -30,18 +30,12 @@ HEALTH_TIMEOUT_SEC = 20.0
 
 @pytest.fixture(scope="module")
 def upgrade_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(
+    with running_host(
         tmp_path_factory.mktemp("upgrade"),
         provisioner={"health_timeout_sec": HEALTH_TIMEOUT_SEC, "restart_grace_sec": 2.0},
         image={"max_failures": 1, "canary_timeout_sec": 60.0},
-    )
-    try:
-        s.start_gateway()
-        s.start_provisioner()
-        s.start_api()
+    ) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")

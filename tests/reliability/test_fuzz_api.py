@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from stack import BIN, Stack
+from stack import BIN, Stack, running_host
 
 PASSWORD = "correct horse battery"
 EXAMPLES = size(5, 100)
@@ -67,11 +67,7 @@ class Caller:
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("fuzz"))
-    try:
-        s.start_gateway()
-        s.start_provisioner()
-        s.start_api()
+    with running_host(tmp_path_factory.mktemp("fuzz")) as s:
         # Every feature set up (Twilio's stand-in, a LiveKit server's settings), so that no
         # answer is a "not set up" 503 and every operation reaches its own validation.
         settings = s.start_twilio() | {
@@ -82,8 +78,6 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for key, value in settings.items():
             s.db.set_setting(key, value)
         yield s
-    finally:
-        s.close()
 
 
 _addresses = (f"{net}.{host}" for host in itertools.count() for net in ("192.0.2", "198.51.100", "203.0.113"))

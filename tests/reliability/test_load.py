@@ -69,7 +69,7 @@ from ledger import (
     twilio_ready,
     until,
 )
-from stack import Stack
+from stack import Stack, running_host
 
 from sudo_core.provisioner_client import ProvisionerClient
 
@@ -90,21 +90,17 @@ ANSWER_WITHIN_SEC = 300.0
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(
+    with running_host(
         tmp_path_factory.mktemp("load"),
         # Its families chat faster than any family does: the message rate is not what it measures.
         api={"heartbeat_flush_sec": 5.0, "watch_interval_sec": 10.0, "family_messages_per_minute": 10_000},
         runtime={"max_running": FAMILIES},  # every family's home device keeps it warm
-    )
-    try:
-        stack.start_gateway()
-        stack.start_provisioner()
-        stack.start_api()
-        yield stack
-    finally:
-        logs = tmp_path_factory.getbasetemp() / "load-logs"  # the stack's directory goes with it
-        shutil.copytree(stack.root, logs, ignore=shutil.ignore_patterns("state", "credentials", "*.sock"))
-        stack.close()
+    ) as stack:
+        try:
+            yield stack
+        finally:
+            logs = tmp_path_factory.getbasetemp() / "load-logs"  # the stack's directory goes with it
+            shutil.copytree(stack.root, logs, ignore=shutil.ignore_patterns("state", "credentials", "*.sock"))
 
 
 @dataclass

@@ -39,7 +39,7 @@ from ledger import (
     twilio_ready,
     until,
 )
-from stack import BIN, Stack
+from stack import BIN, Stack, running_host
 
 PASSWORD = "correct horse battery"  # what sign_up sets
 
@@ -47,14 +47,8 @@ PASSWORD = "correct horse battery"  # what sign_up sets
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The fresh host."""
-    host = Stack(tmp_path_factory.mktemp("fresh-host"))
-    try:
-        host.start_gateway()
-        host.start_provisioner()
-        host.start_api()
+    with running_host(tmp_path_factory.mktemp("fresh-host")) as host:
         yield host
-    finally:
-        host.close()
 
 
 async def sudoctl(stack: Stack, *args: str) -> subprocess.CompletedProcess:
