@@ -23,7 +23,7 @@ from sudo_core.systemd import Notifier
 from .admission import Priority
 from .backend import BackendError
 from .images import ImageUpgrades, UpgradeRefused
-from .runtimes import AtCapacity, Busy, FamilyDisabled, FamilyNotFound, RuntimeManager, SpawnFailed
+from .runtimes import AtCapacity, Busy, FamilyDisabled, FamilyNotFound, Progress, RuntimeManager, SpawnFailed
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -270,9 +270,6 @@ async def image_rollback(request: web.Request) -> web.StreamResponse:
 
 async def image_state(request: web.Request) -> web.Response:
     return web.json_response(request.app[UPGRADES].summary())
-
-
-Progress = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def fleet_change(
