@@ -705,12 +705,17 @@ class RuntimeManager:
                 or (current is not None and current.running and current.config_hash == spec.config_hash)
             ):
                 return False
-            await self._await_quiet(family_id)
-            current = await self.backend.get(spec.name)
-            if current is not None:
-                await self._remove(current)
-            await self._spawn(spec, Claim(Priority.RECREATE))
+            await self._replace(family_id, spec)
             return True
+
+    async def _replace(self, family_id: uuid.UUID, spec: RuntimeSpec) -> Runtime:
+        """Under the family's lock: its requests in flight given their grace, its runtime removed
+        and made again from `spec`."""
+        await self._await_quiet(family_id)
+        current = await self.backend.get(spec.name)
+        if current is not None:
+            await self._remove(current)
+        return await self._spawn(spec, Claim(Priority.RECREATE))
 
     async def canary(
         self, family_id: uuid.UUID, image: ImageRef, passed: Callable[[], Awaitable[None]]
@@ -720,12 +725,8 @@ class RuntimeManager:
         ensure puts it back on the fleet's image before the fleet's image is this one. SpawnFailed
         if it does not come up or answer; what it made is removed then."""
         async with self._lock(family_id):
-            await self._await_quiet(family_id)
             _, spec = await self._desired(family_id, image=image)
-            current = await self.backend.get(spec.name)
-            if current is not None:
-                await self._remove(current)
-            runtime = await self._spawn(spec, Claim(Priority.RECREATE))
+            runtime = await self._replace(family_id, spec)
             try:
                 await self._turn(runtime, family_id)
             except BaseException:
