@@ -26,6 +26,7 @@ from .limits import LoginLimiter, message_limiter
 from .monitor import Monitor
 from .numbers import Numbers
 from .push import Pusher
+from .watcher import RuntimeWatcher
 from .whatsapp import WhatsApp
 
 log = logging.getLogger("sudo-api")
@@ -75,6 +76,8 @@ async def serve(settings: config.Settings) -> int:
     monitor.start()
     metrics_runner = await start_metrics(api.metrics)
     await services.chat.start()
+    watcher = RuntimeWatcher(provisioner, api, services.chat.follow)
+    watcher.start()
     await services.whatsapp.start()
     services.devices.start()
 
@@ -94,6 +97,7 @@ async def serve(settings: config.Settings) -> int:
 
     notifier.status("finishing replies in progress")
     log.info("stopping: finishing replies in progress")
+    await watcher.stop()
     await services.chat.stop()  # pages stay connected meanwhile, so the replies still reach them
     await push.stop()
     await runner.cleanup()

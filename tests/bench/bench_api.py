@@ -48,8 +48,8 @@ from ports import free_port
 from report import emit, percentile
 from stack import Stack, wait_for
 
-from sudo_api.chat import ChatStore
 from sudo_api.devices import Devices
+from sudo_api.history import ChatStore
 from sudo_core.families import api_key_for
 from sudo_core.provisioner_client import ProvisionerClient
 

@@ -14,7 +14,7 @@ from livekit.api import TokenVerifier
 from stack import Stack
 
 from sudo_api.api import routes, service_routes
-from sudo_api.chat import ChatStore
+from sudo_api.history import ChatStore
 from sudo_core.families import family_of_llm_key
 
 

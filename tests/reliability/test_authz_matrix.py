@@ -32,7 +32,7 @@ from control_plane import PASSWORD, add_child
 from stack import Stack
 
 from sudo_api.app import build_app, build_service_app
-from sudo_api.chat import ChatStore
+from sudo_api.history import ChatStore
 from sudo_api.numbers import Numbers
 
 Expected = dict[str, int | tuple[int, ...]]

@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sudo_api.chat import ChatStore, runtimes_http
+from sudo_api.chat import runtimes_http
 from sudo_api.devices import Device, Devices, PairingError
+from sudo_api.history import ChatStore
 from sudo_api.limits import Limiter, LoginLimiter, RateLimited
 from sudo_core import host_settings
 from sudo_core.accounts import Accounts, Conflict

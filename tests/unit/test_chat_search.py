@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api_services import offline_services
 
 from sudo_api.app import build_app
-from sudo_api.chat import ChatStore
+from sudo_api.history import ChatStore
 from sudo_api.search import MATCHES_MAX, QUERY_MAX, fts_query, search
 from sudo_core.accounts import InvalidInput
 from sudo_core.db import MIGRATIONS, Database, _statements

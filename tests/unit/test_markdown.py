@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from sudo_api.chat import Message
+from sudo_api.history import Message
 from sudo_api.markdown import TAGS, to_html
 
 ALLOWED_ATTRIBUTES = {"a": {"href", "title", "rel", "target"}, "ol": {"start"}}

@@ -26,6 +26,7 @@ SCRAPED_MODULES = (
     "sudo_api.chat",
     "sudo_api.devices",
     "sudo_api.monitor",
+    "sudo_api.watcher",
     "sudo_core.provisioner_client",
     "sudo_gateway.gateway",
 )
