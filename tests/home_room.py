@@ -331,7 +331,8 @@ enabled = false
             )
         edge = "\n".join(line for line in self.edge.log().splitlines() if "no callback attached" not in line)
         workers = [w.registration.agent_name for w in self.livekit.workers]
-        room.append(f"workers registered: {workers}; the server's last events: {self.livekit.events[-8:]}")
+        room.append(f"workers registered: {workers}; the server's last events:")
+        room.extend(f"  {event}" for event in self.livekit.events[-20:])
         parts = ("--- room ---", *room, "--- edge ---", edge[-4000:], "--- bridge ---", bridge[-12000:])
         return "\n".join(parts)
 

@@ -156,6 +156,8 @@ class Participant:
         self.closed = False
         self.publisher.on("track", self._on_media)
         self.publisher.on("datachannel", self._on_datachannel)
+        for target, pc in (("publisher", self.publisher), ("subscriber", self.subscriber)):
+            pc.on("connectionstatechange", lambda target=target, pc=pc: self._connection_changed(target, pc))
 
     @property
     def sid(self) -> str:
@@ -176,6 +178,11 @@ class Participant:
 
     def changed(self) -> None:
         self.info.version += 1
+
+    def _connection_changed(self, target: str, pc: RTCPeerConnection) -> None:
+        """In the server's events, for a failure's report: which connection got through, when."""
+        event = f"{target} connection {pc.connectionState} at {time.monotonic():.1f}"
+        self.room.server.events.append((event, self.room.name, self.identity))
 
     # Signalling
 
