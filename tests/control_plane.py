@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import re
 import subprocess
 import uuid
@@ -13,12 +14,20 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from PIL import Image
 from stack import BIN, Stack
 
 from sudo_core.provisioner_client import ProvisionerClient
 
 PASSWORD = "correct horse battery"
 """Every test account's password."""
+
+
+def png(rgb: tuple[int, int, int] = (200, 30, 60)) -> bytes:
+    """A small photo a member sends."""
+    out = io.BytesIO()
+    Image.new("RGB", (24, 16), rgb).save(out, "PNG")
+    return out.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import re
 import subprocess
 import uuid
@@ -16,8 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from control_plane import phrases_heard
-from PIL import Image
+from control_plane import phrases_heard, png
 from playwright.async_api import Browser, async_playwright, expect
 from stack import Stack
 
@@ -59,12 +57,6 @@ async def browser_and_clip(tmp_path: Path) -> AsyncIterator[tuple[Browser, float
         await browser.close()
 
 
-def png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (24, 16), (30, 160, 60)).save(out, "PNG")
-    return out.getvalue()
-
-
 @pytest.fixture
 async def phrases(api: Stack, http) -> AsyncIterator[None]:
     async with phrases_heard(http, api, PHRASES):
@@ -85,7 +77,7 @@ async def test_a_photo_and_a_recorded_voice_note_reach_the_agent_and_show(api: S
     await expect(page).to_have_url(f"{base}/chat")
     await expect(page.locator("body[data-live=yes]")).to_be_attached()
 
-    photo = png()
+    photo = png((30, 160, 60))
     await page.get_by_placeholder("Message your assistant").fill("what colour is this?")
     await page.locator("input[name=file]").set_input_files(
         files=[{"name": "green.png", "mimeType": "image/png", "buffer": photo}]

@@ -14,19 +14,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 import av
 import pytest
-from control_plane import Family, add_child, phrases_heard, sign_up
-from PIL import Image
+from control_plane import Family, add_child, phrases_heard, png, sign_up
 from stack import Stack
 
 SAID = "call grandma tomorrow morning"
 PHRASES = [SAID, "turn off the lights in the kitchen", "what is the weather like today"]
 """What the stand-in's recogniser may hear: it must tell which one was said."""
-
-
-def png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (24, 16), (200, 30, 60)).save(out, "PNG")
-    return out.getvalue()
 
 
 def voice_note(text: str) -> bytes:

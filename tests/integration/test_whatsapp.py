@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from control_plane import Family, join, sign_up
+from control_plane import Family, join, png, sign_up
 from stack import Stack
 from test_api_access import admin_session
 from twilio_stub import sign
@@ -332,6 +332,34 @@ async def test_messages_outside_the_window_are_held_or_sent_as_the_template(api:
     )
     assert templated[0]["content_sid"] == "HX" + "a" * 32
     assert templated[0]["content_variables"] == {"1": "dentist at nine"}
+
+
+async def test_a_photo_reaches_the_agent_and_the_answer_is_words_alone(api: Stack, http, twilio):
+    number = "+447700900208"
+    await linked_family(api, http, "Daguerre", number)
+    photo = png()
+    async with http.post(
+        f"{twilio['twilio.api_base']}/_stub/media", data=photo, headers={"Content-Type": "image/png"}
+    ) as resp:
+        photo_url = (await resp.json())["url"]
+    form = message(number, "what is in this photo?", media=((photo_url, "image/png"),))
+    assert (await webhook(http, api, twilio, form))[0] == 200
+
+    request = await until(
+        lambda: next((r for r in api.llm_requests() if "what is in this photo?" in r["last_user"]), None),
+        180,
+        "the photo reaching the agent",
+    )
+    assert request["images"] == [
+        {"type": "image/png", "bytes": len(photo), "sha256": hashlib.sha256(photo).hexdigest()}
+    ]
+    # One answer, in words: the photo the family sent, which the agent may name by its path on
+    # the volume, is not sent back as an attachment WhatsApp's adapter cannot deliver.
+    await until(lambda: sent_to(api, number), 60, "the reply on WhatsApp")
+    await asyncio.sleep(3)  # a notice of an undelivered attachment would follow at once
+    replies = sent_to(api, number)
+    assert len(replies) == 1 and replies[0]["body"].startswith("stub says: "), replies
+    assert "Couldn't deliver" not in replies[0]["body"], replies
 
 
 async def test_voice_notes_are_transcribed_and_unsupported_media_answered(api: Stack, http, twilio):

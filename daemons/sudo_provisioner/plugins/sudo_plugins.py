@@ -2,7 +2,8 @@
 holding a plugin.yaml, and each plugin puts this directory on its import path to import it.
 
 Every plugin's listener takes requests with the family's API key only; each reads Hermes's runner
-to know whether it is starting or stopping; and a message sent from a Hermes process other than
+to know whether it is starting or stopping; each keeps a reply that names the family's own media
+as words; and a message sent from a Hermes process other than
 the gateway (a cron job run by `hermes cron run`) reaches the gateway's live adapter through its
 `/deliver` endpoint, since the adapter owns the durable outbox or journal the message must go to.
 """
@@ -10,6 +11,7 @@ the gateway (a cron job run by `hermes cron run`) reaches the gateway's live ada
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +22,20 @@ def authorized(request: web.Request, key: str) -> bool:
     """Whether the request bears the family's API key."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return scheme == "Bearer" and hmac.compare_digest(token.encode(), key.encode())
+
+
+def own_media_as_words(extracted: tuple[list[str], str], content: str, media: Path) -> tuple[list[str], str]:
+    """What an adapter's `extract_local_files` returns, given Hermes's own (`extracted`).
+
+    Hermes sends a reply's paths to existing files as attachments, which neither the chat nor
+    WhatsApp's adapter delivers ("Couldn't deliver the image attachment"). A photo or voice note
+    the family sent, which the agent may name by its path under `media`, is in the family's
+    thread already: the reply stays words.
+    """
+    files, text = extracted
+    if any(Path(f).resolve().is_relative_to(media.resolve()) for f in files):
+        return [], content
+    return files, text
 
 
 def runner_starting(adapter: Any) -> bool:

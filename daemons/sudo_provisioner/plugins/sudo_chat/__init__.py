@@ -248,13 +248,7 @@ class SudoChatAdapter(BasePlatformAdapter):
         return {"name": "Sudo chat", "type": "dm", "chat_id": chat_id}
 
     def extract_local_files(self, content: str) -> tuple[list[str], str]:
-        """Hermes sends a reply's paths to existing files as attachments, which this chat has no
-        way to show ("Couldn't deliver the image attachment"). A member's own photo or voice
-        note, which the agent may name by its path, is in their thread already: it stays words."""
-        files, text = super().extract_local_files(content)
-        if any(Path(f).resolve().is_relative_to(self._media.resolve()) for f in files):
-            return [], content
-        return files, text
+        return sudo_plugins.own_media_as_words(super().extract_local_files(content), content, self._media)
 
     async def on_processing_start(self, event: MessageEvent) -> None:
         self._turn = event.message_id

@@ -282,6 +282,9 @@ class TwilioWhatsAppAdapter(BasePlatformAdapter):
     async def get_chat_info(self, chat_id: str) -> dict[str, Any]:
         return {"name": chat_id, "type": "dm", "chat_id": chat_id}
 
+    def extract_local_files(self, content: str) -> tuple[list[str], str]:
+        return sudo_plugins.own_media_as_words(super().extract_local_files(content), content, self._media)
+
     async def on_processing_complete(self, event: MessageEvent, outcome: Any) -> None:
         if sudo_plugins.runner_stopping(self) and event.message_id not in self._replied:
             # Cut off by the stop (Hermes interrupts a turn in progress at once): left in the
