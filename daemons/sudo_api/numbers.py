@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sudo_core.db import Database
+from sudo_core.twilio import E164
 
-E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 CODE_TTL_SEC = 600
 CODE_ATTEMPTS = 5
 PER_FAMILY = 10
