@@ -17,12 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from sudo_core import backups, family_archive, host_settings, runtime_image, twilio, usage
+from sudo_core import family_archive, host_settings, runtime_image, twilio, usage
 from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
 
-from . import host_units, membership, numbers, push, search, voice, whatsapp
+from . import membership, numbers, push, search, voice, whatsapp
 from .announcements import WAIT_MAX_SEC
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
@@ -37,12 +37,14 @@ from .context import (
     require_family,
     require_session,
     services,
+    status_of,
     text_field,
 )
-from .devices import Claim, Device, PairingError
-from .fleet import image_view
-from .limits import Reservation, address_key
-from .media import MediaRefused, form_upload
+from .devices import PairingError, claim_device, confirm_device
+from .fleet import fleet_view, image_view
+from .limits import address_key
+from .login import log_in
+from .media import MediaRefused, file_response, form_upload
 from .openapi import document
 
 log = logging.getLogger("sudo-api")
@@ -79,22 +81,14 @@ async def signup(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
+    """WrongPassword (401) and RateLimited (429) are answered by app.errors."""
     body = await json_body(request)
+    svc = services(request)
     login = text_field(body, "login" if "login" in body else "email", 320)
-    account = await attempt_login(request, login, str(body.get("password") or ""))
+    password = str(body.get("password") or "")
+    account = await log_in(svc.accounts, svc.limiter, login, password, client_address(request))
     token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)})
-
-
-async def attempt_login(request: web.Request, login: str, password: str) -> Account:
-    """Check a password under the rate limit; the same rules for the web form and the API."""
-    svc = services(request)
-    attempt = svc.limiter.reserve(login, client_address(request))
-    account = await svc.accounts.check_password(login, password)
-    if account is None:
-        fail(401, "wrong email, username or password")
-    svc.limiter.succeeded(attempt)
-    return account
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -427,24 +421,14 @@ async def chat_send(request: web.Request) -> web.Response:
 async def chat_media(request: web.Request) -> web.Response:
     """The photo or voice note of one of the caller's own messages; 404 for anyone else's."""
     session, family = await require_family(request)
-    return await media_response(request, family, session.account.id)
-
-
-async def media_response(request: web.Request, family: uuid.UUID, member: uuid.UUID) -> web.Response:
-    """A message's file as its sender fetches it (here and at /chat/media): its own type, never
-    sniffed, never kept by a shared cache."""
+    chat = services(request).chat
     try:
-        found = await services(request).chat.media(family, member, request.match_info["message_id"])
+        found = await chat.media(family, session.account.id, request.match_info["message_id"])
     except ChatUnavailable as exc:
         fail(503, str(exc))
     if found is None:
         fail(404, "no file of yours with this message id")
-    kind, data = found
-    return web.Response(
-        body=data,
-        content_type=kind,
-        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
-    )
+    return file_response(*found)
 
 
 async def chat_retry(request: web.Request) -> web.Response:
@@ -567,7 +551,13 @@ async def pairing_status(request: web.Request) -> web.Response:
 async def pairing_complete(request: web.Request) -> web.Response:
     _, family = await require_family(request, parent=True)
     body = await json_body(request)
-    claim = await claim_pairing(request, family, text_field(body, "code", 20))
+    svc = services(request)
+    try:
+        claim = await claim_device(
+            svc.devices, svc.pairing, family, text_field(body, "code", 20), client_address(request)
+        )
+    except PairingError as exc:
+        fail(400, str(exc))
     return web.json_response(
         {
             "pairing": {
@@ -584,45 +574,14 @@ async def pairing_complete(request: web.Request) -> web.Response:
 async def pairing_confirm(request: web.Request) -> web.Response:
     _, family = await require_family(request, parent=True)
     body = await json_body(request)
-    device = await confirm_pairing(
-        request, family, text_field(body, "pairing_id", 40), text_field(body, "code", 20)
-    )
-    return web.json_response({"device": device_json(services(request).devices, device)}, status=201)
-
-
-def guessing(request: web.Request, family: uuid.UUID) -> Reservation:
-    """A pairing or confirmation code typed: wrong ones are limited per family, per address (an
-    IPv6 client by its /64) and on the whole host; a right one gives its count back."""
-    return services(request).pairing.reserve(
-        "too many wrong pairing codes",
-        family=str(family),
-        address=address_key(client_address(request)),
-        host="all",
-    )
-
-
-async def claim_pairing(request: web.Request, family: uuid.UUID, code: str) -> Claim:
-    """Shared by the API and the page: the device's first code claims it."""
     svc = services(request)
-    attempt = guessing(request, family)
+    pairing_id, code = text_field(body, "pairing_id", 40), text_field(body, "code", 20)
+    address = client_address(request)
     try:
-        claim = await svc.db.aio(svc.devices.claim_pairing, family, code)
+        device = await confirm_device(svc.devices, svc.pairing, family, pairing_id, code, address)
     except PairingError as exc:
         fail(400, str(exc))
-    attempt.give_back()
-    return claim
-
-
-async def confirm_pairing(request: web.Request, family: uuid.UUID, pairing_id: str, code: str) -> Device:
-    """Shared by the API and the page: the code the claimed device says makes it the family's."""
-    svc = services(request)
-    attempt = guessing(request, family)
-    try:
-        device = await svc.db.aio(svc.devices.confirm_pairing, family, pairing_id, code)
-    except PairingError as exc:
-        fail(400, str(exc))
-    attempt.give_back()
-    return device
+    return web.json_response({"device": device_json(svc.devices, device)}, status=201)
 
 
 def device_json(devices: Any, device: Any) -> dict[str, Any]:
@@ -687,31 +646,12 @@ async def whatsapp_add(request: web.Request) -> web.Response:
     """Record the member's number and send it a code over WhatsApp; they type the code back."""
     session, family = await require_family(request)
     svc = services(request)
-    record = await link_number(
-        svc, family, session.account.id, text_field(await json_body(request), "number", 40)
-    )
+    text = text_field(await json_body(request), "number", 40)
+    try:
+        record = await numbers.link_number(svc.numbers, svc.codes, family, session.account.id, text)
+    except (numbers.NumberError, twilio.TwilioError) as exc:
+        fail(status_of(exc), str(exc))
     return web.json_response({"number": record.to_json()}, status=201)
-
-
-async def link_number(svc: Any, family: uuid.UUID, member: uuid.UUID, text: str) -> numbers.Number:
-    """Shared by the API and the page: errors become ApiError with the right status."""
-    try:
-        number = numbers.clean_number(text)
-        svc.codes.reserve("this number was sent too many codes", number=number)
-        existed = any(n.number == number for n in await svc.db.aio(svc.numbers.list, family))
-        record, code = await svc.db.aio(svc.numbers.start, family, member, number)
-    except numbers.NumberError as exc:
-        fail(400, str(exc))
-    settings = await svc.db.aio(svc.db.get_settings, "twilio.")
-    try:
-        await twilio.send_whatsapp(
-            settings, number, f"Your Sudo code is {code}. It links this number to your family."
-        )
-    except twilio.TwilioError as exc:
-        if not existed:
-            await svc.db.aio(svc.numbers.remove, family, record.id, member)
-        fail(503 if isinstance(exc, twilio.TwilioNotConfigured) else 502, str(exc))
-    return record
 
 
 async def whatsapp_verify(request: web.Request) -> web.Response:
@@ -1002,59 +942,6 @@ async def admin_invitation_revoke(request: web.Request) -> web.Response:
 async def admin_fleet(request: web.Request) -> web.Response:
     await require_admin(request)
     return web.json_response(await fleet_view(services(request)))
-
-
-async def fleet_view(svc: Any) -> dict[str, Any]:
-    """Each family's runtime, activity and memory, and the host's units."""
-    families = {str(f.id): f for f in await svc.db.aio(svc.db.list_families)}
-    members = await svc.db.aio(svc.db.member_counts)
-    used = await svc.db.aio(usage.on, svc.db, None)
-    volumes = await svc.db.aio(usage.volumes, svc.db)
-    try:
-        runtimes = await svc.provisioner.list(stats=True)
-        runtime_error = None
-    except (ProvisionerError, OSError) as exc:
-        runtimes, runtime_error = [], f"the provisioner did not answer: {exc}"
-    by_family = {r["user_id"]: r for r in runtimes if r.get("user_id")}
-    fleet = [
-        {
-            "user_id": family_id,
-            "name": family.name,
-            "last_active_at": family.last_active_at,
-            "members": members.get(family.id, 0),
-            "tokens_today": used[family.id].tokens if family.id in used else 0,
-            "storage_bytes": volumes[family.id].bytes if family.id in volumes else None,
-            "over_quota": family.id in volumes and volumes[family.id].over_quota,
-            "disabled": family.disabled_at is not None,
-            "state": by_family.get(family_id, {}).get("state", "stopped"),
-            "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),
-        }
-        for family_id, family in families.items()
-    ]
-    try:
-        units = [asdict(u) | {"healthy": u.healthy} for u in await host_units.unit_states()]
-        units_error = None
-    except host_units.HostUnitsUnavailable as exc:
-        units, units_error = [], str(exc)
-    whatsapp_problems = [
-        {
-            "family": families[m.family_id].name if m.family_id in families else "(no family)",
-            "number": m.number[:3] + "…" + m.number[-4:],
-            "status": m.status,
-            "error": m.error,
-            "updated_at": m.updated_at,
-        }
-        for m in await svc.db.aio(svc.whatsapp.outbound.problems)
-    ]
-    return {
-        "families": fleet,
-        "runtimes_error": runtime_error,
-        "units": units,
-        "units_error": units_error,
-        "whatsapp_problems": whatsapp_problems,
-        "backup": backups.summary(await asyncio.to_thread(backups.read_status, svc.settings.core.state_dir)),
-        "image": await image_view(svc.settings),
-    }
 
 
 async def openapi(request: web.Request) -> web.Response:

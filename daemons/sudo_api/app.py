@@ -44,12 +44,7 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
             raise
         response = web.json_response({"error": reason(request, exc)}, status=exc.status)
     except (AccountError, RateLimited, StorageFull) as exc:  # a use case refused: said plainly
-        if isinstance(exc, RateLimited):
-            status = 429
-        elif isinstance(exc, StorageFull):
-            status = 507
-        else:
-            status = status_of(exc)
+        status = status_of(exc)
         response = (
             web.json_response({"error": str(exc)}, status=status)
             if api_call

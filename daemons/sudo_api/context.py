@@ -14,7 +14,6 @@ from aiohttp import web
 
 from sudo_core.accounts import (
     Account,
-    AccountError,
     Accounts,
     Conflict,
     FamilyDisabled,
@@ -27,11 +26,13 @@ from sudo_core.config import ApiSettings, Settings
 from sudo_core.db import Database
 from sudo_core.members import Members
 from sudo_core.provisioner_client import ProvisionerClient
+from sudo_core.twilio import TwilioError, TwilioNotConfigured
 
 from .chat import Conversations
 from .devices import Devices
 from .fleet import FleetRestart, ImageChange
-from .limits import Limiter, LoginLimiter
+from .limits import Limiter, LoginLimiter, RateLimited, StorageFull
+from .login import WrongPassword
 from .numbers import Numbers
 from .push import Pusher
 from .whatsapp import WhatsApp, is_trusted
@@ -157,16 +158,23 @@ async def require_family(request: web.Request, *, parent: bool = False) -> tuple
     return session, session.account.family_id
 
 
-STATUS_OF: dict[type[AccountError], int] = {
+STATUS_OF: dict[type[Exception], int] = {
     InvalidInput: 400,
+    WrongPassword: 401,
     NotAllowed: 403,
     NotFound: 404,
     Conflict: 409,
+    RateLimited: 429,
+    TwilioNotConfigured: 503,
+    TwilioError: 502,
+    StorageFull: 507,
 }
+"""A subclass before its base: the first kind an error is decides."""
 
 
-def status_of(error: AccountError) -> int:
-    """The HTTP status of a domain error, for /v1 and the pages alike."""
+def status_of(error: Exception) -> int:
+    """The HTTP status of a domain error, for /v1 and the pages alike: 400 for one not listed
+    (a bad number or code, an unknown pairing code)."""
     return next((code for kind, code in STATUS_OF.items() if isinstance(error, kind)), 400)
 
 

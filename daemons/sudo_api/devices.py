@@ -33,6 +33,8 @@ from sudo_core.config import ApiSettings
 from sudo_core.db import Database, Family
 from sudo_core.provisioner_client import ProvisionerClient
 
+from .limits import Limiter, Reservation, address_key
+
 log = logging.getLogger("sudo-api.devices")
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
@@ -325,3 +327,34 @@ class Devices:
             for family, at in active.items():
                 self.db.touch_family(family, at)
         return gone
+
+
+def guessing(limiter: Limiter, family: uuid.UUID, address: str) -> Reservation:
+    """A pairing or confirmation code typed: wrong ones are limited per family, per address (an
+    IPv6 client by its /64) and on the whole host; a right one gives its count back."""
+    return limiter.reserve(
+        "too many wrong pairing codes", family=str(family), address=address_key(address), host="all"
+    )
+
+
+async def claim_device(
+    devices: Devices, limiter: Limiter, family: uuid.UUID, code: str, address: str
+) -> Claim:
+    """A parent typed the device's first code, from the client at `address`: the family claims
+    the device (`Devices.claim_pairing`). `PairingError` for a wrong code, `RateLimited` past
+    too many."""
+    attempt = guessing(limiter, family, address)
+    claim = await devices.db.aio(devices.claim_pairing, family, code)
+    attempt.give_back()
+    return claim
+
+
+async def confirm_device(
+    devices: Devices, limiter: Limiter, family: uuid.UUID, pairing_id: str, code: str, address: str
+) -> Device:
+    """A parent typed back the code the claimed device says: it is the family's
+    (`Devices.confirm_pairing`). `PairingError` for a wrong code, `RateLimited` past too many."""
+    attempt = guessing(limiter, family, address)
+    device = await devices.db.aio(devices.confirm_pairing, family, pairing_id, code)
+    attempt.give_back()
+    return device

@@ -1,5 +1,5 @@
-"""The fleet restart, and the image upgrade or rollback, an admin starts (from the pages or
-/v1), and their progress."""
+"""The fleet as the admin sees it (from the pages or /v1): its families, runtimes and units;
+the fleet restart, and the image upgrade or rollback, an admin starts, and their progress."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
 
-from sudo_core import runtime_image
+from sudo_core import backups, runtime_image, usage
 from sudo_core.config import Settings
 from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
+
+from . import host_units
 
 log = logging.getLogger("sudo-api.admin")
 
@@ -126,3 +128,56 @@ async def image_view(settings: Settings) -> dict[str, Any]:
     except runtime_image.StateUnreadable as exc:
         return runtime_image.summary(runtime_image.ImageState(), "unknown") | {"error": str(exc)}
     return runtime_image.summary(state, settings.runtime.image) | {"error": None}
+
+
+async def fleet_view(svc: Any) -> dict[str, Any]:
+    """Each family's runtime, activity and memory, and the host's units."""
+    families = {str(f.id): f for f in await svc.db.aio(svc.db.list_families)}
+    members = await svc.db.aio(svc.db.member_counts)
+    used = await svc.db.aio(usage.on, svc.db, None)
+    volumes = await svc.db.aio(usage.volumes, svc.db)
+    try:
+        runtimes = await svc.provisioner.list(stats=True)
+        runtime_error = None
+    except (ProvisionerError, OSError) as exc:
+        runtimes, runtime_error = [], f"the provisioner did not answer: {exc}"
+    by_family = {r["user_id"]: r for r in runtimes if r.get("user_id")}
+    fleet = [
+        {
+            "user_id": family_id,
+            "name": family.name,
+            "last_active_at": family.last_active_at,
+            "members": members.get(family.id, 0),
+            "tokens_today": used[family.id].tokens if family.id in used else 0,
+            "storage_bytes": volumes[family.id].bytes if family.id in volumes else None,
+            "over_quota": family.id in volumes and volumes[family.id].over_quota,
+            "disabled": family.disabled_at is not None,
+            "state": by_family.get(family_id, {}).get("state", "stopped"),
+            "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),
+        }
+        for family_id, family in families.items()
+    ]
+    try:
+        units = [asdict(u) | {"healthy": u.healthy} for u in await host_units.unit_states()]
+        units_error = None
+    except host_units.HostUnitsUnavailable as exc:
+        units, units_error = [], str(exc)
+    whatsapp_problems = [
+        {
+            "family": families[m.family_id].name if m.family_id in families else "(no family)",
+            "number": m.number[:3] + "…" + m.number[-4:],
+            "status": m.status,
+            "error": m.error,
+            "updated_at": m.updated_at,
+        }
+        for m in await svc.db.aio(svc.whatsapp.outbound.problems)
+    ]
+    return {
+        "families": fleet,
+        "runtimes_error": runtime_error,
+        "units": units,
+        "units_error": units_error,
+        "whatsapp_problems": whatsapp_problems,
+        "backup": backups.summary(await asyncio.to_thread(backups.read_status, svc.settings.core.state_dir)),
+        "image": await image_view(svc.settings),
+    }

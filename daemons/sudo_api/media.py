@@ -97,3 +97,13 @@ async def form_upload(form: Any, field: str = "file") -> Upload | None:
     data = await asyncio.to_thread(upload.file.read, MEDIA_MAX + 1)  # spooled: may be on disk
     upload.file.close()
     return Upload(check(upload.content_type, len(data)), data)
+
+
+def file_response(kind: str, data: bytes) -> web.Response:
+    """A member's own file as they fetch it back (`/v1/chat/media`, `/chat/media`): its own type,
+    never sniffed, never kept by a shared cache."""
+    return web.Response(
+        body=data,
+        content_type=kind,
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )

@@ -19,9 +19,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sudo_core import twilio
 from sudo_core.db import Database
 
-E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+from .limits import Limiter
+
 CODE_TTL_SEC = 600
 CODE_ATTEMPTS = 5
 PER_FAMILY = 10
@@ -46,7 +48,7 @@ class Number:
 
 def clean_number(text: str) -> str:
     number = re.sub(r"[\s().-]", "", text.removeprefix("whatsapp:"))
-    if not E164.match(number):
+    if not twilio.E164.match(number):
         raise NumberError("enter the number in international form, such as +14155550100")
     return number
 
@@ -174,3 +176,27 @@ class Numbers:
             )
             self.db.execute("DELETE FROM whatsapp_numbers WHERE id = ?", (number_id,))
         return True
+
+
+async def link_number(
+    numbers: Numbers, codes: Limiter, family: uuid.UUID, member: uuid.UUID, text: str
+) -> Number:
+    """The member adds their number: it is recorded unverified and a code is sent to it over
+    WhatsApp, for `Numbers.verify`. Sends are limited per number (`RateLimited`); a bad number is
+    a `NumberError`; if Twilio fails (`twilio.TwilioError`), a number new to the family is
+    forgotten again."""
+    number = clean_number(text)
+    codes.reserve("this number was sent too many codes", number=number)
+    db = numbers.db
+    existed = any(n.number == number for n in await db.aio(numbers.list, family))
+    record, code = await db.aio(numbers.start, family, member, number)
+    settings = await db.aio(db.get_settings, "twilio.")
+    try:
+        await twilio.send_whatsapp(
+            settings, number, f"Your Sudo code is {code}. It links this number to your family."
+        )
+    except twilio.TwilioError:
+        if not existed:
+            await db.aio(numbers.remove, family, record.id, member)
+        raise
+    return record

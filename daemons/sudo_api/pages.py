@@ -30,25 +30,28 @@ from sudo_core.accounts import (
     NotAllowed,
     Session,
 )
+from sudo_core.twilio import TwilioError
 
 from . import membership, search
-from .api import attempt_login, claim_pairing, confirm_pairing, fleet_view, link_number, media_response
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
     SESSION_COOKIE,
     ApiError,
     check_csrf,
+    client_address,
     load_session,
     new_session,
     public_base,
     services,
     status_of,
 )
-from .devices import Claim, PairingError
+from .devices import Claim, PairingError, claim_device, confirm_device
+from .fleet import fleet_view
 from .limits import RateLimited, StorageFull
+from .login import WrongPassword, log_in
 from .markdown import to_html
-from .media import MediaRefused, form_upload
-from .numbers import NumberError
+from .media import MediaRefused, file_response, form_upload
+from .numbers import NumberError, link_number
 
 log = logging.getLogger("sudo-api.pages")
 
@@ -98,19 +101,15 @@ async def form(request: web.Request, session: Session | None = None) -> dict[str
     return data
 
 
-REFUSED = (AccountError, ApiError, RateLimited, NumberError, PairingError)
+REFUSED = (AccountError, ApiError, RateLimited, NumberError, PairingError, TwilioError)
 """What a page's action may be refused with: shown on the page, with `page_error`'s status."""
 
 
 def page_error(exc: Exception) -> tuple[int, str]:
     """The status and the message a page shows for a refused action."""
-    if isinstance(exc, AccountError):
-        return status_of(exc), str(exc)
     if isinstance(exc, ApiError):
         return exc.status, exc.message
-    if isinstance(exc, RateLimited):
-        return 429, str(exc)
-    return 400, str(exc)
+    return status_of(exc), str(exc)
 
 
 async def start_session(request: web.Request, account: Account, to: str) -> NoReturn:
@@ -181,10 +180,10 @@ async def login(request: web.Request) -> web.Response:
             raise web.HTTPSeeOther("/setup")
         return render("login.html", None, email="", error=None, next=request.query.get("next", ""))
     data = await form(request)
-    email = data.get("email", "")
+    email, password = data.get("email", ""), data.get("password", "")
     try:
-        account = await attempt_login(request, email, data.get("password", ""))
-    except (RateLimited, ApiError) as exc:
+        account = await log_in(svc.accounts, svc.limiter, email, password, client_address(request))
+    except (RateLimited, WrongPassword) as exc:
         status, error = page_error(exc)
         return render("login.html", None, status=status, email=email, error=error, next=data.get("next", ""))
     await start_session(request, account, safe_next(data.get("next")) if account.family_id else "/admin")
@@ -290,7 +289,14 @@ async def chat_media(request: web.Request) -> web.Response:
     """A photo or voice note the member sent, for their history page; 404 for anyone else's."""
     session = await page_session(request)
     assert session.account.family_id is not None
-    return await media_response(request, session.account.family_id, session.account.id)
+    family, member = session.account.family_id, session.account.id
+    try:
+        found = await services(request).chat.media(family, member, request.match_info["message_id"])
+    except ChatUnavailable as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc)) from None
+    if found is None:
+        raise web.HTTPNotFound(text="no file of yours with this message id")
+    return file_response(*found)
 
 
 async def integrations(request: web.Request) -> web.Response:
@@ -309,12 +315,16 @@ async def integrations(request: web.Request) -> web.Response:
                     "only the family's parents (its owner and adults) can pair or revoke devices"
                 )
             if data.get("action") == "pair":
-                claim = await claim_pairing(request, family, data.get("code", ""))
+                claim = await claim_device(
+                    svc.devices, svc.pairing, family, data.get("code", ""), client_address(request)
+                )
             elif data.get("action") == "confirm":
-                pairing = data.get("pairing_id", "")
+                pairing, code = data.get("pairing_id", ""), data.get("code", "")
                 try:
-                    device = await confirm_pairing(request, family, pairing, data.get("code", ""))
-                except ApiError:  # show the form again, to type the code again
+                    device = await confirm_device(
+                        svc.devices, svc.pairing, family, pairing, code, client_address(request)
+                    )
+                except PairingError:  # show the form again, to type the code again
                     claim = Claim(uuid.UUID(pairing), data.get("device_name", ""), 0.0)
                     raise
                 claim = None
@@ -325,7 +335,8 @@ async def integrations(request: web.Request) -> web.Response:
                 else:
                     message = "Device revoked."
             elif data.get("action") == "add-number":
-                record = await link_number(svc, family, session.account.id, data.get("number", ""))
+                number = data.get("number", "")
+                record = await link_number(svc.numbers, svc.codes, family, session.account.id, number)
                 message = f"A code was sent to {record.number} on WhatsApp: enter it below."
             elif data.get("action") == "verify-number":
                 record = await svc.db.aio(

@@ -44,7 +44,6 @@ from sudo_core.whatsapp import OutboundStore, deliver
 from .chat import runtimes_http
 from .limits import TOO_MANY_MESSAGES, Limiter, RateLimited, StorageFull, check_storage
 from .media import MEDIA_MAX, MEDIA_TYPES, TOO_LARGE, UNSUPPORTED, kind_name, media_type
-from .numbers import E164
 
 log = logging.getLogger("sudo-api.whatsapp")
 
@@ -228,7 +227,7 @@ class WhatsApp:
         """Take one inbound message; answers what became of it. Twilio hears back after this."""
         sid = form.get("MessageSid") or form.get("SmsMessageSid") or ""
         number = form.get("From", "").removeprefix("whatsapp:")
-        if not sid or not E164.match(number):
+        if not sid or not twilio.E164.match(number):
             INBOUND.labels("malformed").inc()
             raise WebhookRejected(400, "MessageSid and a From number in E.164 form are required")
         if time.monotonic() > self._pruned_at + 3600:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,9 @@ DEFAULT_API = "https://api.twilio.com"
 BODY_MAX = 1600
 """Longest WhatsApp body Twilio takes in one message (characters)."""
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
+E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
+"""A phone number in E.164 form, `+` and up to 15 digits: how a WhatsApp number is written
+here, after Twilio's `whatsapp:` prefix."""
 
 
 class TwilioError(RuntimeError):

@@ -14,7 +14,6 @@ reaper never evicts an agent in the middle of thinking.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections import Counter as Tally
@@ -86,7 +85,6 @@ COMPLETION_FIELDS = frozenset(
 """The speech models asked for when the admin named none."""
 MAX_SPEECH_INPUT = 4096
 """Characters of text one speech request may carry (OpenAI's own limit)."""
-E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -329,7 +327,7 @@ class Gateway:
             )
         except (ValueError, KeyError, TypeError, RecursionError, LookupError):
             return json_error(400, "expected JSON with id, to and body")
-        if not (0 < len(message_id) <= 100 and E164.match(to) and 0 < len(text) <= twilio.BODY_MAX):
+        if not (0 < len(message_id) <= 100 and twilio.E164.match(to) and 0 < len(text) <= twilio.BODY_MAX):
             return json_error(
                 400, f"id up to 100 characters, to in E.164 form, body 1 to {twilio.BODY_MAX} characters"
             )

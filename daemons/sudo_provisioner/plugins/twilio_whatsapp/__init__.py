@@ -79,6 +79,7 @@ SEEN_KEEP = 1000
 COMPACT_AFTER = 2000
 MEDIA_KEEP_SEC = 30 * 86400
 RETRYABLE = {429, 500, 502, 503, 504}
+# sudo_core.twilio.E164, copied: sudo_core is not installed in the family's Hermes container.
 E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
 EXTENSIONS = {
     "image/jpeg": ".jpg",
