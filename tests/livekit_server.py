@@ -69,6 +69,31 @@ def level_dbfs(samples: np.ndarray) -> float:
     return 20 * np.log10(max(rms, 1e-9) / 32768)
 
 
+async def settled(pc: RTCPeerConnection, within: float = 15.0) -> None:
+    """Until a negotiated connection is connected, or failed (or `within` passed).
+
+    aiortc starts a negotiation's senders and receivers only if the connection's DTLS is up when
+    that negotiation is applied: one applied while the first handshake is still going never
+    starts its media (measured here: an agent subscribed to a device's microphone during its
+    handshake got none of its frames). livekit-server (pion) has no such window, so this one
+    waits it out before it applies the next description."""
+
+    def connecting() -> bool:
+        return pc.remoteDescription is not None and pc.connectionState in ("new", "connecting")
+
+    changed = asyncio.Event()
+    pc.on("connectionstatechange", changed.set)
+    try:
+        async with asyncio.timeout(within):
+            while connecting():
+                await changed.wait()
+                changed.clear()
+    except TimeoutError:
+        log.warning("a connection still not connected after %g s", within)
+    finally:
+        pc.remove_listener("connectionstatechange", changed.set)
+
+
 class ForwardedTrack(MediaStreamTrack):
     """Another participant's audio as a track of a subscriber's connection.
 
@@ -153,6 +178,9 @@ class Participant:
         self.answer: asyncio.Future[RTCSessionDescription] | None = None
         self.renegotiate = asyncio.Event()
         self.negotiator: asyncio.Task | None = None
+        self.offers: asyncio.Queue[rtc.SessionDescription] = asyncio.Queue()
+        """The publisher's offers, answered one at a time (`_answer_offers`)."""
+        self.answerer = asyncio.create_task(self._answer_offers(), name=f"answer-{self.identity}")
         self.closed = False
         self.publisher.on("track", self._on_media)
         self.publisher.on("datachannel", self._on_datachannel)
@@ -197,6 +225,7 @@ class Participant:
         """Offer the subscriber connection again whenever its tracks changed, one at a time."""
         while not self.closed:
             await self.renegotiate.wait()
+            await settled(self.subscriber)
             self.renegotiate.clear()
             offer = await self.subscriber.createOffer()
             await self.subscriber.setLocalDescription(offer)
@@ -221,15 +250,27 @@ class Participant:
             if publication is not None and track_sid in self.senders:
                 await publication.owner.send(track_subscribed=rtc.TrackSubscribed(track_sid=track_sid))
 
+    async def _answer_offers(self) -> None:
+        """Answer the publisher's offers in order, each once the connection is settled. (Not in
+        the signalling loop: the first connection's candidates come through it.)"""
+        while True:
+            offer = await self.offers.get()
+            await settled(self.publisher)
+            try:
+                await self.publisher.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+                await self._add_candidates(rtc.SignalTarget.PUBLISHER)
+                answer = await self.publisher.createAnswer()
+                await self.publisher.setLocalDescription(answer)
+            except Exception:
+                log.exception("%s: cannot answer the publisher's offer", self.identity)
+                continue
+            local = self.publisher.localDescription
+            await self.send(answer=rtc.SessionDescription(type="answer", sdp=local.sdp, id=offer.id))
+
     async def handle(self, request: rtc.SignalRequest) -> None:
         kind = request.WhichOneof("message")
         if kind == "offer":
-            await self.publisher.setRemoteDescription(RTCSessionDescription(request.offer.sdp, "offer"))
-            await self._add_candidates(rtc.SignalTarget.PUBLISHER)
-            answer = await self.publisher.createAnswer()
-            await self.publisher.setLocalDescription(answer)
-            local = self.publisher.localDescription
-            await self.send(answer=rtc.SessionDescription(type="answer", sdp=local.sdp, id=request.offer.id))
+            self.offers.put_nowait(request.offer)
         elif kind == "answer":
             if self.answer is not None and not self.answer.done():
                 self.answer.set_result(RTCSessionDescription(request.answer.sdp, "answer"))
@@ -391,6 +432,7 @@ class Participant:
         self.closed = True
         if self.negotiator is not None:
             self.negotiator.cancel()
+        self.answerer.cancel()
         for publication in self.published.values():
             if publication.pump is not None:
                 publication.pump.cancel()
