@@ -537,7 +537,7 @@ async def runtime_ensure(request: web.Request) -> web.Response:
         runtime = await services(request).provisioner.ensure(family)
     except ProvisionerError as exc:
         fail(502, f"could not wake your assistant: {exc.body.get('error', exc)}")
-    return web.json_response({"state": runtime["state"]})
+    return web.json_response({"state": runtime.state})
 
 
 # Devices
@@ -873,9 +873,9 @@ async def service_runtime(request: web.Request) -> web.Response:
     await svc.db.aio(svc.db.touch_family, family)
     return web.json_response(
         {
-            "url": runtime["url"],
+            "url": runtime.url,
             "api_key": api_key_for(svc.secret, family),
-            "identity_url": f"{runtime['chat_url']}/identity",
+            "identity_url": f"{runtime.chat_url}/identity",
         }
     )
 
@@ -1015,7 +1015,7 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
         runtime_error = None
     except (ProvisionerError, OSError) as exc:
         runtimes, runtime_error = [], f"the provisioner did not answer: {exc}"
-    by_family = {r["user_id"]: r for r in runtimes if r.get("user_id")}
+    by_family = {str(r.family): r for r in runtimes if r.family}
     fleet = [
         {
             "user_id": family_id,
@@ -1026,8 +1026,8 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
             "storage_bytes": volumes[family.id].bytes if family.id in volumes else None,
             "over_quota": family.id in volumes and volumes[family.id].over_quota,
             "disabled": family.disabled_at is not None,
-            "state": by_family.get(family_id, {}).get("state", "stopped"),
-            "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),
+            "state": by_family[family_id].state if family_id in by_family else "stopped",
+            "memory_bytes": by_family[family_id].memory_bytes if family_id in by_family else None,
         }
         for family_id, family in families.items()
     ]

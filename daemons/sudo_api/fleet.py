@@ -64,7 +64,7 @@ class FleetRestart(FleetChange):
                 elif event["event"] in ("restarted", "failed"):
                     self.progress["done"] = event["done"]
                     if event["event"] == "failed":
-                        failed.append({"user_id": event["user_id"], "error": event["error"]})
+                        failed.append({"family": event["family"], "error": event["error"]})
                 finished = finished or event["event"] == "done"
             if not finished:  # the provisioner died midway, its stream cut short between events
                 raise ProvisionerError(502, {"error": "the provisioner stopped before the restart finished"})
