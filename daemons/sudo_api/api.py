@@ -521,7 +521,7 @@ async def runtime_ensure(request: web.Request) -> web.Response:
         runtime = await services(request).provisioner.ensure(family)
     except ProvisionerError as exc:
         fail(502, f"could not wake your assistant: {exc.body.get('error', exc)}")
-    return web.json_response({"state": runtime["state"]})
+    return web.json_response({"state": runtime.state})
 
 
 # Devices
@@ -813,9 +813,9 @@ async def service_runtime(request: web.Request) -> web.Response:
     await svc.db.aio(svc.db.touch_family, family)
     return web.json_response(
         {
-            "url": runtime["url"],
+            "url": runtime.url,
             "api_key": api_key_for(svc.secret, family),
-            "identity_url": f"{runtime['chat_url']}/identity",
+            "identity_url": f"{runtime.chat_url}/identity",
         }
     )
 

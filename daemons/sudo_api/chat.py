@@ -42,7 +42,7 @@ from sudo_core.accounts import speaker_label
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database
 from sudo_core.families import api_key_for
-from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
+from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError, RuntimeView
 
 from .announcements import Announcements
 from .devices import Devices
@@ -221,7 +221,7 @@ class Conversations:
         try:
             runtime = await self._wake_runtime(family)
             async with self._http.put(
-                f"{runtime['chat_url']}/media/{message_id}",
+                f"{runtime.chat_url}/media/{message_id}",
                 data=media.data,
                 headers=self._headers(family) | {"Content-Type": media.type},
                 timeout=aiohttp.ClientTimeout(total=60),
@@ -244,7 +244,7 @@ class Conversations:
         try:
             runtime = await self.provisioner.ensure(family)
             async with self._http.get(
-                f"{runtime['chat_url']}/media/{message_id}",
+                f"{runtime.chat_url}/media/{message_id}",
                 headers=self._headers(family),
                 timeout=aiohttp.ClientTimeout(total=60),
             ) as resp:
@@ -311,7 +311,7 @@ class Conversations:
                     runtime = await self._wake_runtime(family)
                 else:
                     runtime = await self.provisioner.get(family)
-                    if runtime.get("state") != "running" or not runtime.get("chat_url"):
+                    if not runtime.running or not runtime.chat_url:
                         return
                 await self._follow(family, runtime)
                 backoff = 0.5
@@ -343,7 +343,7 @@ class Conversations:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
-    async def _wake_runtime(self, family: uuid.UUID) -> dict[str, Any]:
+    async def _wake_runtime(self, family: uuid.UUID) -> RuntimeView:
         ensure = asyncio.ensure_future(self.provisioner.ensure(family))
         done, _ = await asyncio.wait({ensure}, timeout=WAKING_AFTER_SEC)
         if not done:
@@ -353,12 +353,12 @@ class Conversations:
             self.hub.publish(family, {"type": "status", "state": "ready"})
         return runtime
 
-    async def _follow(self, family: uuid.UUID, runtime: dict[str, Any]) -> None:
+    async def _follow(self, family: uuid.UUID, runtime: RuntimeView) -> None:
         """Read the plugin's events until the stream ends, delivering messages alongside."""
         headers = self._headers(family)
         boot, seq = await self.db.aio(self.store.cursor, family)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
-        url = f"{runtime['chat_url']}/events"
+        url = f"{runtime.chat_url}/events"
         async with self._http.get(url, params={"after": seq}, headers=headers, timeout=timeout) as resp:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
@@ -379,7 +379,7 @@ class Conversations:
                     self._show(family, message)
                 if cursor != seq:
                     return  # the outbox was recreated: read it again from the start
-            deliverer = asyncio.create_task(self._deliver(family, runtime["chat_url"], headers))
+            deliverer = asyncio.create_task(self._deliver(family, runtime.chat_url, headers))
             try:
                 async for line in resp.content:
                     if deliverer.done():

@@ -66,7 +66,7 @@ class FleetRestart(FleetChange):
                 elif event["event"] in ("restarted", "failed"):
                     self.progress["done"] = event["done"]
                     if event["event"] == "failed":
-                        failed.append({"user_id": event["user_id"], "error": event["error"]})
+                        failed.append({"family": event["family"], "error": event["error"]})
                 finished = finished or event["event"] == "done"
             if not finished:  # the provisioner died midway, its stream cut short between events
                 raise ProvisionerError(502, {"error": "the provisioner stopped before the restart finished"})
@@ -141,7 +141,7 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
         runtime_error = None
     except (ProvisionerError, OSError) as exc:
         runtimes, runtime_error = [], f"the provisioner did not answer: {exc}"
-    by_family = {r["user_id"]: r for r in runtimes if r.get("user_id")}
+    by_family = {str(r.family): r for r in runtimes if r.family}
     fleet = [
         {
             "user_id": family_id,
@@ -152,8 +152,8 @@ async def fleet_view(svc: Any) -> dict[str, Any]:
             "storage_bytes": volumes[family.id].bytes if family.id in volumes else None,
             "over_quota": family.id in volumes and volumes[family.id].over_quota,
             "disabled": family.disabled_at is not None,
-            "state": by_family.get(family_id, {}).get("state", "stopped"),
-            "memory_bytes": by_family.get(family_id, {}).get("memory_bytes"),
+            "state": by_family[family_id].state if family_id in by_family else "stopped",
+            "memory_bytes": by_family[family_id].memory_bytes if family_id in by_family else None,
         }
         for family_id, family in families.items()
     ]

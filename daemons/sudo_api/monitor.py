@@ -104,9 +104,9 @@ class Monitor:
         MEMORY.clear()
         MEMORY_LIMIT.clear()
         for runtime in runtimes:
-            if runtime.get("user_id") and runtime.get("memory_bytes") is not None:
-                MEMORY.labels(runtime["user_id"]).set(runtime["memory_bytes"])
-                MEMORY_LIMIT.labels(runtime["user_id"]).set(self.settings.runtime.memory_bytes)
+            if runtime.family and runtime.memory_bytes is not None:
+                MEMORY.labels(str(runtime.family)).set(runtime.memory_bytes)
+                MEMORY_LIMIT.labels(str(runtime.family)).set(self.settings.runtime.memory_bytes)
 
     async def volumes(self) -> None:
         measured = await self.db.aio(usage.volumes, self.db)

@@ -52,15 +52,14 @@ class RuntimeWatcher:
         while True:
             try:
                 runtimes = await self.provisioner.list()
-                RUNTIMES.set(sum(r.get("state") == "running" for r in runtimes))
+                RUNTIMES.set(sum(r.running for r in runtimes))
                 for runtime in runtimes:
-                    owner = runtime.get("user_id")
-                    if not owner:
+                    if runtime.family is None:
                         continue
-                    if runtime.get("state") == "running":
-                        self.follow(uuid.UUID(owner))
-                    elif runtime.get("state") in ("exited", "dead"):
-                        self._revive(uuid.UUID(owner))
+                    if runtime.running:
+                        self.follow(runtime.family)
+                    elif runtime.state in ("exited", "dead"):
+                        self._revive(runtime.family)
             except (ProvisionerError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot list runtimes: %s", exc)
             await asyncio.sleep(self.settings.watch_interval_sec)

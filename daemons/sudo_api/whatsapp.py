@@ -295,7 +295,7 @@ class WhatsApp:
             try:
                 runtime = await self.provisioner.ensure(family)
                 for message in pending:
-                    await self._deliver(family, runtime["whatsapp_url"], message)
+                    await self._deliver(family, runtime.whatsapp_url, message)
                 backoff = 0.5
                 continue
             except ProvisionerError as exc:

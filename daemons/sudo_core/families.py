@@ -20,7 +20,7 @@ _LLM_KEY = re.compile(r"^sk-sudo-([0-9a-f]{32})-([0-9a-f]{64})$")
 
 
 class BadFamilyId(ValueError):
-    """A user id that is not a UUID."""
+    """A family id that is not a UUID."""
 
 
 def parse_family_id(text: str) -> uuid.UUID:
@@ -28,7 +28,7 @@ def parse_family_id(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except (ValueError, AttributeError, TypeError):
-        raise BadFamilyId(f"user id must be a UUID, got {text!r}") from None
+        raise BadFamilyId(f"family id must be a UUID, got {text!r}") from None
 
 
 def runtime_name(family: uuid.UUID) -> str:

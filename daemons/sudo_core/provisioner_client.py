@@ -8,7 +8,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -39,6 +39,58 @@ class Pause:
     the provisioner's answer (sent once paused) to the tar's end; 0 if it was not running."""
 
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RuntimeView:
+    """One family's runtime as the provisioner tells other daemons of it: the answer of ensure,
+    get and list (its JSON is `to_json()`). Not sudo_provisioner.backend.Runtime, the container
+    as the provisioner itself keeps it."""
+
+    family: uuid.UUID | None
+    """The family it serves; None for a container whose name and labels say nothing valid."""
+    name: str
+    state: str
+    """The engine's state: created, running, restarting, exited, paused, dead."""
+    url: str | None
+    """Hermes's api_server; this and the listeners' URLs are None when it has no address."""
+    chat_url: str | None
+    """The sudo_chat plugin's listener."""
+    whatsapp_url: str | None
+    """The twilio_whatsapp plugin's listener."""
+    image: str
+    config_hash: str
+    last_active_at: float | None
+    """When its family was last active; None if the family is gone, and in ensure's answer."""
+    memory_bytes: int | None = None
+    """Only from list(stats=True): the memory it uses; None if it is not running."""
+    stale: bool | None = None
+    """Only from get: whether its config is not what the family's runtime should be now (None
+    if the family is gone)."""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> RuntimeView:
+        family = body["family"]
+        return cls(
+            family=uuid.UUID(family) if family else None,
+            name=body["name"],
+            state=body["state"],
+            url=body["url"],
+            chat_url=body["chat_url"],
+            whatsapp_url=body["whatsapp_url"],
+            image=body["image"],
+            config_hash=body["config_hash"],
+            last_active_at=body["last_active_at"],
+            memory_bytes=body.get("memory_bytes"),
+            stale=body.get("stale"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"family": str(self.family) if self.family else None}
 
 
 # What sudo-api's metrics tell of the provisioner, which is not scraped (it exits when idle):
@@ -109,11 +161,12 @@ class ProvisionerClient:
                 raise ProvisionerError(resp.status, body if isinstance(body, dict) else {})
             return body
 
-    async def ensure(self, family: uuid.UUID, warm_up: bool = False) -> dict[str, Any]:
-        """Start the family's runtime if need be. A warm-up (nobody waits on it) takes no other
-        family's place when the host runs its most (runtime.max_running)."""
+    async def ensure(self, family: uuid.UUID, warm_up: bool = False) -> RuntimeView:
+        """Start the family's runtime if need be; it runs and answers when this returns. A
+        warm-up (nobody waits on it) takes no other family's place when the host runs its most
+        (runtime.max_running)."""
         params = {"warm_up": "true"} if warm_up else {}
-        return await self._call("POST", f"/v1/runtimes/{family}/ensure", params=params)
+        return RuntimeView.from_json(await self._call("POST", f"/v1/runtimes/{family}/ensure", params=params))
 
     async def measure_volumes(self) -> dict[str, Any]:
         """Record every family's volume size; {"measured", "quota_bytes", "over_quota": [ids]}."""
@@ -123,13 +176,15 @@ class ProvisionerClient:
         """Recreate the runtime if it died on its own; {"revived": bool}."""
         return await self._call("POST", f"/v1/runtimes/{family}/revive")
 
-    async def get(self, family: uuid.UUID) -> dict[str, Any]:
-        return await self._call("GET", f"/v1/runtimes/{family}")
+    async def get(self, family: uuid.UUID) -> RuntimeView:
+        """The family's runtime, with `stale`; ProvisionerError 404 if it has none."""
+        return RuntimeView.from_json(await self._call("GET", f"/v1/runtimes/{family}"))
 
-    async def list(self, stats: bool = False) -> list[dict[str, Any]]:
+    async def list(self, stats: bool = False) -> list[RuntimeView]:
         """Every runtime; with stats, each running one's memory_bytes (slower: a sample each)."""
         params = {"stats": "true"} if stats else {}
-        return (await self._call("GET", "/v1/runtimes", params=params))["runtimes"]
+        body = await self._call("GET", "/v1/runtimes", params=params)
+        return [RuntimeView.from_json(runtime) for runtime in body["runtimes"]]
 
     async def stop(self, family: uuid.UUID, purge: bool = False) -> dict[str, Any]:
         params = {"purge": "true"} if purge else {}

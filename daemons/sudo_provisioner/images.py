@@ -85,13 +85,13 @@ class ImageUpgrades:
             f"upgrading the runtimes from {before.ref} to {ref}; canary {canary}",
             extra=fields(image=ref, image_id=target.id, previous=before.ref, canary=canary),
         )
-        await progress({"event": "canary", "image": ref, "from": before.ref, "user_id": str(canary)})
+        await progress({"event": "canary", "image": ref, "from": before.ref, "family": str(canary)})
         try:
             await self.manager.canary(canary, target, self._switch)
         except Exception as exc:  # whatever kept it from answering: the image is not taken
             log.exception(f"the canary {canary} failed on {ref}")
             return await self._roll_back(upgrade, f"the canary failed: {exc}", progress)
-        await progress({"event": "canary passed", "user_id": str(canary)})
+        await progress({"event": "canary passed", "family": str(canary)})
         limit = self.settings.image.max_failures
         # ...and those started meanwhile, still on the image before.
         families = list(dict.fromkeys([*running, *await self.manager.running_families()]))

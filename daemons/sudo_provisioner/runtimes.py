@@ -471,8 +471,9 @@ class RuntimeManager:
     # listing
 
     def describe(self, runtime: Runtime, family: Family | None) -> dict[str, Any]:
+        """The runtime as other daemons are told of it (sudo_core.provisioner_client.RuntimeView)."""
         return {
-            "user_id": str(runtime.owner) if runtime.owner else None,
+            "family": str(runtime.owner) if runtime.owner else None,
             "name": runtime.name,
             "state": runtime.state,
             **self.urls(runtime),
@@ -665,14 +666,14 @@ class RuntimeManager:
                     event = {"event": "restarted" if await self._recreate(family, only_stale) else "kept"}
                 except Exception as exc:  # reported, and the others carry on
                     log.exception(f"recreating {runtime_name(family)} failed")
-                    failed.append({"user_id": str(family), "error": str(exc)})
+                    failed.append({"family": str(family), "error": str(exc)})
                     event = {"event": "failed", "error": str(exc)}
                 done += 1
                 kept += event["event"] == "kept"
                 await progress(
                     event
                     | {
-                        "user_id": str(family),
+                        "family": str(family),
                         "done": done,
                         "total": total,
                         "seconds": round(time.monotonic() - started, 2),

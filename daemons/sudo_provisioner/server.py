@@ -119,7 +119,7 @@ async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
 
 
 def family_id(request: web.Request) -> uuid.UUID:
-    return parse_family_id(request.match_info["user_id"])
+    return parse_family_id(request.match_info["family"])
 
 
 async def ensure(request: web.Request) -> web.Response:
@@ -127,14 +127,8 @@ async def ensure(request: web.Request) -> web.Response:
     family = family_id(request)
     warm_up = request.query.get("warm_up") == "true"
     runtime = await manager.ensure(family, Priority.WARM_UP if warm_up else Priority.WAITING)
-    return web.json_response(
-        {
-            "user_id": str(family),
-            "name": runtime.name,
-            **manager.urls(runtime),
-            "state": "running",
-        }
-    )
+    # Healthy just now, whatever the engine said of it as it started.
+    return web.json_response(manager.describe(runtime, None) | {"state": "running"})
 
 
 async def measure_volumes(request: web.Request) -> web.Response:
@@ -219,7 +213,7 @@ async def put_volume(request: web.Request) -> web.Response:
             return error(400, f"body must be a tar of the volume's contents: {problem}")
         spool.seek(0)
         await manager.import_volume(family, spool)
-    return web.json_response({"user_id": str(family), "bytes": size})
+    return web.json_response({"family": str(family), "bytes": size})
 
 
 async def evict_idle(request: web.Request) -> web.Response:
@@ -344,13 +338,13 @@ def build_app(
     app.router.add_post("/v1/runtimes/restart-all", restart_all)
     app.router.add_post("/v1/runtimes/evict-idle", evict_idle)
     app.router.add_post("/v1/runtimes/reconcile", reconcile)
-    app.router.add_get("/v1/runtimes/{user_id}", get_runtime)
-    app.router.add_delete("/v1/runtimes/{user_id}", stop_runtime)
-    app.router.add_post("/v1/runtimes/{user_id}/ensure", ensure)
-    app.router.add_post("/v1/runtimes/{user_id}/revive", revive)
+    app.router.add_get("/v1/runtimes/{family}", get_runtime)
+    app.router.add_delete("/v1/runtimes/{family}", stop_runtime)
+    app.router.add_post("/v1/runtimes/{family}/ensure", ensure)
+    app.router.add_post("/v1/runtimes/{family}/revive", revive)
     app.router.add_post("/v1/volumes/measure", measure_volumes)
-    app.router.add_get("/v1/runtimes/{user_id}/volume", get_volume)
-    app.router.add_put("/v1/runtimes/{user_id}/volume", put_volume)
+    app.router.add_get("/v1/runtimes/{family}/volume", get_volume)
+    app.router.add_put("/v1/runtimes/{family}/volume", put_volume)
     app.router.add_get("/v1/image", image_state)
     app.router.add_post("/v1/image/upgrade", image_upgrade)
     app.router.add_post("/v1/image/rollback", image_rollback)

@@ -164,7 +164,7 @@ async def runtimes(settings: config.Settings, args: argparse.Namespace) -> int:
             for rt in await provisioner.list():
                 print(runtime_line(rt))
         elif args.command == "ensure":
-            print(json.dumps(await provisioner.ensure(parse_family_id(args.family)), indent=2))
+            print(json.dumps((await provisioner.ensure(parse_family_id(args.family))).to_json(), indent=2))
         elif args.command == "stop":
             result = await provisioner.stop(parse_family_id(args.family), purge=args.purge)
             print(json.dumps(result))
@@ -187,11 +187,11 @@ def print_progress(event: dict) -> None:
         print(f"recreating {event['total']} runtime(s)")
     elif kind in ("restarted", "failed", "kept"):
         detail = f": {event['error']}" if "error" in event else ""
-        print(f"[{event['done']}/{event['total']}] {event['user_id']} {kind} in {event['seconds']} s{detail}")
+        print(f"[{event['done']}/{event['total']}] {event['family']} {kind} in {event['seconds']} s{detail}")
     elif kind == "canary":
-        print(f"trying {event['image']} (now {event['from']}) on the canary {event['user_id']}")
+        print(f"trying {event['image']} (now {event['from']}) on the canary {event['family']}")
     elif kind == "canary passed":
-        print(f"the canary {event['user_id']} is healthy and answered a chat turn")
+        print(f"the canary {event['family']} is healthy and answered a chat turn")
     elif kind == "rolling back":
         print(f"rolling back to {event['image']}: {event['reason']}")
 

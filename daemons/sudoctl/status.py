@@ -11,14 +11,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from pystemd.dbusexc import DBusBaseError
 from pystemd.dbuslib import DBus
 from pystemd.systemd1 import Unit
 
-from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
+from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError, RuntimeView
 
 UNITS = (
     "sudo.target",
@@ -91,8 +90,8 @@ def _status(unit: Unit) -> UnitStatus:
     )
 
 
-def runtime_line(rt: dict[str, Any]) -> str:
-    return f"{rt['name']}  {rt['state']:<8} {rt['url'] or '-':<26} {rt['image']}"
+def runtime_line(rt: RuntimeView) -> str:
+    return f"{rt.name}  {rt.state:<8} {rt.url or '-':<26} {rt.image}"
 
 
 async def fleet_lines(socket: Path) -> list[str]:
@@ -101,7 +100,7 @@ async def fleet_lines(socket: Path) -> list[str]:
             runtimes = await provisioner.list()
     except (aiohttp.ClientError, ProvisionerError, TimeoutError) as exc:
         return [f"fleet: cannot reach the provisioner at {socket}: {exc}"]
-    running = sum(rt["state"] == "running" for rt in runtimes)
+    running = sum(rt.running for rt in runtimes)
     return [f"fleet: {running} of {len(runtimes)} runtime(s) running"] + [
         f"  {runtime_line(rt)}" for rt in runtimes
     ]

@@ -212,7 +212,7 @@ async def chat_latency(stack: Stack, rounds: int = 80) -> None:
         via, direct = [], []
         for _ in range(rounds):  # interleaved, so drift hits both alike
             via.append(await first_token_via_api(http, stack.api_url, token, text))
-            direct.append(await first_token_direct(http, runtime["chat_url"], key, text))
+            direct.append(await first_token_direct(http, runtime.chat_url, key, text))
     baseline_is = "the family's sudo_chat plugin, talked to directly"
     for name, index in (("chat_turn_start", 0), ("chat_first_token", 1)):
         for p in (50, 99):
@@ -313,7 +313,7 @@ async def boot_storm(stack: Stack, idle_rss: int, beating: int = 30, chatting: i
         )
         wanted = {str(f.id) for f in families}
         for _ in range(3000):  # the provisioner is asked, as sudoctl runtimes does
-            if wanted <= {r["user_id"] for r in await client.list() if r["state"] == "running"}:
+            if wanted <= {str(r.family) for r in await client.list() if r.running}:
                 break
             await asyncio.sleep(0.2)
         all_warm = time.perf_counter() - began

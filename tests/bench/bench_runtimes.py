@@ -137,7 +137,7 @@ async def cold_ensure(stack: Stack, client: ProvisionerClient, rounds: int = 10)
             runtime = await client.ensure(family.id)
             ended = time.time()
             cold.append(ended - began)
-            parts.append(phases(stack, runtime["name"], began, ended))
+            parts.append(phases(stack, runtime.name, began, ended))
             await client.stop(family.id, purge=True)
     emit(
         "cold_ensure",

@@ -269,7 +269,7 @@ async def volume_files(provisioner: ProvisionerClient, family: uuid.UUID) -> dic
 async def test_the_volume_api_refuses_what_it_cannot_restore_whole(stack: Stack, provisioner):
     family = stack.new_family("Volumes").id
     result = await provisioner.put_volume(family, chunks_of(tar_of({"notes/a.txt": b"kept"})))
-    assert result == {"user_id": str(family), "bytes": len(tar_of({"notes/a.txt": b"kept"}))}
+    assert result == {"family": str(family), "bytes": len(tar_of({"notes/a.txt": b"kept"}))}
     assert await volume_files(provisioner, family) == {"./notes/a.txt": (b"kept", 10000)}
 
     whole = tar_of({"b.txt": b"x" * 5000})

@@ -19,9 +19,9 @@ async def test_ensure_spawns_a_healthy_labelled_runtime(stack: Stack, provisione
     before = time.time()
     runtime = await provisioner.ensure(family.id)
 
-    assert runtime["name"] == runtime_name(family.id)
-    assert runtime["state"] == "running"
-    async with http.get(f"{runtime['url']}/health") as resp:
+    assert runtime.name == runtime_name(family.id)
+    assert runtime.state == "running"
+    async with http.get(f"{runtime.url}/health") as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "ok"
 
@@ -37,9 +37,9 @@ async def test_ensure_spawns_a_healthy_labelled_runtime(stack: Stack, provisione
     assert stack.db.get_family(family.id).last_active_at >= before
 
     described = await provisioner.get(family.id)
-    assert described["config_hash"] == labels["sudo.config-hash"]
-    assert described["stale"] is False
-    assert described["url"] == runtime["url"]
+    assert described.config_hash == labels["sudo.config-hash"]
+    assert described.stale is False
+    assert described.url == runtime.url
 
 
 async def test_runtime_is_hardened(stack: Stack, provisioner):
@@ -83,7 +83,7 @@ async def test_concurrent_ensures_share_one_spawn_per_family(stack: Stack, provi
     calls = [provisioner.ensure(families[i % 10].id) for i in range(50)]
     results = await asyncio.gather(*calls)
 
-    names = {r["name"] for r in results}
+    names = {r.name for r in results}
     assert names == {runtime_name(f.id) for f in families}
     for family in families:
         matching = [c for c in stack.containers() if c.labels["sudo.owner"] == str(family.id)]
@@ -91,7 +91,7 @@ async def test_concurrent_ensures_share_one_spawn_per_family(stack: Stack, provi
     # each family's callers got the same URL
     by_family = {}
     for r in results:
-        by_family.setdefault(r["user_id"], set()).add(r["url"])
+        by_family.setdefault(r.family, set()).add(r.url)
     assert all(len(urls) == 1 for urls in by_family.values())
     await asyncio.gather(*(provisioner.stop(f.id, purge=True) for f in families))
 
@@ -99,7 +99,7 @@ async def test_concurrent_ensures_share_one_spawn_per_family(stack: Stack, provi
 async def test_chat_reaches_the_llm_through_hermes_and_the_gateway(stack: Stack, provisioner, http):
     family = stack.new_family("Chatty")
     runtime = await provisioner.ensure(family.id)
-    answer = await chat(http, runtime["url"], stack.api_key(family.id), "what is for dinner?")
+    answer = await chat(http, runtime.url, stack.api_key(family.id), "what is for dinner?")
     assert "stub says: what is for dinner?" in answer
 
     seen = [r for r in stack.llm_requests() if r["last_user"] == "what is for dinner?"]
@@ -116,7 +116,7 @@ async def test_hermes_refuses_another_familys_key(stack: Stack, provisioner, htt
     a, b = stack.new_family("A"), stack.new_family("B")
     runtime = await provisioner.ensure(a.id)
     async with http.post(
-        f"{runtime['url']}/v1/chat/completions",
+        f"{runtime.url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {stack.api_key(b.id)}"},
         json={"model": "x", "messages": [{"role": "user", "content": "hi"}]},
     ) as resp:
@@ -126,7 +126,7 @@ async def test_hermes_refuses_another_familys_key(stack: Stack, provisioner, htt
 async def test_global_llm_key_is_nowhere_in_the_container(stack: Stack, provisioner, http):
     family = stack.new_family("Secretless")
     runtime = await provisioner.ensure(family.id)
-    await chat(http, runtime["url"], stack.api_key(family.id), "remember nothing secret")
+    await chat(http, runtime.url, stack.api_key(family.id), "remember nothing secret")
     container = stack.container(family.id)
 
     assert stack.llm_key not in str(container.attrs), "global key in the container's config/env"
@@ -159,12 +159,12 @@ async def test_rotating_the_llm_key_restarts_nothing(stack: Stack, provisioner, 
     stack.llm_keys.write_text(new_key + "\n")  # the provider now accepts only the new key
     try:
         stack.db.set_setting("llm.api_key", new_key)  # what /admin/settings saves
-        answer = await chat(http, runtime["url"], stack.api_key(family.id), "after rotation")
+        answer = await chat(http, runtime.url, stack.api_key(family.id), "after rotation")
         assert "stub says: after rotation" in answer
         seen = [r for r in stack.llm_requests() if r["last_user"] == "after rotation"]
         assert seen[-1]["authorization"] == f"Bearer {new_key}"
         assert stack.container(family.id).attrs["State"]["StartedAt"] == started
-        assert (await provisioner.ensure(family.id))["url"] == runtime["url"]
+        assert (await provisioner.ensure(family.id)).url == runtime.url
         assert stack.container(family.id).attrs["State"]["StartedAt"] == started
     finally:
         stack.db.set_setting("llm.api_key", stack.llm_key)
@@ -173,8 +173,8 @@ async def test_rotating_the_llm_key_restarts_nothing(stack: Stack, provisioner, 
 
 async def test_family_containers_cannot_reach_each_other(stack: Stack, provisioner):
     a, b = stack.new_family("Island A"), stack.new_family("Island B")
-    url_a = (await provisioner.ensure(a.id))["url"]
-    url_b = (await provisioner.ensure(b.id))["url"]
+    url_a = (await provisioner.ensure(a.id)).url
+    url_b = (await provisioner.ensure(b.id)).url
     ip_b = url_b.split("//")[1].split(":")[0]
     gateway = f"{stack.settings.runtime.host_address}:{stack.settings.gateway.port}"
 

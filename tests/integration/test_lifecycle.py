@@ -64,7 +64,7 @@ async def test_stale_config_is_recreated_not_restarted(stack: Stack, provisioner
 
     stack.db.set_setting("llm.model", "a-new-model")  # goes into config.yaml: a new hash
     try:
-        assert (await provisioner.get(family.id))["stale"] is True
+        assert (await provisioner.get(family.id)).stale is True
         await provisioner.ensure(family.id)
         new = stack.container(family.id)
         assert new.id != old.id, "a stale runtime must be recreated, not reused"
@@ -83,7 +83,7 @@ async def test_exited_runtime_is_replaced_on_ensure(stack: Stack, provisioner):
     runtime = await provisioner.ensure(family.id)
     assert stack.container(family.id).id != old.id
     assert stack.container(family.id).status == "running"
-    assert runtime["state"] == "running"
+    assert runtime.state == "running"
 
 
 async def test_evict_idle_spares_recent_and_in_flight_runtimes(stack: Stack, provisioner):
@@ -111,7 +111,7 @@ async def test_llm_request_in_flight_holds_off_the_reaper(stack: Stack, provisio
     family = stack.new_family("Thinking")
     runtime = await provisioner.ensure(family.id)
     stack.set_last_active(family.id, 0)
-    talking = asyncio.create_task(chat(http, runtime["url"], stack.api_key(family.id), "think hard [slow:6]"))
+    talking = asyncio.create_task(chat(http, runtime.url, stack.api_key(family.id), "think hard [slow:6]"))
     # wait until the gateway holds the request (and so a lease) for this family
     for _ in range(200):
         if stack.db.has_active_lease(family.id):
@@ -154,7 +154,7 @@ async def test_restarted_provisioner_adopts_its_runtimes(stack: Stack, provision
     stack.start_provisioner()
     runtime = await provisioner.ensure(family.id)
     assert stack.container(family.id).id == container_id
-    assert runtime["state"] == "running"
+    assert runtime.state == "running"
 
 
 async def test_a_runtime_on_its_way_out_when_the_provisioner_restarts_is_replaced(stack: Stack, provisioner):
@@ -167,10 +167,10 @@ async def test_a_runtime_on_its_way_out_when_the_provisioner_restarts_is_replace
     stack.stop("provisioner", sig=9)
     stack.start_provisioner()  # a new process: it has not checked this runtime yet
     old.kill(signal="SIGTERM")  # the stop the dead provisioner had begun, still under way
-    await shut_down(first["url"])  # Hermes no longer serves, though it may not have exited
+    await shut_down(first.url)  # Hermes no longer serves, though it may not have exited
     runtime = await provisioner.ensure(family.id)
     new = stack.container(family.id)
-    assert new.id != old.id and new.status == "running" and runtime["state"] == "running"
+    assert new.id != old.id and new.status == "running" and runtime.state == "running"
 
 
 async def test_provisioner_killed_mid_spawn_leaves_one_runtime(stack: Stack, provisioner):
@@ -203,7 +203,7 @@ async def test_restart_all_recreates_every_runtime_and_reports_failures(stack: S
     done = events[-1]
     assert done["event"] == "done"
     assert done["total"] == len(running)
-    assert [f["user_id"] for f in done["failed"]] == [str(doomed.id)]
+    assert [f["family"] for f in done["failed"]] == [str(doomed.id)]
     assert done["restarted"] == len(running) - 1
     progress = [e for e in events[1:-1]]
     assert sorted(e["done"] for e in progress) == list(range(1, len(running) + 1))

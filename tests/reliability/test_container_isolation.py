@@ -66,8 +66,8 @@ async def test_a_family_container_reaches_the_gateway_and_nothing_else(stack: St
     if "api" not in stack.processes:
         stack.start_api()
     a, b = stack.new_family("Isle A"), stack.new_family("Isle B")
-    url_a = (await provisioner.ensure(a.id))["url"]
-    url_b = (await provisioner.ensure(b.id))["url"]
+    url_a = (await provisioner.ensure(a.id)).url
+    url_b = (await provisioner.ensure(b.id)).url
     with canary(stack) as canary_port:
         ip_b = url_b.split("//")[1].split(":")[0]
         rt, host = stack.settings.runtime, stack.settings.runtime.host_address

@@ -19,7 +19,7 @@ from sudo_core import host_settings
 from sudo_core.accounts import Accounts, Conflict
 from sudo_core.config import ApiSettings
 from sudo_core.db import Database, Family
-from sudo_core.provisioner_client import ProvisionerClient
+from sudo_core.provisioner_client import ProvisionerClient, RuntimeView
 
 
 @pytest.fixture
@@ -170,6 +170,13 @@ def pair_devices(db: Database, devices: Devices, count: int) -> list[tuple[str, 
     return paired
 
 
+def running(family: str) -> dict[str, object]:
+    """The provisioner's answer to an ensure of `family`: its runtime, running."""
+    url = "http://10.213.0.5:8642"
+    view = RuntimeView(uuid.UUID(family), "hermes", "running", url, url, url, "sudo-hermes", "h", None)
+    return view.to_json()
+
+
 async def test_heartbeats_are_coalesced_into_one_write(db: Database, tmp_path: Path):
     settings = ApiSettings(ensure_interval_sec=3600, warm_up_jitter_sec=0)
     async with ProvisionerClient(tmp_path / "nobody.sock") as provisioner:
@@ -212,10 +219,10 @@ async def test_warm_ups_of_devices_beating_at_once_are_spread(db: Database, tmp_
         if len(asked) == 20:
             all_asked.set()
         assert request.query["warm_up"] == "true"
-        return web.json_response({"user_id": request.match_info["user_id"], "state": "running"})
+        return web.json_response(running(request.match_info["family"]))
 
     app = web.Application()
-    app.router.add_post("/v1/runtimes/{user_id}/ensure", ensure)
+    app.router.add_post("/v1/runtimes/{family}/ensure", ensure)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.UnixSite(runner, str(tmp_path / "p.sock")).start()
@@ -318,7 +325,7 @@ async def test_a_hundred_slow_ensures_hold_back_no_quick_call(tmp_path: Path):
     async def ensure(request: web.Request) -> web.Response:
         arrived.put_nowait(request)
         await release.wait()
-        return web.json_response({"family_id": request.match_info["family"], "state": "running"})
+        return web.json_response(running(request.match_info["family"]))
 
     app = web.Application()
     app.router.add_post("/v1/runtimes/{family}/ensure", ensure)
@@ -334,7 +341,7 @@ async def test_a_hundred_slow_ensures_hold_back_no_quick_call(tmp_path: Path):
                 await asyncio.wait_for(arrived.get(), 10)
             assert await provisioner.list() == []
             release.set()
-            assert all(r["state"] == "running" for r in await asyncio.gather(*ensures))
+            assert all(r.running for r in await asyncio.gather(*ensures))
     finally:
         release.set()
         await runner.cleanup()

@@ -119,9 +119,9 @@ async def test_an_upgrade_tries_a_canary_then_rolls_through_the_fleet(rig, herme
         "event": "canary",
         "image": "sudo-hermes:second",
         "from": "sudo-hermes:test",
-        "user_id": str(families[0]),
+        "family": str(families[0]),
     }
-    kinds = [(e["event"], e.get("user_id")) for e in r.events if e["event"] in ("restarted", "kept")]
+    kinds = [(e["event"], e.get("family")) for e in r.events if e["event"] in ("restarted", "kept")]
     assert kinds == [
         ("kept", str(families[0])),
         ("restarted", str(families[1])),
@@ -196,7 +196,7 @@ async def test_failures_within_max_let_the_upgrade_finish(rig):
     second = r.backend.build("sudo-hermes:second")
     r.backend.crash_names.add(runtime_name(families[2]))
     done = await r.upgrades.upgrade("sudo-hermes:second", r.progress)
-    assert done["outcome"] == "upgraded" and [f["user_id"] for f in done["failed"]] == [str(families[2])]
+    assert done["outcome"] == "upgraded" and [f["family"] for f in done["failed"]] == [str(families[2])]
     assert r.images() == {runtime_name(f): second.id for f in families[:2]}
     assert r.saved().history[0].failed == 1
 

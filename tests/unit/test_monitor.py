@@ -8,7 +8,6 @@ import datetime
 import ssl
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -21,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from sudo_api import monitor
 from sudo_core import config
-from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
+from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError, RuntimeView
 
 
 def sample(name: str, **labels: str) -> float | None:
@@ -75,10 +74,10 @@ async def test_the_certificate_dates_are_those_the_site_serves(tmp_path: Path):
 
 
 class Provisioner:
-    def __init__(self, runtimes: list[dict[str, Any]] | Exception) -> None:
+    def __init__(self, runtimes: list[RuntimeView] | Exception) -> None:
         self.runtimes = runtimes
 
-    async def list(self, stats: bool = False) -> list[dict[str, Any]]:
+    async def list(self, stats: bool = False) -> list[RuntimeView]:
         assert stats
         if isinstance(self.runtimes, Exception):
             raise self.runtimes
@@ -86,20 +85,23 @@ class Provisioner:
 
 
 async def test_each_running_runtimes_memory_with_its_limit_until_the_provisioner_fails():
-    family = str(uuid.uuid4())
+    family, exited = uuid.uuid4(), uuid.uuid4()
     settings = config.Settings(runtime=config.RuntimeSettings(memory="1g"))
+    url = "http://10.213.0.5:8642"
     runtimes = [
-        {"user_id": family, "state": "running", "memory_bytes": 300_000_000},
-        {"user_id": str(uuid.uuid4()), "state": "exited", "memory_bytes": None},
+        RuntimeView(
+            family, "hermes-a", "running", url, url, url, "sudo-hermes", "h", 1.0, memory_bytes=300_000_000
+        ),
+        RuntimeView(exited, "hermes-b", "exited", None, None, None, "sudo-hermes", "h", 1.0),
     ]
     await monitor.Monitor(settings, None, Provisioner(runtimes)).runtimes()  # type: ignore[arg-type]
-    assert sample("sudo_runtime_memory_bytes", family=family) == 300_000_000
-    assert sample("sudo_runtime_memory_limit_bytes", family=family) == 2**30
-    assert sample("sudo_runtime_memory_bytes", family=runtimes[1]["user_id"]) is None
+    assert sample("sudo_runtime_memory_bytes", family=str(family)) == 300_000_000
+    assert sample("sudo_runtime_memory_limit_bytes", family=str(family)) == 2**30
+    assert sample("sudo_runtime_memory_bytes", family=str(exited)) is None
 
     failing = Provisioner(ProvisionerError(500, {"error": "internal error"}))
     await monitor.Monitor(settings, None, failing).runtimes()  # type: ignore[arg-type]
-    assert sample("sudo_runtime_memory_bytes", family=family) is None
+    assert sample("sudo_runtime_memory_bytes", family=str(family)) is None
 
 
 async def test_the_client_tells_whether_the_socket_answers_and_counts_failed_spawns(tmp_path: Path):

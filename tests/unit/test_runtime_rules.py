@@ -19,8 +19,12 @@ from fake_backend import FakeBackend
 from sudo_core.config import ProvisionerSettings, RuntimeSettings, Settings
 from sudo_core.db import Database
 from sudo_core.families import runtime_name
+from sudo_core.provisioner_client import ProvisionerClient
+from sudo_core.systemd import Notifier
 from sudo_provisioner.admission import Claim, Priority, Slots
+from sudo_provisioner.images import ImageUpgrades
 from sudo_provisioner.runtimes import AtCapacity, Busy, RuntimeManager
+from sudo_provisioner.server import Activity, build_app
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +101,34 @@ async def test_a_warm_ensure_asks_the_engine_nothing(rig_with):
     for _ in range(20):
         assert (await rig.manager.ensure(family)).container_id == first.container_id
     assert rig.backend.calls == 0
+
+
+async def test_the_client_reads_each_runtime_as_the_api_describes_it(rig_with, tmp_path):
+    """The provisioner's API and its client agree: ensure, get and list answer a RuntimeView,
+    its family's id named `family` on the wire as in the code."""
+    rig = await rig_with()
+    family, gone = await rig.family("Described"), await rig.family("Gone")
+    app = build_app(rig.manager, ImageUpgrades(rig.manager, tmp_path), Activity(), Notifier())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "p.sock")).start()
+    try:
+        async with ProvisionerClient(tmp_path / "p.sock") as client:
+            ensured = await client.ensure(family)
+            await client.ensure(gone)
+            await rig.db.aio(rig.db.delete_family, gone)
+            described = await client.get(family)
+            listed = {r.family: r for r in await client.list(stats=True)}
+            orphan = await client.get(gone)
+    finally:
+        await runner.cleanup()
+    assert (ensured.family, ensured.name, ensured.running) == (family, runtime_name(family), True)
+    port = rig.manager.settings.runtime.api_port
+    assert ensured.url == f"http://127.0.0.1:{port}" and ensured.chat_url and ensured.whatsapp_url
+    assert described.stale is False and described.last_active_at is not None
+    assert dataclasses.replace(described, stale=None, last_active_at=None) == ensured
+    assert listed[family].memory_bytes == 100 << 20 and listed[family].stale is None
+    assert (orphan.family, orphan.last_active_at, orphan.stale) == (gone, None, None)
 
 
 async def test_concurrent_ensures_share_one_spawn(rig_with):

@@ -24,6 +24,7 @@ from sudo_api.numbers import Numbers
 from sudo_core import usage
 from sudo_core.config import ApiSettings, Settings
 from sudo_core.db import Database
+from sudo_core.provisioner_client import RuntimeView
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 PUBLIC = "https://sudo.example.org/v1/whatsapp/inbound"
@@ -307,7 +308,10 @@ async def test_a_notice_about_a_message_goes_once_however_often_it_is_delivered(
         return web.json_response({}, status=202)
 
     async def ensure(request: web.Request) -> web.Response:
-        return web.json_response({"whatsapp_url": str(agent.make_url("")).rstrip("/")})
+        url = str(agent.make_url("")).rstrip("/")
+        family = uuid.UUID(request.match_info["family"])
+        view = RuntimeView(family, "hermes", "running", url, url, url, "sudo-hermes", "h", None)
+        return web.json_response(view.to_json())
 
     agent_app, provisioner = web.Application(), web.Application()
     agent_app.router.add_post("/inbound", agent_inbound)
