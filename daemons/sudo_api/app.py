@@ -9,11 +9,9 @@ from urllib.parse import urlsplit
 from aiohttp import http_exceptions, web
 from prometheus_client import Counter
 
-from sudo_core.accounts import AccountError
-
 from . import api, family_pages, pages
-from .context import SERVICES, Services, status_of
-from .limits import RateLimited, StorageFull
+from .context import REFUSALS, SERVICES, Services, status_of
+from .limits import RateLimited
 from .media import TOO_LARGE, UPLOAD_BODY_MAX
 
 log = logging.getLogger("sudo-api")
@@ -43,7 +41,7 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
             exc.headers.update(SECURITY_HEADERS)
             raise
         response = web.json_response({"error": reason(request, exc)}, status=exc.status)
-    except (AccountError, RateLimited, StorageFull) as exc:  # a use case refused: said plainly
+    except REFUSALS as exc:  # a use case refused: said plainly
         status = status_of(exc)
         response = (
             web.json_response({"error": str(exc)}, status=status)

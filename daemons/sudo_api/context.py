@@ -14,6 +14,7 @@ from aiohttp import web
 
 from sudo_core.accounts import (
     Account,
+    AccountError,
     Accounts,
     Conflict,
     FamilyDisabled,
@@ -33,6 +34,7 @@ from .devices import Devices
 from .fleet import FleetRestart, ImageChange
 from .limits import Limiter, LoginLimiter, RateLimited, StorageFull
 from .login import WrongPassword
+from .membership import AgentUnreachable
 from .numbers import Numbers
 from .push import Pusher
 from .whatsapp import WhatsApp, is_trusted
@@ -167,9 +169,13 @@ STATUS_OF: dict[type[Exception], int] = {
     RateLimited: 429,
     TwilioNotConfigured: 503,
     TwilioError: 502,
+    AgentUnreachable: 502,
     StorageFull: 507,
 }
 """A subclass before its base: the first kind an error is decides."""
+
+REFUSALS: tuple[type[Exception], ...] = (AccountError, *STATUS_OF)
+"""The errors a use case refuses with: a front end says them as they are, with their status."""
 
 
 def status_of(error: Exception) -> int:

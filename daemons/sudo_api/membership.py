@@ -1,7 +1,8 @@
 """What the API and the pages do to members and families beyond the core's rules: whatever this
 process holds of them (open chat streams, device tokens) goes with them, and a forgotten
 password is reset by a code sent on WhatsApp. Both front ends call these, and translate the
-errors: `AccountError`s, `limits.RateLimited`, and `ApiError(502)` when the provisioner fails."""
+errors (context.status_of): `AccountError`s, `limits.RateLimited`, Twilio's errors, and
+`AgentUnreachable` when the provisioner fails."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from sudo_core import family_admin, twilio
 from sudo_core.accounts import Account, InvalidInput, NotFound, code_token
 from sudo_core.provisioner_client import ProvisionerError
 
-from .context import fail
 from .numbers import clean_number
+
+
+class AgentUnreachable(Exception):
+    """The provisioner failed to stop or remove the family's agent (502); the message says what
+    was done and what to do."""
 
 
 def provisioner_trouble(exc: ProvisionerError | OSError) -> str:
@@ -25,7 +30,9 @@ async def forget_family(svc: Any, family: uuid.UUID, confirm_name: str | None = 
     try:
         await family_admin.delete(svc.db, svc.provisioner, family, confirm_name)
     except (ProvisionerError, OSError) as exc:
-        fail(502, f"could not remove the family's agent: {provisioner_trouble(exc)}; try again")
+        raise AgentUnreachable(
+            f"could not remove the family's agent: {provisioner_trouble(exc)}; try again"
+        ) from exc
     svc.devices.forget_family(family)
     svc.chat.hub.disconnect(family)
 
@@ -35,7 +42,8 @@ async def set_disabled(svc: Any, family: uuid.UUID, disabled: bool) -> None:
     try:
         await family_admin.set_disabled(svc.db, svc.provisioner, family, disabled)
     except (ProvisionerError, OSError) as exc:
-        fail(502, f"disabled, but the agent could not be stopped: {provisioner_trouble(exc)}")
+        trouble = provisioner_trouble(exc)
+        raise AgentUnreachable(f"disabled, but the agent could not be stopped: {trouble}") from exc
 
 
 async def remove_member(svc: Any, actor: Account, member_id: str) -> Account:
@@ -61,10 +69,7 @@ async def send_reset_code(svc: Any, number: str) -> None:
     code = await svc.db.aio(svc.accounts.issue_code, member)
     settings = await svc.db.aio(svc.db.get_settings, "twilio.")
     text = f"Your Sudo password reset code is {code}. If you did not ask for it, ignore this."
-    try:
-        await twilio.send_whatsapp(settings, number, text)
-    except twilio.TwilioError as exc:
-        fail(503 if isinstance(exc, twilio.TwilioNotConfigured) else 502, str(exc))
+    await twilio.send_whatsapp(settings, number, text)  # TwilioNotConfigured (503), TwilioError (502)
 
 
 async def reset_by_code(svc: Any, number: str, code: str, password: str) -> Account:

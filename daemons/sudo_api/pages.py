@@ -30,11 +30,11 @@ from sudo_core.accounts import (
     NotAllowed,
     Session,
 )
-from sudo_core.twilio import TwilioError
 
 from . import membership, search
 from .chat import MESSAGE_MAX, ChatUnavailable
 from .context import (
+    REFUSALS,
     SESSION_COOKIE,
     ApiError,
     check_csrf,
@@ -101,7 +101,7 @@ async def form(request: web.Request, session: Session | None = None) -> dict[str
     return data
 
 
-REFUSED = (AccountError, ApiError, RateLimited, NumberError, PairingError, TwilioError)
+REFUSED = (*REFUSALS, ApiError, NumberError, PairingError)
 """What a page's action may be refused with: shown on the page, with `page_error`'s status."""
 
 

@@ -348,6 +348,25 @@ async def test_forgot_password_by_whatsapp_says_nothing_of_unlinked_numbers(clie
     assert wrong.status == 400 and "wrong or expired code" in await wrong.text()
 
 
+async def test_a_reset_code_with_no_twilio_says_so_on_both_front_ends(client):
+    """A linked number asks for a code on a host whose Twilio is not configured: 503 and why,
+    on the page and on /v1 alike (the use case raises; each front end says it its way)."""
+    client, db = client
+    form = {"email": "tess@example.org", "password": PASSWORD, "name": "Tess", "family_name": "Tesla"}
+    await client.post("/signup", data=form, allow_redirects=False)
+    member = db.query_one("SELECT id, family_id FROM accounts WHERE email = ?", ("tess@example.org",))
+    db.execute(
+        "INSERT INTO whatsapp_numbers (id, family_id, account_id, number, created_at, verified_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (uuid.uuid4().hex, member["family_id"], member["id"], "+447700900124", time.time(), time.time()),
+    )
+    page = await client.post("/forgot", data={"action": "send", "number": "+447700900124"})
+    assert page.status == 503 and "Twilio" in await page.text()
+    api = await client.post("/v1/auth/reset/whatsapp", json={"number": "+447700900124"})
+    body = await api.json()
+    assert api.status == 503 and "Twilio" in body["error"], body
+
+
 async def test_a_family_past_its_message_rate_waits_and_its_words_stay(client):
     """Sixty messages at once from two members of one family: the family's rate lets exactly
     its number through, the rest are 429 with the wait; the page keeps what was typed; another
