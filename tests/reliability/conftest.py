@@ -2,23 +2,17 @@
 
 By default (`make test`, CI) every test runs a bounded size; `SUDO_RELIABILITY=full` (`make
 reliability`) runs the full size. Tests that try inputs record their figures (tests/figures.py),
-printed at the end of the run.
+printed at the end of the run. The helpers the tests share are in reliability_support.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from control_plane import (  # noqa: F401 (fixtures)
-    Family,
     add_child,
     admin_session,
     api,
@@ -30,13 +24,9 @@ from control_plane import (  # noqa: F401 (fixtures)
     sign_up,
     stack,
 )
-from figures import FIGURES, FULL, Tally
+from figures import FIGURES, Tally
+from reliability_support import Roles
 from stack import Stack
-
-
-def size(bounded: int, full: int) -> int:
-    """How many of something to try: `bounded` by default, `full` under SUDO_RELIABILITY=full."""
-    return full if FULL else bounded
 
 
 @pytest.fixture
@@ -50,55 +40,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["reliability_figures"] = json.dumps(FIGURES.own())
-
-
-# The roles of the authorization matrix and the fuzzers.
-
-
-@dataclass
-class Roles:
-    """Family A's owner, an adult and a child of A, a member A's owner removed, a member of a
-    family the admin disabled, family B's owner, a paired device of A, the admin and the voice
-    bridge's service token."""
-
-    a: Family
-    adult: Family
-    child: Family
-    removed: Family
-    disabled: Family
-    b: Family
-    device_id: str
-    device_token: str
-    admin: dict[str, str]
-    service: dict[str, str]
-
-    def headers(self, role: str) -> dict[str, str]:
-        return {
-            "anonymous": {},
-            "family_a": self.a.headers,
-            "adult_a": self.adult.headers,
-            "child_a": self.child.headers,
-            "removed_a": self.removed.headers,
-            "disabled_c": self.disabled.headers,
-            "family_b": self.b.headers,
-            "device_a": {"Authorization": f"Bearer {self.device_token}"},
-            "admin": self.admin,
-            "service": self.service,
-        }[role]
-
-
-ROLES = (
-    "anonymous",
-    "family_a",
-    "adult_a",
-    "child_a",
-    "removed_a",
-    "disabled_c",
-    "family_b",
-    "device_a",
-    "admin",
-    "service",
-)
 
 
 @pytest.fixture(scope="session")
@@ -118,47 +59,3 @@ async def roles(stack: Stack) -> AsyncIterator[Roles]:  # noqa: F811 (the import
             assert resp.status == 200, await resp.text()
         service = {"Authorization": f"Bearer {stack.service_token}"}
         yield Roles(a, adult, child, removed, c, b, device_id, token, admin, service)
-
-
-# The database, compared before and after requests that were refused.
-
-VOLATILE = {
-    "families": {"last_active_at"},
-    "devices": {"last_seen_at", "muted"},  # both kept from the beats, flushed every heartbeat_flush_sec
-    "sessions": {"last_seen_at"},  # written at most once a minute as a session is used
-    "leases": {"*"},  # requests in flight: come and go with every ensure
-    "usage_daily": {"*"},  # counted by the gateway after an answer's last byte, whenever it lands
-}
-"""Columns that change without any request changing state (activity, heartbeats, leases)."""
-
-
-def snapshot(database: Path) -> dict[str, list[tuple]]:
-    """Every table's rows, sorted, less the volatile columns. Full-text indexes (FTS5 virtual tables
-    and their shadow tables) are left out: they only restate the messages, as opaque blobs."""
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
-        tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN"
-                " (SELECT name FROM pragma_table_list WHERE type IN ('virtual', 'shadow'))"
-            )
-        ]
-        result = {}
-        for table in tables:
-            skip = VOLATILE.get(table, set())
-            if "*" in skip:
-                continue
-            cursor = conn.execute(f'SELECT * FROM "{table}"')
-            keep = [i for i, d in enumerate(cursor.description) if d[0] not in skip]
-            result[table] = sorted((tuple(row[i] for i in keep) for row in cursor), key=repr)
-        return result
-
-
-def changes(before: dict[str, list[tuple]], after: dict[str, list[tuple]]) -> dict[str, Any]:
-    """Rows added and removed per table, for an assertion message; empty when nothing changed."""
-    diff = {}
-    for table in sorted(set(before) | set(after)):
-        old, new = set(before.get(table, [])), set(after.get(table, []))
-        if old != new:
-            diff[table] = {"added": sorted(new - old, key=repr), "removed": sorted(old - new, key=repr)}
-    return diff

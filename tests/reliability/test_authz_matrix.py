@@ -27,8 +27,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ROLES, Roles
 from control_plane import PASSWORD, add_child
+from reliability_support import ROLES, Roles
 from stack import Stack
 
 from sudo_api.app import build_app, build_service_app

@@ -18,9 +18,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
-from conftest import changes, size, snapshot
 from control_plane import sign_up
 from ports import free_port
+from reliability_support import changes, size, snapshot
 from stack import BIN, Stack, wait_for
 from twilio_stub import sign
 

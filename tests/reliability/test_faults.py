@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import Family, admin_session, sign_up, size
+from control_plane import Family, admin_session, sign_up
 from figures import Tally
 from ledger import (
     ChatLedger,
@@ -43,6 +43,7 @@ from ledger import (
     twilio_ready,
     until,
 )
+from reliability_support import size
 from stack import BIN, Stack, wait_for
 
 from sudo_core.provisioner_client import ProvisionerClient

@@ -23,8 +23,9 @@ import hypothesis.errors
 import pytest
 import requests
 import schemathesis
-from conftest import Tally, changes, size, snapshot
+from figures import Tally
 from hypothesis import HealthCheck, Phase
+from reliability_support import changes, size, snapshot
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FULL, size
-from figures import Tally
+from figures import FULL, Tally
+from reliability_support import size
 from stack import Stack
 
 from sudo_core.families import volume_name

@@ -56,7 +56,8 @@ from typing import Any
 import aiohttp
 import docker.errors
 import pytest
-from conftest import FULL, Family, Tally, sign_up, size
+from control_plane import Family, sign_up
+from figures import FULL, Tally
 from ledger import (
     OPEN,
     ChatLedger,
@@ -69,6 +70,7 @@ from ledger import (
     twilio_ready,
     until,
 )
+from reliability_support import size
 from stack import Stack, running_host
 
 from sudo_core.provisioner_client import ProvisionerClient

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import Family, sign_up
+from control_plane import Family, sign_up
 from ledger import (
     ChatLedger,
     WhatsAppLedger,
