@@ -62,6 +62,8 @@ class RuntimeWatcher:
                         self._revive(runtime.family)
             except (ProvisionerError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot list runtimes: %s", exc)
+            except Exception:  # the watch goes on: a family's replies may depend on the next round
+                log.exception("a round of the runtime watcher failed")
             await asyncio.sleep(self.settings.watch_interval_sec)
 
     def _revive(self, family: uuid.UUID) -> None:

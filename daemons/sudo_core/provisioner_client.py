@@ -119,6 +119,16 @@ VOLUME_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=30
 FLEET_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
 
 
+def runtime_view(body: Any) -> RuntimeView:
+    """A runtime as the provisioner answered it. An answer of another shape (a provisioner of
+    another version, still running through an upgrade) is a ProvisionerError (502), which every
+    caller already handles: a watcher loop must not die of a KeyError."""
+    try:
+        return RuntimeView.from_json(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProvisionerError(502, {"error": f"unexpected runtime from the provisioner ({exc!r})"}) from exc
+
+
 class ProvisionerClient:
     def __init__(self, socket_path: Path, timeout: float = 300.0) -> None:
         self._socket_up = SOCKET_UP.labels(str(socket_path))
@@ -166,7 +176,7 @@ class ProvisionerClient:
         warm-up (nobody waits on it) takes no other family's place when the host runs its most
         (runtime.max_running)."""
         params = {"warm_up": "true"} if warm_up else {}
-        return RuntimeView.from_json(await self._call("POST", f"/v1/runtimes/{family}/ensure", params=params))
+        return runtime_view(await self._call("POST", f"/v1/runtimes/{family}/ensure", params=params))
 
     async def measure_volumes(self) -> dict[str, Any]:
         """Record every family's volume size; {"measured", "quota_bytes", "over_quota": [ids]}."""
@@ -178,13 +188,15 @@ class ProvisionerClient:
 
     async def get(self, family: uuid.UUID) -> RuntimeView:
         """The family's runtime, with `stale`; ProvisionerError 404 if it has none."""
-        return RuntimeView.from_json(await self._call("GET", f"/v1/runtimes/{family}"))
+        return runtime_view(await self._call("GET", f"/v1/runtimes/{family}"))
 
     async def list(self, stats: bool = False) -> list[RuntimeView]:
         """Every runtime; with stats, each running one's memory_bytes (slower: a sample each)."""
         params = {"stats": "true"} if stats else {}
         body = await self._call("GET", "/v1/runtimes", params=params)
-        return [RuntimeView.from_json(runtime) for runtime in body["runtimes"]]
+        if not isinstance(body, dict) or not isinstance(body.get("runtimes"), list):
+            raise ProvisionerError(502, {"error": "the provisioner's list of runtimes is not one"})
+        return [runtime_view(runtime) for runtime in body["runtimes"]]
 
     async def stop(self, family: uuid.UUID, purge: bool = False) -> dict[str, Any]:
         params = {"purge": "true"} if purge else {}

@@ -19,7 +19,7 @@ from fake_backend import FakeBackend
 from sudo_core.config import ProvisionerSettings, RuntimeSettings, Settings
 from sudo_core.db import Database
 from sudo_core.families import runtime_name
-from sudo_core.provisioner_client import ProvisionerClient
+from sudo_core.provisioner_client import ProvisionerClient, ProvisionerError
 from sudo_core.systemd import Notifier
 from sudo_provisioner.admission import Claim, Priority, Slots
 from sudo_provisioner.images import ImageUpgrades
@@ -129,6 +129,28 @@ async def test_the_client_reads_each_runtime_as_the_api_describes_it(rig_with, t
     assert dataclasses.replace(described, stale=None, last_active_at=None) == ensured
     assert listed[family].memory_bytes == 100 << 20 and listed[family].stale is None
     assert (orphan.family, orphan.last_active_at, orphan.stale) == (gone, None, None)
+
+
+async def test_an_answer_of_another_shape_is_a_provisioner_error(tmp_path):
+    """A provisioner of another version (its runtimes keyed `user_id`) is an error every caller
+    handles, not a KeyError that would end sudo-api's watcher."""
+
+    async def old_list(_request: web.Request) -> web.Response:
+        old = {"user_id": str(uuid.uuid4()), "name": "hermes-user-x", "state": "running"}
+        return web.json_response({"runtimes": [old]})
+
+    app = web.Application()
+    app.router.add_get("/v1/runtimes", old_list)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "old.sock")).start()
+    try:
+        async with ProvisionerClient(tmp_path / "old.sock") as client:
+            with pytest.raises(ProvisionerError) as raised:
+                await client.list()
+    finally:
+        await runner.cleanup()
+    assert raised.value.status == 502 and "unexpected runtime" in raised.value.body["error"]
 
 
 async def test_concurrent_ensures_share_one_spawn(rig_with):
