@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from provisioner_socket import serving
 
 from sudo_api.chat import runtimes_http
 from sudo_api.devices import Device, Devices, PairingError
@@ -223,20 +224,14 @@ async def test_warm_ups_of_devices_beating_at_once_are_spread(db: Database, tmp_
 
     app = web.Application()
     app.router.add_post("/v1/runtimes/{family}/ensure", ensure)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.UnixSite(runner, str(tmp_path / "p.sock")).start()
-    try:
-        async with ProvisionerClient(tmp_path / "p.sock") as provisioner:
-            devices = Devices(db, provisioner, ApiSettings(warm_up_jitter_sec=0.6))
-            paired = pair_devices(db, devices, 20)
-            began = time.monotonic()
-            for token, _, _ in paired:
-                devices.heartbeat(*await devices.authenticate(token))
-            async with asyncio.timeout(5):
-                await all_asked.wait()
-    finally:
-        await runner.cleanup()
+    async with serving(app, tmp_path / "p.sock"), ProvisionerClient(tmp_path / "p.sock") as provisioner:
+        devices = Devices(db, provisioner, ApiSettings(warm_up_jitter_sec=0.6))
+        paired = pair_devices(db, devices, 20)
+        began = time.monotonic()
+        for token, _, _ in paired:
+            devices.heartbeat(*await devices.authenticate(token))
+        async with asyncio.timeout(5):
+            await all_asked.wait()
     assert max(asked) - began < 0.6 + 0.4
     assert max(asked) - min(asked) > 0.2  # twenty at once would be a few milliseconds apart
 
@@ -330,21 +325,17 @@ async def test_a_hundred_slow_ensures_hold_back_no_quick_call(tmp_path: Path):
     app = web.Application()
     app.router.add_post("/v1/runtimes/{family}/ensure", ensure)
     app.router.add_get("/v1/runtimes", lambda _: web.json_response({"runtimes": []}))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.UnixSite(runner, str(tmp_path / "provisioner.sock"))
-    await site.start()
-    try:
-        async with ProvisionerClient(tmp_path / "provisioner.sock", timeout=10) as provisioner:
-            ensures = [asyncio.create_task(provisioner.ensure(uuid.uuid4())) for _ in range(100)]
-            for _ in range(100):
-                await asyncio.wait_for(arrived.get(), 10)
-            assert await provisioner.list() == []
-            release.set()
-            assert all(r.running for r in await asyncio.gather(*ensures))
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with serving(app, tmp_path / "provisioner.sock"):
+        try:
+            async with ProvisionerClient(tmp_path / "provisioner.sock", timeout=10) as provisioner:
+                ensures = [asyncio.create_task(provisioner.ensure(uuid.uuid4())) for _ in range(100)]
+                for _ in range(100):
+                    await asyncio.wait_for(arrived.get(), 10)
+                assert await provisioner.list() == []
+                release.set()
+                assert all(r.running for r in await asyncio.gather(*ensures))
+        finally:
+            release.set()  # before the server's cleanup, which waits for its handlers
 
 
 async def test_a_claimed_pairing_needs_the_code_the_device_says(db: Database, tmp_path: Path):

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ports import free_port
 from prometheus_client import REGISTRY
+from provisioner_socket import serving
 
 from sudo_api import monitor
 from sudo_core import config
@@ -118,13 +119,8 @@ async def test_the_client_tells_whether_the_socket_answers_and_counts_failed_spa
 
         app = web.Application()
         app.router.add_post("/v1/runtimes/{family}/ensure", spawn_failed)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.UnixSite(runner, str(socket)).start()
-        try:
+        async with serving(app, socket):
             with pytest.raises(ProvisionerError):
                 await client.ensure(family)
-        finally:
-            await runner.cleanup()
     assert sample("sudo_provisioner_socket_up", socket=str(socket)) == 1
     assert sample("sudo_runtime_spawn_failures_total") == failures + 1

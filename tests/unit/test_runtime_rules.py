@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 from fake_backend import FakeBackend
+from provisioner_socket import serving
 
 from sudo_core.config import ProvisionerSettings, RuntimeSettings, Settings
 from sudo_core.db import Database
@@ -109,19 +110,13 @@ async def test_the_client_reads_each_runtime_as_the_api_describes_it(rig_with, t
     rig = await rig_with()
     family, gone = await rig.family("Described"), await rig.family("Gone")
     app = build_app(rig.manager, ImageUpgrades(rig.manager, tmp_path), Activity(), Notifier())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.UnixSite(runner, str(tmp_path / "p.sock")).start()
-    try:
-        async with ProvisionerClient(tmp_path / "p.sock") as client:
-            ensured = await client.ensure(family)
-            await client.ensure(gone)
-            await rig.db.aio(rig.db.delete_family, gone)
-            described = await client.get(family)
-            listed = {r.family: r for r in await client.list(stats=True)}
-            orphan = await client.get(gone)
-    finally:
-        await runner.cleanup()
+    async with serving(app, tmp_path / "p.sock"), ProvisionerClient(tmp_path / "p.sock") as client:
+        ensured = await client.ensure(family)
+        await client.ensure(gone)
+        await rig.db.aio(rig.db.delete_family, gone)
+        described = await client.get(family)
+        listed = {r.family: r for r in await client.list(stats=True)}
+        orphan = await client.get(gone)
     assert (ensured.family, ensured.name, ensured.running) == (family, runtime_name(family), True)
     port = rig.manager.settings.runtime.api_port
     assert ensured.url == f"http://127.0.0.1:{port}" and ensured.chat_url and ensured.whatsapp_url
@@ -141,15 +136,9 @@ async def test_an_answer_of_another_shape_is_a_provisioner_error(tmp_path):
 
     app = web.Application()
     app.router.add_get("/v1/runtimes", old_list)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.UnixSite(runner, str(tmp_path / "old.sock")).start()
-    try:
-        async with ProvisionerClient(tmp_path / "old.sock") as client:
-            with pytest.raises(ProvisionerError) as raised:
-                await client.list()
-    finally:
-        await runner.cleanup()
+    async with serving(app, tmp_path / "old.sock"), ProvisionerClient(tmp_path / "old.sock") as client:
+        with pytest.raises(ProvisionerError) as raised:
+            await client.list()
     assert raised.value.status == 502 and "unexpected runtime" in raised.value.body["error"]
 
 

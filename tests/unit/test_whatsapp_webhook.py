@@ -16,6 +16,7 @@ import pytest
 import twilio_stub
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from provisioner_socket import serving
 from test_web import client as web_client  # noqa: F401 (the in-process app, as a fixture)
 from twilio.request_validator import RequestValidator
 
@@ -316,25 +317,24 @@ async def test_a_notice_about_a_message_goes_once_however_often_it_is_delivered(
     agent_app, provisioner = web.Application(), web.Application()
     agent_app.router.add_post("/inbound", agent_inbound)
     provisioner.router.add_post("/v1/runtimes/{family}/ensure", ensure)
-    runner = web.AppRunner(provisioner)  # on the socket the services' provisioner client calls
-    await runner.setup()
-    await web.UnixSite(runner, str(tmp_path / "nobody.sock")).start()
-    try:
-        async with TestServer(agent_app) as agent, twilio_at(db, tmp_path) as sent:
-            form = inbound(body="what is this?") | {
-                "NumMedia": "1",
-                "MediaUrl0": "https://api.twilio.com/media/ME1",
-                "MediaContentType0": "video/mp4",
-            }
-            signature = RequestValidator(TOKEN).compute_signature(PUBLIC, form)
-            assert (await post(test_client, form, signature)).status == 200
-            for _ in range(200):
-                if len(delivered) == 2 and sent.exists() and sent.read_text():
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)  # room for a second notice, which must not come
-    finally:
-        await runner.cleanup()
+    # On the socket the services' provisioner client calls.
+    async with (
+        serving(provisioner, tmp_path / "nobody.sock"),
+        TestServer(agent_app) as agent,
+        twilio_at(db, tmp_path) as sent,
+    ):
+        form = inbound(body="what is this?") | {
+            "NumMedia": "1",
+            "MediaUrl0": "https://api.twilio.com/media/ME1",
+            "MediaContentType0": "video/mp4",
+        }
+        signature = RequestValidator(TOKEN).compute_signature(PUBLIC, form)
+        assert (await post(test_client, form, signature)).status == 200
+        for _ in range(200):
+            if len(delivered) == 2 and sent.exists() and sent.read_text():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # room for a second notice, which must not come
     assert [d.get("text") for d in delivered] == [None, "what is this?"]
     bodies = [json.loads(line)["body"] for line in sent.read_text().splitlines()]
     assert bodies == ["I can read text, photos and voice notes, but not mp4 files yet."]
