@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sudo_core import family_archive, host_settings, runtime_image, twilio, usage
+from sudo_core import family_archive, host_settings, runtime_image, usage
 from sudo_core.accounts import Account, InvalidInput
 from sudo_core.families import api_key_for, family_of_room, llm_key_for
 from sudo_core.provisioner_client import ProvisionerError
@@ -37,10 +37,9 @@ from .context import (
     require_family,
     require_session,
     services,
-    status_of,
     text_field,
 )
-from .devices import PairingError, claim_device, confirm_device
+from .devices import claim_device, confirm_device
 from .fleet import fleet_view, image_view
 from .limits import address_key
 from .login import log_in
@@ -166,17 +165,14 @@ async def whatsapp_reset(request: web.Request) -> web.Response:
     body = await json_body(request)
     svc = services(request)
     number = text_field(body, "number", 40)
-    try:
-        if "code" not in body:
-            await membership.send_reset_code(svc, number)
-            return web.json_response(
-                {"sent": "if this number is linked to an account, a code is on its way"}, status=202
-            )
-        account = await membership.reset_by_code(
-            svc, number, text_field(body, "code", 12), str(body.get("password") or "")
+    if "code" not in body:
+        await membership.send_reset_code(svc, number)
+        return web.json_response(
+            {"sent": "if this number is linked to an account, a code is on its way"}, status=202
         )
-    except numbers.NumberError as exc:
-        fail(400, str(exc))
+    account = await membership.reset_by_code(
+        svc, number, text_field(body, "code", 12), str(body.get("password") or "")
+    )
     token = await new_session(request, account)
     return web.json_response({"token": token, "account": account_json(account)})
 
@@ -552,12 +548,9 @@ async def pairing_complete(request: web.Request) -> web.Response:
     _, family = await require_family(request, parent=True)
     body = await json_body(request)
     svc = services(request)
-    try:
-        claim = await claim_device(
-            svc.devices, svc.pairing, family, text_field(body, "code", 20), client_address(request)
-        )
-    except PairingError as exc:
-        fail(400, str(exc))
+    claim = await claim_device(
+        svc.devices, svc.pairing, family, text_field(body, "code", 20), client_address(request)
+    )
     return web.json_response(
         {
             "pairing": {
@@ -577,10 +570,7 @@ async def pairing_confirm(request: web.Request) -> web.Response:
     svc = services(request)
     pairing_id, code = text_field(body, "pairing_id", 40), text_field(body, "code", 20)
     address = client_address(request)
-    try:
-        device = await confirm_device(svc.devices, svc.pairing, family, pairing_id, code, address)
-    except PairingError as exc:
-        fail(400, str(exc))
+    device = await confirm_device(svc.devices, svc.pairing, family, pairing_id, code, address)
     return web.json_response({"device": device_json(svc.devices, device)}, status=201)
 
 
@@ -647,10 +637,7 @@ async def whatsapp_add(request: web.Request) -> web.Response:
     session, family = await require_family(request)
     svc = services(request)
     text = text_field(await json_body(request), "number", 40)
-    try:
-        record = await numbers.link_number(svc.numbers, svc.codes, family, session.account.id, text)
-    except (numbers.NumberError, twilio.TwilioError) as exc:
-        fail(status_of(exc), str(exc))
+    record = await numbers.link_number(svc.numbers, svc.codes, family, session.account.id, text)
     return web.json_response({"number": record.to_json()}, status=201)
 
 
@@ -664,8 +651,6 @@ async def whatsapp_verify(request: web.Request) -> web.Response:
         )
     except LookupError as exc:
         fail(404, str(exc))
-    except numbers.NumberError as exc:
-        fail(400, str(exc))
     return web.json_response({"number": record.to_json()})
 
 

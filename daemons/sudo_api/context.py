@@ -30,12 +30,12 @@ from sudo_core.provisioner_client import ProvisionerClient
 from sudo_core.twilio import TwilioError, TwilioNotConfigured
 
 from .chat import Conversations
-from .devices import Devices
+from .devices import Devices, PairingError
 from .fleet import FleetRestart, ImageChange
 from .limits import Limiter, LoginLimiter, RateLimited, StorageFull
 from .login import WrongPassword
 from .membership import AgentUnreachable
-from .numbers import Numbers
+from .numbers import NumberError, Numbers
 from .push import Pusher
 from .whatsapp import WhatsApp, is_trusted
 
@@ -162,6 +162,8 @@ async def require_family(request: web.Request, *, parent: bool = False) -> tuple
 
 STATUS_OF: dict[type[Exception], int] = {
     InvalidInput: 400,
+    NumberError: 400,
+    PairingError: 400,
     WrongPassword: 401,
     NotAllowed: 403,
     NotFound: 404,
@@ -180,7 +182,7 @@ REFUSALS: tuple[type[Exception], ...] = (AccountError, *STATUS_OF)
 
 def status_of(error: Exception) -> int:
     """The HTTP status of a domain error, for /v1 and the pages alike: 400 for one not listed
-    (a bad number or code, an unknown pairing code)."""
+    (another AccountError)."""
     return next((code for kind, code in STATUS_OF.items() if isinstance(error, kind)), 400)
 
 

@@ -51,7 +51,7 @@ from .limits import RateLimited, StorageFull
 from .login import WrongPassword, log_in
 from .markdown import to_html
 from .media import MediaRefused, file_response, form_upload
-from .numbers import NumberError, link_number
+from .numbers import link_number
 
 log = logging.getLogger("sudo-api.pages")
 
@@ -101,7 +101,7 @@ async def form(request: web.Request, session: Session | None = None) -> dict[str
     return data
 
 
-REFUSED = (*REFUSALS, ApiError, NumberError, PairingError)
+REFUSED = (*REFUSALS, ApiError)
 """What a page's action may be refused with: shown on the page, with `page_error`'s status."""
 
 
