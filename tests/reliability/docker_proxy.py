@@ -15,12 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 
+REQUEST_LINE = re.compile(rb"((?:GET|HEAD|POST|PUT|DELETE) /\S* HTTP/1\.[01])\r\n")
+"""Found anywhere in what a client sends (its HTTP client writes a request's headers at once):
+a body that happens to hold one is counted too, which errs on the side of seeing more."""
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requests: bool = False) -> None:
+    """Copy one direction of a connection; `requests`: print the request lines seen in it."""
     with contextlib.suppress(ConnectionError):
         while data := await reader.read(65536):
+            if requests:
+                for line in REQUEST_LINE.findall(data):
+                    print(line.decode("latin-1"), flush=True)
             writer.write(data)
             await writer.drain()
     with contextlib.suppress(OSError):
@@ -33,7 +42,7 @@ async def relay(engine: str, client_r: asyncio.StreamReader, client_w: asyncio.S
     except OSError:
         client_w.close()
         return
-    await asyncio.gather(pipe(client_r, engine_w), pipe(engine_r, client_w))
+    await asyncio.gather(pipe(client_r, engine_w, requests=True), pipe(engine_r, client_w))
     for writer in (client_w, engine_w):
         writer.close()
 

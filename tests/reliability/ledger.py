@@ -175,11 +175,13 @@ async def answered(family: Family, text: str, within: float = 180) -> float:
 
 
 class WhatsAppLedger:
-    """The WhatsApp messages sudo-api acknowledged to "Twilio", and the replies Twilio sent."""
+    """The WhatsApp messages sudo-api acknowledged to "Twilio", and the replies Twilio sent
+    since the ledger began (a test's ledger answers for its own traffic, not an earlier one's)."""
 
     def __init__(self, stack: Stack, http: aiohttp.ClientSession) -> None:
         self.stack = stack
         self.http = http
+        self.since = len(stack.twilio_messages())
         self.acknowledged: dict[str, tuple[str, str]] = {}
         """MessageSid -> (number, text) of every webhook answered 200."""
         self.forms: dict[str, dict[str, str]] = {}
@@ -233,11 +235,15 @@ class WhatsAppLedger:
                     await asyncio.sleep(0.3)
         return retries
 
+    def sent_out(self) -> list[dict[str, Any]]:
+        """What Twilio was asked to send since the ledger began."""
+        return self.stack.twilio_messages()[self.since :]
+
     def replies_to(self, number: str, text: str) -> list[dict[str, Any]]:
         """The stand-in LLM echoes the family's latest words, with any note Hermes added to them."""
         return [
             m
-            for m in self.stack.twilio_messages()
+            for m in self.sent_out()
             if m["to"] == f"whatsapp:{number}"
             and m.get("body", "").startswith("stub says: ")
             and text in m["body"]
@@ -259,14 +265,10 @@ class WhatsAppLedger:
             outcome.lost += replies == 0
             outcome.duplicated += replies > 1
             if replies != 1:
-                got = [
-                    m.get("body", "")[:60]
-                    for m in self.stack.twilio_messages()
-                    if m["to"] == f"whatsapp:{number}"
-                ]
+                got = [m.get("body", "")[:60] for m in self.sent_out() if m["to"] == f"whatsapp:{number}"]
                 outcome.problems.append(f"WhatsApp {sid} {text!r}: {replies} replies; the number got {got}")
         numbers = {f"whatsapp:{n}" for n, _ in self.acknowledged.values()}
-        for m in self.stack.twilio_messages():
+        for m in self.sent_out():
             if m["to"] in numbers and not m.get("body", "").startswith("stub says: "):
                 outcome.problems.append(f"WhatsApp {m['to']} was told {m.get('body', '')[:80]!r}")
         return outcome

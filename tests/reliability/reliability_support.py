@@ -1,18 +1,24 @@
 """What the reliability suite's tests share beyond fixtures: the bounded or full size of a try,
-the roles of the authorization matrix and the fuzzers, and the database compared before and after
-requests that were refused. (A module of its own: every suite's conftest is named `conftest`, so
-which one `from conftest import` finds would depend on what else runs.)"""
+the roles of the authorization matrix and the fuzzers, the database compared before and after
+requests that were refused, and a relay of the Docker engine's socket. (A module of its own:
+every suite's conftest is named `conftest`, so which one `from conftest import` finds would
+depend on what else runs.)"""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from control_plane import Family
 from figures import FULL
+from stack import wait_for
+
+HERE = Path(__file__).resolve().parent
 
 
 def size(bounded: int, full: int) -> int:
@@ -111,3 +117,32 @@ def changes(before: dict[str, list[tuple]], after: dict[str, list[tuple]]) -> di
         if old != new:
             diff[table] = {"added": sorted(new - old, key=repr), "removed": sorted(old - new, key=repr)}
     return diff
+
+
+# The Docker engine, relayed.
+
+
+class EngineRelay:
+    """docker_proxy.py's process: killed, the engine is away; started again, it is back. It
+    records what its clients asked the engine (`requests`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.log = path.with_suffix(".requests")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            relay = [sys.executable, str(HERE / "docker_proxy.py"), str(self.path)]
+            self.proc = subprocess.Popen(relay, stdout=log)
+        wait_for(self.path.exists, 10, "the engine relay")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.path.unlink(missing_ok=True)
+
+    def requests(self) -> list[str]:
+        """The request lines its clients sent, in order (`POST /v1.43/containers/create?...`)."""
+        return self.log.read_text().splitlines() if self.log.exists() else []
