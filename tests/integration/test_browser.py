@@ -14,22 +14,19 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from browsers import chromium
 from control_plane import create_admin, join, pair
 from control_plane import sign_up as sign_up_by_api
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from stack import Stack, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        # --no-sandbox: the tests run as root in a container, where chromium's sandbox cannot start.
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    async with chromium() as browser:
         yield browser
-        await browser.close()
 
 
 async def sign_up(page: Page, base: str, name: str) -> str:

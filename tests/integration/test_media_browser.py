@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from browsers import chromium
 from control_plane import phrases_heard, png
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 from stack import Stack
 
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
 SAID = "turn off the lights in the kitchen"
 PHRASES = [SAID, "call grandma tomorrow morning", "what is the weather like today"]
@@ -41,20 +41,13 @@ def spoken_wav(path: Path) -> float:
 async def browser_and_clip(tmp_path: Path) -> AsyncIterator[tuple[Browser, float]]:
     wav = tmp_path / "said.wav"
     seconds = spoken_wav(wav)
-    async with async_playwright() as p:
-        # --no-sandbox: the tests run as root in a container, where chromium's sandbox cannot start.
-        # The microphone is the recording, played once (%noloop), and allowed without asking.
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}%noloop",
-            ],
-        )
+    # The microphone is the recording, played once (%noloop), and allowed without asking.
+    async with chromium(
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",
+    ) as browser:
         yield browser, seconds
-        await browser.close()
 
 
 @pytest.fixture

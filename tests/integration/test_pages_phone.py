@@ -22,11 +22,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from browsers import chromium
 from control_plane import PASSWORD, Family, create_admin, sign_up
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from stack import Stack
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("SUDO_TEST_ARTIFACTS") or Path(__file__).parents[2] / "artifacts")
 PHONE_WIDTH = 390
 VIEWPORTS = {
@@ -57,12 +57,9 @@ print("copy me")
 
 
 @pytest.fixture(scope="module")
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        # --no-sandbox: the tests run as root in a container, where chromium's sandbox cannot start.
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as browser:
         yield browser
-        await browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -151,11 +148,11 @@ async def composer_in_view(page: Page) -> tuple[bool, dict]:
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("viewport", list(VIEWPORTS))
 async def test_every_page_fits_reads_and_names_its_controls(
-    stack: Stack, chromium: Browser, people: dict[str, str], viewport: str, scheme: str
+    stack: Stack, browser: Browser, people: dict[str, str], viewport: str, scheme: str
 ):
     problems: dict[str, list[str]] = {}
     for who, pages in (("owner", PAGES[:3]), ("admin", PAGES[3:])):
-        context, page = await open_as(chromium, stack, people[who], viewport, scheme)
+        context, page = await open_as(browser, stack, people[who], viewport, scheme)
         for name in pages:
             response = await page.goto(f"{stack.api_url}/{name}")
             assert response is not None and response.status == 200, (name, response and response.status)
@@ -185,9 +182,9 @@ async def test_every_page_fits_reads_and_names_its_controls(
 
 
 async def test_the_composer_stays_above_the_phone_keyboard(
-    stack: Stack, chromium: Browser, people: dict[str, str]
+    stack: Stack, browser: Browser, people: dict[str, str]
 ):
-    context, page = await open_as(chromium, stack, people["owner"], "phone", "light")
+    context, page = await open_as(browser, stack, people["owner"], "phone", "light")
     await page.goto(f"{stack.api_url}/chat")
     thread = await page.evaluate("document.scrollingElement.scrollHeight")
     assert thread > 2 * 844, thread  # a thread longer than the screen: the composer must stick
@@ -206,9 +203,9 @@ async def test_the_composer_stays_above_the_phone_keyboard(
 
 
 async def test_a_message_is_sent_with_the_keyboard_alone(
-    stack: Stack, chromium: Browser, people: dict[str, str]
+    stack: Stack, browser: Browser, people: dict[str, str]
 ):
-    context, page = await open_as(chromium, stack, people["owner"], "desktop", "light")
+    context, page = await open_as(browser, stack, people["owner"], "desktop", "light")
     await page.goto(f"{stack.api_url}/chat")
     await expect(page.locator("body[data-live=yes]")).to_be_attached()
     box = page.get_by_role("textbox", name="Message your assistant")

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browsers import chromium_profile
 from control_plane import PASSWORD, create_admin, sign_up
-from playwright.async_api import BrowserContext, Page, async_playwright, expect
+from playwright.async_api import BrowserContext, Page, expect
 from stack import Stack
-
-CHROMIUM = "/usr/bin/chromium"
 
 CONTROLLED = """async () => {
   await navigator.serviceWorker.ready;
@@ -47,13 +46,8 @@ NOTIFICATIONS = """async () => {
 async def context(tmp_path: Path) -> AsyncIterator[BrowserContext]:
     """A browser with a profile on disk: an incognito one (Playwright's new_context) is never
     offered to install a web app, which would hide what this test looks for."""
-    async with async_playwright() as p:
-        # --no-sandbox: the tests run as root in a container, where chromium's sandbox cannot start.
-        context = await p.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=CHROMIUM, args=["--no-sandbox"]
-        )
+    async with chromium_profile(tmp_path / "profile") as context:
         yield context
-        await context.close()
 
 
 async def logged_in(context: BrowserContext, api: Stack, email: str) -> Page:
