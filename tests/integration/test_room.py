@@ -3,7 +3,8 @@
 A spoken question goes into sudo-edge's ALSA file microphone in its own network namespace,
 through the wake word and the room's WebRTC to the bridge, which asks the family's real Hermes
 container (the LLM stand-in answering), and its spoken answer comes back through the room to
-the edge's ALSA file speaker, where speech-to-text hears it again.
+the edge's ALSA file speaker, where speech-to-text hears it again; and the family reads the
+turn in its Home thread in a browser.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from browsers import chromium
 from control_plane import Family, pair, run_cron_now, sign_up
 from home_room import RATE, HomeRoom, asked, home_room
+from playwright.async_api import expect
 from stack import Stack
 from voice_audio import in_room_noise, loud_seconds, silence, spoken, transcribe, wav_pcm
 
@@ -69,7 +72,7 @@ async def answered(api: Stack, home: HomeRoom, since: float, question: str, answ
     return transcript
 
 
-async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: Stack, room):
+async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: Stack, owner: Family, room):
     home = room
     since = time.time()
     answer, latency = await home.ask(QUESTION)
@@ -80,6 +83,16 @@ async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: 
     heard = await asyncio.to_thread(transcribe, answer)
     reply = f"stub says {transcript}"
     assert len(set(heard.split()) & set(reply.split())) >= 3, (heard, reply)
+
+    # The turn is kept in the family's Home thread, which the members read in /chat.
+    async with chromium() as browser:
+        context = await browser.new_context()
+        await context.add_cookies([{"name": "sudo_session", "value": owner.token, "url": api.api_url}])
+        page = await context.new_page()
+        await page.goto(f"{api.api_url}/chat?thread=home")
+        await expect(page.locator("li.message .who")).to_have_text(["Kitchen", "Assistant"], timeout=15_000)
+        shown = await page.locator("li.message .text").all_inner_texts()
+    assert shown == [transcript, f"stub says: {transcript}"], (shown, transcript)
 
 
 async def test_the_device_says_when_the_bridge_is_gone_and_talks_again_once_it_is_back(api: Stack, room):
