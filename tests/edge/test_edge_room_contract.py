@@ -34,7 +34,7 @@ TIMEOUT = 2.0
 FRAME = bytes(range(256)) * 2 + bytes(128)  # 640 bytes: 20 ms at 16 kHz, recognizable
 RATE = AudioSettings().sample_rate
 CHUNK = RATE // 50
-"""Samples in 20 ms, the frames the device sends and the stretches `pitches` judges."""
+"""Samples in 20 ms: the frames the device sends, the stretches `pitches_in` judges."""
 PITCHES = (500, 1000)
 """Two tones, one after the other, whose order the far end must keep (Hz; 50 Hz bins apart)."""
 
