@@ -29,6 +29,7 @@ from ports import free_port
 
 from sudo_edge.room import AGENT_STATE_ATTRIBUTE, LiveKitRoom, Room, RoomError
 from sudo_edge.settings import AudioSettings
+from sudo_edge.vad import level_dbfs
 
 TIMEOUT = 2.0
 FRAME = bytes(range(256)) * 2 + bytes(128)  # 640 bytes: 20 ms at 16 kHz, recognizable
@@ -37,23 +38,30 @@ CHUNK = RATE // 50
 """Samples in 20 ms: the frames the device sends, the stretches `pitches_in` judges."""
 PITCHES = (500, 1000)
 """Two tones, one after the other, whose order the far end must keep (Hz; 50 Hz bins apart)."""
+LOUD_DBFS = -30.0
+"""A stretch above this is a tone (they are at -15 dBFS), below it the silence around them."""
 
 
-def tones(pitches: tuple[int, ...] = PITCHES, seconds: float = 0.3) -> bytes:
-    t = np.arange(int(RATE * seconds)) / RATE
-    return b"".join((np.sin(2 * np.pi * hz * t) * 8000).astype("<i2").tobytes() for hz in pitches)
+def tones() -> bytes:
+    """PITCHES, 0.3 s each."""
+    t = np.arange(int(RATE * 0.3)) / RATE
+    return b"".join((np.sin(2 * np.pi * hz * t) * 8000).astype("<i2").tobytes() for hz in PITCHES)
+
+
+def frames(pcm: bytes) -> list[bytes]:
+    """`pcm` in 20 ms frames, as the device sends its microphone."""
+    return [pcm[i : i + CHUNK * 2] for i in range(0, len(pcm), CHUNK * 2)]
 
 
 def pitches_in(pcm: bytes) -> list[int]:
     """The tones heard in `pcm`, in order: the pitch of each loud 20 ms stretch, nearest of
     PITCHES, a run of one pitch counted once."""
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
     heard: list[int] = []
-    for i in range(0, len(samples) - CHUNK + 1, CHUNK):
-        stretch = samples[i : i + CHUNK]
-        if np.sqrt(np.mean(stretch**2)) < 1000:
-            continue
-        peak = float(np.abs(np.fft.rfft(stretch)).argmax()) * RATE / CHUNK
+    for stretch in frames(pcm):
+        if len(stretch) < CHUNK * 2 or level_dbfs(stretch) < LOUD_DBFS:
+            continue  # the part of a stretch at the end, or quiet
+        samples = np.frombuffer(stretch, dtype="<i2").astype(np.float64)
+        peak = float(np.abs(np.fft.rfft(samples)).argmax()) * RATE / CHUNK
         pitch = min(PITCHES, key=lambda hz: abs(hz - peak))
         if not heard or heard[-1] != pitch:
             heard.append(pitch)
@@ -201,8 +209,7 @@ class LiveKitFarEnd:
         return bytes(self._heard)
 
     async def say(self, pcm: bytes) -> None:
-        for i in range(0, len(pcm), CHUNK * 2):
-            frame = pcm[i : i + CHUNK * 2]
+        for frame in frames(pcm):
             await self.source.capture_frame(rtc.AudioFrame(frame, RATE, 1, len(frame) // 2))
 
     async def set_state(self, state: str) -> None:
@@ -346,9 +353,8 @@ async def test_microphone_frames_reach_the_agent_in_order(impl: Impl):
         room = impl.make()
         await room.connect(far.url, far.token)
         await far.meet(room)
-        pcm = tones()
-        for i in range(0, len(pcm), CHUNK * 2):
-            await room.send_audio(pcm[i : i + CHUNK * 2])
+        for frame in frames(tones()):
+            await room.send_audio(frame)
         assert await eventually(far.heard) == list(PITCHES)
         await room.close()
 
