@@ -26,11 +26,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from livekit_server import LiveKitServer, Participant
 from ports import free_port
 from stack import BIN, Stack
 from voice_audio import in_room_noise, silence, spoken
+
+from sudo_edge.vad import level_dbfs
 
 RATE = 16000
 EDGE = Path(sys.executable).with_name("sudo-edge")
@@ -39,12 +40,6 @@ AGENT_WAIT_SEC = 10.0
 """How long the device waits for a missing agent before it says so and joins again."""
 LOUD_DBFS = -40.0
 """A 20 ms stretch of the speaker file above this is the agent speaking (its silence is zeros)."""
-
-
-def level_dbfs(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, np.int16).astype(np.float64)
-    rms = np.sqrt(np.mean(samples**2)) if len(samples) else 0.0
-    return 20 * np.log10(max(rms, 1e-9) / 32768)
 
 
 def asked(question: str) -> tuple[bytes, float]:
