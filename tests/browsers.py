@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 NO_SANDBOX = "--no-sandbox"
@@ -22,6 +23,14 @@ async def chromium(*args: str) -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+async def signed_in(browser: Browser, base: str, token: str, **options: Any) -> tuple[BrowserContext, Page]:
+    """A new context of `browser` (Playwright's context `options`) holding the session `token` of
+    the sudo-api at `base`, and a page in it."""
+    context = await browser.new_context(**options)
+    await context.add_cookies([{"name": "sudo_session", "value": token, "url": base}])
+    return context, await context.new_page()
 
 
 @contextlib.asynccontextmanager

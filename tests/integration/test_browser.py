@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from browsers import chromium
+from browsers import chromium, signed_in
 from control_plane import create_admin, join, pair
 from control_plane import sign_up as sign_up_by_api
 from playwright.async_api import Browser, Page, expect
@@ -369,9 +369,7 @@ async def test_a_member_reads_the_home_devices_turns_live_in_the_home_thread(
             assert resp.status == 201, await resp.text()
 
     await voice_turn("is it raining", "Not yet.")
-    context = await browser.new_context()
-    await context.add_cookies([{"name": "sudo_session", "value": adult.token, "url": base}])
-    page = await context.new_page()
+    _, page = await signed_in(browser, base, adult.token)
     await page.goto(f"{base}/chat")
     await expect(page.locator("li.message")).to_have_count(0)  # the adult's own thread
     await page.get_by_role("link", name="Home", exact=True).click()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browsers import chromium
+from browsers import chromium, signed_in
 from control_plane import PASSWORD, Family, create_admin, sign_up
 from playwright.async_api import Browser, BrowserContext, Page, expect
 from stack import Stack
@@ -106,9 +106,7 @@ def write_thread(api: Stack, owner: Family) -> None:
 async def open_as(
     browser: Browser, api: Stack, token: str, viewport: str, scheme: str
 ) -> tuple[BrowserContext, Page]:
-    context = await browser.new_context(color_scheme=scheme, **VIEWPORTS[viewport])  # type: ignore[arg-type]
-    await context.add_cookies([{"name": "sudo_session", "value": token, "url": api.api_url}])
-    return context, await context.new_page()
+    return await signed_in(browser, api.api_url, token, color_scheme=scheme, **VIEWPORTS[viewport])
 
 
 async def screenshot(page: Page, name: str, full_page: bool) -> None:

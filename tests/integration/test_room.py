@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from browsers import chromium
+from browsers import chromium, signed_in
 from control_plane import Family, pair, run_cron_now, sign_up
 from home_room import RATE, HomeRoom, asked, home_room
 from playwright.async_api import expect
@@ -86,9 +86,7 @@ async def test_a_question_asked_at_the_device_is_answered_through_the_room(api: 
 
     # The turn is kept in the family's Home thread, which the members read in /chat.
     async with chromium() as browser:
-        context = await browser.new_context()
-        await context.add_cookies([{"name": "sudo_session", "value": owner.token, "url": api.api_url}])
-        page = await context.new_page()
+        _, page = await signed_in(browser, api.api_url, owner.token)
         await page.goto(f"{api.api_url}/chat?thread=home")
         await expect(page.locator("li.message .who")).to_have_text(["Kitchen", "Assistant"], timeout=15_000)
         shown = await page.locator("li.message .text").all_inner_texts()
